@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1.7
+#
+# strangler — the reverse proxy.
+#
+#   docker build -t strangler:dev .
+#
+# Build context is the repository root (the Cargo workspace). The root
+# .dockerignore keeps target/, .git, virtualenvs and demo data out of it.
+
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
+FROM ${RUST_IMAGE} AS builder
+WORKDIR /src
+# The whole workspace is copied: Cargo.lock pins every dependency and
+# --locked refuses to build if it is out of date. BuildKit cache mounts keep
+# the registry and target/ between builds, so only changed crates recompile.
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked --bin strangler \
+    && install -D -m 0755 target/release/strangler /out/strangler
+
+# distroless/cc: glibc + libgcc + CA certificates, no shell, no package
+# manager. The :nonroot tag runs as uid/gid 65532.
+FROM ${RUNTIME_IMAGE}
+LABEL org.opencontainers.image.title="strangler" \
+      org.opencontainers.image.description="Hot-reloading prefix-routing reverse proxy for strangler-fig migrations" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=builder /out/strangler /usr/local/bin/strangler
+USER 65532:65532
+# 8080 = proxy listener, 9901 = admin (/healthz /readyz /metrics /config ...)
+EXPOSE 8080 9901
+# The config directory is meant to be a mounted ConfigMap (a DIRECTORY mount,
+# never subPath, or hot reload stops working). Extra flags such as
+# --drain-timeout 30s or --threads N are appended by the pod's `args`.
+ENTRYPOINT ["/usr/local/bin/strangler", "serve", "--config", "/etc/strangler/routes.yaml", "--log-format", "json"]
