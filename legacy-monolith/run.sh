@@ -13,6 +13,7 @@ if [ -n "${TASKAPP_PYTHON:-}" ]; then PY="$TASKAPP_PYTHON"
 elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
 elif [ -x /tmp/venv-mono/bin/python ]; then PY=/tmp/venv-mono/bin/python
 else PY=python3; fi
-cd "$HERE"
+# no cd: relative TASKAPP_DB / TASKAPP_DATA_DIR stay relative to the caller's cwd
+export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" -m gunicorn -w "${TASKAPP_WORKERS:-2}" -b "${TASKAPP_BIND_HOST:-127.0.0.1}:$PORT" \
     --access-logfile - 'taskapp:create_app()'
