@@ -1,0 +1,91 @@
+//! # strangler
+//!
+//! A reverse proxy that stands in front of a legacy monolith while teams carve
+//! it into services, one URL prefix at a time (the strangler-fig pattern).
+//!
+//! # Layout
+//!
+//! A request's path through the proxy, module by module:
+//!
+//! - [`config`]: `routes.yaml` as written (raw serde types, unknown keys refused)
+//!   and config errors with file, line and column.
+//! - [`table`]: the validated, typed route table built from a config; the hot
+//!   path reads it through one `ArcSwap` in [`Shared`].
+//! - [`path`]: normalizes the request path once, before matching.
+//! - [`router`]: the segment trie that picks a route; cost depends on path
+//!   depth, not table size.
+//! - [`proxy`] (+ [`headers`], [`body`], [`error`]): forwards the request to the
+//!   upstream through a pooled client and streams the answer back.
+//! - [`upstream`]: upstream groups, targets and the shared client pools.
+//!
+//! Beside the request path:
+//!
+//! - [`server`]: listeners, HTTP/1.1 + HTTP/2, graceful drain on shutdown.
+//! - [`reload`]: watches the config and swaps in valid new versions.
+//! - [`metrics`]: Prometheus metrics, handles resolved per route at load.
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`, `/explain`).
+//! - [`explain`]: why a request takes the route it takes.
+//!
+//! `main.rs` is a thin CLI over [`server::run`], which takes already-bound
+//! listeners and a shutdown future so tests can run the real server on
+//! `127.0.0.1:0` and stop it when they like.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod explain;
+pub mod headers;
+pub mod metrics;
+pub mod path;
+pub mod proxy;
+pub mod reload;
+pub mod router;
+pub mod server;
+pub mod table;
+pub mod upstream;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::ConfigError;
+use crate::metrics::Metrics;
+use crate::table::{Context, Table};
+use crate::upstream::ClientCache;
+
+/// State shared by every connection, the admin API and the reloader.
+pub struct Shared {
+    /// The route table in force; swapped whole on reload, read without locks.
+    pub table: ArcSwap<Table>,
+    pub metrics: Arc<Metrics>,
+    /// Upstream clients, kept across reloads so their pools stay warm.
+    pub clients: ClientCache,
+    /// Set on shutdown: readiness turns false.
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    /// Loads the config at `path` and builds the shared state around it.
+    pub fn load(path: &Path) -> Result<Arc<Shared>, ConfigError> {
+        let text = config::read(path)?;
+        Shared::from_text(&path.display().to_string(), &text)
+    }
+
+    /// Builds the shared state from config text (`file` names it in errors).
+    pub fn from_text(file: &str, text: &str) -> Result<Arc<Shared>, ConfigError> {
+        let metrics = Metrics::new();
+        let clients = ClientCache::default();
+        let table = Table::build(file, text, &Context { metrics: &metrics, clients: &clients })?;
+        metrics.record_reload(true);
+        metrics.set_config_hash(&table.hash);
+        Ok(Arc::new(Shared {
+            table: ArcSwap::from_pointee(table),
+            metrics,
+            clients,
+            draining: AtomicBool::new(false),
+        }))
+    }
+}

@@ -1,0 +1,183 @@
+//! The `strangler` command line: `serve`, `check`, `explain`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use strangler::server::{self, ServeOptions};
+use strangler::{reload, Shared};
+
+#[derive(Parser)]
+#[command(name = "strangler", version, about = "A hot-reloading prefix-routing reverse proxy for strangler-fig migrations")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default command).
+    Serve(ServeArgs),
+    /// Validate a config and exit non-zero with the precise error (like `nginx -t`).
+    Check {
+        /// The config file.
+        #[arg(default_value = "routes.yaml")]
+        config: PathBuf,
+    },
+    /// Show which route and upstream a request would take, and why.
+    Explain {
+        #[arg(long, env = "STRANGLER_CONFIG", default_value = "routes.yaml")]
+        config: PathBuf,
+        /// The request's Host.
+        #[arg(long)]
+        host: Option<String>,
+        method: String,
+        /// Path, with an optional query.
+        path: String,
+    },
+}
+
+/// `strangler` with no subcommand: `serve` with its defaults (and env).
+#[derive(Parser)]
+struct DefaultServe {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The config file.
+    #[arg(long, env = "STRANGLER_CONFIG", default_value = "routes.yaml")]
+    config: PathBuf,
+    /// Worker threads (default: the number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// A client must send its request head within this time.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// How often the config's content hash is compared, as a safety net for missed file events.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    let command = cli.command.unwrap_or_else(|| Command::Serve(DefaultServe::parse_from(["strangler"]).args));
+    match command {
+        Command::Serve(args) => serve(args),
+        Command::Check { config } => check(&config),
+        Command::Explain { config, host, method, path } => {
+            let shared = Shared::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let table = shared.table.load();
+            let explanation = strangler::explain::explain(&table, &method, &path, host.as_deref());
+            println!("{}", serde_json::to_string_pretty(&explanation)?);
+            if explanation.route.is_none() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check(config: &std::path::Path) -> anyhow::Result<()> {
+    match Shared::load(config) {
+        Ok(shared) => {
+            let table = shared.table.load();
+            println!(
+                "{}: ok ({} routes, {} upstreams, hash {})",
+                config.display(),
+                table.router.entries().len(),
+                table.upstreams.len(),
+                &table.hash[..12]
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = runtime.enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let shared = Shared::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (listen, admin) = {
+            let table = shared.table.load();
+            (table.listen, table.admin)
+        };
+        let proxy_listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let admin_listener = tokio::net::TcpListener::bind(admin).await.with_context(|| format!("cannot listen on {admin} (admin)"))?;
+        tracing::info!(
+            proxy = %proxy_listener.local_addr()?,
+            admin = %admin_listener.local_addr()?,
+            config = %args.config.display(),
+            hash = %shared.table.load().hash,
+            "listening"
+        );
+        let watcher = reload::spawn(args.config.clone(), shared.clone(), args.poll_interval);
+        spawn_sighup(watcher.trigger.clone());
+        let options = ServeOptions {
+            header_read_timeout: args.header_read_timeout,
+            drain_timeout: args.drain_timeout,
+            ..ServeOptions::default()
+        };
+        server::run(proxy_listener, admin_listener, shared, options, shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn spawn_sighup(trigger: std::sync::Arc<tokio::sync::Notify>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            trigger.notify_one();
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+}

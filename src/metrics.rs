@@ -1,0 +1,177 @@
+//! Prometheus metrics, all named `strangler_*`.
+//!
+//! Label values come from the config (route and upstream names), never from
+//! raw request paths. Per-route handles are created when a config is loaded
+//! and resolved lazily on first use, so the hot path never formats a label
+//! or looks one up in a map.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the proxy exports, registered in its own registry (so that
+/// several proxies can run in one test process).
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    pub in_flight: IntGauge,
+    reloads: IntCounterVec,
+    config_info: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("strangler_requests_total", "Proxied requests by route, upstream, method and status class."),
+            &["route", "upstream", "method", "status_class"],
+        )
+        .unwrap();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "strangler_request_duration_seconds",
+                "Time from request received to upstream response headers, by route and upstream.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "upstream"],
+        )
+        .unwrap();
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("strangler_upstream_errors_total", "Upstream failures by kind (connect, timeout)."),
+            &["upstream", "kind"],
+        )
+        .unwrap();
+        let in_flight = IntGauge::new("strangler_requests_in_flight", "Requests being proxied now.").unwrap();
+        let reloads = IntCounterVec::new(
+            Opts::new("strangler_config_reloads_total", "Config loads by result (success, failure)."),
+            &["result"],
+        )
+        .unwrap();
+        let config_info = IntGaugeVec::new(
+            Opts::new("strangler_config_info", "The active config; 1 for the content hash in force."),
+            &["hash"],
+        )
+        .unwrap();
+        registry.register(Box::new(requests.clone())).unwrap();
+        registry.register(Box::new(duration.clone())).unwrap();
+        registry.register(Box::new(upstream_errors.clone())).unwrap();
+        registry.register(Box::new(in_flight.clone())).unwrap();
+        registry.register(Box::new(reloads.clone())).unwrap();
+        registry.register(Box::new(config_info.clone())).unwrap();
+        Arc::new(Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_errors,
+            in_flight,
+            reloads,
+            config_info,
+        })
+    }
+
+    /// Registers an extra collector (used by other modules for their own metrics).
+    pub fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.registry.register(Box::new(c.clone())).unwrap();
+        c
+    }
+
+    /// Handles for one (route, upstream) pair, resolved on first use.
+    pub fn route_stats(&self, route: &str, upstream: &str) -> RouteStats {
+        RouteStats {
+            route: route.into(),
+            upstream: upstream.into(),
+            requests: self.requests.clone(),
+            duration_vec: self.duration.clone(),
+            counts: Default::default(),
+            duration: OnceLock::new(),
+        }
+    }
+
+    /// Counters for one upstream's failures, resolved at config load.
+    pub fn upstream_errors(&self, upstream: &str) -> UpstreamErrors {
+        UpstreamErrors {
+            connect: self.upstream_errors.with_label_values(&[upstream, "connect"]),
+            timeout: self.upstream_errors.with_label_values(&[upstream, "timeout"]),
+        }
+    }
+
+    pub fn record_reload(&self, ok: bool) {
+        self.reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
+    }
+
+    /// Points the config info gauge at the hash now in force.
+    pub fn set_config_hash(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).unwrap();
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Failure counters of one upstream.
+#[derive(Clone)]
+pub struct UpstreamErrors {
+    pub connect: IntCounter,
+    pub timeout: IntCounter,
+}
+
+const METHOD_SLOTS: usize = 8;
+const STATUS_CLASSES: usize = 5;
+
+/// Request counters and latency of one (route, upstream) pair.
+pub struct RouteStats {
+    route: Box<str>,
+    upstream: Box<str>,
+    requests: IntCounterVec,
+    duration_vec: HistogramVec,
+    counts: [[OnceLock<IntCounter>; STATUS_CLASSES]; METHOD_SLOTS],
+    duration: OnceLock<Histogram>,
+}
+
+impl RouteStats {
+    /// Counts one answered request and its time to response headers.
+    pub fn record(&self, method: &Method, status: StatusCode, elapsed: Duration) {
+        let (slot, label) = method_slot(method);
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.counts[slot][class]
+            .get_or_init(|| {
+                self.requests
+                    .with_label_values(&[&self.route, &self.upstream, label, STATUS_CLASS_LABELS[class]])
+            })
+            .inc();
+        self.duration
+            .get_or_init(|| self.duration_vec.with_label_values(&[&self.route, &self.upstream]))
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+const STATUS_CLASS_LABELS: [&str; STATUS_CLASSES] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_slot(method: &Method) -> (usize, &'static str) {
+    match *method {
+        Method::GET => (0, "GET"),
+        Method::HEAD => (1, "HEAD"),
+        Method::POST => (2, "POST"),
+        Method::PUT => (3, "PUT"),
+        Method::DELETE => (4, "DELETE"),
+        Method::PATCH => (5, "PATCH"),
+        Method::OPTIONS => (6, "OPTIONS"),
+        _ => (7, "OTHER"),
+    }
+}
