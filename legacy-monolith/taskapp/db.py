@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import time
 
 from flask import current_app, g
 
@@ -29,14 +30,23 @@ def init_schema(path):
     """Create the schema if missing (idempotent; safe with several workers)."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    conn = connect(path)
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        with open(SCHEMA_PATH, encoding="utf-8") as f:
-            schema = f.read()
-        conn.executescript("BEGIN IMMEDIATE;\n" + schema + "\nCOMMIT;")
-    finally:
-        conn.close()
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        schema = f.read()
+    # Several gunicorn workers may start at once: retry if the file is locked.
+    for attempt in range(50):
+        conn = connect(path)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript("BEGIN IMMEDIATE;\n" + schema + "\nCOMMIT;")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == 49:
+                raise
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            time.sleep(0.1)
+        finally:
+            conn.close()
 
 
 def get_db():

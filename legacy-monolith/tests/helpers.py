@@ -27,6 +27,19 @@ def wait_port(port, timeout=15.0):
     raise TimeoutError(f"port {port} never opened")
 
 
+def wait_http(url, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} never answered 200")
+
+
 def start_sink(out_dir):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "taskapp.smtp_sink", "--port", str(port), "--out", str(out_dir)],

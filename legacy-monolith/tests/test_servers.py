@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, free_port, http, start_sink, stop, wait_for_files, wait_port
+from helpers import ROOT, free_port, http, start_sink, stop, wait_for_files, wait_http
 from taskapp import create_app
 
 
@@ -26,11 +26,15 @@ def test_gunicorn_real_http(tmp_path, sink):
                TASKAPP_JWT_SECRET="gunicorn-test-secret-gunicorn-test-secret",
                TASKAPP_SMTP_HOST="127.0.0.1", TASKAPP_SMTP_PORT=str(smtp_port), TASKAPP_NOTIFY_POLL="0.2",
                TASKAPP_PYTHON=sys.executable)
+    log = open(tmp_path / "gunicorn.log", "wb")
     proc = subprocess.Popen([os.path.join(ROOT, "run.sh"), str(port)], cwd=str(tmp_path), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_port(port)
         base = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(base + "/healthz")
+        except TimeoutError:
+            raise AssertionError((tmp_path / "gunicorn.log").read_text())
         st, hd, body = http("GET", base + "/healthz")
         assert st == 200 and body == b'{"status":"ok"}\n' and hd["Content-Type"] == "application/json"
         for name in ("gone", "gtwo"):
@@ -61,6 +65,7 @@ def test_gunicorn_real_http(tmp_path, sink):
         assert len(files) == 1
     finally:
         stop(proc)
+        log.close()
 
 
 def test_task_assignment_mail_captured_by_sink(tmp_path, sink):
