@@ -47,15 +47,18 @@ impl Drop for InFlight<'_> {
 }
 
 /// Serves one client request. Never fails: every error becomes a JSON answer.
-pub async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     shared.metrics.in_flight.inc();
     let _in_flight = InFlight(&shared.metrics.in_flight);
+    // Hop-by-hop headers go before anything is read or added.
+    let upgrade = headers::is_upgrade_request(req.headers());
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     let request_id = headers::request_id(req.headers());
     let table = shared.table.load_full();
     let method = req.method().clone();
     let mut outcome = Outcome::default();
-    let response = match forward(&table, &conn, req, &request_id, &mut outcome).await {
+    let response = match forward(&table, &conn, req, upgrade, &request_id, &mut outcome).await {
         Ok(response) => response,
         Err(err) => {
             tracing::debug!(request_id = ?request_id, error = %err, "request failed");
@@ -102,6 +105,7 @@ async fn forward<'t>(
     table: &'t Table,
     conn: &Conn,
     mut req: Request<Incoming>,
+    upgrade: bool,
     request_id: &HeaderValue,
     outcome: &mut Outcome<'t>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -125,9 +129,7 @@ async fn forward<'t>(
     let path_and_query = upstream_path_and_query(req.uri(), upstream_path)?;
     let target = route.upstream.pick();
 
-    let upgrade = headers::is_upgrade_request(req.headers());
     let hdrs = req.headers_mut();
-    headers::strip_hop_by_hop(hdrs, upgrade);
     if upgrade {
         headers::set_upgrade(hdrs);
     }

@@ -1,0 +1,59 @@
+# strangler — the two commands a new user needs:
+#   make demo   start everything (monolith, extracted services, SMTP sink, proxy)
+#   make test   run every test
+# Both work on a fresh machine with only Rust and Python 3: this Makefile
+# installs the rest (a virtualenv with pinned Python packages; Debian
+# packages through apt-get when missing).
+
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+export TASKAPP_PYTHON := $(PY)
+CARGO ?= cargo
+
+.PHONY: demo test test-rust test-python test-k8s lint bench soak fuzz report venv build release clean
+
+## Python virtualenv with the monolith's pinned requirements.
+venv: $(VENV)/.installed
+$(VENV)/.installed: legacy-monolith/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r legacy-monolith/requirements.txt
+	touch $@
+
+build:
+	$(CARGO) build --workspace --bins
+
+release:
+	$(CARGO) build --release --workspace --bins
+
+## Every test: Rust (unit, integration, end-to-end), the monolith's pytest suite,
+## and the Kubernetes manifests (rendered, schema-validated, checked by `strangler check`).
+test: venv
+	$(MAKE) test-rust
+	$(MAKE) test-python
+	$(MAKE) test-k8s
+
+test-rust: venv build
+	$(CARGO) test --workspace
+
+test-python: venv
+	cd legacy-monolith && $(PY) -m pytest -q
+
+test-k8s: build
+	@command -v kubectl >/dev/null || scripts/apt-install.sh kubectl || true
+	STRANGLER_BIN=$(CURDIR)/target/debug/strangler bash k8s/validate.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## The whole strangler-fig migration on one machine; Ctrl-C stops everything.
+demo: venv release
+	scripts/demo.sh
+
+bench: release
+	$(CARGO) bench --bench router
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV) .venv-k8s demo-data

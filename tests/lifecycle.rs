@@ -1,0 +1,72 @@
+//! The binary's lifecycle: SIGTERM drains, SIGHUP reloads, address changes
+//! need a restart, access logs in JSON.
+
+use std::time::Duration;
+
+use strangler::table::content_hash;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let up = TestUpstream::start("slow", Behaviour::Slow(Duration::from_millis(1500))).await;
+    let dir = ConfigDir::new(&config(&[("slow", &up.url())], "  - {name: all, prefix: /, upstream: slow}\n"));
+    let mut proxy = BinaryProxy::start(&dir.path(), &["--drain-timeout", "10s"]).await;
+    let addr = proxy.addr;
+    let in_flight: Vec<_> = (0..5).map(|i| tokio::spawn(async move { get(addr, &format!("/drain/{i}")).await })).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = send(&http1(), req(http::Method::GET, proxy.admin, "/readyz").body(Default::default()).unwrap()).await.unwrap();
+    assert_eq!(ready.status, 503, "readiness goes false while draining");
+    for r in in_flight {
+        assert_eq!(r.await.unwrap().status, 200, "an in-flight request was lost");
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_address_changes_need_a_restart() {
+    let a = TestUpstream::start("a", Behaviour::Echo).await;
+    // The config lives behind a symlink into another directory, so that only
+    // SIGHUP (not a file event) can tell the proxy about the change.
+    let real = ConfigDir::new(&config(&[("a", &a.url())], "  - {name: all, prefix: /old, upstream: a}\n"));
+    let link_dir = tempfile::tempdir().unwrap();
+    let link = link_dir.path().join("routes.yaml");
+    std::os::unix::fs::symlink(real.path(), &link).unwrap();
+    let proxy = BinaryProxy::start(&link, &["--poll-interval", "1h"]).await;
+    assert_eq!(get(proxy.addr, "/new").await.status, 404);
+
+    let changed = config(&[("a", &a.url())], "  - {name: all, prefix: /new, upstream: a}\n").replace("admin: \"127.0.0.1:0\"", "admin: \"127.0.0.1:1\"");
+    real.write_in_place(&changed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(proxy.addr, "/new").await.status, 404, "reloaded without a trigger");
+    proxy.signal("HUP");
+    proxy.wait_for_log("config reloaded").await;
+    assert_eq!(get(proxy.addr, "/new").await.status, 200);
+    assert!(proxy.log_text().contains("take effect only after a restart"));
+    let config = get(proxy.admin, "/config").await.json();
+    assert_eq!(config["hash"], content_hash(&changed), "the admin listener keeps serving on its old address");
+}
+
+#[tokio::test]
+async fn access_log_lines_are_structured_json() {
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let dir = ConfigDir::new(&config(&[("up", &up.url())], "  - {name: web, prefix: /, upstream: up}\n"));
+    let proxy = BinaryProxy::start(&dir.path(), &["--log-format", "json"]).await;
+    let r = get(proxy.addr, "/logged?q=1").await;
+    let id = r.header("x-request-id").unwrap().to_string();
+    proxy.wait_for_log(&id).await;
+    let text = proxy.log_text();
+    let line = text.lines().find(|l| l.contains(&id)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/logged");
+    assert_eq!(v["route"], "web");
+    assert_eq!(v["upstream"], "up");
+    assert_eq!(v["status"], 200);
+    assert!(v["duration_ms"].as_f64().is_some());
+    assert!(v["bytes"].as_u64().is_some());
+}

@@ -1,0 +1,12 @@
+//! Test support: real upstream servers, the real proxy (in-process or as the
+//! binary) on ephemeral loopback ports, and small HTTP clients.
+
+#![allow(dead_code)]
+
+pub mod client;
+pub mod proxy;
+pub mod upstream;
+
+pub use client::*;
+pub use proxy::*;
+pub use upstream::*;

@@ -1,0 +1,14 @@
+//! One integration-test binary (faster to link than one per file).
+//! Every test runs the real proxy against real upstream servers on loopback.
+
+mod support;
+
+mod admin;
+mod cli;
+mod errors;
+mod headers;
+mod lifecycle;
+mod path_safety;
+mod protocols;
+mod reload;
+mod routing;
