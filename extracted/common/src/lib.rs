@@ -1,0 +1,16 @@
+//! Code shared by the services extracted from the legacy Flask monolith:
+//! Flask-compatible JSON and error rendering, Werkzeug's HTML 404/405 pages,
+//! RFC 822 dates, pagination, JWT authentication (PyJWT-compatible checks),
+//! SQLite helpers, the change-feed sync loop and the server runner.
+
+pub mod auth;
+pub mod body;
+pub mod dates;
+pub mod db;
+pub mod errors;
+pub mod flask_json;
+pub mod pagination;
+pub mod server;
+pub mod sync;
+
+pub use errors::ApiError;
