@@ -73,8 +73,8 @@ impl From<rusqlite::Error> for ApiError {
     }
 }
 
-pub const HTML_404: &str = "<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n<p>The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.</p>";
-pub const HTML_405: &str = "<!doctype html>\n<html lang=en>\n<title>405 Method Not Allowed</title>\n<h1>Method Not Allowed</h1>\n<p>The method is not allowed for the requested URL.</p>";
+pub const HTML_404: &str = "<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n<p>The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.</p>\n";
+pub const HTML_405: &str = "<!doctype html>\n<html lang=en>\n<title>405 Method Not Allowed</title>\n<h1>Method Not Allowed</h1>\n<p>The method is not allowed for the requested URL.</p>\n";
 
 fn html(status: StatusCode, body: &'static str) -> Response {
     let mut resp = (status, body).into_response();
@@ -83,7 +83,8 @@ fn html(status: StatusCode, body: &'static str) -> Response {
     resp
 }
 
-/// Werkzeug's 404 page (unknown URL, non-integer id, trailing slash variants).
+/// Werkzeug's 404 page (note: it DOES end with a newline, 207 bytes;
+/// CONTRACT.md says "no trailing newline") (unknown URL, non-integer id, trailing slash variants).
 pub fn html_not_found() -> Response {
     html(StatusCode::NOT_FOUND, HTML_404)
 }
