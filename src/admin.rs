@@ -6,7 +6,8 @@
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /config`: the active config as JSON, with its content hash and load time.
 //! - `GET /explain?method=GET&path=/api/users/7&host=...`: which route and
-//!   upstream that request would take, and why.
+//!   upstream that request would take, and why (with split weights and health).
+//! - `GET /upstreams`: every upstream's targets, health, ejections and in-flight counts.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -31,6 +32,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/config", get(config))
         .route("/explain", get(explain))
+        .route("/upstreams", get(upstreams))
         .with_state(shared)
 }
 
@@ -65,6 +67,12 @@ async fn config(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "loaded_at": humantime::format_rfc3339_millis(table.loaded_at).to_string(),
         "config": table.raw,
     }))
+}
+
+async fn upstreams(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let table = shared.table.load();
+    let reports: Vec<_> = table.upstreams.values().map(|u| u.report()).collect();
+    Json(json!({ "upstreams": reports }))
 }
 
 #[derive(Deserialize)]

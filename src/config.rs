@@ -23,6 +23,13 @@ pub struct RawConfig {
     pub admin: String,
     pub upstreams: BTreeMap<String, RawUpstream>,
     pub routes: Vec<RawRoute>,
+    /// Response header naming the upstream that answered; `""` switches it off.
+    #[serde(default = "default_upstream_header")]
+    pub upstream_header: String,
+}
+
+fn default_upstream_header() -> String {
+    "X-Strangler-Upstream".into()
 }
 
 fn default_admin() -> String {
@@ -38,6 +45,166 @@ pub struct RawUpstream {
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Extra attempts for idempotent requests after a connection failure or a 502/503/504.
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// Requests in flight to this upstream beyond which the proxy answers 503 at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<RawOutlier>,
+}
+
+/// How a target is picked among the healthy ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    #[default]
+    RoundRobin,
+    /// Power of two choices: the less busy of two random targets.
+    LeastRequest,
+}
+
+/// Active health checking of every target of an upstream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_three")]
+    pub unhealthy_after: u32,
+    #[serde(default = "default_two")]
+    pub healthy_after: u32,
+}
+
+fn default_health_path() -> String {
+    "/healthz".into()
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_three() -> u32 {
+    3
+}
+fn default_two() -> u32 {
+    2
+}
+
+/// Passive outlier ejection: a target failing this many requests in a row is
+/// taken out of rotation for a growing interval.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "default_base_ejection", with = "humantime_serde")]
+    pub base_ejection: Duration,
+    #[serde(default = "default_max_ejection", with = "humantime_serde")]
+    pub max_ejection: Duration,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for RawOutlier {
+    fn default() -> Self {
+        RawOutlier {
+            consecutive_failures: default_consecutive_failures(),
+            base_ejection: default_base_ejection(),
+            max_ejection: default_max_ejection(),
+        }
+    }
+}
+
+/// One share of a canary split.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplit {
+    pub upstream: String,
+    pub weight: u32,
+}
+
+/// Where the key for sticky assignment comes from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+}
+
+/// A per-route token bucket.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub rps: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<f64>,
+    /// `client_ip` (default) or `header:NAME`.
+    #[serde(default = "default_rate_key")]
+    pub key: String,
+}
+
+fn default_rate_key() -> String {
+    "client_ip".into()
+}
+
+/// A byte size written as a number or with a unit: `65536`, `64KiB`, `1MiB`, `10MB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => parse_byte_size(&t).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `64KiB`, `1MiB`, `10MB`, `512` into bytes.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("invalid size {text:?} (use e.g. 65536, 64KiB, 1MiB)"))?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "KiB" | "K" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" | "M" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" | "G" => 1 << 30,
+        other => return Err(format!("invalid size unit {other:?} in {text:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    n.checked_mul(factor).ok_or_else(|| format!("size {text:?} is too large"))
 }
 
 /// One route: which requests it takes and where they go.
@@ -46,7 +213,25 @@ pub struct RawUpstream {
 pub struct RawRoute {
     pub name: String,
     pub prefix: String,
-    pub upstream: String,
+    /// The one upstream (or use `split`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// A weighted canary split between upstreams (instead of `upstream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Vec<RawSplit>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<RawSticky>,
+    /// Upstream that answers when the chosen one cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// Non-idempotent methods that may also fall back (their bodies are replayed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_methods: Option<Vec<String>>,
+    /// Largest request body kept in memory so that it can be replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_buffer: Option<ByteSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RawRateLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +341,16 @@ mod tests {
         let text = "listen: x\nupstreams:\n  a:\n    targets: [\"http://h:1\"]\n    timeout: 5 parsecs\nroutes: []\n";
         let err = Source { file: "r.yaml", text }.parse().unwrap_err();
         assert_eq!(err.line, Some(5), "{err}");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("64KiB"), Ok(65536));
+        assert_eq!(parse_byte_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_byte_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_byte_size("512"), Ok(512));
+        assert!(parse_byte_size("lots").is_err());
+        assert!(parse_byte_size("5 parsecs").is_err());
     }
 
     #[test]

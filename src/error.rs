@@ -26,6 +26,14 @@ pub enum ProxyError {
     UpstreamFailed { upstream: String, detail: String },
     #[error("the proxy is shutting down")]
     Draining,
+    #[error("the request body could not be read")]
+    BodyRead,
+    #[error("rate limit exceeded; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("upstream {upstream} has no healthy target")]
+    NoHealthyTarget { upstream: String },
+    #[error("upstream {upstream} is at its max_concurrent limit")]
+    Overloaded { upstream: String },
 }
 
 #[derive(Serialize)]
@@ -43,7 +51,9 @@ struct ErrorBody<'a> {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadPath(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath(_) | ProxyError::BadRequest(_) | ProxyError::BodyRead => StatusCode::BAD_REQUEST,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::NoHealthyTarget { .. } | ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -61,17 +71,39 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
             ProxyError::Draining => "draining",
+            ProxyError::BodyRead => "body_read_failed",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::NoHealthyTarget { .. } => "no_healthy_target",
+            ProxyError::Overloaded { .. } => "upstream_overloaded",
         }
     }
 
     pub fn fault(&self) -> &'static str {
         match self {
-            ProxyError::BadPath(_) | ProxyError::BadRequest(_) | ProxyError::NoRoute { .. } => "downstream",
-            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamFailed { .. } => {
-                "upstream"
-            }
+            ProxyError::BadPath(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::NoRoute { .. }
+            | ProxyError::BodyRead
+            | ProxyError::RateLimited { .. } => "downstream",
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::UpstreamFailed { .. }
+            | ProxyError::NoHealthyTarget { .. }
+            | ProxyError::Overloaded { .. } => "upstream",
             ProxyError::Draining => "internal",
         }
+    }
+
+    /// Worth another attempt (elsewhere): the upstream was not reached or gave no answer.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::UpstreamUnreachable { .. }
+                | ProxyError::UpstreamTimeout { .. }
+                | ProxyError::UpstreamFailed { .. }
+                | ProxyError::NoHealthyTarget { .. }
+                | ProxyError::Overloaded { .. }
+        )
     }
 
     /// The JSON response for this error.
@@ -80,7 +112,11 @@ impl ProxyError {
             ProxyError::NoRoute { path, .. } => Some(path.as_str()),
             _ => None,
         };
-        json_error(self.status(), self.code(), self.fault(), self.to_string(), path, request_id)
+        let mut response = json_error(self.status(), self.code(), self.fault(), self.to_string(), path, request_id);
+        if let ProxyError::RateLimited { retry_after } = self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        response
     }
 }
 

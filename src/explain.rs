@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use crate::path;
 use crate::router::{host_without_port, RouteKey};
-use crate::table::Table;
+use crate::split::StickyKey;
+use crate::table::{Backend, Table};
 
 /// The decision for one request, and every route that could have applied.
 #[derive(Debug, Serialize)]
@@ -20,9 +21,24 @@ pub struct Explanation {
     pub upstream: Option<String>,
     pub targets: Vec<String>,
     pub upstream_path: Option<String>,
+    /// For a split: each share, its weight and whether it can take traffic now.
+    pub split: Vec<ShareReport>,
+    pub sticky: Option<String>,
+    pub fallback: Option<String>,
+    /// Health and load of every upstream the route can use.
+    pub upstreams: Vec<crate::upstream::UpstreamReport>,
     pub status: u16,
     pub reason: String,
     pub candidates: Vec<Candidate>,
+}
+
+/// One share of a split as it stands.
+#[derive(Debug, Serialize)]
+pub struct ShareReport {
+    pub upstream: String,
+    pub weight: u32,
+    pub percent: f64,
+    pub available: bool,
 }
 
 /// A route whose prefix covers the path, and whether it won.
@@ -50,6 +66,10 @@ pub fn explain(table: &Table, method: &str, path_and_query: &str, host: Option<&
         upstream: None,
         targets: vec![],
         upstream_path: None,
+        split: vec![],
+        sticky: None,
+        fallback: None,
+        upstreams: vec![],
         status: 404,
         reason: String::new(),
         candidates: vec![],
@@ -80,8 +100,34 @@ pub fn explain(table: &Table, method: &str, path_and_query: &str, host: Option<&
     let forwarded = if forwarded.is_empty() { "/" } else { forwarded };
     out.status = 200;
     out.route = Some(route.name.to_string());
-    out.upstream = Some(route.upstream.name.to_string());
-    out.targets = route.upstream.targets.iter().map(|t| t.url.to_string()).collect();
+    let primary = &route.upstreams[0].upstream;
+    match &route.backend {
+        Backend::Single => {
+            out.upstream = Some(primary.name.to_string());
+            out.targets = primary.targets.iter().map(|t| t.url.to_string()).collect();
+        }
+        Backend::Split(split) => {
+            out.split = split
+                .shares
+                .iter()
+                .map(|share| {
+                    let upstream = &route.upstreams[share.upstream].upstream;
+                    ShareReport {
+                        upstream: upstream.name.to_string(),
+                        weight: share.weight,
+                        percent: share.weight as f64 * 100.0 / split.total.max(1) as f64,
+                        available: upstream.any_available(),
+                    }
+                })
+                .collect();
+            out.sticky = split.sticky.as_ref().map(|k| match k {
+                StickyKey::Header(h) => format!("header {h}"),
+                StickyKey::Cookie(c) => format!("cookie {c}"),
+            });
+        }
+    }
+    out.fallback = route.fallback.map(|i| route.upstreams[i].upstream.name.to_string());
+    out.upstreams = route.upstreams.iter().map(|u| u.upstream.report()).collect();
     out.upstream_path = Some(match query {
         Some(q) => format!("{forwarded}?{q}"),
         None => forwarded.to_string(),

@@ -16,7 +16,10 @@
 //!   depth, not table size.
 //! - [`proxy`] (+ [`headers`], [`body`], [`error`]): forwards the request to the
 //!   upstream through a pooled client and streams the answer back.
-//! - [`upstream`]: upstream groups, targets and the shared client pools.
+//! - [`split`]: canary splits and sticky assignment.
+//! - [`upstream`]: upstream groups, target choice and health, retry budget,
+//!   concurrency caps, and the shared client pools.
+//! - [`health`]: active health checks; [`ratelimit`]: per-route token buckets.
 //!
 //! Beside the request path:
 //!
@@ -36,12 +39,15 @@ pub mod config;
 pub mod error;
 pub mod explain;
 pub mod headers;
+pub mod health;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod split;
 pub mod table;
 pub mod upstream;
 
@@ -54,15 +60,15 @@ use arc_swap::ArcSwap;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::table::{Context, Table};
-use crate::upstream::ClientCache;
+use crate::upstream::UpstreamCache;
 
 /// State shared by every connection, the admin API and the reloader.
 pub struct Shared {
     /// The route table in force; swapped whole on reload, read without locks.
     pub table: ArcSwap<Table>,
     pub metrics: Arc<Metrics>,
-    /// Upstream clients, kept across reloads so their pools stay warm.
-    pub clients: ClientCache,
+    /// Upstream clients and target health, kept across reloads.
+    pub cache: UpstreamCache,
     /// Set on shutdown: readiness turns false.
     pub draining: AtomicBool,
 }
@@ -77,14 +83,14 @@ impl Shared {
     /// Builds the shared state from config text (`file` names it in errors).
     pub fn from_text(file: &str, text: &str) -> Result<Arc<Shared>, ConfigError> {
         let metrics = Metrics::new();
-        let clients = ClientCache::default();
-        let table = Table::build(file, text, &Context { metrics: &metrics, clients: &clients })?;
+        let cache = UpstreamCache::default();
+        let table = Table::build(file, text, &Context { metrics: &metrics, cache: &cache })?;
         metrics.record_reload(true);
         metrics.set_config_hash(&table.hash);
         Ok(Arc::new(Shared {
             table: ArcSwap::from_pointee(table),
             metrics,
-            clients,
+            cache,
             draining: AtomicBool::new(false),
         }))
     }

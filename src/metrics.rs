@@ -24,6 +24,17 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     reloads: IntCounterVec,
     config_info: IntGaugeVec,
+    split_decisions: IntCounterVec,
+    fallbacks: IntCounterVec,
+    retries: IntCounterVec,
+    ejections: IntCounterVec,
+    breaker_rejections: IntCounterVec,
+    rate_limited: IntCounterVec,
+    target_healthy: IntGaugeVec,
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).unwrap()
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -63,6 +74,22 @@ impl Metrics {
             &["hash"],
         )
         .unwrap();
+        let split_decisions = counter_vec("strangler_split_decisions_total", "Split choices by route and upstream.", &["route", "upstream"]);
+        let fallbacks = counter_vec("strangler_fallbacks_total", "Requests answered by the fallback upstream, by route.", &["route"]);
+        let retries = counter_vec("strangler_retries_total", "Retried attempts by upstream.", &["upstream"]);
+        let ejections = counter_vec("strangler_ejections_total", "Targets ejected by passive outlier detection.", &["upstream"]);
+        let breaker_rejections =
+            counter_vec("strangler_breaker_rejections_total", "Requests refused at once because max_concurrent was reached.", &["upstream"]);
+        let rate_limited = counter_vec("strangler_rate_limited_total", "Requests refused with 429 by route.", &["route"]);
+        let target_healthy = IntGaugeVec::new(
+            Opts::new("strangler_upstream_target_healthy", "1 when a target passes its active health checks."),
+            &["upstream", "target"],
+        )
+        .unwrap();
+        for c in [&split_decisions, &fallbacks, &retries, &ejections, &breaker_rejections, &rate_limited] {
+            registry.register(Box::new(c.clone())).unwrap();
+        }
+        registry.register(Box::new(target_healthy.clone())).unwrap();
         registry.register(Box::new(requests.clone())).unwrap();
         registry.register(Box::new(duration.clone())).unwrap();
         registry.register(Box::new(upstream_errors.clone())).unwrap();
@@ -77,6 +104,13 @@ impl Metrics {
             in_flight,
             reloads,
             config_info,
+            split_decisions,
+            fallbacks,
+            retries,
+            ejections,
+            breaker_rejections,
+            rate_limited,
+            target_healthy,
         })
     }
 
@@ -104,6 +138,32 @@ impl Metrics {
             connect: self.upstream_errors.with_label_values(&[upstream, "connect"]),
             timeout: self.upstream_errors.with_label_values(&[upstream, "timeout"]),
         }
+    }
+
+    /// Counters an upstream updates, resolved at config load.
+    pub fn upstream_counters(&self, upstream: &str) -> crate::upstream::UpstreamCounters {
+        crate::upstream::UpstreamCounters {
+            errors: self.upstream_errors(upstream),
+            retries: self.retries.with_label_values(&[upstream]),
+            ejections: self.ejections.with_label_values(&[upstream]),
+            breaker_rejections: self.breaker_rejections.with_label_values(&[upstream]),
+        }
+    }
+
+    pub fn target_healthy(&self, upstream: &str, target: &str) -> IntGauge {
+        self.target_healthy.with_label_values(&[upstream, target])
+    }
+
+    pub fn split_decisions(&self, route: &str, upstream: &str) -> IntCounter {
+        self.split_decisions.with_label_values(&[route, upstream])
+    }
+
+    pub fn fallbacks(&self, route: &str) -> IntCounter {
+        self.fallbacks.with_label_values(&[route])
+    }
+
+    pub fn rate_limited(&self, route: &str) -> IntCounter {
+        self.rate_limited.with_label_values(&[route])
     }
 
     pub fn record_reload(&self, ok: bool) {

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -18,7 +21,8 @@ use crate::error::ProxyError;
 use crate::headers;
 use crate::path;
 use crate::router::host_without_port;
-use crate::table::{Route, Table};
+use crate::table::{Route, RouteUpstream, Table};
+use crate::upstream::{Unavailable, Upstream};
 use crate::Shared;
 
 /// What the proxy knows about a client connection, computed once per connection.
@@ -58,15 +62,18 @@ pub async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, mut req: Request<Incom
     let table = shared.table.load_full();
     let method = req.method().clone();
     let mut outcome = Outcome::default();
-    let response = match forward(&table, &conn, req, upgrade, &request_id, &mut outcome).await {
+    let mut response = match forward(&table, &conn, req, upgrade, &request_id, &mut outcome).await {
         Ok(response) => response,
         Err(err) => {
             tracing::debug!(request_id = ?request_id, error = %err, "request failed");
             err.into_response(Some(&request_id))
         }
     };
-    if let Some(route) = outcome.route {
-        route.stats.record(&method, response.status(), start.elapsed());
+    if let Some(used) = outcome.used() {
+        used.stats.record(&method, response.status(), start.elapsed());
+        if let Some(name) = &table.upstream_header {
+            response.headers_mut().insert(name.clone(), used.upstream.name_header.clone());
+        }
     }
     access_log(&method, &outcome, &request_id, &response, start);
     Ok(response)
@@ -77,6 +84,14 @@ pub async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, mut req: Request<Incom
 struct Outcome<'t> {
     path: Option<Box<str>>,
     route: Option<&'t Route>,
+    /// Index into `route.upstreams` of the upstream that answered (or was last tried).
+    upstream: usize,
+}
+
+impl<'t> Outcome<'t> {
+    fn used(&self) -> Option<&'t RouteUpstream> {
+        self.route.map(|r| &r.upstreams[self.upstream])
+    }
 }
 
 fn access_log(method: &Method, outcome: &Outcome<'_>, request_id: &HeaderValue, response: &Response<ProxyBody>, start: Instant) {
@@ -94,7 +109,7 @@ fn access_log(method: &Method, outcome: &Outcome<'_>, request_id: &HeaderValue, 
         method = %method,
         path = outcome.path.as_deref().unwrap_or("-"),
         route = outcome.route.map_or("-", |r| &r.name),
-        upstream = outcome.route.map_or("-", |r| &r.upstream.name),
+        upstream = outcome.used().map_or("-", |u| &u.upstream.name),
         status = response.status().as_u16(),
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
         bytes,
@@ -124,11 +139,15 @@ async fn forward<'t>(
     })?;
     let route = found.value;
     outcome.route = Some(route);
+    if let Some(limiter) = &route.rate_limit {
+        if let Err(wait) = limiter.check(req.headers(), conn.remote.ip()) {
+            route.rate_limited.inc();
+            return Err(ProxyError::RateLimited { retry_after: wait.as_secs_f64().ceil().max(1.0) as u64 });
+        }
+    }
 
     let upstream_path = if route.strip_prefix { &normalized[found.prefix_len..] } else { &normalized[..] };
     let path_and_query = upstream_path_and_query(req.uri(), upstream_path)?;
-    let target = route.upstream.pick();
-
     let hdrs = req.headers_mut();
     if upgrade {
         headers::set_upgrade(hdrs);
@@ -138,32 +157,47 @@ async fn forward<'t>(
     }
     headers::add_forwarded(hdrs, &conn.client_ip, conn.proto, host_value);
     hdrs.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+
+    let primary = route.choose(req.headers());
+    outcome.upstream = primary;
+    let fallback = route.fallback.filter(|&f| f != primary);
+    let replayable = !upgrade && route.may_replay(req.method());
+    let wants_replay = replayable && (fallback.is_some() || route.upstreams.iter().any(|u| u.upstream.retries > 0));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let client_version = req.version();
-
     let (mut parts, body) = req.into_parts();
-    parts.uri = target.uri(path_and_query);
-    parts.version = Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, ProxyBody::Streamed(body));
-
-    let upstream = &route.upstream;
-    let mut response = match tokio::time::timeout(upstream.timeout, upstream.client.request(upstream_req)).await {
-        Err(_) => {
-            upstream.errors.timeout.inc();
-            return Err(ProxyError::UpstreamTimeout { upstream: upstream.name.to_string() });
-        }
-        Ok(Err(e)) => return Err(classify_upstream_error(upstream, e)),
-        Ok(Ok(response)) => response,
+    let mut body = if wants_replay {
+        RequestBody::buffer(&parts.headers, body, route.retry_buffer).await?
+    } else {
+        RequestBody::Streamed(Some(body))
     };
+    let mut attempt = Attempt { parts: &mut parts, path_and_query: &path_and_query, body: &mut body, replayable };
+
+    let mut result = attempt.send_to(&route.upstreams[primary].upstream).await;
+    if let Some(fallback) = fallback {
+        let failed = match &result {
+            Ok(response) => is_gateway_error(response.status()),
+            Err(e) => e.is_retryable(),
+        };
+        if failed && replayable && attempt.body.available() {
+            route.fallbacks.inc();
+            outcome.upstream = fallback;
+            tracing::debug!(route = %route.name, from = %route.upstreams[primary].upstream.name, "falling back");
+            result = attempt.send_to(&route.upstreams[fallback].upstream).await;
+        }
+    }
+    let mut response = result?;
 
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         match client_upgrade {
             Some(client_upgrade) => tunnel(client_upgrade, hyper::upgrade::on(&mut response)),
-            None => return Err(ProxyError::UpstreamFailed {
-                upstream: upstream.name.to_string(),
-                detail: "answered 101 to a request that asked for no upgrade".into(),
-            }),
+            None => {
+                return Err(ProxyError::UpstreamFailed {
+                    upstream: route.upstreams[outcome.upstream].upstream.name.to_string(),
+                    detail: "answered 101 to a request that asked for no upgrade".into(),
+                })
+            }
         }
     }
     let hdrs = response.headers_mut();
@@ -175,6 +209,122 @@ async fn forward<'t>(
     // Answer in the client's protocol version, whatever the upstream spoke.
     *response.version_mut() = client_version;
     Ok(response.map(ProxyBody::Streamed))
+}
+
+/// 502, 503 and 504: the upstream could not answer; worth trying elsewhere.
+fn is_gateway_error(status: StatusCode) -> bool {
+    matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
+}
+
+/// The request body: streamed through once, or kept (when small) so that
+/// it can be sent again to a retry or the fallback.
+enum RequestBody {
+    Streamed(Option<Incoming>),
+    Buffered(Bytes),
+}
+
+impl RequestBody {
+    /// Keeps the body when it is known to be at most `limit` bytes.
+    async fn buffer(headers: &http::HeaderMap, body: Incoming, limit: u64) -> Result<RequestBody, ProxyError> {
+        if body.is_end_stream() {
+            return Ok(RequestBody::Buffered(Bytes::new()));
+        }
+        let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        match length {
+            Some(n) if n <= limit => {
+                let collected = http_body_util::Limited::new(body, n as usize).collect().await.map_err(|_| ProxyError::BodyRead)?;
+                Ok(RequestBody::Buffered(collected.to_bytes()))
+            }
+            _ => Ok(RequestBody::Streamed(Some(body))),
+        }
+    }
+
+    /// Whether another attempt can still be sent.
+    fn available(&self) -> bool {
+        match self {
+            RequestBody::Streamed(body) => body.is_some(),
+            RequestBody::Buffered(_) => true,
+        }
+    }
+
+    fn take(&mut self) -> Option<ProxyBody> {
+        match self {
+            RequestBody::Streamed(body) => body.take().map(ProxyBody::Streamed),
+            RequestBody::Buffered(bytes) => Some(ProxyBody::full(bytes.clone())),
+        }
+    }
+}
+
+/// One request on its way upstream, possibly over several attempts.
+struct Attempt<'a> {
+    parts: &'a mut http::request::Parts,
+    path_and_query: &'a PathAndQuery,
+    body: &'a mut RequestBody,
+    /// The method allows sending the request more than once.
+    replayable: bool,
+}
+
+impl Attempt<'_> {
+    /// Sends to one upstream, retrying (within its budget) on connection
+    /// failures and 502/503/504 when the body can be sent again.
+    async fn send_to(&mut self, upstream: &Upstream) -> Result<Response<Incoming>, ProxyError> {
+        let may_retry = upstream.retries > 0 && self.replayable;
+        if may_retry {
+            upstream.budget.record_request();
+        }
+        let mut retries = 0;
+        loop {
+            let result = self.send_once(upstream).await;
+            let failed = match &result {
+                Ok(response) => is_gateway_error(response.status()),
+                Err(e) => e.is_retryable(),
+            };
+            let can_retry = failed
+                && may_retry
+                && retries < upstream.retries
+                && matches!(self.body, RequestBody::Buffered(_))
+                && upstream.budget.try_retry();
+            if !can_retry {
+                return result;
+            }
+            retries += 1;
+            upstream.counters.retries.inc();
+            tokio::time::sleep(crate::upstream::backoff(retries - 1)).await;
+        }
+    }
+
+    async fn send_once(&mut self, upstream: &Upstream) -> Result<Response<Incoming>, ProxyError> {
+        let permit = upstream.acquire().map_err(|why| match why {
+            Unavailable::AllUnhealthy => ProxyError::NoHealthyTarget { upstream: upstream.name.to_string() },
+            Unavailable::Overloaded => ProxyError::Overloaded { upstream: upstream.name.to_string() },
+        })?;
+        let body = self.body.take().ok_or_else(|| ProxyError::UpstreamFailed {
+            upstream: upstream.name.to_string(),
+            detail: "the request body was already sent and cannot be replayed".into(),
+        })?;
+        let mut request = Request::new(body);
+        *request.method_mut() = self.parts.method.clone();
+        *request.uri_mut() = permit.target.uri(self.path_and_query.clone());
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = if self.body.available() {
+            self.parts.headers.clone()
+        } else {
+            std::mem::take(&mut self.parts.headers)
+        };
+        let result = match tokio::time::timeout(upstream.timeout, upstream.client.request(request)).await {
+            Err(_) => {
+                upstream.counters.errors.timeout.inc();
+                Err(ProxyError::UpstreamTimeout { upstream: upstream.name.to_string() })
+            }
+            Ok(Err(e)) => Err(classify_upstream_error(upstream, e)),
+            Ok(Ok(response)) => Ok(response),
+        };
+        match &result {
+            Ok(response) if !is_gateway_error(response.status()) => upstream.record_success(permit.target),
+            _ => upstream.record_failure(permit.target),
+        }
+        result
+    }
 }
 
 /// The host the client addressed: the authority of an absolute-form or
@@ -209,14 +359,14 @@ fn upstream_path_and_query(uri: &http::Uri, path: &str) -> Result<PathAndQuery, 
     PathAndQuery::from_maybe_shared(rebuilt).map_err(|_| ProxyError::BadRequest("invalid request target"))
 }
 
-fn classify_upstream_error(upstream: &crate::upstream::Upstream, e: hyper_util::client::legacy::Error) -> ProxyError {
+fn classify_upstream_error(upstream: &Upstream, e: hyper_util::client::legacy::Error) -> ProxyError {
     let name = upstream.name.to_string();
     if e.is_connect() {
         if error_chain_has_timeout(&e) {
-            upstream.errors.timeout.inc();
+            upstream.counters.errors.timeout.inc();
             return ProxyError::UpstreamTimeout { upstream: name };
         }
-        upstream.errors.connect.inc();
+        upstream.counters.errors.connect.inc();
         return ProxyError::UpstreamUnreachable { upstream: name };
     }
     ProxyError::UpstreamFailed { upstream: name, detail: error_chain(&e) }

@@ -32,7 +32,7 @@ pub enum ReloadOutcome {
 /// Reads, validates and builds a table from a config file.
 pub fn load(path: &Path, shared: &Shared) -> Result<Table, ConfigError> {
     let text = config::read(path)?;
-    let ctx = Context { metrics: &shared.metrics, clients: &shared.clients };
+    let ctx = Context { metrics: &shared.metrics, cache: &shared.cache };
     Table::build(&path.display().to_string(), &text, &ctx)
 }
 
@@ -46,7 +46,7 @@ pub fn reload(path: &Path, shared: &Shared, trigger: &str) -> ReloadOutcome {
     if content_hash(&text) == current.hash {
         return ReloadOutcome::Unchanged;
     }
-    let ctx = Context { metrics: &shared.metrics, clients: &shared.clients };
+    let ctx = Context { metrics: &shared.metrics, cache: &shared.cache };
     let table = match Table::build(&path.display().to_string(), &text, &ctx) {
         Ok(table) => table,
         Err(e) => return reject(shared, e, trigger),
@@ -59,7 +59,9 @@ pub fn reload(path: &Path, shared: &Shared, trigger: &str) -> ReloadOutcome {
     }
     let hash = table.hash.clone();
     let routes = table.router.entries().len();
-    shared.table.store(Arc::new(table));
+    let table = Arc::new(table);
+    shared.table.store(table.clone());
+    crate::health::spawn_for(&table);
     shared.metrics.record_reload(true);
     shared.metrics.set_config_hash(&hash);
     tracing::info!(trigger, hash = %hash, routes, "config reloaded");

@@ -50,6 +50,7 @@ pub async fn run(
     let admin = tokio::spawn(crate::admin::serve(admin_listener, shared.clone(), async {
         let _ = admin_stopped.await;
     }));
+    crate::health::spawn_for(&shared.table.load());
     let builder = connection_builder(&options);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);

@@ -6,14 +6,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use http::header::HeaderName;
 use http::Method;
+use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
 
 use crate::config::{ConfigError, RawConfig, RawRoute, Source};
 use crate::metrics::{Metrics, RouteStats};
 use crate::path;
+use crate::ratelimit::{RateKey, RateLimiter};
 use crate::router::{RouteKey, Router};
-use crate::upstream::{ClientCache, Target, Upstream, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT};
+use crate::split::{Split, StickyKey};
+use crate::upstream::{
+    Target, TargetState, Upstream, UpstreamCache, UpstreamSettings, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT,
+};
+
+/// Default `retry_buffer`: request bodies up to this size are kept for a replay.
+pub const DEFAULT_RETRY_BUFFER: u64 = 64 * 1024;
 
 /// One config version, ready to serve.
 pub struct Table {
@@ -27,21 +36,75 @@ pub struct Table {
     pub hash: String,
     pub file: String,
     pub loaded_at: SystemTime,
+    /// Response header naming the upstream that answered, if switched on.
+    pub upstream_header: Option<HeaderName>,
 }
 
 /// What a matched request does.
 pub struct Route {
     pub name: Arc<str>,
-    pub upstream: Arc<Upstream>,
+    /// Every upstream this route can send to: the primary (or the split's
+    /// members, in order), then the fallback if it is not one of them.
+    pub upstreams: Vec<RouteUpstream>,
+    pub backend: Backend,
+    /// Index into `upstreams`.
+    pub fallback: Option<usize>,
+    /// Methods beyond the idempotent ones that may fall back or retry.
+    pub fallback_methods: Vec<Method>,
+    pub retry_buffer: u64,
+    pub rate_limit: Option<RateLimiter>,
     pub strip_prefix: bool,
+    pub fallbacks: IntCounter,
+    pub rate_limited: IntCounter,
+}
+
+/// One upstream as a route uses it, with the route's metric handles for it.
+pub struct RouteUpstream {
+    pub upstream: Arc<Upstream>,
     pub stats: RouteStats,
+    pub split_decisions: IntCounter,
+}
+
+/// How a route picks its primary upstream.
+pub enum Backend {
+    /// Always `upstreams[0]`.
+    Single,
+    Split(Split),
+}
+
+impl Route {
+    /// Index (into `upstreams`) of the primary upstream for this request.
+    pub fn choose(&self, headers: &http::HeaderMap) -> usize {
+        let Backend::Split(split) = &self.backend else { return 0 };
+        let share = split.choose(headers);
+        let mut chosen = split.shares[share].upstream;
+        if !self.upstreams[chosen].upstream.any_available() {
+            // Keep users off a member that is down when another can serve.
+            if let Some(other) = split
+                .shares
+                .iter()
+                .filter(|s| s.weight > 0)
+                .find(|s| self.upstreams[s.upstream].upstream.any_available())
+            {
+                chosen = other.upstream;
+            }
+        }
+        self.upstreams[chosen].split_decisions.inc();
+        chosen
+    }
+
+    /// Idempotent methods may be replayed; others only where the route says so.
+    pub fn may_replay(&self, method: &Method) -> bool {
+        matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+            || self.fallback_methods.contains(method)
+    }
 }
 
 /// What building a table needs besides the text: the metrics to register
-/// handles in and the clients to reuse.
+/// handles in and the clients and target states to reuse.
 pub struct Context<'a> {
     pub metrics: &'a Metrics,
-    pub clients: &'a ClientCache,
+    pub cache: &'a UpstreamCache,
 }
 
 /// SHA-256 hex of a config's bytes.
@@ -57,6 +120,12 @@ impl Table {
         let raw = source.parse()?;
         let listen = parse_addr(&source, "listen", &raw.listen)?;
         let admin = parse_addr(&source, "admin", &raw.admin)?;
+        let upstream_header = match raw.upstream_header.as_str() {
+            "" => None,
+            name => Some(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                source.error_at(&["upstream_header"], format!("upstream_header: {name:?} is not a valid header name"))
+            })?),
+        };
         let upstreams = build_upstreams(&source, &raw, ctx)?;
         let routes = build_routes(&source, &raw, &upstreams, ctx)?;
         let router = Router::new(routes).map_err(|dup| {
@@ -75,6 +144,7 @@ impl Table {
             hash: content_hash(text),
             file: file.to_string(),
             loaded_at: SystemTime::now(),
+            upstream_header,
         })
     }
 }
@@ -102,8 +172,13 @@ fn build_upstreams(
         let targets = up
             .targets
             .iter()
-            .map(|t| Target::parse(t).map_err(|e| source.error_at(&["upstreams:", &at, t], format!("upstream {name:?}: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|url| {
+                let (scheme, authority) =
+                    Target::parse(url).map_err(|e| source.error_at(&["upstreams:", &at, url], format!("upstream {name:?}: {e}")))?;
+                let state = ctx.cache.target_state(name, url, || TargetState::new(ctx.metrics.target_healthy(name, url)));
+                Ok(Target { url: url.as_str().into(), scheme, authority, state })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         let connect_timeout = up.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let timeout = up.timeout.unwrap_or(DEFAULT_TIMEOUT);
         for (key, d) in [("connect_timeout", connect_timeout), ("timeout", timeout)] {
@@ -111,14 +186,31 @@ fn build_upstreams(
                 return Err(source.error_at(&["upstreams:", &at, key], format!("upstream {name:?}: {key} must be more than zero")));
             }
         }
-        let upstream = Upstream::new(
-            name,
-            targets,
+        if up.max_concurrent == Some(0) {
+            return Err(source.error_at(&["upstreams:", &at, "max_concurrent"], format!("upstream {name:?}: max_concurrent must be at least 1")));
+        }
+        if let Some(h) = &up.health_check {
+            if !h.path.starts_with('/') || h.interval.is_zero() || h.timeout.is_zero() || h.unhealthy_after == 0 || h.healthy_after == 0 {
+                return Err(source.error_at(
+                    &["upstreams:", &at, "health_check"],
+                    format!("upstream {name:?}: health_check needs a path starting with '/', non-zero interval and timeout, and thresholds of at least 1"),
+                ));
+            }
+        }
+        let outlier = up.outlier.clone().unwrap_or_default();
+        if outlier.consecutive_failures == 0 {
+            return Err(source.error_at(&["upstreams:", &at, "consecutive_failures"], format!("upstream {name:?}: consecutive_failures must be at least 1")));
+        }
+        let settings = UpstreamSettings {
             connect_timeout,
             timeout,
-            ctx.clients.get(connect_timeout),
-            ctx.metrics.upstream_errors(name),
-        );
+            retries: up.retries,
+            load_balancing: up.load_balancing,
+            max_concurrent: up.max_concurrent,
+            health_check: up.health_check.clone(),
+            outlier,
+        };
+        let upstream = Upstream::new(name, targets, settings, ctx.cache.client(connect_timeout), ctx.metrics.upstream_counters(name));
         upstreams.insert(name.clone(), Arc::new(upstream));
     }
     Ok(upstreams)
@@ -140,22 +232,117 @@ fn build_routes(
         if !names.insert(r.name.as_str()) {
             return Err(source.error_at(&[&anchor, &anchor], format!("duplicate route name {:?}", r.name)));
         }
-        let key = route_key(r).map_err(|m| source.error_at(&[&anchor], format!("route {:?}: {m}", r.name)))?;
-        let upstream = upstreams.get(&r.upstream).ok_or_else(|| {
-            source.error_at(
-                &[&anchor, "upstream", &r.upstream],
-                format!("route {:?}: unknown upstream {:?} (known: {})", r.name, r.upstream, known(upstreams)),
-            )
+        let fail = |m: String| source.error_at(&[&anchor], format!("route {:?}: {m}", r.name));
+        let key = route_key(r).map_err(fail)?;
+        let route = build_route(r, upstreams, ctx).map_err(|(value, m)| {
+            source.error_at(&[&anchor, &value], format!("route {:?}: {m}", r.name))
         })?;
-        let route = Route {
-            name: r.name.as_str().into(),
-            upstream: upstream.clone(),
-            strip_prefix: r.strip_prefix,
-            stats: ctx.metrics.route_stats(&r.name, &r.upstream),
-        };
         routes.push((key, route));
     }
     Ok(routes)
+}
+
+/// Builds one route's behaviour; errors carry the offending value (to locate it) and a message.
+fn build_route(r: &RawRoute, upstreams: &BTreeMap<String, Arc<Upstream>>, ctx: &Context<'_>) -> Result<Route, (String, String)> {
+    let lookup = |name: &str| {
+        upstreams
+            .get(name)
+            .cloned()
+            .ok_or_else(|| (name.to_string(), format!("unknown upstream {name:?} (known: {})", known(upstreams))))
+    };
+    let route_upstream = |upstream: Arc<Upstream>| RouteUpstream {
+        stats: ctx.metrics.route_stats(&r.name, &upstream.name),
+        split_decisions: ctx.metrics.split_decisions(&r.name, &upstream.name),
+        upstream,
+    };
+    let mut members = Vec::new();
+    let backend = match (&r.upstream, &r.split) {
+        (Some(name), None) => {
+            members.push(route_upstream(lookup(name)?));
+            if r.sticky.is_some() {
+                return Err(("sticky".into(), "sticky needs a split".into()));
+            }
+            Backend::Single
+        }
+        (None, Some(split)) => {
+            if split.is_empty() {
+                return Err(("split".into(), "split must list at least one upstream".into()));
+            }
+            let mut shares = Vec::new();
+            for (i, share) in split.iter().enumerate() {
+                if split[..i].iter().any(|s| s.upstream == share.upstream) {
+                    return Err((share.upstream.clone(), format!("upstream {:?} appears twice in the split", share.upstream)));
+                }
+                members.push(route_upstream(lookup(&share.upstream)?));
+                shares.push((i, share.weight, share.upstream.as_str()));
+            }
+            if split.iter().all(|s| s.weight == 0) {
+                return Err(("weight".into(), "split weights must not all be 0".into()));
+            }
+            let sticky = match &r.sticky {
+                None => None,
+                Some(s) => Some(match (&s.header, &s.cookie) {
+                    (Some(h), None) => StickyKey::Header(
+                        HeaderName::from_bytes(h.as_bytes()).map_err(|_| (h.clone(), format!("invalid header name {h:?}")))?,
+                    ),
+                    (None, Some(c)) if !c.is_empty() => StickyKey::Cookie(c.as_str().into()),
+                    _ => return Err(("sticky".into(), "sticky takes exactly one of header or cookie".into())),
+                }),
+            };
+            Backend::Split(Split::new(shares, sticky))
+        }
+        (Some(_), Some(_)) => return Err(("split".into(), "give either upstream or split, not both".into())),
+        (None, None) => return Err(("name".into(), "needs an upstream or a split".into())),
+    };
+    let fallback = match &r.fallback {
+        None => None,
+        Some(name) => {
+            let upstream = lookup(name)?;
+            match members.iter().position(|m| Arc::ptr_eq(&m.upstream, &upstream)) {
+                Some(i) => Some(i),
+                None => {
+                    members.push(route_upstream(upstream));
+                    Some(members.len() - 1)
+                }
+            }
+        }
+    };
+    let fallback_methods = parse_methods(r.fallback_methods.as_deref().unwrap_or(&[])).map_err(|m| ("fallback_methods".to_string(), m))?;
+    let rate_limit = match &r.rate_limit {
+        None => None,
+        Some(rl) => {
+            if !(rl.rps > 0.0 && rl.rps.is_finite()) {
+                return Err(("rps".into(), format!("rate_limit.rps must be more than 0, not {}", rl.rps)));
+            }
+            let burst = rl.burst.unwrap_or(rl.rps).max(1.0);
+            let key = match rl.key.as_str() {
+                "client_ip" => RateKey::ClientIp,
+                other => match other.strip_prefix("header:").map(|h| HeaderName::from_bytes(h.as_bytes())) {
+                    Some(Ok(name)) => RateKey::Header(name),
+                    _ => return Err((other.to_string(), format!("rate_limit.key {other:?} must be client_ip or header:NAME"))),
+                },
+            };
+            Some(RateLimiter::new(rl.rps, burst, key))
+        }
+    };
+    Ok(Route {
+        name: r.name.as_str().into(),
+        upstreams: members,
+        backend,
+        fallback,
+        fallback_methods,
+        retry_buffer: r.retry_buffer.map_or(DEFAULT_RETRY_BUFFER, |b| b.0),
+        rate_limit,
+        strip_prefix: r.strip_prefix,
+        fallbacks: ctx.metrics.fallbacks(&r.name),
+        rate_limited: ctx.metrics.rate_limited(&r.name),
+    })
+}
+
+fn parse_methods(list: &[String]) -> Result<Vec<Method>, String> {
+    list.iter()
+        .map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| format!("invalid method {m:?}")))
+        .collect()
 }
 
 fn known(upstreams: &BTreeMap<String, Arc<Upstream>>) -> String {
@@ -184,13 +371,7 @@ fn route_key(r: &RawRoute) -> Result<RouteKey, String> {
     };
     let methods = match &r.methods {
         Some(list) if list.is_empty() => return Err("methods must not be empty (leave it out for all methods)".into()),
-        Some(list) => Some(
-            list.iter()
-                .map(|m| {
-                    Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| format!("invalid method {m:?}"))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+        Some(list) => Some(parse_methods(list)?),
         None => None,
     };
     Ok(RouteKey { prefix, host, methods })

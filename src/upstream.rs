@@ -1,17 +1,22 @@
-//! Upstream groups: their targets, their timeouts and the pooled client that
-//! reaches them.
+//! Upstream groups: their targets and each target's health, the choice of a
+//! target (round robin or least request), the concurrency cap (circuit
+//! breaker), the retry budget, and the pooled client that reaches them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::{IntCounter, IntGauge};
+use serde::Serialize;
 
 use crate::body::ProxyBody;
+use crate::config::{LoadBalancing, RawHealthCheck, RawOutlier};
 use crate::metrics::UpstreamErrors;
 
 /// The pooled HTTP client the proxy uses for upstream requests.
@@ -20,17 +25,61 @@ pub type HttpClient = Client<HttpConnector, ProxyBody>;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One address requests can be sent to.
-#[derive(Debug, Clone)]
+/// One address requests can be sent to, with its live state.
 pub struct Target {
     pub url: Box<str>,
     pub scheme: Scheme,
     pub authority: Authority,
+    pub state: Arc<TargetState>,
+}
+
+/// Health and load of one target; kept across config reloads (keyed by
+/// upstream name and URL) so a reload does not forget an outage.
+pub struct TargetState {
+    /// Verdict of the active health check (true until a check says otherwise).
+    pub healthy: AtomicBool,
+    /// Until when (ms since the epoch) passive outlier detection keeps it out.
+    pub ejected_until_ms: AtomicU64,
+    pub ejections: AtomicU32,
+    pub consecutive_failures: AtomicU32,
+    pub in_flight: AtomicUsize,
+    pub healthy_gauge: IntGauge,
+}
+
+impl TargetState {
+    pub fn new(healthy_gauge: IntGauge) -> Self {
+        healthy_gauge.set(1);
+        TargetState {
+            healthy: AtomicBool::new(true),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            in_flight: AtomicUsize::new(0),
+            healthy_gauge,
+        }
+    }
+
+    /// Takes traffic: passing active checks and not ejected.
+    pub fn available(&self, now_ms: u64) -> bool {
+        self.healthy.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// Sets the active-check verdict; returns true when it changed.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        let changed = self.healthy.swap(healthy, Ordering::Relaxed) != healthy;
+        self.healthy_gauge.set(healthy as i64);
+        changed
+    }
+}
+
+/// Milliseconds since the Unix epoch (for ejection deadlines shared across threads).
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Target {
     /// Parses `http://host:port`; a path, query or credentials are refused.
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<(Scheme, Authority), String> {
         let uri: Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
         let scheme = uri.scheme().cloned().ok_or_else(|| format!("URL {url:?} has no scheme"))?;
         if scheme != Scheme::HTTP {
@@ -43,7 +92,7 @@ impl Target {
         if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
             return Err(format!("URL {url:?}: a target must not have a path or query"));
         }
-        Ok(Target { url: url.into(), scheme, authority })
+        Ok((scheme, authority))
     }
 
     /// The absolute URI of `path_and_query` on this target.
@@ -56,57 +105,250 @@ impl Target {
     }
 }
 
+/// Counters an upstream updates as traffic flows; resolved at config load.
+#[derive(Clone)]
+pub struct UpstreamCounters {
+    pub errors: UpstreamErrors,
+    pub retries: IntCounter,
+    pub ejections: IntCounter,
+    pub breaker_rejections: IntCounter,
+}
+
 /// A named group of targets, with the client that reaches them.
 pub struct Upstream {
     pub name: Arc<str>,
+    /// The name as a header value, for `X-Strangler-Upstream`.
+    pub name_header: HeaderValue,
     pub targets: Box<[Target]>,
     pub connect_timeout: Duration,
-    /// Deadline for the whole response head.
+    /// Deadline for the whole response head of one attempt.
     pub timeout: Duration,
+    pub retries: u32,
+    pub load_balancing: LoadBalancing,
+    pub max_concurrent: Option<usize>,
+    pub health_check: Option<RawHealthCheck>,
+    pub outlier: RawOutlier,
     pub client: HttpClient,
-    pub errors: UpstreamErrors,
+    pub counters: UpstreamCounters,
+    pub budget: RetryBudget,
+    in_flight: AtomicUsize,
     next: AtomicUsize,
 }
 
+/// Why no request could be sent to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Every target is failing its health checks or ejected.
+    AllUnhealthy,
+    /// `max_concurrent` requests are already in flight.
+    Overloaded,
+}
+
+/// Holds one concurrency slot of an upstream and one of a target.
+pub struct Permit<'a> {
+    upstream: &'a Upstream,
+    pub target: &'a Target,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.target.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The settings of an upstream besides its name and targets.
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub load_balancing: LoadBalancing,
+    pub max_concurrent: Option<usize>,
+    pub health_check: Option<RawHealthCheck>,
+    pub outlier: RawOutlier,
+}
+
 impl Upstream {
-    pub fn new(
-        name: &str,
-        targets: Vec<Target>,
-        connect_timeout: Duration,
-        timeout: Duration,
-        client: HttpClient,
-        errors: UpstreamErrors,
-    ) -> Self {
+    pub fn new(name: &str, targets: Vec<Target>, settings: UpstreamSettings, client: HttpClient, counters: UpstreamCounters) -> Self {
         Upstream {
             name: name.into(),
+            name_header: HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
             targets: targets.into(),
-            connect_timeout,
-            timeout,
+            connect_timeout: settings.connect_timeout,
+            timeout: settings.timeout,
+            retries: settings.retries,
+            load_balancing: settings.load_balancing,
+            max_concurrent: settings.max_concurrent,
+            health_check: settings.health_check,
+            outlier: settings.outlier,
             client,
-            errors,
+            counters,
+            budget: RetryBudget::default(),
+            in_flight: AtomicUsize::new(0),
             next: AtomicUsize::new(fastrand::usize(..)),
         }
     }
 
-    /// The next target in round-robin order.
-    pub fn pick(&self) -> &Target {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.targets[i % self.targets.len()]
+    /// Requests in flight to this upstream now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// True when at least one target takes traffic.
+    pub fn any_available(&self) -> bool {
+        let now = now_ms();
+        self.targets.iter().any(|t| t.state.available(now))
+    }
+
+    /// Takes a concurrency slot and picks an available target.
+    pub fn acquire(&self) -> Result<Permit<'_>, Unavailable> {
+        let target = self.pick().ok_or(Unavailable::AllUnhealthy)?;
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.max_concurrent.is_some_and(|max| before >= max) {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.counters.breaker_rejections.inc();
+            return Err(Unavailable::Overloaded);
+        }
+        target.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(Permit { upstream: self, target })
+    }
+
+    fn pick(&self) -> Option<&Target> {
+        let n = self.targets.len();
+        if n == 1 {
+            let only = &self.targets[0];
+            return only.state.available(now_ms()).then_some(only);
+        }
+        let now = now_ms();
+        match self.load_balancing {
+            LoadBalancing::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|i| &self.targets[(start + i) % n]).find(|t| t.state.available(now))
+            }
+            LoadBalancing::LeastRequest => {
+                let a = &self.targets[fastrand::usize(..n)];
+                let b = &self.targets[fastrand::usize(..n)];
+                match (a.state.available(now), b.state.available(now)) {
+                    (true, true) => Some(if b.state.in_flight.load(Ordering::Relaxed) < a.state.in_flight.load(Ordering::Relaxed) { b } else { a }),
+                    (true, false) => Some(a),
+                    (false, true) => Some(b),
+                    (false, false) => {
+                        let start = fastrand::usize(..n);
+                        (0..n).map(|i| &self.targets[(start + i) % n]).find(|t| t.state.available(now))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Passive outlier detection: a success clears the failure streak.
+    pub fn record_success(&self, target: &Target) {
+        if target.state.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            target.state.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Passive outlier detection: enough failures in a row eject the target
+    /// for `base * 2^ejections`, capped at `max_ejection`.
+    pub fn record_failure(&self, target: &Target) {
+        let failures = target.state.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < self.outlier.consecutive_failures {
+            return;
+        }
+        target.state.consecutive_failures.store(0, Ordering::Relaxed);
+        let ejections = target.state.ejections.fetch_add(1, Ordering::Relaxed);
+        let factor = 1u32 << ejections.min(16);
+        let duration = (self.outlier.base_ejection * factor).min(self.outlier.max_ejection);
+        target.state.ejected_until_ms.store(now_ms() + duration.as_millis() as u64, Ordering::Relaxed);
+        self.counters.ejections.inc();
+        tracing::warn!(upstream = %self.name, target = %target.url, ejected_for = ?duration, "target ejected after consecutive failures");
     }
 }
 
-/// Clients shared across config versions, keyed by their connect timeout, so
-/// a reload keeps the warm keep-alive pools.
+/// Retries may be at most this share of requests over the window.
+pub const RETRY_BUDGET_RATIO: f64 = 0.2;
+const WINDOW_SECS: u64 = 10;
+
+/// A sliding window (10 one-second buckets) of requests and retries per
+/// upstream, so that retries never add more than 20% load to an upstream
+/// that is already failing. Lock-free: each bucket packs its second and its
+/// count into one atomic.
 #[derive(Default)]
-pub struct ClientCache {
-    clients: Mutex<HashMap<Duration, HttpClient>>,
+pub struct RetryBudget {
+    requests: [AtomicU64; WINDOW_SECS as usize],
+    retries: [AtomicU64; WINDOW_SECS as usize],
 }
 
-impl ClientCache {
+impl RetryBudget {
+    /// Counts a first attempt.
+    pub fn record_request(&self) {
+        bump(&self.requests, now_secs());
+    }
+
+    /// Takes a retry from the budget if there is room.
+    pub fn try_retry(&self) -> bool {
+        let now = now_secs();
+        let requests = window_sum(&self.requests, now);
+        let retries = window_sum(&self.retries, now);
+        if (retries + 1) as f64 > RETRY_BUDGET_RATIO * requests as f64 {
+            return false;
+        }
+        bump(&self.retries, now);
+        true
+    }
+}
+
+fn now_secs() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs() + 1
+}
+
+fn bump(buckets: &[AtomicU64; WINDOW_SECS as usize], now: u64) {
+    let bucket = &buckets[(now % WINDOW_SECS) as usize];
+    let mut current = bucket.load(Ordering::Relaxed);
+    loop {
+        let next = if current >> 32 == now { current + 1 } else { (now << 32) | 1 };
+        match bucket.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(seen) => current = seen,
+        }
+    }
+}
+
+fn window_sum(buckets: &[AtomicU64; WINDOW_SECS as usize], now: u64) -> u64 {
+    buckets
+        .iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .filter(|v| now.saturating_sub(v >> 32) < WINDOW_SECS)
+        .map(|v| v & 0xffff_ffff)
+        .sum()
+}
+
+/// A jittered exponential backoff: 25 ms, 50 ms, 100 ms ... each ±50%.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 25u64 << attempt.min(6);
+    Duration::from_millis(base / 2 + fastrand::u64(..=base))
+}
+
+/// Clients and target states shared across config versions: the keep-alive
+/// pools stay warm and target health survives a reload.
+#[derive(Default)]
+pub struct UpstreamCache {
+    clients: Mutex<HashMap<Duration, HttpClient>>,
+    targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
+}
+
+impl UpstreamCache {
     /// The client for this connect timeout (made once; taken only at config load).
-    pub fn get(&self, connect_timeout: Duration) -> HttpClient {
+    pub fn client(&self, connect_timeout: Duration) -> HttpClient {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients.entry(connect_timeout).or_insert_with(|| build_client(connect_timeout)).clone()
+    }
+
+    /// The live state of a target, made on first sight.
+    pub fn target_state(&self, upstream: &str, url: &str, make: impl FnOnce() -> TargetState) -> Arc<TargetState> {
+        let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        targets.entry((upstream.to_string(), url.to_string())).or_insert_with(|| Arc::new(make())).clone()
     }
 }
 
@@ -123,6 +365,58 @@ fn build_client(connect_timeout: Duration) -> HttpClient {
         .build(connector)
 }
 
+/// One target's state as `/upstreams` shows it.
+#[derive(Debug, Serialize)]
+pub struct TargetReport {
+    pub url: String,
+    pub healthy: bool,
+    pub ejected: bool,
+    pub ejected_for_ms: u64,
+    pub consecutive_failures: u32,
+    pub in_flight: usize,
+}
+
+/// One upstream as `/upstreams` and `/explain` show it.
+#[derive(Debug, Serialize)]
+pub struct UpstreamReport {
+    pub name: String,
+    pub available: bool,
+    pub in_flight: usize,
+    pub max_concurrent: Option<usize>,
+    pub retries: u32,
+    pub load_balancing: LoadBalancing,
+    pub targets: Vec<TargetReport>,
+}
+
+impl Upstream {
+    pub fn report(&self) -> UpstreamReport {
+        let now = now_ms();
+        UpstreamReport {
+            name: self.name.to_string(),
+            available: self.any_available(),
+            in_flight: self.in_flight(),
+            max_concurrent: self.max_concurrent,
+            retries: self.retries,
+            load_balancing: self.load_balancing,
+            targets: self
+                .targets
+                .iter()
+                .map(|t| {
+                    let until = t.state.ejected_until_ms.load(Ordering::Relaxed);
+                    TargetReport {
+                        url: t.url.to_string(),
+                        healthy: t.state.healthy.load(Ordering::Relaxed),
+                        ejected: until > now,
+                        ejected_for_ms: until.saturating_sub(now),
+                        consecutive_failures: t.state.consecutive_failures.load(Ordering::Relaxed),
+                        in_flight: t.state.in_flight.load(Ordering::Relaxed),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +430,27 @@ mod tests {
         assert!(Target::parse("ftp://h").is_err());
         assert!(Target::parse("http://u:p@h").is_err());
         assert!(Target::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn retry_budget_caps_retries_at_a_fifth_of_requests() {
+        let budget = RetryBudget::default();
+        let mut granted = 0;
+        for _ in 0..1000 {
+            budget.record_request();
+            if budget.try_retry() {
+                granted += 1;
+            }
+        }
+        assert!(granted <= 200 && granted >= 190, "{granted}");
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter() {
+        for attempt in 0..4 {
+            let base = 25u64 << attempt;
+            let d = backoff(attempt).as_millis() as u64;
+            assert!(d >= base / 2 && d <= base / 2 + base, "{attempt}: {d}");
+        }
     }
 }
