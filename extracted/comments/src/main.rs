@@ -1,1 +1,97 @@
-fn main(){}
+use clap::{Parser, Subcommand, ValueEnum};
+use extracted_common::server::{init_logging, shutdown_signal};
+use extracted_common::sync::SyncConfig;
+use std::path::PathBuf;
+use std::time::Duration;
+use comments::{backfill, open_db, run, spawn_sync, AppState, DEV_JWT_SECRET};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// comments — the comments API extracted from the legacy monolith.
+#[derive(Parser, Debug)]
+#[command(name = "comments", version)]
+struct Cli {
+    /// SQLite database of this service (created if missing).
+    #[arg(long, env = "COMMENTS_DB", default_value = "comments.db", global = true)]
+    db: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, env = "COMMENTS_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "COMMENTS_LISTEN", default_value = "127.0.0.1:7002")]
+    listen: String,
+    /// Base URL of the legacy monolith (for the change feed).
+    #[arg(long, env = "MONOLITH_URL", default_value = "http://127.0.0.1:5000")]
+    monolith_url: String,
+    /// Value for the X-Internal-Token header of /internal/events.
+    #[arg(long, env = "TASKAPP_INTERNAL_TOKEN")]
+    internal_token: Option<String>,
+    /// HS256 secret of the monolith's tokens.
+    #[arg(long, env = "TASKAPP_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
+    jwt_secret: String,
+    /// Follow the monolith's change feed (true/false).
+    #[arg(long, env = "COMMENTS_SYNC", default_value_t = true, action = clap::ArgAction::Set)]
+    sync: bool,
+    /// Poll interval of the change feed (e.g. 500ms, 2s).
+    #[arg(long, env = "COMMENTS_SYNC_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    sync_interval: Duration,
+    /// Maximum request body in bytes (413 above), like the monolith's TASKAPP_MAX_UPLOAD.
+    #[arg(long, env = "TASKAPP_MAX_UPLOAD", default_value_t = 10485760)]
+    max_body: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve the API (default).
+    Serve(ServeArgs),
+    /// Copy users, tasks and comments from the monolith's SQLite file and set the sync starting point.
+    Backfill {
+        /// Path of the monolith's SQLite database.
+        #[arg(long = "from")]
+        from: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.log_format, LogFormat::Json));
+    match cli.cmd {
+        Some(Cmd::Backfill { from }) => {
+            let mut conn = open_db(&cli.db)?;
+            let s = backfill(&mut conn, &from)?;
+            tracing::info!(users = s.users, tasks = s.tasks, comments = s.comments, last_event_id = s.last_event_id, db = %cli.db.display(), "backfill done");
+            Ok(())
+        }
+        Some(Cmd::Serve(args)) => serve(cli.db, args).await,
+        None => serve(cli.db, cli.serve).await,
+    }
+}
+
+async fn serve(db_path: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
+    let conn = open_db(&db_path)?;
+    let state = AppState::with_max_body(conn, args.jwt_secret.clone(), args.max_body);
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    let sync = args.sync.then(|| {
+        spawn_sync(&state, SyncConfig::new(args.monolith_url.clone(), args.internal_token.clone(), args.sync_interval))
+    });
+    tracing::info!(db = %db_path.display(), sync = args.sync, "comments service starting");
+    run(listener, state, shutdown_signal()).await?;
+    if let Some(s) = sync {
+        s.stop().await;
+    }
+    tracing::info!("comments service stopped");
+    Ok(())
+}
