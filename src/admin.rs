@@ -87,7 +87,10 @@ fn default_method() -> String {
     "GET".into()
 }
 
-async fn explain(State(shared): State<Arc<Shared>>, Query(q): Query<ExplainQuery>) -> Json<crate::explain::Explanation> {
+async fn explain(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<ExplainQuery>,
+) -> Json<crate::explain::Explanation> {
     let table = shared.table.load();
     Json(crate::explain::explain(&table, &q.method, &q.path, q.host.as_deref()))
 }

@@ -276,12 +276,7 @@ impl Source<'_> {
             Some((l, c)) => (Some(l), Some(c)),
             None => (None, None),
         };
-        ConfigError {
-            file: self.file.to_string(),
-            line,
-            column,
-            message: message.into(),
-        }
+        ConfigError { file: self.file.to_string(), line, column, message: message.into() }
     }
 
     fn locate(&self, anchors: &[&str]) -> Option<(usize, usize)> {

@@ -42,7 +42,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .filter(|name| !protected(name) && !(keep_upgrade && name == header::UPGRADE))
+            .filter(|name| !(protected(name) || keep_upgrade && name == header::UPGRADE))
             .collect();
         for name in listed {
             headers.remove(name);

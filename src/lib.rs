@@ -87,11 +87,6 @@ impl Shared {
         let table = Table::build(file, text, &Context { metrics: &metrics, cache: &cache })?;
         metrics.record_reload(true);
         metrics.set_config_hash(&table.hash);
-        Ok(Arc::new(Shared {
-            table: ArcSwap::from_pointee(table),
-            metrics,
-            cache,
-            draining: AtomicBool::new(false),
-        }))
+        Ok(Arc::new(Shared { table: ArcSwap::from_pointee(table), metrics, cache, draining: AtomicBool::new(false) }))
     }
 }

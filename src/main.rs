@@ -10,7 +10,11 @@ use strangler::server::{self, ServeOptions};
 use strangler::{reload, Shared};
 
 #[derive(Parser)]
-#[command(name = "strangler", version, about = "A hot-reloading prefix-routing reverse proxy for strangler-fig migrations")]
+#[command(
+    name = "strangler",
+    version,
+    about = "A hot-reloading prefix-routing reverse proxy for strangler-fig migrations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -139,8 +143,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let table = shared.table.load();
             (table.listen, table.admin)
         };
-        let proxy_listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        let admin_listener = tokio::net::TcpListener::bind(admin).await.with_context(|| format!("cannot listen on {admin} (admin)"))?;
+        let proxy_listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let admin_listener =
+            tokio::net::TcpListener::bind(admin).await.with_context(|| format!("cannot listen on {admin} (admin)"))?;
         tracing::info!(
             proxy = %proxy_listener.local_addr()?,
             admin = %admin_listener.local_addr()?,

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the proxy exports, registered in its own registry (so that
@@ -37,9 +37,8 @@ fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).unwrap()
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
@@ -74,13 +73,26 @@ impl Metrics {
             &["hash"],
         )
         .unwrap();
-        let split_decisions = counter_vec("strangler_split_decisions_total", "Split choices by route and upstream.", &["route", "upstream"]);
-        let fallbacks = counter_vec("strangler_fallbacks_total", "Requests answered by the fallback upstream, by route.", &["route"]);
+        let split_decisions = counter_vec(
+            "strangler_split_decisions_total",
+            "Split choices by route and upstream.",
+            &["route", "upstream"],
+        );
+        let fallbacks = counter_vec(
+            "strangler_fallbacks_total",
+            "Requests answered by the fallback upstream, by route.",
+            &["route"],
+        );
         let retries = counter_vec("strangler_retries_total", "Retried attempts by upstream.", &["upstream"]);
-        let ejections = counter_vec("strangler_ejections_total", "Targets ejected by passive outlier detection.", &["upstream"]);
-        let breaker_rejections =
-            counter_vec("strangler_breaker_rejections_total", "Requests refused at once because max_concurrent was reached.", &["upstream"]);
-        let rate_limited = counter_vec("strangler_rate_limited_total", "Requests refused with 429 by route.", &["route"]);
+        let ejections =
+            counter_vec("strangler_ejections_total", "Targets ejected by passive outlier detection.", &["upstream"]);
+        let breaker_rejections = counter_vec(
+            "strangler_breaker_rejections_total",
+            "Requests refused at once because max_concurrent was reached.",
+            &["upstream"],
+        );
+        let rate_limited =
+            counter_vec("strangler_rate_limited_total", "Requests refused with 429 by route.", &["route"]);
         let target_healthy = IntGaugeVec::new(
             Opts::new("strangler_upstream_target_healthy", "1 when a target passes its active health checks."),
             &["upstream", "target"],
@@ -211,8 +223,7 @@ impl RouteStats {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.counts[slot][class]
             .get_or_init(|| {
-                self.requests
-                    .with_label_values(&[&self.route, &self.upstream, label, STATUS_CLASS_LABELS[class]])
+                self.requests.with_label_values(&[&self.route, &self.upstream, label, STATUS_CLASS_LABELS[class]])
             })
             .inc();
         self.duration

@@ -62,11 +62,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !has_escapes && !needs_rewrite {
         return Ok(Cow::Borrowed(path));
     }
-    let decoded = if has_escapes {
-        Cow::Owned(decode_unreserved(path)?)
-    } else {
-        Cow::Borrowed(path)
-    };
+    let decoded = if has_escapes { Cow::Owned(decode_unreserved(path)?) } else { Cow::Borrowed(path) };
     remove_dot_segments(&decoded).map(Cow::Owned)
 }
 
@@ -127,9 +123,7 @@ fn remove_dot_segments(path: &str) -> Result<String, PathError> {
                 }
                 trailing_slash = true;
             }
-            s if s.starts_with(".;") || s.starts_with("..;") => {
-                return Err(PathError::DotSegmentWithParams)
-            }
+            s if s.starts_with(".;") || s.starts_with("..;") => return Err(PathError::DotSegmentWithParams),
             s => kept.push(s),
         }
     }

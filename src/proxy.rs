@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http_body::Body as _;
-use http_body_util::BodyExt;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -51,7 +51,11 @@ impl Drop for InFlight<'_> {
 }
 
 /// Serves one client request. Never fails: every error becomes a JSON answer.
-pub async fn handle(shared: Arc<Shared>, conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     shared.metrics.in_flight.inc();
     let _in_flight = InFlight(&shared.metrics.in_flight);
@@ -94,7 +98,13 @@ impl<'t> Outcome<'t> {
     }
 }
 
-fn access_log(method: &Method, outcome: &Outcome<'_>, request_id: &HeaderValue, response: &Response<ProxyBody>, start: Instant) {
+fn access_log(
+    method: &Method,
+    outcome: &Outcome<'_>,
+    request_id: &HeaderValue,
+    response: &Response<ProxyBody>,
+    start: Instant,
+) {
     if !tracing::enabled!(target: "strangler::access", tracing::Level::INFO) {
         return;
     }
@@ -133,10 +143,10 @@ async fn forward<'t>(
     }
     let host_value = client_host(&req)?;
     let host = host_value.as_ref().and_then(|v| v.to_str().ok()).map(host_without_port);
-    let found = table.router.lookup(&normalized, host, req.method()).ok_or_else(|| ProxyError::NoRoute {
-        method: req.method().to_string(),
-        path: normalized.to_string(),
-    })?;
+    let found = table
+        .router
+        .lookup(&normalized, host, req.method())
+        .ok_or_else(|| ProxyError::NoRoute { method: req.method().to_string(), path: normalized.to_string() })?;
     let route = found.value;
     outcome.route = Some(route);
     if let Some(limiter) = &route.rate_limit {
@@ -229,10 +239,12 @@ impl RequestBody {
         if body.is_end_stream() {
             return Ok(RequestBody::Buffered(Bytes::new()));
         }
-        let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let length =
+            headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         match length {
             Some(n) if n <= limit => {
-                let collected = http_body_util::Limited::new(body, n as usize).collect().await.map_err(|_| ProxyError::BodyRead)?;
+                let collected =
+                    http_body_util::Limited::new(body, n as usize).collect().await.map_err(|_| ProxyError::BodyRead)?;
                 Ok(RequestBody::Buffered(collected.to_bytes()))
             }
             _ => Ok(RequestBody::Streamed(Some(body))),
@@ -306,11 +318,8 @@ impl Attempt<'_> {
         *request.method_mut() = self.parts.method.clone();
         *request.uri_mut() = permit.target.uri(self.path_and_query.clone());
         *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = if self.body.available() {
-            self.parts.headers.clone()
-        } else {
-            std::mem::take(&mut self.parts.headers)
-        };
+        *request.headers_mut() =
+            if self.body.available() { self.parts.headers.clone() } else { std::mem::take(&mut self.parts.headers) };
         let result = match tokio::time::timeout(upstream.timeout, upstream.client.request(request)).await {
             Err(_) => {
                 upstream.counters.errors.timeout.inc();

@@ -25,7 +25,9 @@ use crate::Shared;
 pub enum ReloadOutcome {
     /// The file's content hash is the one already serving.
     Unchanged,
-    Applied { hash: String },
+    Applied {
+        hash: String,
+    },
     Rejected(ConfigError),
 }
 
@@ -76,7 +78,8 @@ fn reject(shared: &Shared, error: ConfigError, trigger: &str) -> ReloadOutcome {
 
 /// Keeps the file watcher alive; dropping it stops watching.
 pub struct Watcher {
-    _debouncer: Option<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>>,
+    _debouncer:
+        Option<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>>,
     pub trigger: Arc<Notify>,
 }
 

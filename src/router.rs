@@ -104,10 +104,7 @@ impl<T> Router<T> {
                 };
             }
             if let Some(&first) = node.routes.iter().find(|&&i| entries[i].0.overlaps(key)) {
-                return Err(DuplicateMatch {
-                    first,
-                    second: index,
-                });
+                return Err(DuplicateMatch { first, second: index });
             }
             node.routes.push(index);
         }
@@ -122,12 +119,7 @@ impl<T> Router<T> {
         self.search(&self.root, rest, 0, 0, host, method, &mut best);
         best.map(|found| {
             let (key, value) = &self.entries[found.index];
-            Match {
-                value,
-                key,
-                index: found.index,
-                prefix_len: found.prefix_len,
-            }
+            Match { value, key, index: found.index, prefix_len: found.prefix_len }
         })
     }
 
@@ -154,11 +146,7 @@ impl<T> Router<T> {
                 key.matches_host(host) && key.matches_method(method)
             });
             if let Some(index) = hit {
-                *best = Some(Found {
-                    depth,
-                    index,
-                    prefix_len: consumed,
-                });
+                *best = Some(Found { depth, index, prefix_len: consumed });
             }
         }
         let (segment, next) = match rest.find('/') {
@@ -208,11 +196,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn key(prefix: &str) -> RouteKey {
-        RouteKey {
-            prefix: prefix.into(),
-            host: None,
-            methods: None,
-        }
+        RouteKey { prefix: prefix.into(), host: None, methods: None }
     }
 
     fn router(keys: Vec<RouteKey>) -> Router<usize> {
@@ -243,11 +227,7 @@ mod tests {
 
     #[test]
     fn literal_beats_wildcard_at_same_length() {
-        let r = router(vec![
-            key("/api/tasks/*/comments"),
-            key("/api/tasks/special/comments"),
-            key("/api/tasks"),
-        ]);
+        let r = router(vec![key("/api/tasks/*/comments"), key("/api/tasks/special/comments"), key("/api/tasks")]);
         assert_eq!(pick(&r, "/api/tasks/7/comments"), Some(0));
         assert_eq!(pick(&r, "/api/tasks/special/comments"), Some(1));
         assert_eq!(pick(&r, "/api/tasks/7"), Some(2));

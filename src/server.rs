@@ -95,7 +95,12 @@ fn connection_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-fn serve_connection(builder: &auto::Builder<TokioExecutor>, graceful: &GracefulShutdown, shared: &Arc<Shared>, stream: TcpStream) {
+fn serve_connection(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+) {
     let Ok(remote) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
     let conn = Arc::new(Conn::new(remote, "http"));

@@ -132,7 +132,9 @@ impl Table {
             let (first, second) = (&raw.routes[dup.first].name, &raw.routes[dup.second].name);
             source.error_at(
                 &[&format!("name: {second}")],
-                format!("routes {first:?} and {second:?} match exactly the same requests (same prefix, host and methods)"),
+                format!(
+                    "routes {first:?} and {second:?} match exactly the same requests (same prefix, host and methods)"
+                ),
             )
         })?;
         Ok(Table {
@@ -151,10 +153,7 @@ impl Table {
 
 fn parse_addr(source: &Source<'_>, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
-        source.error_at(
-            &[&format!("{key}:")],
-            format!("{key}: {value:?} is not an address like \"0.0.0.0:8080\""),
-        )
+        source.error_at(&[&format!("{key}:")], format!("{key}: {value:?} is not an address like \"0.0.0.0:8080\""))
     })
 }
 
@@ -173,9 +172,10 @@ fn build_upstreams(
             .targets
             .iter()
             .map(|url| {
-                let (scheme, authority) =
-                    Target::parse(url).map_err(|e| source.error_at(&["upstreams:", &at, url], format!("upstream {name:?}: {e}")))?;
-                let state = ctx.cache.target_state(name, url, || TargetState::new(ctx.metrics.target_healthy(name, url)));
+                let (scheme, authority) = Target::parse(url)
+                    .map_err(|e| source.error_at(&["upstreams:", &at, url], format!("upstream {name:?}: {e}")))?;
+                let state =
+                    ctx.cache.target_state(name, url, || TargetState::new(ctx.metrics.target_healthy(name, url)));
                 Ok(Target { url: url.as_str().into(), scheme, authority, state })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -183,14 +183,23 @@ fn build_upstreams(
         let timeout = up.timeout.unwrap_or(DEFAULT_TIMEOUT);
         for (key, d) in [("connect_timeout", connect_timeout), ("timeout", timeout)] {
             if d.is_zero() {
-                return Err(source.error_at(&["upstreams:", &at, key], format!("upstream {name:?}: {key} must be more than zero")));
+                return Err(source
+                    .error_at(&["upstreams:", &at, key], format!("upstream {name:?}: {key} must be more than zero")));
             }
         }
         if up.max_concurrent == Some(0) {
-            return Err(source.error_at(&["upstreams:", &at, "max_concurrent"], format!("upstream {name:?}: max_concurrent must be at least 1")));
+            return Err(source.error_at(
+                &["upstreams:", &at, "max_concurrent"],
+                format!("upstream {name:?}: max_concurrent must be at least 1"),
+            ));
         }
         if let Some(h) = &up.health_check {
-            if !h.path.starts_with('/') || h.interval.is_zero() || h.timeout.is_zero() || h.unhealthy_after == 0 || h.healthy_after == 0 {
+            if !h.path.starts_with('/')
+                || h.interval.is_zero()
+                || h.timeout.is_zero()
+                || h.unhealthy_after == 0
+                || h.healthy_after == 0
+            {
                 return Err(source.error_at(
                     &["upstreams:", &at, "health_check"],
                     format!("upstream {name:?}: health_check needs a path starting with '/', non-zero interval and timeout, and thresholds of at least 1"),
@@ -199,7 +208,10 @@ fn build_upstreams(
         }
         let outlier = up.outlier.clone().unwrap_or_default();
         if outlier.consecutive_failures == 0 {
-            return Err(source.error_at(&["upstreams:", &at, "consecutive_failures"], format!("upstream {name:?}: consecutive_failures must be at least 1")));
+            return Err(source.error_at(
+                &["upstreams:", &at, "consecutive_failures"],
+                format!("upstream {name:?}: consecutive_failures must be at least 1"),
+            ));
         }
         let settings = UpstreamSettings {
             connect_timeout,
@@ -210,7 +222,13 @@ fn build_upstreams(
             health_check: up.health_check.clone(),
             outlier,
         };
-        let upstream = Upstream::new(name, targets, settings, ctx.cache.client(connect_timeout), ctx.metrics.upstream_counters(name));
+        let upstream = Upstream::new(
+            name,
+            targets,
+            settings,
+            ctx.cache.client(connect_timeout),
+            ctx.metrics.upstream_counters(name),
+        );
         upstreams.insert(name.clone(), Arc::new(upstream));
     }
     Ok(upstreams)
@@ -234,16 +252,19 @@ fn build_routes(
         }
         let fail = |m: String| source.error_at(&[&anchor], format!("route {:?}: {m}", r.name));
         let key = route_key(r).map_err(fail)?;
-        let route = build_route(r, upstreams, ctx).map_err(|(value, m)| {
-            source.error_at(&[&anchor, &value], format!("route {:?}: {m}", r.name))
-        })?;
+        let route = build_route(r, upstreams, ctx)
+            .map_err(|(value, m)| source.error_at(&[&anchor, &value], format!("route {:?}: {m}", r.name)))?;
         routes.push((key, route));
     }
     Ok(routes)
 }
 
 /// Builds one route's behaviour; errors carry the offending value (to locate it) and a message.
-fn build_route(r: &RawRoute, upstreams: &BTreeMap<String, Arc<Upstream>>, ctx: &Context<'_>) -> Result<Route, (String, String)> {
+fn build_route(
+    r: &RawRoute,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    ctx: &Context<'_>,
+) -> Result<Route, (String, String)> {
     let lookup = |name: &str| {
         upstreams
             .get(name)
@@ -271,7 +292,10 @@ fn build_route(r: &RawRoute, upstreams: &BTreeMap<String, Arc<Upstream>>, ctx: &
             let mut shares = Vec::new();
             for (i, share) in split.iter().enumerate() {
                 if split[..i].iter().any(|s| s.upstream == share.upstream) {
-                    return Err((share.upstream.clone(), format!("upstream {:?} appears twice in the split", share.upstream)));
+                    return Err((
+                        share.upstream.clone(),
+                        format!("upstream {:?} appears twice in the split", share.upstream),
+                    ));
                 }
                 members.push(route_upstream(lookup(&share.upstream)?));
                 shares.push((i, share.weight, share.upstream.as_str()));
@@ -283,7 +307,8 @@ fn build_route(r: &RawRoute, upstreams: &BTreeMap<String, Arc<Upstream>>, ctx: &
                 None => None,
                 Some(s) => Some(match (&s.header, &s.cookie) {
                     (Some(h), None) => StickyKey::Header(
-                        HeaderName::from_bytes(h.as_bytes()).map_err(|_| (h.clone(), format!("invalid header name {h:?}")))?,
+                        HeaderName::from_bytes(h.as_bytes())
+                            .map_err(|_| (h.clone(), format!("invalid header name {h:?}")))?,
                     ),
                     (None, Some(c)) if !c.is_empty() => StickyKey::Cookie(c.as_str().into()),
                     _ => return Err(("sticky".into(), "sticky takes exactly one of header or cookie".into())),
@@ -307,7 +332,8 @@ fn build_route(r: &RawRoute, upstreams: &BTreeMap<String, Arc<Upstream>>, ctx: &
             }
         }
     };
-    let fallback_methods = parse_methods(r.fallback_methods.as_deref().unwrap_or(&[])).map_err(|m| ("fallback_methods".to_string(), m))?;
+    let fallback_methods =
+        parse_methods(r.fallback_methods.as_deref().unwrap_or(&[])).map_err(|m| ("fallback_methods".to_string(), m))?;
     let rate_limit = match &r.rate_limit {
         None => None,
         Some(rl) => {
@@ -319,7 +345,12 @@ fn build_route(r: &RawRoute, upstreams: &BTreeMap<String, Arc<Upstream>>, ctx: &
                 "client_ip" => RateKey::ClientIp,
                 other => match other.strip_prefix("header:").map(|h| HeaderName::from_bytes(h.as_bytes())) {
                     Some(Ok(name)) => RateKey::Header(name),
-                    _ => return Err((other.to_string(), format!("rate_limit.key {other:?} must be client_ip or header:NAME"))),
+                    _ => {
+                        return Err((
+                            other.to_string(),
+                            format!("rate_limit.key {other:?} must be client_ip or header:NAME"),
+                        ))
+                    }
                 },
             };
             Some(RateLimiter::new(rl.rps, burst, key))

@@ -169,7 +169,13 @@ pub struct UpstreamSettings {
 }
 
 impl Upstream {
-    pub fn new(name: &str, targets: Vec<Target>, settings: UpstreamSettings, client: HttpClient, counters: UpstreamCounters) -> Self {
+    pub fn new(
+        name: &str,
+        targets: Vec<Target>,
+        settings: UpstreamSettings,
+        client: HttpClient,
+        counters: UpstreamCounters,
+    ) -> Self {
         Upstream {
             name: name.into(),
             name_header: HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
@@ -229,7 +235,13 @@ impl Upstream {
                 let a = &self.targets[fastrand::usize(..n)];
                 let b = &self.targets[fastrand::usize(..n)];
                 match (a.state.available(now), b.state.available(now)) {
-                    (true, true) => Some(if b.state.in_flight.load(Ordering::Relaxed) < a.state.in_flight.load(Ordering::Relaxed) { b } else { a }),
+                    (true, true) => {
+                        Some(if b.state.in_flight.load(Ordering::Relaxed) < a.state.in_flight.load(Ordering::Relaxed) {
+                            b
+                        } else {
+                            a
+                        })
+                    }
                     (true, false) => Some(a),
                     (false, true) => Some(b),
                     (false, false) => {
@@ -442,7 +454,7 @@ mod tests {
                 granted += 1;
             }
         }
-        assert!(granted <= 200 && granted >= 190, "{granted}");
+        assert!((190..=200).contains(&granted), "{granted}");
     }
 
     #[test]

@@ -5,7 +5,8 @@ use crate::support::*;
 #[tokio::test]
 async fn admin_endpoints_answer() {
     let up = TestUpstream::start("users", Behaviour::Echo).await;
-    let text = config(&[("users", &up.url())], "  - {name: users, prefix: /api/users, upstream: users, strip_prefix: true}\n");
+    let text =
+        config(&[("users", &up.url())], "  - {name: users, prefix: /api/users, upstream: users, strip_prefix: true}\n");
     let proxy = TestProxy::start(&text).await;
     assert_eq!(get(proxy.admin, "/healthz").await.json()["status"], "ok");
     assert_eq!(get(proxy.admin, "/readyz").await.json()["ready"], true);
@@ -30,13 +31,17 @@ async fn admin_endpoints_answer() {
 #[tokio::test]
 async fn metrics_are_labelled_by_route_never_by_path() {
     let up = TestUpstream::start("users", Behaviour::Echo).await;
-    let proxy = TestProxy::start(&config(&[("users", &up.url())], "  - {name: users, prefix: /api/users, upstream: users}\n")).await;
+    let proxy =
+        TestProxy::start(&config(&[("users", &up.url())], "  - {name: users, prefix: /api/users, upstream: users}\n"))
+            .await;
     for i in 0..5 {
         get(proxy.addr, &format!("/api/users/{i}")).await;
     }
     let metrics = get(proxy.admin, "/metrics").await.text();
     assert!(
-        metrics.contains("strangler_requests_total{method=\"GET\",route=\"users\",status_class=\"2xx\",upstream=\"users\"} 5"),
+        metrics.contains(
+            "strangler_requests_total{method=\"GET\",route=\"users\",status_class=\"2xx\",upstream=\"users\"} 5"
+        ),
         "{metrics}"
     );
     assert!(metrics.contains("strangler_request_duration_seconds_count{route=\"users\",upstream=\"users\"} 5"));

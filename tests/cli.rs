@@ -36,7 +36,12 @@ fn check_accepts_a_valid_config_and_the_root_example() {
 fn check_names_file_line_column_and_value() {
     let cases: &[(&str, String, &str, &str)] = &[
         ("unknown upstream", GOOD.replace("    upstream: legacy", "    upstream: nope"), ":10:15:", "\"nope\""),
-        ("unknown key", GOOD.replace("    timeout: 30s", "    timeout: 30s\n    retries_typo: 2"), ":7:5:", "retries_typo"),
+        (
+            "unknown key",
+            GOOD.replace("    timeout: 30s", "    timeout: 30s\n    retries_typo: 2"),
+            ":7:5:",
+            "retries_typo",
+        ),
         ("bad duration", GOOD.replace("timeout: 30s", "timeout: 30 parsecs"), ":6:", "parsecs"),
         ("bad url", GOOD.replace("http://127.0.0.1:5000", "ftp://127.0.0.1"), ":4:", "ftp://127.0.0.1"),
         ("empty targets", GOOD.replace("[\"http://127.0.0.1:5000\"]", "[]"), ":4:5:", "no targets"),
@@ -66,7 +71,9 @@ fn check_names_file_line_column_and_value() {
 
 #[test]
 fn explain_shows_the_route_and_why() {
-    let dir = ConfigDir::new(&format!("{GOOD}  - name: users\n    prefix: /api/users\n    upstream: legacy\n    methods: [GET]\n"));
+    let dir = ConfigDir::new(&format!(
+        "{GOOD}  - name: users\n    prefix: /api/users\n    upstream: legacy\n    methods: [GET]\n"
+    ));
     let out = Command::new(binary())
         .args(["explain", "--config"])
         .arg(dir.path())

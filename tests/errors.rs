@@ -10,7 +10,11 @@ use strangler::server::ServeOptions;
 #[tokio::test]
 async fn refused_upstream_is_502_json() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let proxy = TestProxy::start(&config(&[("gone", &format!("http://{closed}"))], "  - {name: all, prefix: /, upstream: gone}\n")).await;
+    let proxy = TestProxy::start(&config(
+        &[("gone", &format!("http://{closed}"))],
+        "  - {name: all, prefix: /, upstream: gone}\n",
+    ))
+    .await;
     let r = get(proxy.addr, "/x").await;
     assert_eq!(r.status, 502);
     let body = r.json();
@@ -40,7 +44,12 @@ async fn oversized_headers_get_431() {
     let up = TestUpstream::start("up", Behaviour::Echo).await;
     let proxy = TestProxy::start(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n")).await;
     let big = "a".repeat(100 * 1024);
-    let response = raw(proxy.addr, format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(), Duration::from_secs(3)).await;
+    let response = raw(
+        proxy.addr,
+        format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
     assert_eq!(raw_status(&response), Some(431), "{response}");
     assert_eq!(up.hits(), 0);
 }
@@ -65,7 +74,9 @@ async fn malformed_requests_get_400() {
 async fn slow_header_senders_are_cut_off() {
     let up = TestUpstream::start("up", Behaviour::Echo).await;
     let options = ServeOptions { header_read_timeout: Duration::from_millis(500), ..ServeOptions::default() };
-    let proxy = TestProxy::start_with(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"), options).await;
+    let proxy =
+        TestProxy::start_with(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"), options)
+            .await;
     let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let started = Instant::now();
     let mut closed = false;

@@ -14,7 +14,8 @@ async fn echo_proxy() -> (TestUpstream, TestProxy) {
 #[tokio::test]
 async fn hop_by_hop_and_connection_listed_headers_are_removed_first() {
     let (up, proxy) = echo_proxy().await;
-    let request = "GET /h HTTP/1.1\r\nHost: shop.example:8080\r\nConnection: close, x-forwarded-for, x-secret, x-request-id\r\n\
+    let request =
+        "GET /h HTTP/1.1\r\nHost: shop.example:8080\r\nConnection: close, x-forwarded-for, x-secret, x-request-id\r\n\
         Keep-Alive: timeout=5\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nTE: trailers\r\nX-Secret: s\r\n\
         X-Forwarded-For: 10.1.2.3\r\nX-Request-Id: client-id-1\r\nUpgrade: h2c\r\n\r\n";
     let response = raw(proxy.addr, request.as_bytes(), Duration::from_secs(3)).await;
@@ -29,7 +30,10 @@ async fn hop_by_hop_and_connection_listed_headers_are_removed_first() {
     assert_eq!(seen["x-forwarded-host"], "shop.example:8080");
     let id = seen["x-request-id"].to_str().unwrap().to_string();
     assert_ne!(id, "client-id-1", "a Connection-listed request id is dropped and a new one made");
-    assert!(response.to_ascii_lowercase().contains(&format!("x-request-id: {id}")), "the id comes back on the response");
+    assert!(
+        response.to_ascii_lowercase().contains(&format!("x-request-id: {id}")),
+        "the id comes back on the response"
+    );
 }
 
 #[tokio::test]

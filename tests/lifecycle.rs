@@ -13,11 +13,13 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let dir = ConfigDir::new(&config(&[("slow", &up.url())], "  - {name: all, prefix: /, upstream: slow}\n"));
     let mut proxy = BinaryProxy::start(&dir.path(), &["--drain-timeout", "10s"]).await;
     let addr = proxy.addr;
-    let in_flight: Vec<_> = (0..5).map(|i| tokio::spawn(async move { get(addr, &format!("/drain/{i}")).await })).collect();
+    let in_flight: Vec<_> =
+        (0..5).map(|i| tokio::spawn(async move { get(addr, &format!("/drain/{i}")).await })).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let ready = send(&http1(), req(http::Method::GET, proxy.admin, "/readyz").body(Default::default()).unwrap()).await.unwrap();
+    let ready =
+        send(&http1(), req(http::Method::GET, proxy.admin, "/readyz").body(Default::default()).unwrap()).await.unwrap();
     assert_eq!(ready.status, 503, "readiness goes false while draining");
     for r in in_flight {
         assert_eq!(r.await.unwrap().status, 200, "an in-flight request was lost");
@@ -39,7 +41,8 @@ async fn sighup_reloads_and_address_changes_need_a_restart() {
     let proxy = BinaryProxy::start(&link, &["--poll-interval", "1h"]).await;
     assert_eq!(get(proxy.addr, "/new").await.status, 404);
 
-    let changed = config(&[("a", &a.url())], "  - {name: all, prefix: /new, upstream: a}\n").replace("admin: \"127.0.0.1:0\"", "admin: \"127.0.0.1:1\"");
+    let changed = config(&[("a", &a.url())], "  - {name: all, prefix: /new, upstream: a}\n")
+        .replace("admin: \"127.0.0.1:0\"", "admin: \"127.0.0.1:1\"");
     real.write_in_place(&changed);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(get(proxy.addr, "/new").await.status, 404, "reloaded without a trigger");

@@ -18,13 +18,24 @@ async fn setup() -> (TestUpstream, TestUpstream, TestProxy) {
 }
 
 async fn raw_get(proxy: &TestProxy, target: &str) -> String {
-    raw(proxy.addr, format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(), Duration::from_secs(3)).await
+    raw(
+        proxy.addr,
+        format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn dot_segments_resolve_before_matching() {
     let (legacy, admin, proxy) = setup().await;
-    for target in ["/api/users/../../admin/x", "/api/users/%2e%2e/%2E%2E/admin/x", "/api/users/.%2e/%2e./admin/x", "//admin//x", "/api/./users/../../admin/./x"] {
+    for target in [
+        "/api/users/../../admin/x",
+        "/api/users/%2e%2e/%2E%2E/admin/x",
+        "/api/users/.%2e/%2e./admin/x",
+        "//admin//x",
+        "/api/./users/../../admin/./x",
+    ] {
         let response = raw_get(&proxy, target).await;
         assert_eq!(raw_status(&response), Some(200), "{target}: {response}");
         assert_eq!(admin.last_seen().uri, "/admin/x", "{target} must reach admin as exactly the matched path");

@@ -61,7 +61,12 @@ async fn large_bodies_stream_both_ways_with_flat_memory() {
     let stream = futures_util::stream::iter(chunks);
     let upload = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let response = upload
-        .request(req(Method::POST, proxy.addr, "/up").header("content-length", SIZE.to_string()).body(StreamBody::new(stream)).unwrap())
+        .request(
+            req(Method::POST, proxy.addr, "/up")
+                .header("content-length", SIZE.to_string())
+                .body(StreamBody::new(stream))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
@@ -78,10 +83,7 @@ async fn upgrade_tunnels_bytes_only_after_101() {
     let up = TestUpstream::start("ws", Behaviour::UpgradeEcho).await;
     let proxy = TestProxy::start(&config(&[("ws", &up.url())], "  - {name: all, prefix: /, upstream: ws}\n")).await;
     let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
+    stream.write_all(b"GET /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -103,7 +105,8 @@ async fn upgrade_tunnels_bytes_only_after_101() {
 #[tokio::test]
 async fn upgrade_refused_by_upstream_is_a_normal_response() {
     let up = TestUpstream::start("plain", Behaviour::Echo).await;
-    let proxy = TestProxy::start(&config(&[("plain", &up.url())], "  - {name: all, prefix: /, upstream: plain}\n")).await;
+    let proxy =
+        TestProxy::start(&config(&[("plain", &up.url())], "  - {name: all, prefix: /, upstream: plain}\n")).await;
     let response = raw(
         proxy.addr,
         b"GET /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",

@@ -14,7 +14,9 @@ fn routed_to(a: &TestUpstream, b: &TestUpstream, target: &str) -> String {
 }
 
 /// Sends requests in a loop until stopped; counts failures.
-fn background_load(addr: std::net::SocketAddr) -> (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+fn background_load(
+    addr: std::net::SocketAddr,
+) -> (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));

@@ -15,7 +15,12 @@ fn routes(legacy: &TestUpstream, users: &TestUpstream, routes: &str) -> String {
 #[tokio::test]
 async fn prefix_matches_whole_segments_only() {
     let (legacy, users) = two_upstreams().await;
-    let proxy = TestProxy::start(&routes(&legacy, &users, "  - {name: users, prefix: /api/users, upstream: users}\n  - {name: legacy, prefix: /, upstream: legacy}\n")).await;
+    let proxy = TestProxy::start(&routes(
+        &legacy,
+        &users,
+        "  - {name: users, prefix: /api/users, upstream: users}\n  - {name: legacy, prefix: /, upstream: legacy}\n",
+    ))
+    .await;
     for (path, want) in [
         ("/api/users", "users"),
         ("/api/users/", "users"),
@@ -36,7 +41,11 @@ async fn prefix_matches_whole_segments_only() {
 #[tokio::test]
 async fn order_in_file_never_matters() {
     let (legacy, users) = two_upstreams().await;
-    let a = routes(&legacy, &users, "  - {name: legacy, prefix: /, upstream: legacy}\n  - {name: users, prefix: /api/users, upstream: users}\n");
+    let a = routes(
+        &legacy,
+        &users,
+        "  - {name: legacy, prefix: /, upstream: legacy}\n  - {name: users, prefix: /api/users, upstream: users}\n",
+    );
     let proxy = TestProxy::start(&a).await;
     assert_eq!(get(proxy.addr, "/api/users/1").await.json()["upstream"], "users");
 }
@@ -70,20 +79,37 @@ async fn host_and_methods_break_ties() {
     assert_eq!(post.json()["upstream"], "legacy", "POST is not in methods: falls to the shorter route");
     let get_users = get(proxy.addr, "/api/users").await;
     assert_eq!(get_users.json()["upstream"], "users");
-    let with_host = send(&client, req(Method::POST, proxy.addr, "/api/projects").header("host", "API.example.com:8443").body(Full::default()).unwrap())
-        .await
-        .unwrap();
+    let with_host = send(
+        &client,
+        req(Method::POST, proxy.addr, "/api/projects")
+            .header("host", "API.example.com:8443")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(with_host.json()["upstream"], "users", "host matches case-insensitively, port ignored");
-    let other_host = send(&client, req(Method::POST, proxy.addr, "/api/projects").header("host", "other.example.com").body(Full::default()).unwrap())
-        .await
-        .unwrap();
+    let other_host = send(
+        &client,
+        req(Method::POST, proxy.addr, "/api/projects")
+            .header("host", "other.example.com")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(other_host.json()["upstream"], "legacy");
 }
 
 #[tokio::test]
 async fn strip_prefix_forwards_the_rest() {
     let (legacy, users) = two_upstreams().await;
-    let proxy = TestProxy::start(&routes(&legacy, &users, "  - {name: users, prefix: /api/users, upstream: users, strip_prefix: true}\n")).await;
+    let proxy = TestProxy::start(&routes(
+        &legacy,
+        &users,
+        "  - {name: users, prefix: /api/users, upstream: users, strip_prefix: true}\n",
+    ))
+    .await;
     assert_eq!(get(proxy.addr, "/api/users/7?a=b").await.json()["uri"], "/7?a=b");
     assert_eq!(get(proxy.addr, "/api/users").await.json()["uri"], "/");
 }
@@ -91,7 +117,8 @@ async fn strip_prefix_forwards_the_rest() {
 #[tokio::test]
 async fn no_route_is_a_json_404_naming_the_path() {
     let (legacy, users) = two_upstreams().await;
-    let proxy = TestProxy::start(&routes(&legacy, &users, "  - {name: users, prefix: /api/users, upstream: users}\n")).await;
+    let proxy =
+        TestProxy::start(&routes(&legacy, &users, "  - {name: users, prefix: /api/users, upstream: users}\n")).await;
     let r = get(proxy.addr, "/nowhere/x").await;
     assert_eq!(r.status, 404);
     let body = r.json();

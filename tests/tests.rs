@@ -12,3 +12,4 @@ mod path_safety;
 mod protocols;
 mod reload;
 mod routing;
+mod traffic;

@@ -42,6 +42,7 @@ pub struct TestUpstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub body_bytes: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 /// One request as the upstream received it.
@@ -72,11 +73,13 @@ impl TestUpstream {
             seen: seen.clone(),
             body_bytes: body_bytes.clone(),
         };
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let conns = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let state = state.clone();
-                tokio::spawn(async move {
+                let handle = tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(state.answer(req).await) }
@@ -85,9 +88,10 @@ impl TestUpstream {
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
                 });
+                conns.lock().unwrap().push(handle.abort_handle());
             }
         });
-        TestUpstream { addr, name: name.to_string(), behaviour, hits, seen, body_bytes, task }
+        TestUpstream { addr, name: name.to_string(), behaviour, hits, seen, body_bytes, task, connections }
     }
 
     pub fn url(&self) -> String {
@@ -106,15 +110,18 @@ impl TestUpstream {
         self.seen.lock().unwrap().last().cloned().expect("the upstream saw a request")
     }
 
-    /// Stops accepting and closes the listener (open connections keep running).
+    /// Dies: closes the listener and every open connection, as a killed process would.
     pub fn stop(&self) {
         self.task.abort();
+        for conn in self.connections.lock().unwrap().drain(..) {
+            conn.abort();
+        }
     }
 }
 
 impl Drop for TestUpstream {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
@@ -153,11 +160,8 @@ impl State {
         }
         let method = req.method().to_string();
         let uri = req.uri().to_string();
-        let headers: serde_json::Map<String, serde_json::Value> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
-            .collect();
+        let headers: serde_json::Map<String, serde_json::Value> =
+            req.headers().iter().map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes())))).collect();
         // Read the whole body, counting bytes without keeping them.
         let mut body = req.into_body();
         let mut length = 0u64;
@@ -173,7 +177,8 @@ impl State {
         }
         self.body_bytes.fetch_add(length, Ordering::SeqCst);
         let echo = || {
-            let body = json!({"upstream": self.name, "method": method, "uri": uri, "headers": headers, "body_length": length});
+            let body =
+                json!({"upstream": self.name, "method": method, "uri": uri, "headers": headers, "body_length": length});
             Response::builder()
                 .header("content-type", "application/json")
                 .header("x-upstream", self.name.as_str())
@@ -208,7 +213,10 @@ fn full(bytes: Bytes) -> BoxBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
-fn futures_stream(total: u64, chunk: Bytes) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send + Sync {
+fn futures_stream(
+    total: u64,
+    chunk: Bytes,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send + Sync {
     let mut sent = 0u64;
     let mut iter = std::iter::from_fn(move || {
         if sent >= total {
@@ -225,7 +233,10 @@ struct StreamIter<I>(I);
 
 impl<I: Iterator + Unpin> futures_core::Stream for StreamIter<I> {
     type Item = I::Item;
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<I::Item>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<I::Item>> {
         std::task::Poll::Ready(self.0.next())
     }
 }
