@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod path;
 pub mod proxy;
 pub mod ratelimit;
+pub mod record;
 pub mod reload;
 pub mod router;
 pub mod server;
