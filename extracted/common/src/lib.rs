@@ -12,5 +12,7 @@ pub mod flask_json;
 pub mod pagination;
 pub mod server;
 pub mod sync;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use errors::ApiError;
