@@ -36,6 +36,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod diff;
 pub mod error;
 pub mod explain;
 pub mod headers;
