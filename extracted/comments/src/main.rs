@@ -36,10 +36,10 @@ struct ServeArgs {
     #[arg(long, env = "MONOLITH_URL", default_value = "http://127.0.0.1:5000")]
     monolith_url: String,
     /// Value for the X-Internal-Token header of /internal/events.
-    #[arg(long, env = "TASKAPP_INTERNAL_TOKEN")]
+    #[arg(long, env = "TASKAPP_INTERNAL_TOKEN", hide_env_values = true)]
     internal_token: Option<String>,
     /// HS256 secret of the monolith's tokens.
-    #[arg(long, env = "TASKAPP_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
+    #[arg(long, env = "TASKAPP_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true, hide_env_values = true)]
     jwt_secret: String,
     /// Follow the monolith's change feed (true/false).
     #[arg(long, env = "COMMENTS_SYNC", default_value_t = true, action = clap::ArgAction::Set)]
@@ -81,6 +81,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(db_path: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
+    if args.jwt_secret == DEV_JWT_SECRET {
+        tracing::warn!("TASKAPP_JWT_SECRET is not set: using the insecure development secret");
+    }
     let conn = open_db(&db_path)?;
     let state = AppState::with_max_body(conn, args.jwt_secret.clone(), args.max_body);
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
