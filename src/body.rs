@@ -5,9 +5,10 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
 
 /// A request or response body passing through the proxy.
 #[derive(Debug)]
@@ -16,6 +17,86 @@ pub enum ProxyBody {
     Streamed(Incoming),
     /// Made by the proxy; sent once.
     Full(Option<Bytes>),
+    /// Streamed through unchanged while a copy is taken for shadow comparison.
+    Tee(Box<Tee>),
+}
+
+/// What a tee saw of a body.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// The body, when it was at most the capture limit (else empty).
+    pub body: Bytes,
+    pub len: u64,
+    pub sha256: [u8; 32],
+    /// The whole body fits in `body`.
+    pub within_limit: bool,
+}
+
+/// Called once when a teed body ends: with what it saw, or `None` if the
+/// stream failed or was dropped before its end.
+pub type OnEnd = Box<dyn FnOnce(Option<Captured>) + Send + Sync>;
+
+/// A body passing through while up to `limit` bytes of it are kept and all
+/// of it is hashed.
+pub struct Tee {
+    inner: Incoming,
+    limit: usize,
+    buf: BytesMut,
+    len: u64,
+    hasher: Sha256,
+    overflow: bool,
+    on_end: Option<OnEnd>,
+}
+
+impl std::fmt::Debug for Tee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tee").field("len", &self.len).field("limit", &self.limit).finish()
+    }
+}
+
+impl Tee {
+    pub fn wrap(inner: Incoming, limit: usize, on_end: OnEnd) -> ProxyBody {
+        ProxyBody::Tee(Box::new(Tee {
+            inner,
+            limit,
+            buf: BytesMut::new(),
+            len: 0,
+            hasher: Sha256::new(),
+            overflow: false,
+            on_end: Some(on_end),
+        }))
+    }
+
+    fn observe(&mut self, data: &Bytes) {
+        self.len += data.len() as u64;
+        self.hasher.update(data);
+        if !self.overflow {
+            if self.buf.len() + data.len() <= self.limit {
+                self.buf.extend_from_slice(data);
+            } else {
+                self.overflow = true;
+                self.buf = BytesMut::new();
+            }
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(on_end) = self.on_end.take() {
+            let captured = complete.then(|| Captured {
+                body: std::mem::take(&mut self.buf).freeze(),
+                len: self.len,
+                sha256: std::mem::take(&mut self.hasher).finalize().into(),
+                within_limit: !self.overflow,
+            });
+            on_end(captured);
+        }
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
 }
 
 impl ProxyBody {
@@ -43,6 +124,23 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Streamed(body) => Pin::new(body).poll_frame(cx),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Tee(tee) => {
+                let polled = Pin::new(&mut tee.inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            tee.observe(data);
+                        }
+                        if tee.inner.is_end_stream() {
+                            tee.finish(true);
+                        }
+                    }
+                    Poll::Ready(None) => tee.finish(true),
+                    Poll::Ready(Some(Err(_))) => tee.finish(false),
+                    Poll::Pending => {}
+                }
+                polled
+            }
         }
     }
 
@@ -50,6 +148,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Streamed(body) => body.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Tee(tee) => tee.inner.is_end_stream(),
         }
     }
 
@@ -57,6 +156,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Streamed(body) => body.size_hint(),
             ProxyBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Tee(tee) => tee.inner.size_hint(),
         }
     }
 }

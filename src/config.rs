@@ -26,6 +26,107 @@ pub struct RawConfig {
     /// Response header naming the upstream that answered; `""` switches it off.
     #[serde(default = "default_upstream_header")]
     pub upstream_header: String,
+    /// Where shadow-diff records go and how much shadow traffic may be in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<RawShadowLog>,
+}
+
+/// Top-level shadow settings (shared by every shadowing route).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadowLog {
+    /// Diff log path; `-` writes the records to stdout (for a cluster's log pipeline).
+    #[serde(default = "default_shadow_log")]
+    pub log: String,
+    /// Shadow requests in flight across all routes; beyond it, drop and count.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: usize,
+    /// The log is rotated past this size (`log.1`, `log.2`, ...).
+    #[serde(default = "default_max_log_size")]
+    pub max_log_size: ByteSize,
+    #[serde(default = "default_max_log_files")]
+    pub max_log_files: u32,
+}
+
+impl Default for RawShadowLog {
+    fn default() -> Self {
+        RawShadowLog {
+            log: default_shadow_log(),
+            max_inflight: default_max_inflight(),
+            max_log_size: default_max_log_size(),
+            max_log_files: default_max_log_files(),
+        }
+    }
+}
+
+fn default_shadow_log() -> String {
+    "./shadow-diffs.jsonl".into()
+}
+fn default_max_inflight() -> usize {
+    256
+}
+fn default_max_log_size() -> ByteSize {
+    ByteSize(100 << 20)
+}
+fn default_max_log_files() -> u32 {
+    5
+}
+
+/// Mirroring of a route's traffic to a candidate upstream, for comparison only.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub upstream: String,
+    /// Fraction of matching requests mirrored, 0.0 to 1.0.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+    /// Default GET and HEAD; writes only with `unsafe_writes: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub unsafe_writes: bool,
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    #[serde(default = "default_shadow_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub ignore_headers: Vec<String>,
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    #[serde(default)]
+    pub unordered: Vec<String>,
+    /// Body fields whose values never reach the diff log (on top of the
+    /// `Authorization`, `Cookie` and `Set-Cookie` headers, always redacted).
+    #[serde(default)]
+    pub redact: Vec<String>,
+    /// An upstream asked the same request a second time to learn noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<String>,
+    /// `header:NAME` or `cookie:NAME`: sample whole sessions instead of requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<RawHeaderEdits>,
+}
+
+fn default_sample() -> f64 {
+    1.0
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_shadow_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Edits to the mirrored request's headers.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderEdits {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 fn default_upstream_header() -> String {
@@ -232,6 +333,9 @@ pub struct RawRoute {
     pub retry_buffer: Option<ByteSize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RawRateLimit>,
+    /// Mirror matching requests to a candidate and compare the answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<RawShadow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -17,6 +17,9 @@
 //! - [`proxy`] (+ [`headers`], [`body`], [`error`]): forwards the request to the
 //!   upstream through a pooled client and streams the answer back.
 //! - [`split`]: canary splits and sticky assignment.
+//! - [`shadow`] (+ [`diff`], [`record`]): mirrors sampled requests to a
+//!   candidate upstream, compares its answer with the primary's, and writes
+//!   one diff record per request.
 //! - [`upstream`]: upstream groups, target choice and health, retry budget,
 //!   concurrency caps, and the shared client pools.
 //! - [`health`]: active health checks; [`ratelimit`]: per-route token buckets.
@@ -49,6 +52,7 @@ pub mod record;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod shadow;
 pub mod split;
 pub mod table;
 pub mod upstream;
@@ -73,6 +77,8 @@ pub struct Shared {
     pub cache: UpstreamCache,
     /// Set on shutdown: readiness turns false.
     pub draining: AtomicBool,
+    /// Shadow comparison state: in-flight cap, diff log, learned noise.
+    pub shadow: Arc<shadow::ShadowRuntime>,
 }
 
 impl Shared {
@@ -89,6 +95,8 @@ impl Shared {
         let table = Table::build(file, text, &Context { metrics: &metrics, cache: &cache })?;
         metrics.record_reload(true);
         metrics.set_config_hash(&table.hash);
-        Ok(Arc::new(Shared { table: ArcSwap::from_pointee(table), metrics, cache, draining: AtomicBool::new(false) }))
+        let shadow = shadow::ShadowRuntime::new(table.raw.shadow.clone(), &metrics);
+        Ok(Arc::new(Shared {
+            shadow, table: ArcSwap::from_pointee(table), metrics, cache, draining: AtomicBool::new(false) }))
     }
 }

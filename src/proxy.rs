@@ -15,8 +15,11 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
 
-use crate::body::ProxyBody;
+use crate::body::{Captured, OnEnd, ProxyBody, Tee};
+use crate::record::reason;
+use crate::shadow::{Mirror, MirrorBody, PrimaryAnswer, ShadowRoute};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::path;
@@ -66,7 +69,7 @@ pub async fn handle(
     let table = shared.table.load_full();
     let method = req.method().clone();
     let mut outcome = Outcome::default();
-    let mut response = match forward(&table, &conn, req, upgrade, &request_id, &mut outcome).await {
+    let mut response = match forward(&shared, &table, &conn, req, upgrade, &request_id, &mut outcome).await {
         Ok(response) => response,
         Err(err) => {
             tracing::debug!(request_id = ?request_id, error = %err, "request failed");
@@ -127,7 +130,8 @@ fn access_log(
 }
 
 async fn forward<'t>(
-    table: &'t Table,
+    shared: &Shared,
+    table: &'t Arc<Table>,
     conn: &Conn,
     mut req: Request<Incoming>,
     upgrade: bool,
@@ -137,7 +141,10 @@ async fn forward<'t>(
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported"));
     }
-    let normalized = path::normalize(req.uri().path()).map_err(ProxyError::BadPath)?;
+    // A cheap clone (shared bytes): the normalized path may borrow from it
+    // while the request's headers are edited.
+    let uri = req.uri().clone();
+    let normalized = path::normalize(uri.path()).map_err(ProxyError::BadPath)?;
     if tracing::enabled!(target: "strangler::access", tracing::Level::INFO) {
         outcome.path = Some(normalized.as_ref().into());
     }
@@ -173,14 +180,23 @@ async fn forward<'t>(
     let fallback = route.fallback.filter(|&f| f != primary);
     let replayable = !upgrade && route.may_replay(req.method());
     let wants_replay = replayable && (fallback.is_some() || route.upstreams.iter().any(|u| u.upstream.retries > 0));
+    let mut mirror = route
+        .shadow
+        .as_ref()
+        .filter(|s| !upgrade && s.wants(req.method(), req.headers()))
+        .and_then(|s| start_mirror(shared, s, route, &req, &normalized, &path_and_query, request_id, primary));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
     let mut body = if wants_replay {
         RequestBody::buffer(&parts.headers, body, route.retry_buffer).await?
     } else {
-        RequestBody::Streamed(Some(body))
+        RequestBody::Streamed(Some(ProxyBody::Streamed(body)))
     };
+    if let Some(m) = mirror.as_mut() {
+        m.attach_request_body(&mut body);
+        shared.shadow.spawn(table.clone(), found.index, m.take_mirror(), m.take_body(), m.take_primary_rx(), m.take_permit());
+    }
     let mut attempt = Attempt { parts: &mut parts, path_and_query: &path_and_query, body: &mut body, replayable };
 
     let mut result = attempt.send_to(&route.upstreams[primary].upstream).await;
@@ -218,7 +234,116 @@ async fn forward<'t>(
     hdrs.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
     // Answer in the client's protocol version, whatever the upstream spoke.
     *response.version_mut() = client_version;
-    Ok(response.map(ProxyBody::Streamed))
+    match mirror {
+        Some(m) => Ok(m.tee_response(response, route.upstreams[outcome.upstream].upstream.name.clone())),
+        None => Ok(response.map(ProxyBody::Streamed)),
+    }
+}
+
+/// A mirrored request on the proxy's side: what the shadow task still needs
+/// from the primary exchange.
+struct MirrorHandle {
+    mirror: Option<Mirror>,
+    body: Option<MirrorBody>,
+    primary_tx: Option<oneshot::Sender<PrimaryAnswer>>,
+    primary_rx: Option<oneshot::Receiver<PrimaryAnswer>>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    max_body: usize,
+    started: Instant,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_mirror(
+    shared: &Shared,
+    shadow: &ShadowRoute,
+    route: &Route,
+    req: &Request<Incoming>,
+    normalized: &str,
+    path_and_query: &PathAndQuery,
+    request_id: &HeaderValue,
+    primary: usize,
+) -> Option<MirrorHandle> {
+    let mirror = Mirror {
+        route: route.name.clone(),
+        request_id: request_id.to_str().unwrap_or_default().to_string(),
+        method: req.method().clone(),
+        path: normalized.to_string(),
+        query: req.uri().query().map(str::to_string),
+        path_and_query: path_and_query.clone(),
+        headers: req.headers().clone(),
+        received: std::time::SystemTime::now(),
+        primary_upstream: route.upstreams[primary].upstream.name.clone(),
+    };
+    let Some(permit) = shared.shadow.try_permit() else {
+        shared.shadow.record_skip(&mirror, &shadow.upstream.name, reason::INFLIGHT_CAP);
+        return None;
+    };
+    let (primary_tx, primary_rx) = oneshot::channel();
+    Some(MirrorHandle {
+        mirror: Some(mirror),
+        body: None,
+        primary_tx: Some(primary_tx),
+        primary_rx: Some(primary_rx),
+        permit: Some(permit),
+        max_body: shadow.max_body,
+        started: Instant::now(),
+    })
+}
+
+impl MirrorHandle {
+    /// Takes the request body for the shadow: a copy of a buffered body, or
+    /// a tee on the streamed one (the primary still gets it streamed).
+    fn attach_request_body(&mut self, body: &mut RequestBody) {
+        self.body = Some(match body {
+            RequestBody::Buffered(bytes) => MirrorBody::Ready(bytes.clone()),
+            RequestBody::Streamed(slot) => match slot.take() {
+                Some(ProxyBody::Streamed(incoming)) if !incoming.is_end_stream() => {
+                    let (tx, rx) = oneshot::channel();
+                    let on_end: OnEnd = Box::new(move |captured| {
+                        let _ = tx.send(captured);
+                    });
+                    *slot = Some(Tee::wrap(incoming, self.max_body, on_end));
+                    MirrorBody::Pending(rx)
+                }
+                other => {
+                    *slot = other;
+                    MirrorBody::Ready(Bytes::new())
+                }
+            },
+        });
+    }
+
+    fn take_mirror(&mut self) -> Mirror {
+        self.mirror.take().expect("taken once")
+    }
+    fn take_body(&mut self) -> MirrorBody {
+        self.body.take().expect("attached before spawning")
+    }
+    fn take_primary_rx(&mut self) -> oneshot::Receiver<PrimaryAnswer> {
+        self.primary_rx.take().expect("taken once")
+    }
+    fn take_permit(&mut self) -> tokio::sync::OwnedSemaphorePermit {
+        self.permit.take().expect("taken once")
+    }
+
+    /// Streams the primary's answer to the client while keeping a copy for
+    /// the comparison; the copy is handed over when the body ends.
+    fn tee_response(mut self, response: Response<Incoming>, upstream: Arc<str>) -> Response<ProxyBody> {
+        let Some(tx) = self.primary_tx.take() else { return response.map(ProxyBody::Streamed) };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let latency = self.started.elapsed();
+        if response.body().is_end_stream() {
+            let captured = Captured { body: Bytes::new(), len: 0, sha256: crate::diff::sha256(b""), within_limit: true };
+            let _ = tx.send(PrimaryAnswer { upstream, status, headers, latency, captured: Some(captured) });
+            return response.map(ProxyBody::Streamed);
+        }
+        let on_end: OnEnd = Box::new(move |captured| {
+            let _ = tx.send(PrimaryAnswer { upstream, status, headers, latency, captured });
+        });
+        let max_body = self.max_body;
+        response.map(|body| Tee::wrap(body, max_body, on_end))
+    }
 }
 
 /// 502, 503 and 504: the upstream could not answer; worth trying elsewhere.
@@ -229,7 +354,7 @@ fn is_gateway_error(status: StatusCode) -> bool {
 /// The request body: streamed through once, or kept (when small) so that
 /// it can be sent again to a retry or the fallback.
 enum RequestBody {
-    Streamed(Option<Incoming>),
+    Streamed(Option<ProxyBody>),
     Buffered(Bytes),
 }
 
@@ -247,7 +372,7 @@ impl RequestBody {
                     http_body_util::Limited::new(body, n as usize).collect().await.map_err(|_| ProxyError::BodyRead)?;
                 Ok(RequestBody::Buffered(collected.to_bytes()))
             }
-            _ => Ok(RequestBody::Streamed(Some(body))),
+            _ => Ok(RequestBody::Streamed(Some(ProxyBody::Streamed(body)))),
         }
     }
 
@@ -261,7 +386,7 @@ impl RequestBody {
 
     fn take(&mut self) -> Option<ProxyBody> {
         match self {
-            RequestBody::Streamed(body) => body.take().map(ProxyBody::Streamed),
+            RequestBody::Streamed(body) => body.take(),
             RequestBody::Buffered(bytes) => Some(ProxyBody::full(bytes.clone())),
         }
     }

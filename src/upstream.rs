@@ -232,8 +232,10 @@ impl Upstream {
                 (0..n).map(|i| &self.targets[(start + i) % n]).find(|t| t.state.available(now))
             }
             LoadBalancing::LeastRequest => {
-                let a = &self.targets[fastrand::usize(..n)];
-                let b = &self.targets[fastrand::usize(..n)];
+                // Two distinct random targets; the less busy one wins.
+                let first = fastrand::usize(..n);
+                let a = &self.targets[first];
+                let b = &self.targets[(first + 1 + fastrand::usize(..n - 1)) % n];
                 match (a.state.available(now), b.state.available(now)) {
                     (true, true) => {
                         Some(if b.state.in_flight.load(Ordering::Relaxed) < a.state.in_flight.load(Ordering::Relaxed) {

@@ -1,0 +1,540 @@
+//! Shadowing: a sampled copy of a route's traffic goes to a candidate
+//! upstream, and its answer is compared with the primary's (the one the
+//! client got) in a task of its own. The client's response never waits for
+//! the shadow, is never changed by it, and a slow, dead or failing shadow
+//! changes nothing for the client: shadow work is capped (`max_inflight`),
+//! bounded in time (`timeout`) and in memory (`max_body`).
+//!
+//! Every sampled request that could not be compared is recorded with a
+//! reason; nothing is dropped silently. Records go to the diff log (one JSON
+//! object per line, rotated by size), to metrics, and to the live summary
+//! behind the admin `/shadow` endpoint.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request};
+use http_body_util::BodyExt;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::body::{Captured, ProxyBody};
+use crate::config::RawShadowLog;
+use crate::diff::{self, Answer, CompareOptions};
+use crate::metrics::Metrics;
+use crate::record::{reason, DiffKind, DiffRecord, Difference, Outcome, PrimarySide, ShadowSide};
+use crate::split::stable_hash;
+use crate::upstream::Upstream;
+
+/// Marks mirrored requests; a request that carries it is never mirrored again.
+pub static X_STRANGLER_SHADOW: HeaderName = HeaderName::from_static("x-strangler-shadow");
+
+/// Distinct pointers per route in `strangler_shadow_field_mismatches_total`; the rest count as `other`.
+const MAX_POINTER_LABELS: usize = 200;
+/// Distinct noise fields remembered per route.
+const MAX_NOISE_FIELDS: usize = 500;
+
+/// Where the sample key comes from.
+#[derive(Debug, Clone)]
+pub enum SampleKey {
+    Header(HeaderName),
+    Cookie(String),
+}
+
+/// A route's shadow settings, validated.
+pub struct ShadowRoute {
+    pub upstream: Arc<Upstream>,
+    pub noise: Option<Arc<Upstream>>,
+    pub sample: f64,
+    pub sample_key: Option<SampleKey>,
+    pub methods: Vec<Method>,
+    pub max_body: usize,
+    pub timeout: Duration,
+    pub compare: CompareOptions,
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    pub remove_headers: Vec<HeaderName>,
+}
+
+impl ShadowRoute {
+    /// Whether this request is mirrored: method allowed, not itself a
+    /// mirrored request, and sampled.
+    pub fn wants(&self, method: &Method, headers: &HeaderMap) -> bool {
+        if !self.methods.contains(method) || headers.contains_key(&X_STRANGLER_SHADOW) {
+            return false;
+        }
+        if self.sample >= 1.0 {
+            return true;
+        }
+        let key = self.sample_key.as_ref().and_then(|k| match k {
+            SampleKey::Header(name) => headers.get(name).map(|v| v.as_bytes().to_vec()),
+            SampleKey::Cookie(name) => crate::split::StickyKey::Cookie(name.as_str().into()).extract(headers).map(|v| v.to_vec()),
+        });
+        let point = match key {
+            Some(key) => stable_hash(&key, SAMPLE_SEED) as f64 / u64::MAX as f64,
+            None => fastrand::f64(),
+        };
+        point < self.sample
+    }
+}
+
+const SAMPLE_SEED: u64 = 0x5a4d_91e0;
+
+/// What the proxy hands to a shadow task when it mirrors a request.
+pub struct Mirror {
+    pub route: Arc<str>,
+    pub request_id: String,
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub path_and_query: PathAndQuery,
+    /// The primary request's headers after the proxy's edits.
+    pub headers: HeaderMap,
+    pub received: SystemTime,
+    pub primary_upstream: Arc<str>,
+}
+
+/// The request body for the shadow: known now, or when the client's body
+/// (teed to the primary) ends.
+pub enum MirrorBody {
+    Ready(Bytes),
+    Pending(oneshot::Receiver<Option<Captured>>),
+}
+
+/// The primary's answer, sent once its body has ended.
+pub struct PrimaryAnswer {
+    /// The upstream that answered (the fallback's name if it did).
+    pub upstream: Arc<str>,
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub latency: Duration,
+    pub captured: Option<Captured>,
+}
+
+/// Shadow state shared by all config versions: the in-flight cap, the log
+/// writer, learned noise, metrics and the live summary.
+pub struct ShadowRuntime {
+    settings: RawShadowLog,
+    inflight: Arc<Semaphore>,
+    log: Mutex<Option<mpsc::Sender<String>>>,
+    noise: Mutex<HashMap<Arc<str>, BTreeSet<String>>>,
+    pointer_labels: Mutex<HashMap<Arc<str>, HashSet<String>>>,
+    requests: IntCounterVec,
+    dropped: IntCounterVec,
+    latency: HistogramVec,
+    field_mismatches: IntCounterVec,
+}
+
+impl ShadowRuntime {
+    pub fn new(settings: Option<RawShadowLog>, metrics: &Metrics) -> Arc<Self> {
+        let settings = settings.unwrap_or_default();
+        let requests = metrics.register(
+            IntCounterVec::new(
+                Opts::new("strangler_shadow_requests_total", "Shadowed requests by route and result."),
+                &["route", "result"],
+            )
+            .unwrap(),
+        );
+        let dropped = metrics.register(
+            IntCounterVec::new(
+                Opts::new("strangler_shadow_dropped_total", "Sampled requests not compared, by route and reason."),
+                &["route", "reason"],
+            )
+            .unwrap(),
+        );
+        let latency = metrics.register(
+            HistogramVec::new(
+                HistogramOpts::new("strangler_shadow_latency_seconds", "Response time of primary and shadow, by route.")
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                &["route", "side"],
+            )
+            .unwrap(),
+        );
+        let field_mismatches = metrics.register(
+            IntCounterVec::new(
+                Opts::new("strangler_shadow_field_mismatches_total", "Mismatches by route and field (bounded; the rest is 'other')."),
+                &["route", "pointer"],
+            )
+            .unwrap(),
+        );
+        Arc::new(ShadowRuntime {
+            inflight: Arc::new(Semaphore::new(settings.max_inflight)),
+            settings,
+            log: Mutex::new(None),
+            noise: Mutex::default(),
+            pointer_labels: Mutex::default(),
+            requests,
+            dropped,
+            latency,
+            field_mismatches,
+        })
+    }
+
+    /// Starts the diff-log writer (once; needs the runtime).
+    pub fn start_log(&self) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if log.is_none() {
+            let (tx, rx) = mpsc::channel(16_384);
+            let settings = self.settings.clone();
+            tokio::task::spawn_blocking(move || write_log(rx, settings));
+            *log = Some(tx);
+        }
+    }
+
+    /// A slot for one shadow request, or `None` at the in-flight cap.
+    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.inflight.clone().try_acquire_owned().ok()
+    }
+
+    /// Records a sampled request that was not mirrored at all.
+    pub fn record_skip(&self, mirror: &Mirror, shadow_upstream: &str, why: &str) {
+        let record = base_record(mirror, shadow_upstream, Outcome::Skipped, Some(why));
+        self.finish(record);
+    }
+
+    /// Mirrors one request and compares the answers, in a task of its own.
+    pub fn spawn(
+        self: &Arc<Self>,
+        table: Arc<crate::table::Table>,
+        route_index: usize,
+        mirror: Mirror,
+        body: MirrorBody,
+        primary: oneshot::Receiver<PrimaryAnswer>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let route = &table.router.entries()[route_index].1;
+            let record = runtime.compare_one(route, mirror, body, primary).await;
+            runtime.finish(record);
+        });
+    }
+
+    async fn compare_one(
+        &self,
+        route: &crate::table::Route,
+        mirror: Mirror,
+        body: MirrorBody,
+        primary: oneshot::Receiver<PrimaryAnswer>,
+    ) -> DiffRecord {
+        let shadow = route.shadow.as_ref().expect("a shadowing route");
+        let shadow_name = shadow.upstream.name.to_string();
+        let body = match body {
+            MirrorBody::Ready(bytes) => bytes,
+            MirrorBody::Pending(rx) => match rx.await {
+                Ok(Some(c)) if c.within_limit => c.body,
+                Ok(Some(_)) => return base_record(&mirror, &shadow_name, Outcome::Skipped, Some(reason::TOO_LARGE)),
+                _ => return base_record(&mirror, &shadow_name, Outcome::Skipped, Some(reason::PRIMARY_ERROR)),
+            },
+        };
+        let mut headers = mirror.headers.clone();
+        for name in &shadow.remove_headers {
+            headers.remove(name);
+        }
+        for (name, value) in &shadow.set_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        headers.insert(X_STRANGLER_SHADOW.clone(), HeaderValue::from_static("1"));
+        let ask = |upstream: Arc<Upstream>| {
+            fetch(upstream, mirror.method.clone(), mirror.path_and_query.clone(), headers.clone(), body.clone(), shadow.timeout, shadow.max_body)
+        };
+        let noise_fut = async {
+            match &shadow.noise {
+                Some(noise) => Some(ask(noise.clone()).await),
+                None => None,
+            }
+        };
+        let (shadow_answer, noise_answer) = tokio::join!(ask(shadow.upstream.clone()), noise_fut);
+        // The primary's body may still be streaming to the client: wait for
+        // it, but not forever.
+        let wait = shadow.timeout.max(Duration::from_secs(30));
+        let primary = match tokio::time::timeout(wait, primary).await {
+            Ok(Ok(answer)) => answer,
+            _ => return base_record(&mirror, &shadow_name, Outcome::Skipped, Some(reason::PRIMARY_ERROR)),
+        };
+        self.judge(route, shadow, &mirror, primary, shadow_answer, noise_answer)
+    }
+
+    fn judge(
+        &self,
+        route: &crate::table::Route,
+        shadow: &ShadowRoute,
+        mirror: &Mirror,
+        primary: PrimaryAnswer,
+        shadow_answer: Result<Fetched, FetchError>,
+        noise_answer: Option<Result<Fetched, FetchError>>,
+    ) -> DiffRecord {
+        let shadow_name = shadow.upstream.name.to_string();
+        let mut record = base_record(mirror, &shadow_name, Outcome::Match, None);
+        record.primary.upstream = primary.upstream.to_string();
+        record.primary.status = Some(primary.status);
+        record.primary.latency_ms = Some(primary.latency.as_secs_f64() * 1000.0);
+        record.primary.body_bytes = primary.captured.as_ref().map(|c| c.len);
+        self.latency.with_label_values(&[&route.name, "primary"]).observe(primary.latency.as_secs_f64());
+        let fetched = match shadow_answer {
+            Ok(f) => f,
+            Err(e) => {
+                record.result = Outcome::ShadowError;
+                record.reason = Some(e.reason().to_string());
+                record.shadow.error = Some(e.to_string());
+                return record;
+            }
+        };
+        record.shadow.status = Some(fetched.status);
+        record.shadow.latency_ms = Some(fetched.latency.as_secs_f64() * 1000.0);
+        record.shadow.body_bytes = Some(fetched.captured.len);
+        self.latency.with_label_values(&[&route.name, "shadow"]).observe(fetched.latency.as_secs_f64());
+        let Some(primary_body) = &primary.captured else {
+            record.result = Outcome::Skipped;
+            record.reason = Some(reason::NOT_COMPARABLE.into());
+            return record;
+        };
+        let primary_view = answer_view(primary.status, &primary.headers, primary_body);
+        let shadow_view = answer_view(fetched.status, &fetched.headers, &fetched.captured);
+        let mut comparison = diff::compare(&primary_view, &shadow_view, &shadow.compare);
+
+        let noisy_now: BTreeSet<String> = match noise_answer {
+            Some(Ok(noise)) => {
+                let noise_view = answer_view(noise.status, &noise.headers, &noise.captured);
+                diff::compare(&primary_view, &noise_view, &shadow.compare)
+                    .diffs
+                    .iter()
+                    .filter(|d| d.kind != DiffKind::Status)
+                    .map(|d| diff::fold_indexes(&d.pointer))
+                    .collect()
+            }
+            _ => BTreeSet::new(),
+        };
+        let learned = self.learn_noise(&route.name, &noisy_now);
+        let mut excluded = BTreeSet::new();
+        comparison.diffs.retain(|d| {
+            let folded = diff::fold_indexes(&d.pointer);
+            let noisy = d.kind != DiffKind::Status && learned.contains(&folded);
+            if noisy {
+                excluded.insert(folded);
+            }
+            !noisy
+        });
+        record.noise = noisy_now.union(&excluded).cloned().collect();
+        record.result = if comparison.diffs.is_empty() { Outcome::Match } else { Outcome::Mismatch };
+        record.diffs = comparison.diffs;
+        record
+    }
+
+    /// Adds newly seen noise fields for a route and returns all it has learned.
+    fn learn_noise(&self, route: &Arc<str>, fields: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut noise = self.noise.lock().unwrap_or_else(|e| e.into_inner());
+        let known = noise.entry(route.clone()).or_default();
+        for field in fields {
+            if known.len() < MAX_NOISE_FIELDS {
+                known.insert(field.clone());
+            }
+        }
+        known.clone()
+    }
+
+    /// Counts, summarizes and logs a finished record.
+    fn finish(&self, record: DiffRecord) {
+        let route = record.route.as_str();
+        self.requests.with_label_values(&[route, record.result.as_str()]).inc();
+        if let Some(why) = &record.reason {
+            self.dropped.with_label_values(&[route, why]).inc();
+        }
+        if record.result == Outcome::Mismatch {
+            let mut labels = self.pointer_labels.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = labels.entry(Arc::from(route)).or_default();
+            for d in &record.diffs {
+                let pointer = match d.kind {
+                    DiffKind::Status => "status".to_string(),
+                    DiffKind::Header => format!("header:{}", d.pointer),
+                    DiffKind::Body => diff::fold_indexes(&d.pointer),
+                };
+                let label = if seen.contains(&pointer) || seen.len() < MAX_POINTER_LABELS {
+                    seen.insert(pointer.clone());
+                    pointer
+                } else {
+                    "other".to_string()
+                };
+                self.field_mismatches.with_label_values(&[route, &label]).inc();
+            }
+        }
+        let line = match serde_json::to_string(&record) {
+            Ok(line) => line,
+            Err(_) => return,
+        };
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = log.as_ref() {
+            if tx.try_send(line).is_err() {
+                self.dropped.with_label_values(&[route, "log_backpressure"]).inc();
+            }
+        }
+    }
+}
+
+fn answer_view<'a>(status: u16, headers: &'a HeaderMap, captured: &'a Captured) -> Answer<'a> {
+    Answer {
+        status,
+        headers,
+        body: &captured.body,
+        body_len: captured.len,
+        body_sha256: captured.sha256,
+        body_complete: captured.within_limit,
+    }
+}
+
+fn base_record(mirror: &Mirror, shadow_upstream: &str, result: Outcome, why: Option<&str>) -> DiffRecord {
+    DiffRecord {
+        ts: humantime::format_rfc3339_millis(mirror.received).to_string(),
+        request_id: mirror.request_id.clone(),
+        route: mirror.route.to_string(),
+        endpoint: diff::endpoint_template(&mirror.path),
+        method: mirror.method.to_string(),
+        path: mirror.path.clone(),
+        query: mirror.query.clone(),
+        primary: PrimarySide { upstream: mirror.primary_upstream.to_string(), status: None, latency_ms: None, body_bytes: None },
+        shadow: ShadowSide { upstream: shadow_upstream.to_string(), status: None, latency_ms: None, body_bytes: None, error: None },
+        result,
+        reason: why.map(str::to_string),
+        diffs: Vec::<Difference>::new(),
+        noise: vec![],
+    }
+}
+
+/// An answer read whole (up to the body limit; beyond it, hashed).
+struct Fetched {
+    status: u16,
+    headers: HeaderMap,
+    latency: Duration,
+    captured: Captured,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl FetchError {
+    fn reason(&self) -> &'static str {
+        match self {
+            FetchError::Timeout(_) => reason::SHADOW_TIMEOUT,
+            FetchError::Failed(_) => reason::SHADOW_ERROR,
+        }
+    }
+}
+
+async fn fetch(
+    upstream: Arc<Upstream>,
+    method: Method,
+    path_and_query: PathAndQuery,
+    headers: HeaderMap,
+    body: Bytes,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Fetched, FetchError> {
+    let started = Instant::now();
+    let permit = upstream.acquire().map_err(|e| FetchError::Failed(format!("upstream {}: {e:?}", upstream.name)))?;
+    let mut request = Request::new(ProxyBody::full(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = permit.target.uri(path_and_query);
+    *request.headers_mut() = headers;
+    let exchange = async {
+        let response = upstream.client.request(request).await.map_err(|e| FetchError::Failed(e.to_string()))?;
+        let latency = started.elapsed();
+        let (parts, mut body) = response.into_parts();
+        let mut kept = bytes::BytesMut::new();
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        let (mut len, mut overflow) = (0u64, false);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| FetchError::Failed(format!("reading the body: {e}")))?;
+            if let Some(data) = frame.data_ref() {
+                len += data.len() as u64;
+                sha2::Digest::update(&mut hasher, data);
+                if !overflow && kept.len() + data.len() <= max_body {
+                    kept.extend_from_slice(data);
+                } else {
+                    overflow = true;
+                    kept.clear();
+                }
+            }
+        }
+        let captured = Captured { body: kept.freeze(), len, sha256: sha2::Digest::finalize(hasher).into(), within_limit: !overflow };
+        Ok(Fetched { status: parts.status.as_u16(), headers: parts.headers, latency, captured })
+    };
+    let result = tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(FetchError::Timeout(timeout)));
+    match &result {
+        Ok(f) if f.status < 500 => upstream.record_success(permit.target),
+        _ => upstream.record_failure(permit.target),
+    }
+    result
+}
+
+/// The diff-log writer: one line per record, rotated past `max_log_size`
+/// into `log.1` … `log.N`; `-` writes to stdout.
+fn write_log(mut rx: mpsc::Receiver<String>, settings: RawShadowLog) {
+    let to_stdout = settings.log == "-";
+    let path = PathBuf::from(&settings.log);
+    let open = |path: &PathBuf| std::fs::OpenOptions::new().create(true).append(true).open(path);
+    let mut file = if to_stdout {
+        None
+    } else {
+        match open(&path) {
+            Ok(f) => Some(std::io::BufWriter::new(f)),
+            Err(e) => {
+                tracing::error!(error = %e, log = %path.display(), "cannot open the shadow diff log; records go to stdout");
+                None
+            }
+        }
+    };
+    let mut written = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    while let Some(line) = rx.blocking_recv() {
+        let mut batch = vec![line];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+            if batch.len() >= 1024 {
+                break;
+            }
+        }
+        match file.as_mut() {
+            None => {
+                let stdout = std::io::stdout();
+                let mut out = stdout.lock();
+                for line in &batch {
+                    let _ = writeln!(out, "{line}");
+                }
+                let _ = out.flush();
+            }
+            Some(f) => {
+                for line in &batch {
+                    let _ = writeln!(f, "{line}");
+                    written += line.len() as u64 + 1;
+                }
+                let _ = f.flush();
+                if written >= settings.max_log_size.0 {
+                    rotate(&path, settings.max_log_files);
+                    if let Ok(new) = open(&path) {
+                        *f = std::io::BufWriter::new(new);
+                    }
+                    written = 0;
+                }
+            }
+        }
+    }
+}
+
+fn rotate(path: &std::path::Path, keep: u32) {
+    let numbered = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
+    let _ = std::fs::remove_file(numbered(keep.max(1)));
+    for n in (1..keep.max(1)).rev() {
+        let _ = std::fs::rename(numbered(n), numbered(n + 1));
+    }
+    let _ = std::fs::rename(path, numbered(1));
+}
