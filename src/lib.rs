@@ -97,6 +97,11 @@ impl Shared {
         metrics.set_config_hash(&table.hash);
         let shadow = shadow::ShadowRuntime::new(table.raw.shadow.clone(), &metrics);
         Ok(Arc::new(Shared {
-            shadow, table: ArcSwap::from_pointee(table), metrics, cache, draining: AtomicBool::new(false) }))
+            shadow,
+            table: ArcSwap::from_pointee(table),
+            metrics,
+            cache,
+            draining: AtomicBool::new(false),
+        }))
     }
 }

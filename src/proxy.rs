@@ -18,12 +18,12 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
 use crate::body::{Captured, OnEnd, ProxyBody, Tee};
-use crate::record::reason;
-use crate::shadow::{Mirror, MirrorBody, PrimaryAnswer, ShadowRoute};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::path;
+use crate::record::reason;
 use crate::router::host_without_port;
+use crate::shadow::{Mirror, MirrorBody, PrimaryAnswer, ShadowRoute};
 use crate::table::{Route, RouteUpstream, Table};
 use crate::upstream::{Unavailable, Upstream};
 use crate::Shared;
@@ -195,7 +195,14 @@ async fn forward<'t>(
     };
     if let Some(m) = mirror.as_mut() {
         m.attach_request_body(&mut body);
-        shared.shadow.spawn(table.clone(), found.index, m.take_mirror(), m.take_body(), m.take_primary_rx(), m.take_permit());
+        shared.shadow.spawn(
+            table.clone(),
+            found.index,
+            m.take_mirror(),
+            m.take_body(),
+            m.take_primary_rx(),
+            m.take_permit(),
+        );
     }
     let mut attempt = Attempt { parts: &mut parts, path_and_query: &path_and_query, body: &mut body, replayable };
 
@@ -334,7 +341,8 @@ impl MirrorHandle {
         let headers = response.headers().clone();
         let latency = self.started.elapsed();
         if response.body().is_end_stream() {
-            let captured = Captured { body: Bytes::new(), len: 0, sha256: crate::diff::sha256(b""), within_limit: true };
+            let captured =
+                Captured { body: Bytes::new(), len: 0, sha256: crate::diff::sha256(b""), within_limit: true };
             let _ = tx.send(PrimaryAnswer { upstream, status, headers, latency, captured: Some(captured) });
             return response.map(ProxyBody::Streamed);
         }

@@ -51,7 +51,9 @@ pub async fn run(
         let _ = admin_stopped.await;
     }));
     crate::health::spawn_for(&shared.table.load());
-    if shared.table.load().router.entries().iter().any(|(_, r)| r.shadow.is_some()) || shared.table.load().raw.shadow.is_some() {
+    if shared.table.load().router.entries().iter().any(|(_, r)| r.shadow.is_some())
+        || shared.table.load().raw.shadow.is_some()
+    {
         shared.shadow.start_log();
     }
     let builder = connection_builder(&options);

@@ -73,7 +73,9 @@ impl ShadowRoute {
         }
         let key = self.sample_key.as_ref().and_then(|k| match k {
             SampleKey::Header(name) => headers.get(name).map(|v| v.as_bytes().to_vec()),
-            SampleKey::Cookie(name) => crate::split::StickyKey::Cookie(name.as_str().into()).extract(headers).map(|v| v.to_vec()),
+            SampleKey::Cookie(name) => {
+                crate::split::StickyKey::Cookie(name.as_str().into()).extract(headers).map(|v| v.to_vec())
+            }
         });
         let point = match key {
             Some(key) => stable_hash(&key, SAMPLE_SEED) as f64 / u64::MAX as f64,
@@ -149,15 +151,21 @@ impl ShadowRuntime {
         );
         let latency = metrics.register(
             HistogramVec::new(
-                HistogramOpts::new("strangler_shadow_latency_seconds", "Response time of primary and shadow, by route.")
-                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                HistogramOpts::new(
+                    "strangler_shadow_latency_seconds",
+                    "Response time of primary and shadow, by route.",
+                )
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                 &["route", "side"],
             )
             .unwrap(),
         );
         let field_mismatches = metrics.register(
             IntCounterVec::new(
-                Opts::new("strangler_shadow_field_mismatches_total", "Mismatches by route and field (bounded; the rest is 'other')."),
+                Opts::new(
+                    "strangler_shadow_field_mismatches_total",
+                    "Mismatches by route and field (bounded; the rest is 'other').",
+                ),
                 &["route", "pointer"],
             )
             .unwrap(),
@@ -242,7 +250,15 @@ impl ShadowRuntime {
         }
         headers.insert(X_STRANGLER_SHADOW.clone(), HeaderValue::from_static("1"));
         let ask = |upstream: Arc<Upstream>| {
-            fetch(upstream, mirror.method.clone(), mirror.path_and_query.clone(), headers.clone(), body.clone(), shadow.timeout, shadow.max_body)
+            fetch(
+                upstream,
+                mirror.method.clone(),
+                mirror.path_and_query.clone(),
+                headers.clone(),
+                body.clone(),
+                shadow.timeout,
+                shadow.max_body,
+            )
         };
         let noise_fut = async {
             match &shadow.noise {
@@ -397,8 +413,19 @@ fn base_record(mirror: &Mirror, shadow_upstream: &str, result: Outcome, why: Opt
         method: mirror.method.to_string(),
         path: mirror.path.clone(),
         query: mirror.query.clone(),
-        primary: PrimarySide { upstream: mirror.primary_upstream.to_string(), status: None, latency_ms: None, body_bytes: None },
-        shadow: ShadowSide { upstream: shadow_upstream.to_string(), status: None, latency_ms: None, body_bytes: None, error: None },
+        primary: PrimarySide {
+            upstream: mirror.primary_upstream.to_string(),
+            status: None,
+            latency_ms: None,
+            body_bytes: None,
+        },
+        shadow: ShadowSide {
+            upstream: shadow_upstream.to_string(),
+            status: None,
+            latency_ms: None,
+            body_bytes: None,
+            error: None,
+        },
         result,
         reason: why.map(str::to_string),
         diffs: Vec::<Difference>::new(),
@@ -466,7 +493,12 @@ async fn fetch(
                 }
             }
         }
-        let captured = Captured { body: kept.freeze(), len, sha256: sha2::Digest::finalize(hasher).into(), within_limit: !overflow };
+        let captured = Captured {
+            body: kept.freeze(),
+            len,
+            sha256: sha2::Digest::finalize(hasher).into(),
+            within_limit: !overflow,
+        };
         Ok(Fetched { status: parts.status.as_u16(), headers: parts.headers, latency, captured })
     };
     let result = tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(FetchError::Timeout(timeout)));

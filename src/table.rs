@@ -401,8 +401,9 @@ fn build_shadow(raw: &crate::config::RawShadow, lookup: &Lookup<'_>) -> Result<S
     let patterns = |list: &[String]| {
         list.iter().map(|p| crate::diff::Pattern::parse(p).map_err(|m| (p.clone(), m))).collect::<Result<Vec<_>, _>>()
     };
-    let header_name =
-        |h: &str| HeaderName::from_bytes(h.as_bytes()).map_err(|_| (h.to_string(), format!("invalid header name {h:?}")));
+    let header_name = |h: &str| {
+        HeaderName::from_bytes(h.as_bytes()).map_err(|_| (h.to_string(), format!("invalid header name {h:?}")))
+    };
     let sample_key = match raw.sample_key.as_deref() {
         None => None,
         Some(k) => Some(match k.split_once(':') {
@@ -416,7 +417,8 @@ fn build_shadow(raw: &crate::config::RawShadow, lookup: &Lookup<'_>) -> Result<S
         .set
         .iter()
         .map(|(k, v)| {
-            let value = http::HeaderValue::from_str(v).map_err(|_| (v.clone(), format!("invalid header value {v:?}")))?;
+            let value =
+                http::HeaderValue::from_str(v).map_err(|_| (v.clone(), format!("invalid header value {v:?}")))?;
             Ok((header_name(k)?, value))
         })
         .collect::<Result<Vec<_>, (String, String)>>()?;

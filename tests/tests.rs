@@ -12,4 +12,5 @@ mod path_safety;
 mod protocols;
 mod reload;
 mod routing;
+mod shadow;
 mod traffic;

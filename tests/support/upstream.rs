@@ -31,6 +31,23 @@ pub enum Behaviour {
     Download(u64),
     /// Answer 101 and echo every byte back (a minimal upgrade peer).
     UpgradeEcho,
+    /// A fixed answer, optionally gzip-compressed and delayed.
+    Fixed { status: u16, content_type: &'static str, body: String, gzip: bool, delay: Duration },
+    /// JSON whose `nonce` changes on every request (a noisy field).
+    Varying,
+}
+
+impl Behaviour {
+    /// A JSON answer with status 200.
+    pub fn json(body: serde_json::Value) -> Behaviour {
+        Behaviour::Fixed {
+            status: 200,
+            content_type: "application/json",
+            body: body.to_string(),
+            gzip: false,
+            delay: Duration::ZERO,
+        }
+    }
 }
 
 /// A running test upstream; stops when dropped.
@@ -197,6 +214,31 @@ impl State {
                 .header("x-upstream", self.name.as_str())
                 .body(full(Bytes::from(json!({"upstream": self.name, "status": code}).to_string())))
                 .unwrap(),
+            Behaviour::Fixed { status, content_type, body, gzip, delay } => {
+                tokio::time::sleep(delay).await;
+                let mut builder = Response::builder()
+                    .status(status)
+                    .header("content-type", content_type)
+                    .header("x-upstream", self.name.as_str());
+                let bytes = if gzip {
+                    use std::io::Write;
+                    builder = builder.header("content-encoding", "gzip");
+                    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                    enc.write_all(body.as_bytes()).unwrap();
+                    enc.finish().unwrap()
+                } else {
+                    body.into_bytes()
+                };
+                builder.body(full(Bytes::from(bytes))).unwrap()
+            }
+            Behaviour::Varying => {
+                let n = self.hits.load(Ordering::SeqCst);
+                let body = json!({"name": "stable", "nonce": format!("{}-{n}", self.name), "items": [1, 2]});
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(full(Bytes::from(body.to_string())))
+                    .unwrap()
+            }
             Behaviour::Download(n) => {
                 let chunk = Bytes::from(vec![0u8; 64 * 1024]);
                 let stream = futures_stream(n, chunk);
