@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 export TASKAPP_PYTHON := $(PY)
 CARGO ?= cargo
 
-.PHONY: demo test test-rust test-python test-k8s lint bench soak fuzz report venv build release clean
+.PHONY: demo test test-rust test-python test-k8s lint bench soak fuzz report venv build release clean system-deps
 
 ## Python virtualenv with the monolith's pinned requirements.
 venv: $(VENV)/.installed
@@ -26,9 +26,13 @@ build:
 release:
 	$(CARGO) build --release --workspace --bins
 
+## Debian packages the tests and the demo use (installed only when missing).
+system-deps:
+	@scripts/apt-install.sh curl chromium
+
 ## Every test: Rust (unit, integration, end-to-end), the monolith's pytest suite,
 ## and the Kubernetes manifests (rendered, schema-validated, checked by `strangler check`).
-test: venv
+test: venv system-deps
 	$(MAKE) test-rust
 	$(MAKE) test-python
 	$(MAKE) test-k8s
@@ -48,8 +52,13 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## The whole strangler-fig migration on one machine; Ctrl-C stops everything.
-demo: venv release
+demo: venv release system-deps
 	scripts/demo.sh
+
+## The shadow-diff report of the demo's traffic (HTML, one self-contained file).
+report: build
+	target/debug/strangler report demo-data/shadow-diffs.jsonl --format html -o demo-data/shadow-report.html
+	@echo "wrote demo-data/shadow-report.html"
 
 bench: release
 	$(CARGO) bench --bench router

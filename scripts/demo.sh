@@ -8,8 +8,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 DATA="$ROOT/demo-data"
-BIN="$ROOT/target/release"
+BIN="${STRANGLER_BIN_DIR:-$ROOT/target/release}"
 PY="${TASKAPP_PYTHON:-$ROOT/.venv/bin/python}"
+export TASKAPP_PYTHON="$PY"
 mkdir -p "$DATA/attachments" "$DATA/mail"
 export TASKAPP_DB="$DATA/monolith.db" TASKAPP_DATA_DIR="$DATA/attachments"
 export TASKAPP_JWT_SECRET="${TASKAPP_JWT_SECRET:-demo-secret-change-me}"
@@ -18,7 +19,9 @@ export MONOLITH_URL=http://127.0.0.1:5000
 export USERS_DB="$DATA/users.db" COMMENTS_DB="$DATA/comments.db"
 
 pids=()
+stopping=0
 stop() {
+  stopping=1
   trap - INT TERM EXIT
   echo; echo "stopping..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -76,15 +79,17 @@ Try:
       -d '{"username":"user0001","password":"password123"}' | $PY -c 'import json,sys; print(json.load(sys.stdin)["token"])')
   curl -si localhost:8080/api/users/1 -H "Authorization: Bearer \$TOKEN"      # X-Strangler-Upstream tells who answered
   curl -s 'localhost:9901/explain?method=GET&path=/api/tasks/7/comments'
-  $PY tools/traffic.py --base http://127.0.0.1:8080 --duration 30 --concurrency 4
+  $PY tools/traffic.py --base-url http://127.0.0.1:8080 --duration 30 --concurrency 4
   curl -s localhost:9901/metrics | grep strangler_requests_total
+  curl -s localhost:9901/shadow                                   # live shadow-diff summary
+  make report                                                     # demo-data/shadow-report.html
 
 Ctrl-C stops everything.
 MSG
 if [ -f tools/traffic.py ] && [ "${DEMO_TRAFFIC:-1}" = 1 ]; then
-  "$PY" tools/traffic.py --base http://127.0.0.1:8080 --duration 86400 --concurrency 2 --rate 20 > "$DATA/traffic.log" 2>&1 &
+  "$PY" tools/traffic.py --base-url http://127.0.0.1:8080 --duration 86400 --concurrency 2 --rate 20 > "$DATA/traffic.log" 2>&1 &
   pids+=($!)
   echo "(background traffic: demo-data/traffic.log; DEMO_TRAFFIC=0 to switch it off)"
 fi
 wait -n "${pids[@]}" || true
-echo "a demo process exited; see demo-data/*.log" >&2
+[ "$stopping" = 1 ] || echo "a demo process exited; see demo-data/*.log" >&2

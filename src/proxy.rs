@@ -183,7 +183,9 @@ async fn forward<'t>(
     let mut mirror = route
         .shadow
         .as_ref()
-        .filter(|s| !upgrade && s.wants(req.method(), req.headers()))
+        // A split may have picked the shadow itself as the primary: nothing to compare then.
+        .filter(|s| !upgrade && !Arc::ptr_eq(&s.upstream, &route.upstreams[primary].upstream))
+        .filter(|s| s.wants(req.method(), req.headers()))
         .and_then(|s| start_mirror(shared, s, route, &req, &normalized, &path_and_query, request_id, primary));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let client_version = req.version();

@@ -298,6 +298,7 @@ def main(argv=None):
     ap.add_argument("--concurrency", type=int, default=4, help="worker threads")
     ap.add_argument("--seed", type=int, default=0, help="random seed (deterministic request choice per thread)")
     ap.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, seconds")
+    ap.add_argument("--rate", type=float, default=0.0, help="requests per second across all workers (0 = as fast as possible)")
     args = ap.parse_args(argv)
     if args.requests is None and args.duration is None:
         args.requests = 200
@@ -344,6 +345,8 @@ def main(argv=None):
                 if args.requests is not None and counter["n"] >= args.requests:
                     return
                 counter["n"] += 1
+            if args.rate > 0:
+                time.sleep(args.concurrency / args.rate)
             sess = sessions[rng.randrange(len(sessions))]
             op = rng.choices(ops, weights)[0]
             try:
