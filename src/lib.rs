@@ -31,6 +31,9 @@
 //! - [`metrics`]: Prometheus metrics, handles resolved per route at load.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`, `/explain`).
 //! - [`explain`]: why a request takes the route it takes.
+//! - [`report`]: cutover reports from shadow-diff logs (`strangler report`) and
+//!   the live summary behind the admin `/shadow` endpoint.
+//! - [`replay`]: re-sends logged mismatches to a new build (`strangler replay`).
 //!
 //! `main.rs` is a thin CLI over [`server::run`], which takes already-bound
 //! listeners and a shutdown future so tests can run the real server on
@@ -50,6 +53,8 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod record;
 pub mod reload;
+pub mod replay;
+pub mod report;
 pub mod router;
 pub mod server;
 pub mod shadow;

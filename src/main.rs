@@ -53,6 +53,10 @@ enum Command {
         /// Path, with an optional query.
         path: String,
     },
+    /// Summarize shadow-diff logs into a cutover report (HTML, Markdown or JSON).
+    Report(strangler::report::cli::ReportArgs),
+    /// Re-send logged mismatches to a new build and show which are fixed.
+    Replay(strangler::replay::ReplayArgs),
 }
 
 /// `strangler` with no subcommand: `serve` with its defaults (and env).
@@ -98,6 +102,8 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Report(args) => std::process::exit(strangler::report::cli::run(args)?),
+        Command::Replay(args) => std::process::exit(strangler::replay::run(args)?),
     }
 }
 

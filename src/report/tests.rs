@@ -1,0 +1,268 @@
+use serde_json::json;
+
+use super::*;
+use crate::record::{Difference, PrimarySide, ShadowSide};
+
+pub(crate) fn record(i: u64, route: &str, result: Outcome, diffs: Vec<(DiffKind, &str, Value, Value)>) -> DiffRecord {
+    DiffRecord {
+        ts: stats::format_ms(1_795_000_000_000 + i as i64 * 1000),
+        request_id: format!("req-{i}"),
+        route: route.into(),
+        endpoint: "/api/users/{id}".into(),
+        method: "GET".into(),
+        path: format!("/api/users/{i}"),
+        query: None,
+        primary: PrimarySide {
+            upstream: "legacy".into(),
+            status: Some(200),
+            latency_ms: Some(10.0),
+            body_bytes: Some(100),
+        },
+        shadow: ShadowSide {
+            upstream: "users".into(),
+            status: Some(200),
+            latency_ms: Some(20.0),
+            body_bytes: Some(100),
+            error: None,
+        },
+        result,
+        reason: None,
+        diffs: diffs
+            .into_iter()
+            .map(|(kind, pointer, primary, shadow)| Difference { kind, pointer: pointer.into(), primary, shadow })
+            .collect(),
+        noise: vec![],
+    }
+}
+
+#[test]
+fn counts_rates_groups_and_verdicts() {
+    let mut s = Summary::new();
+    for i in 0..990 {
+        s.add(&record(i, "users", Outcome::Match, vec![]));
+    }
+    for i in 990..1000 {
+        s.add(&record(
+            i,
+            "users",
+            Outcome::Mismatch,
+            vec![
+                (DiffKind::Body, "/items/3/etag", json!("a"), json!("b")),
+                (DiffKind::Body, "/items/4/etag", json!("c"), json!("d")),
+                (DiffKind::Header, "ETag", json!("x"), json!("y")),
+            ],
+        ));
+    }
+    let r = s.view(&ViewOptions::default());
+    let users = &r.routes[0];
+    assert_eq!(users.stats.counts.compared, 1000);
+    let rate = users.stats.match_rate.as_ref().unwrap();
+    assert!((rate.percent - 99.0).abs() < 1e-9);
+    assert!(rate.ci95_low < 99.0 && rate.ci95_high > 99.0);
+    assert!(!users.verdict.ready);
+    assert_eq!(users.verdict.reasons, vec!["match rate 99.0% < 99.9%".to_string()]);
+    let g = &users.stats.triage[0];
+    assert_eq!(g.fields, vec!["/items/*/etag".to_string(), "header:etag".to_string()]);
+    assert_eq!(g.count, 10);
+    assert_eq!(g.examples.len(), MAX_EXAMPLES);
+    let f = users.stats.fields.iter().find(|f| f.field == "/items/*/etag").unwrap();
+    assert_eq!(f.count, 10, "a field counts once per request");
+    assert_eq!(f.examples.len(), MAX_EXAMPLES);
+    assert_eq!(users.stats.mismatches_by_kind.body, 10);
+    assert_eq!(users.stats.mismatches_by_kind.header, 10);
+    assert_eq!(users.stats.mismatches_by_kind.status, 0);
+    let loose = ViewOptions { min_match: 98.0, min_samples: 1000, ..Default::default() };
+    assert!(s.view(&loose).routes[0].verdict.ready);
+    let strict = ViewOptions { min_match: 98.0, min_samples: 5000, ..Default::default() };
+    assert_eq!(s.view(&strict).routes[0].verdict.reasons, vec!["not enough samples: 1000 < 5000".to_string()]);
+}
+
+#[test]
+fn distinct_fields_are_capped_with_the_rest_in_other() {
+    let mut s = Summary::new();
+    for i in 0..(MAX_DISTINCT as u64 + 50) {
+        let pointer = format!("/f{i}");
+        s.add(&record(i, "r", Outcome::Mismatch, vec![(DiffKind::Body, &pointer, json!(1), json!(2))]));
+    }
+    let agg = &s.routes["r"].endpoints["/api/users/{id}"][0].1;
+    assert_eq!(agg.fields.map.len(), MAX_DISTINCT);
+    assert_eq!(agg.fields.other, 50);
+    assert_eq!(agg.groups.map.len(), MAX_DISTINCT);
+    let view = s.view(&ViewOptions::default());
+    assert_eq!(view.routes[0].stats.fields.len(), 20);
+    assert_eq!(view.routes[0].stats.fields_other, (MAX_DISTINCT - 20 + 50) as u64);
+    assert_eq!(view.routes[0].stats.triage_other, (MAX_DISTINCT - 20 + 50) as u64);
+}
+
+#[test]
+fn endpoints_are_capped() {
+    let mut s = Summary::new();
+    for i in 0..(MAX_ENDPOINTS as u64 + 10) {
+        let mut r = record(i, "r", Outcome::Match, vec![]);
+        r.endpoint = format!("/e{i}");
+        s.add(&r);
+    }
+    let route = &s.routes["r"];
+    assert_eq!(route.pairs, MAX_ENDPOINTS + 1);
+    assert_eq!(route.endpoints[OTHER_ENDPOINTS][0].1.matched, 10);
+}
+
+#[test]
+fn long_values_are_clipped() {
+    let mut s = Summary::new();
+    let long = "x".repeat(10_000);
+    s.add(&record(1, "r", Outcome::Mismatch, vec![(DiffKind::Body, "/a", json!(long), json!({"k": long}))]));
+    let v = s.view(&ViewOptions::default());
+    let e = &v.routes[0].stats.fields[0].examples[0];
+    assert!(e.primary.as_str().unwrap().chars().count() <= MAX_VALUE_CHARS + 1);
+    assert!(e.shadow.as_str().unwrap().ends_with('…'));
+}
+
+#[test]
+fn merge_equals_adding_everything_to_one() {
+    let mut one = Summary::new();
+    let mut a = Summary::new();
+    let mut b = Summary::new();
+    for i in 0..300 {
+        let result = if i % 7 == 0 { Outcome::Mismatch } else { Outcome::Match };
+        let mut r = record(i, if i % 2 == 0 { "a" } else { "b" }, result, vec![]);
+        if result == Outcome::Mismatch {
+            r.diffs.push(Difference {
+                kind: DiffKind::Status,
+                pointer: "".into(),
+                primary: json!(200),
+                shadow: json!(500),
+            });
+        }
+        r.noise = vec!["/updated_at".into(), "/items/2/etag".into()];
+        one.add(&r);
+        if i % 3 == 0 { &mut a } else { &mut b }.add(&r);
+    }
+    a.merge(b);
+    let opts = ViewOptions::default();
+    let (mut x, mut y) = (one.to_json(&opts), a.to_json(&opts));
+    x["generated_at"] = Value::Null;
+    y["generated_at"] = Value::Null;
+    // Examples depend on the order records arrive in; everything else must agree.
+    for v in [&mut x, &mut y] {
+        for route in v["routes"].as_array_mut().unwrap() {
+            for f in route["fields"].as_array_mut().unwrap() {
+                f["examples"] = Value::Null;
+            }
+            for g in route["triage"].as_array_mut().unwrap() {
+                g["examples"] = Value::Null;
+            }
+            for e in route["endpoints"].as_array_mut().unwrap() {
+                for f in e["fields"].as_array_mut().unwrap() {
+                    f["examples"] = Value::Null;
+                }
+                for g in e["triage"].as_array_mut().unwrap() {
+                    g["examples"] = Value::Null;
+                }
+            }
+        }
+    }
+    assert_eq!(x, y);
+    assert_eq!(x["routes"][0]["noise"][1]["name"], "/updated_at");
+    assert_eq!(x["routes"][0]["ignore_snippet"], "shadow:\n  ignore: [\"/items/*/etag\", \"/updated_at\"]\n");
+}
+
+#[test]
+fn timeline_widens_and_stays_bounded() {
+    let mut t = Timeline::default();
+    for s in 0..10_000i64 {
+        t.add(s * 1000, s % 10 != 0);
+    }
+    assert!(t.buckets.len() <= MAX_TIME_BUCKETS);
+    let v = t.view(50);
+    assert!(v.buckets.len() <= 50 && v.buckets.len() >= 25, "{}", v.buckets.len());
+    let total: u64 = v.buckets.iter().map(|b| b.compared).sum();
+    assert_eq!(total, 10_000);
+    assert!((v.buckets[3].match_percent.unwrap() - 90.0).abs() < 1.0);
+}
+
+#[test]
+fn shadow_errors_and_skips_are_counted_by_reason() {
+    let mut s = Summary::new();
+    for i in 0..2000 {
+        s.add(&record(i, "r", Outcome::Match, vec![]));
+    }
+    for i in 0..10 {
+        let mut r = record(i, "r", Outcome::ShadowError, vec![]);
+        r.reason = Some(crate::record::reason::SHADOW_TIMEOUT.into());
+        r.shadow.error = Some("timed out after 5s".into());
+        s.add(&r);
+        let mut r = record(i, "r", Outcome::Skipped, vec![]);
+        r.reason = Some(crate::record::reason::TOO_LARGE.into());
+        s.add(&r);
+    }
+    let v = s.view(&ViewOptions::default());
+    let r = &v.routes[0];
+    assert_eq!(r.stats.shadow_errors.count, 10);
+    assert_eq!(r.stats.shadow_errors.by_reason[0].name, "shadow_timeout");
+    assert_eq!(r.stats.shadow_errors.top_messages[0].name, "timed out after 5s");
+    assert_eq!(r.stats.skipped[0].name, "too_large");
+    assert_eq!(r.stats.skipped[0].count, 10);
+    assert!(!r.verdict.ready);
+    assert!(r.verdict.reasons[0].starts_with("shadow errors 0.5"), "{:?}", r.verdict.reasons);
+    assert_eq!(r.stats.latency.primary.samples, 2020);
+    assert_eq!(r.stats.latency.shadow.samples, 2010);
+}
+
+#[test]
+fn snippet_splits_body_and_headers() {
+    let s = ignore_snippet(["/a/0/b", "header:etag", "x-trace", "", "status"].into_iter()).unwrap();
+    assert_eq!(s, "shadow:\n  ignore: [\"/a/*/b\"]\n  ignore_headers: [\"etag\", \"x-trace\"]\n");
+    assert_eq!(ignore_snippet(std::iter::empty()), None);
+}
+
+#[test]
+fn percentages_never_round_up_to_100() {
+    assert_eq!(fmt_pct(99.96), "99.96");
+    assert_eq!(fmt_pct(100.0), "100.0");
+    assert_eq!(fmt_pct(97.24), "97.2");
+    assert_eq!(fmt_pct(99.9999), "99.9999");
+}
+
+#[test]
+fn html_escapes_everything_from_traffic() {
+    let mut s = Summary::new();
+    let mut r = record(
+        1,
+        "<b>r</b>",
+        Outcome::Mismatch,
+        vec![(DiffKind::Body, "/<i>", json!("<script>alert(1)</script>"), json!("\"'&"))],
+    );
+    r.path = "/x/<script>".into();
+    r.request_id = "<img src=x>".into();
+    s.add(&r);
+    let html = html::render(&s.view(&ViewOptions::default()));
+    assert!(!html.contains("<script>"), "{html}");
+    assert!(!html.contains("<img"));
+    assert!(!html.contains("<b>r</b>"));
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    let md = markdown::render(&s.view(&ViewOptions::default()));
+    assert!(!md.contains("<script>"), "{md}");
+}
+
+#[test]
+fn since_accepts_times_and_durations() {
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(10_000);
+    assert_eq!(input::parse_since("2h", now), Ok((10_000 - 7200) * 1000));
+    assert_eq!(input::parse_since("1970-01-01T00:00:05Z", now), Ok(5000));
+    assert!(input::parse_since("soon", now).is_err());
+}
+
+#[test]
+fn corrupt_lines_are_reported_with_their_line_number() {
+    let good = serde_json::to_string(&record(1, "r", Outcome::Match, vec![])).unwrap();
+    let text = format!("{good}\n\n{{broken\n{good}\n{}", &good[..20]);
+    let mut s = Summary::new();
+    let mut errors = Vec::new();
+    input::read_log("log.jsonl", &mut text.as_bytes(), &input::Filter::default(), &mut s, &mut |e| errors.push(e))
+        .unwrap();
+    assert_eq!(s.records(), 2);
+    assert_eq!(s.inputs.corrupt_lines, 2);
+    assert!(errors[0].starts_with("log.jsonl:3: invalid record: "), "{errors:?}");
+    assert!(errors[1].starts_with("log.jsonl:5: invalid record: "), "{errors:?}");
+}
