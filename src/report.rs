@@ -410,8 +410,8 @@ impl Stats {
     }
 }
 
-/// Match and mismatch counts over time, in power-of-two-second buckets that
-/// widen as the span grows so that at most [`MAX_TIME_BUCKETS`] exist.
+/// Match and mismatch counts over time, in buckets of round widths (1 s,
+/// 5 s, 10 s, 30 s, 1 min, ... 1 day, 1 week) that widen as the span grows so that at most [`MAX_TIME_BUCKETS`] exist.
 #[derive(Debug, Clone)]
 struct Timeline {
     width_s: i64,
@@ -424,12 +424,19 @@ impl Default for Timeline {
     }
 }
 
+/// Bucket widths in seconds; each divides the next, so buckets widen exactly.
+const WIDTHS: &[i64] = &[1, 5, 10, 30, 60, 300, 600, 1800, 3600, 10_800, 21_600, 43_200, 86_400, 604_800];
+
+fn wider(width_s: i64) -> i64 {
+    WIDTHS.iter().copied().find(|w| *w > width_s).unwrap_or(width_s * 2)
+}
+
 impl Timeline {
     fn add(&mut self, ms: i64, matched: bool) {
         let idx = ms.div_euclid(1000).div_euclid(self.width_s);
         self.buckets.entry(idx).or_default()[(!matched) as usize] += 1;
         while self.buckets.len() > MAX_TIME_BUCKETS {
-            self.widen(self.width_s * 2);
+            self.widen(wider(self.width_s));
         }
     }
 
@@ -458,7 +465,7 @@ impl Timeline {
             e[1] += c[1];
         }
         while self.buckets.len() > MAX_TIME_BUCKETS {
-            self.widen(self.width_s * 2);
+            self.widen(wider(self.width_s));
         }
     }
 
@@ -468,12 +475,12 @@ impl Timeline {
         };
         let mut t = self.clone();
         let target = target.max(2) as i64;
-        let span = last - first + 1;
-        let mut factor = 1;
-        while span / factor > target {
-            factor *= 2;
+        let span_s = (last - first + 1) * self.width_s;
+        let mut width = self.width_s;
+        while span_s / width > target {
+            width = wider(width);
         }
-        t.widen(self.width_s * factor);
+        t.widen(width);
         let (first, last) = (*t.buckets.keys().next().unwrap(), *t.buckets.keys().next_back().unwrap());
         let buckets = (first..=last)
             .map(|idx| {
@@ -719,8 +726,8 @@ impl Verdict {
             let error_pct = pct(s.counts.shadow_error, attempted);
             if error_pct > 100.0 - opts.min_match + 1e-9 {
                 reasons.push(format!(
-                    "shadow errors {}% of compared-or-failed requests > {}%",
-                    fmt_pct(error_pct),
+                    "shadow errors {:.2}% of compared-or-failed requests > {}%",
+                    error_pct,
                     fmt_pct(100.0 - opts.min_match)
                 ));
             }
@@ -731,13 +738,16 @@ impl Verdict {
 
 /// A percentage with as many decimals as it takes to not round up to 100.
 pub fn fmt_pct(p: f64) -> String {
+    if p > 100.0 - 1e-9 {
+        return "100.0".to_string();
+    }
     for decimals in 1..=4 {
         let s = format!("{p:.decimals$}");
         if p >= 100.0 || s != format!("{:.decimals$}", 100.0) {
             return s;
         }
     }
-    format!("{p:.4}")
+    "99.9999".to_string()
 }
 
 #[derive(Debug, Clone, Serialize)]

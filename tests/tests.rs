@@ -11,6 +11,7 @@ mod lifecycle;
 mod path_safety;
 mod protocols;
 mod reload;
+mod report;
 mod routing;
 mod shadow;
 mod traffic;

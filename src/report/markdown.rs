@@ -10,12 +10,14 @@ use super::{fmt_pct, Report, StatsView};
 /// and newlines escaped (values come from live traffic).
 pub fn cell(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        let next = chars.peek().copied().unwrap_or(' ');
         match c {
             '|' => out.push_str("\\|"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
+            // `<` only starts HTML before a letter, `/`, `!` or `?`; `&` only starts an entity before a letter or `#`.
+            '<' if next.is_ascii_alphabetic() || matches!(next, '/' | '!' | '?') => out.push_str("&lt;"),
+            '&' if next.is_ascii_alphanumeric() || next == '#' => out.push_str("&amp;"),
             '`' => out.push('\''),
             '*' | '_' | '[' | ']' | '\\' => {
                 out.push('\\');

@@ -175,7 +175,8 @@ fn timeline_widens_and_stays_bounded() {
     }
     assert!(t.buckets.len() <= MAX_TIME_BUCKETS);
     let v = t.view(50);
-    assert!(v.buckets.len() <= 50 && v.buckets.len() >= 25, "{}", v.buckets.len());
+    assert!(v.buckets.len() <= 50 && v.buckets.len() >= 15, "{}", v.buckets.len());
+    assert_eq!(v.bucket_seconds, 300);
     let total: u64 = v.buckets.iter().map(|b| b.compared).sum();
     assert_eq!(total, 10_000);
     assert!((v.buckets[3].match_percent.unwrap() - 90.0).abs() < 1.0);
