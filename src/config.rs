@@ -29,6 +29,59 @@ pub struct RawConfig {
     /// Where shadow-diff records go and how much shadow traffic may be in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<RawShadowLog>,
+    /// TLS termination on `listen` (a change needs a restart; the
+    /// certificate files themselves rotate live).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
+}
+
+/// TLS on the listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// The default certificate chain (PEM) and its key (PEM, RSA or ECDSA).
+    pub cert: String,
+    pub key: String,
+    /// More certificates, chosen by SNI against their subject alternative names.
+    #[serde(default)]
+    pub sni: Vec<RawCertPair>,
+    /// An extra plain-HTTP listener, e.g. `0.0.0.0:80`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_listen: Option<String>,
+    /// The plain listener answers every request with a redirect to HTTPS.
+    #[serde(default)]
+    pub redirect_https: bool,
+}
+
+impl RawTls {
+    /// Every certificate, the default first.
+    pub fn pairs(&self) -> Vec<RawCertPair> {
+        let mut pairs = vec![RawCertPair { cert: self.cert.clone(), key: self.key.clone() }];
+        pairs.extend(self.sni.iter().cloned());
+        pairs
+    }
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert: String,
+    pub key: String,
+}
+
+/// TLS towards an `https://` upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// Trust only this CA (PEM) instead of the webpki roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Client certificate and key for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Top-level shadow settings (shared by every shadowing route).
@@ -158,6 +211,9 @@ pub struct RawUpstream {
     pub health_check: Option<RawHealthCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier: Option<RawOutlier>,
+    /// Settings for `https://` targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawUpstreamTls>,
 }
 
 /// How a target is picked among the healthy ones.

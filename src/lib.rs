@@ -26,6 +26,7 @@
 //!
 //! Beside the request path:
 //!
+//! - [`tls`]: TLS termination with SNI and live certificate rotation; https upstreams.
 //! - [`server`]: listeners, HTTP/1.1 + HTTP/2, graceful drain on shutdown.
 //! - [`reload`]: watches the config and swaps in valid new versions.
 //! - [`metrics`]: Prometheus metrics, handles resolved per route at load.
@@ -60,6 +61,7 @@ pub mod server;
 pub mod shadow;
 pub mod split;
 pub mod table;
+pub mod tls;
 pub mod upstream;
 
 use std::path::Path;

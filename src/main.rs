@@ -111,6 +111,12 @@ fn check(config: &std::path::Path) -> anyhow::Result<()> {
     match Shared::load(config) {
         Ok(shared) => {
             let table = shared.table.load();
+            if let Some(tls) = &table.raw.tls {
+                if let Err(e) = strangler::tls::CertResolver::load(tls, &shared.metrics) {
+                    eprintln!("{}: tls: {e}", config.display());
+                    std::process::exit(1);
+                }
+            }
             println!(
                 "{}: ok ({} routes, {} upstreams, hash {})",
                 config.display(),
@@ -153,11 +159,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let admin_listener =
             tokio::net::TcpListener::bind(admin).await.with_context(|| format!("cannot listen on {admin} (admin)"))?;
+        let https_port = proxy_listener.local_addr()?.port();
+        let (tls, plain, _cert_watch) = start_tls(&shared, https_port, args.poll_interval).await?;
         tracing::info!(
             proxy = %proxy_listener.local_addr()?,
             admin = %admin_listener.local_addr()?,
             config = %args.config.display(),
             hash = %shared.table.load().hash,
+            tls = tls.is_some(),
             "listening"
         );
         let watcher = reload::spawn(args.config.clone(), shared.clone(), args.poll_interval);
@@ -165,12 +174,33 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let options = ServeOptions {
             header_read_timeout: args.header_read_timeout,
             drain_timeout: args.drain_timeout,
+            tls,
+            plain,
             ..ServeOptions::default()
         };
         server::run(proxy_listener, admin_listener, shared, options, shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// TLS on the main listener, the certificate watcher, and the optional plain listener.
+type TlsParts = (Option<std::sync::Arc<rustls::ServerConfig>>, Option<server::PlainListener>, Option<Box<dyn std::any::Any>>);
+
+async fn start_tls(shared: &Shared, https_port: u16, poll_interval: Duration) -> anyhow::Result<TlsParts> {
+    let Some(tls) = shared.table.load().raw.tls.clone() else { return Ok((None, None, None)) };
+    let resolver = strangler::tls::CertResolver::load(&tls, &shared.metrics).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+    let watch = resolver.watch(poll_interval).map(|w| Box::new(w) as Box<dyn std::any::Any>);
+    let plain = match &tls.plain_listen {
+        Some(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (plain)"))?;
+            tracing::info!(plain = %listener.local_addr()?, redirect_https = tls.redirect_https, "plain HTTP listener");
+            Some(server::PlainListener { listener, redirect_to_port: tls.redirect_https.then_some(https_port) })
+        }
+        None => None,
+    };
+    Ok((Some(resolver.server_config()), plain, watch))
 }
 
 fn spawn_sighup(trigger: std::sync::Arc<tokio::sync::Notify>) {

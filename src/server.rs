@@ -16,7 +16,6 @@ use crate::proxy::{self, Conn};
 use crate::Shared;
 
 /// Listener settings that are fixed for the life of the process.
-#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// A client must send a complete request head within this time.
     pub header_read_timeout: Duration,
@@ -24,6 +23,24 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// Largest request head accepted; larger ones get 431.
     pub max_header_bytes: usize,
+    /// TLS on the main listener.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// An extra plain-HTTP listener (with TLS on the main one).
+    pub plain: Option<PlainListener>,
+}
+
+/// A plain-HTTP listener beside the TLS one.
+pub struct PlainListener {
+    pub listener: TcpListener,
+    /// Answer every request with a redirect to HTTPS on this port instead of proxying.
+    pub redirect_to_port: Option<u16>,
+}
+
+/// How a connection is served.
+#[derive(Clone)]
+enum Kind {
+    Proxy { tls: Option<tokio_rustls::TlsAcceptor> },
+    Redirect { port: u16 },
 }
 
 impl Default for ServeOptions {
@@ -32,6 +49,8 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
+            tls: None,
+            plain: None,
         }
     }
 }
@@ -58,22 +77,36 @@ pub async fn run(
     }
     let builder = connection_builder(&options);
     let graceful = GracefulShutdown::new();
+    let main_kind = Kind::Proxy { tls: options.tls.clone().map(tokio_rustls::TlsAcceptor::from) };
+    let (plain_listener, plain_kind) = match options.plain {
+        Some(p) => {
+            let kind = match p.redirect_to_port {
+                Some(port) => Kind::Redirect { port },
+                None => Kind::Proxy { tls: None },
+            };
+            (Some(p.listener), kind)
+        }
+        None => (None, Kind::Proxy { tls: None }),
+    };
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let (accepted, kind) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = proxy_listener.accept() => match accepted {
-                Ok((stream, _)) => serve_connection(&builder, &graceful, &shared, stream),
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            accepted = proxy_listener.accept() => (accepted, &main_kind),
+            accepted = accept_optional(plain_listener.as_ref()) => (accepted, &plain_kind),
+        };
+        match accepted {
+            Ok((stream, _)) => serve_connection(&builder, &graceful, &shared, stream, kind.clone()),
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
     shared.draining.store(true, Ordering::SeqCst);
     drop(proxy_listener);
+    drop(plain_listener);
     tracing::info!(connections = graceful.count(), "draining");
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("drained"),
@@ -100,22 +133,88 @@ fn connection_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+async fn accept_optional(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A TLS handshake must finish within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn serve_connection(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     shared: &Arc<Shared>,
     stream: TcpStream,
+    kind: Kind,
 ) {
     let Ok(remote) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
-    let conn = Arc::new(Conn::new(remote, "http"));
-    let shared = shared.clone();
-    let service = service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-    let connection = graceful.watch(connection);
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, %remote, "connection ended with an error");
+    match kind {
+        Kind::Proxy { tls: None } => {
+            let conn = Arc::new(Conn::new(remote, "http"));
+            let shared = shared.clone();
+            let service = service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req));
+            let connection =
+                graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, %remote, "connection ended with an error");
+                }
+            });
         }
+        Kind::Proxy { tls: Some(acceptor) } => {
+            let (builder, watcher, shared) = (builder.clone(), graceful.watcher(), shared.clone());
+            tokio::spawn(async move {
+                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return tracing::debug!(error = %e, %remote, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
+                };
+                let conn = Arc::new(Conn::new(remote, "https"));
+                let service = service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req));
+                let connection =
+                    watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, %remote, "connection ended with an error");
+                }
+            });
+        }
+        Kind::Redirect { port } => {
+            let service =
+                service_fn(move |req| async move { Ok::<_, std::convert::Infallible>(redirect_to_https(&req, port)) });
+            let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+            tokio::spawn(connection);
+        }
+    }
+}
+
+/// `308` to the same host and path on HTTPS.
+fn redirect_to_https<B>(req: &http::Request<B>, port: u16) -> http::Response<crate::body::ProxyBody> {
+    let host = req.uri().authority().map(|a| a.host().to_string()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| crate::router::host_without_port(h).to_string())
     });
+    let Some(host) = host.filter(|h| !h.is_empty() && !h.contains(['/', '@', ' '])) else {
+        return crate::error::json_error(
+            http::StatusCode::BAD_REQUEST,
+            "bad_request",
+            "downstream",
+            "a Host header is needed to redirect to HTTPS".into(),
+            None,
+            None,
+        );
+    };
+    let authority = if port == 443 { host } else { format!("{host}:{port}") };
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut response = http::Response::new(crate::body::ProxyBody::empty());
+    *response.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(location) = http::HeaderValue::from_str(&format!("https://{authority}{path}")) {
+        response.headers_mut().insert(http::header::LOCATION, location);
+    }
+    response
 }

@@ -225,13 +225,11 @@ fn build_upstreams(
             health_check: up.health_check.clone(),
             outlier,
         };
-        let upstream = Upstream::new(
-            name,
-            targets,
-            settings,
-            ctx.cache.client(connect_timeout),
-            ctx.metrics.upstream_counters(name),
-        );
+        let client = ctx
+            .cache
+            .client(connect_timeout, up.tls.as_ref())
+            .map_err(|e| source.error_at(&["upstreams:", &at, "tls"], format!("upstream {name:?}: {e}")))?;
+        let upstream = Upstream::new(name, targets, settings, client, ctx.metrics.upstream_counters(name));
         upstreams.insert(name.clone(), Arc::new(upstream));
     }
     Ok(upstreams)

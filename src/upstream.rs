@@ -16,11 +16,11 @@ use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 
 use crate::body::ProxyBody;
-use crate::config::{LoadBalancing, RawHealthCheck, RawOutlier};
+use crate::config::{LoadBalancing, RawHealthCheck, RawOutlier, RawUpstreamTls};
 use crate::metrics::UpstreamErrors;
 
-/// The pooled HTTP client the proxy uses for upstream requests.
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
+/// The pooled client the proxy uses for upstream requests (http and https).
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,8 +82,8 @@ impl Target {
     pub fn parse(url: &str) -> Result<(Scheme, Authority), String> {
         let uri: Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
         let scheme = uri.scheme().cloned().ok_or_else(|| format!("URL {url:?} has no scheme"))?;
-        if scheme != Scheme::HTTP {
-            return Err(format!("URL {url:?}: only http:// targets are supported"));
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(format!("URL {url:?}: only http:// and https:// targets are supported"));
         }
         let authority = uri.authority().cloned().ok_or_else(|| format!("URL {url:?} has no host"))?;
         if authority.as_str().contains('@') {
@@ -348,15 +348,25 @@ pub fn backoff(attempt: u32) -> Duration {
 /// pools stay warm and target health survives a reload.
 #[derive(Default)]
 pub struct UpstreamCache {
-    clients: Mutex<HashMap<Duration, HttpClient>>,
+    clients: Mutex<HashMap<(Duration, Option<RawUpstreamTls>), HttpClient>>,
     targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
 }
 
 impl UpstreamCache {
-    /// The client for this connect timeout (made once; taken only at config load).
-    pub fn client(&self, connect_timeout: Duration) -> HttpClient {
+    /// The client for these settings (made once; taken only at config load).
+    pub fn client(
+        &self,
+        connect_timeout: Duration,
+        tls: Option<&RawUpstreamTls>,
+    ) -> Result<HttpClient, crate::tls::TlsError> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients.entry(connect_timeout).or_insert_with(|| build_client(connect_timeout)).clone()
+        let key = (connect_timeout, tls.cloned());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = build_client(connect_timeout, tls)?;
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 
     /// The live state of a target, made on first sight.
@@ -366,17 +376,22 @@ impl UpstreamCache {
     }
 }
 
-fn build_client(connect_timeout: Duration) -> HttpClient {
+fn build_client(connect_timeout: Duration, tls: Option<&RawUpstreamTls>) -> Result<HttpClient, crate::tls::TlsError> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(crate::tls::client_config(tls)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .set_host(false)
-        .build(connector)
+        .build(connector))
 }
 
 /// One target's state as `/upstreams` shows it.
@@ -442,6 +457,7 @@ mod tests {
         assert!(Target::parse("127.0.0.1:5000").is_err());
         assert!(Target::parse("http://h:1/base").is_err());
         assert!(Target::parse("ftp://h").is_err());
+        assert!(Target::parse("https://h:8443").is_ok());
         assert!(Target::parse("http://u:p@h").is_err());
         assert!(Target::parse("not a url").is_err());
     }

@@ -14,4 +14,5 @@ mod reload;
 mod report;
 mod routing;
 mod shadow;
+mod tls;
 mod traffic;
