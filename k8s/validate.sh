@@ -214,9 +214,12 @@ if cm:
     text = cm["data"]["routes.yaml"]
     open(routes_out, "w").write(text)
     cfg = yaml.safe_load(text)
-    allowed_top = {"listen", "admin", "upstreams", "routes"}
-    allowed_up = {"targets", "connect_timeout", "timeout"}
-    allowed_route = {"name", "prefix", "upstream", "split", "methods", "fallback", "sticky"}
+    # A quick pre-check; `strangler check` (STRANGLER_BIN) is the authority.
+    allowed_top = {"listen", "admin", "upstreams", "routes", "upstream_header", "shadow", "tls"}
+    allowed_up = {"targets", "connect_timeout", "timeout", "retries", "load_balancing", "max_concurrent",
+                  "health_check", "outlier", "tls"}
+    allowed_route = {"name", "prefix", "upstream", "split", "methods", "fallback", "sticky", "host",
+                     "strip_prefix", "fallback_methods", "retry_buffer", "rate_limit", "shadow"}
     for k in set(cfg) - allowed_top:
         errs.append(f"routes.yaml: top-level key '{k}' not accepted by `strangler check` yet")
     if cfg.get("admin", "").split(":")[0] != "0.0.0.0":

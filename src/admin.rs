@@ -8,6 +8,8 @@
 //! - `GET /explain?method=GET&path=/api/users/7&host=...`: which route and
 //!   upstream that request would take, and why (with split weights and health).
 //! - `GET /upstreams`: every upstream's targets, health, ejections and in-flight counts.
+//! - `GET /shadow?min_match=99.9&min_samples=1000`: the live shadow-diff summary
+//!   since start (the same JSON as `strangler report --format json`).
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -33,6 +35,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/config", get(config))
         .route("/explain", get(explain))
         .route("/upstreams", get(upstreams))
+        .route("/shadow", get(shadow))
         .with_state(shared)
 }
 
@@ -73,6 +76,20 @@ async fn upstreams(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value>
     let table = shared.table.load();
     let reports: Vec<_> = table.upstreams.values().map(|u| u.report()).collect();
     Json(json!({ "upstreams": reports }))
+}
+
+#[derive(Deserialize)]
+struct ShadowQuery {
+    min_match: Option<f64>,
+    min_samples: Option<u64>,
+}
+
+async fn shadow(State(shared): State<Arc<Shared>>, Query(q): Query<ShadowQuery>) -> Json<serde_json::Value> {
+    let mut options = crate::report::ViewOptions::default();
+    options.min_match = q.min_match.unwrap_or(options.min_match);
+    options.min_samples = q.min_samples.unwrap_or(options.min_samples);
+    let summary = shared.shadow.summary.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Json(summary.to_json(&options))
 }
 
 #[derive(Deserialize)]

@@ -130,6 +130,8 @@ pub struct ShadowRuntime {
     dropped: IntCounterVec,
     latency: HistogramVec,
     field_mismatches: IntCounterVec,
+    /// Live summary behind the admin `/shadow` endpoint (bounded in size).
+    pub summary: Mutex<crate::report::Summary>,
 }
 
 impl ShadowRuntime {
@@ -180,6 +182,7 @@ impl ShadowRuntime {
             dropped,
             latency,
             field_mismatches,
+            summary: Mutex::default(),
         })
     }
 
@@ -380,6 +383,7 @@ impl ShadowRuntime {
                 self.field_mismatches.with_label_values(&[route, &label]).inc();
             }
         }
+        self.summary.lock().unwrap_or_else(|e| e.into_inner()).add(&record);
         let line = match serde_json::to_string(&record) {
             Ok(line) => line,
             Err(_) => return,

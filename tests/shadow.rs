@@ -98,6 +98,19 @@ async fn identical_answers_match_and_the_record_is_complete() {
 }
 
 #[tokio::test]
+async fn the_admin_shadow_endpoint_summarizes_live() {
+    let s = setup(Behaviour::json(json!({"a": 1})), Behaviour::json(json!({"a": 2})), "", "").await;
+    for i in 0..3 {
+        get(s.proxy.addr, &format!("/api/users/{i}")).await;
+    }
+    records(&s.log, 3).await;
+    let summary = get(s.proxy.admin, "/shadow?min_samples=3").await.json();
+    assert_eq!(summary["totals"]["mismatch"], 3, "{summary}");
+    assert_eq!(summary["routes"][0]["route"], "users");
+    assert_eq!(summary["ready"], false);
+}
+
+#[tokio::test]
 async fn a_renamed_field_is_two_body_differences() {
     let record = one_record(
         Behaviour::json(json!({"id": 7, "full_name": "Ada"})),
