@@ -5,8 +5,10 @@
 
 pub mod client;
 pub mod proxy;
+pub mod stack;
 pub mod upstream;
 
 pub use client::*;
 pub use proxy::*;
+pub use stack::*;
 pub use upstream::*;
