@@ -17,7 +17,7 @@ use crate::upstream::Upstream;
 /// Starts the checks for every upstream of `table` that asks for them.
 pub fn spawn_for(table: &Table) {
     for upstream in table.upstreams.values() {
-        if upstream.health_check.is_some() {
+        if upstream.settings.health_check.is_some() {
             for index in 0..upstream.targets.len() {
                 tokio::spawn(check_loop(Arc::downgrade(upstream), index));
             }
@@ -29,13 +29,13 @@ async fn check_loop(upstream: Weak<Upstream>, index: usize) {
     let (mut failures, mut successes) = (0u32, 0u32);
     loop {
         let interval = match upstream.upgrade() {
-            Some(u) => u.health_check.as_ref().map(|h| h.interval),
+            Some(u) => u.settings.health_check.as_ref().map(|h| h.interval),
             None => None,
         };
         let Some(interval) = interval else { return };
         tokio::time::sleep(interval).await;
         let Some(upstream) = upstream.upgrade() else { return };
-        let Some(check) = upstream.health_check.clone() else { return };
+        let Some(check) = upstream.settings.health_check.clone() else { return };
         let target = &upstream.targets[index];
         let ok = probe(&upstream, index, &check.path, check.timeout).await;
         if ok {

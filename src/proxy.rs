@@ -179,7 +179,8 @@ async fn forward<'t>(
     outcome.upstream = primary;
     let fallback = route.fallback.filter(|&f| f != primary);
     let replayable = !upgrade && route.may_replay(req.method());
-    let wants_replay = replayable && (fallback.is_some() || route.upstreams.iter().any(|u| u.upstream.retries > 0));
+    let wants_replay =
+        replayable && (fallback.is_some() || route.upstreams.iter().any(|u| u.upstream.settings.retries > 0));
     let mut mirror = route
         .shadow
         .as_ref()
@@ -415,7 +416,7 @@ impl Attempt<'_> {
     /// Sends to one upstream, retrying (within its budget) on connection
     /// failures and 502/503/504 when the body can be sent again.
     async fn send_to(&mut self, upstream: &Upstream) -> Result<Response<Incoming>, ProxyError> {
-        let may_retry = upstream.retries > 0 && self.replayable;
+        let may_retry = upstream.settings.retries > 0 && self.replayable;
         if may_retry {
             upstream.budget.record_request();
         }
@@ -428,7 +429,7 @@ impl Attempt<'_> {
             };
             let can_retry = failed
                 && may_retry
-                && retries < upstream.retries
+                && retries < upstream.settings.retries
                 && matches!(self.body, RequestBody::Buffered(_))
                 && upstream.budget.try_retry();
             if !can_retry {
@@ -455,7 +456,7 @@ impl Attempt<'_> {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() =
             if self.body.available() { self.parts.headers.clone() } else { std::mem::take(&mut self.parts.headers) };
-        let result = match tokio::time::timeout(upstream.timeout, upstream.client.request(request)).await {
+        let result = match tokio::time::timeout(upstream.settings.timeout, upstream.client.request(request)).await {
             Err(_) => {
                 upstream.counters.errors.timeout.inc();
                 Err(ProxyError::UpstreamTimeout { upstream: upstream.name.to_string() })

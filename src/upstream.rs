@@ -120,14 +120,7 @@ pub struct Upstream {
     /// The name as a header value, for `X-Strangler-Upstream`.
     pub name_header: HeaderValue,
     pub targets: Box<[Target]>,
-    pub connect_timeout: Duration,
-    /// Deadline for the whole response head of one attempt.
-    pub timeout: Duration,
-    pub retries: u32,
-    pub load_balancing: LoadBalancing,
-    pub max_concurrent: Option<usize>,
-    pub health_check: Option<RawHealthCheck>,
-    pub outlier: RawOutlier,
+    pub settings: UpstreamSettings,
     pub client: HttpClient,
     pub counters: UpstreamCounters,
     pub budget: RetryBudget,
@@ -160,6 +153,7 @@ impl Drop for Permit<'_> {
 /// The settings of an upstream besides its name and targets.
 pub struct UpstreamSettings {
     pub connect_timeout: Duration,
+    /// Deadline for the whole response head of one attempt.
     pub timeout: Duration,
     pub retries: u32,
     pub load_balancing: LoadBalancing,
@@ -180,13 +174,7 @@ impl Upstream {
             name: name.into(),
             name_header: HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
             targets: targets.into(),
-            connect_timeout: settings.connect_timeout,
-            timeout: settings.timeout,
-            retries: settings.retries,
-            load_balancing: settings.load_balancing,
-            max_concurrent: settings.max_concurrent,
-            health_check: settings.health_check,
-            outlier: settings.outlier,
+            settings,
             client,
             counters,
             budget: RetryBudget::default(),
@@ -210,7 +198,7 @@ impl Upstream {
     pub fn acquire(&self) -> Result<Permit<'_>, Unavailable> {
         let target = self.pick().ok_or(Unavailable::AllUnhealthy)?;
         let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        if self.max_concurrent.is_some_and(|max| before >= max) {
+        if self.settings.max_concurrent.is_some_and(|max| before >= max) {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             self.counters.breaker_rejections.inc();
             return Err(Unavailable::Overloaded);
@@ -226,7 +214,7 @@ impl Upstream {
             return only.state.available(now_ms()).then_some(only);
         }
         let now = now_ms();
-        match self.load_balancing {
+        match self.settings.load_balancing {
             LoadBalancing::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 (0..n).map(|i| &self.targets[(start + i) % n]).find(|t| t.state.available(now))
@@ -266,13 +254,14 @@ impl Upstream {
     /// for `base * 2^ejections`, capped at `max_ejection`.
     pub fn record_failure(&self, target: &Target) {
         let failures = target.state.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures < self.outlier.consecutive_failures {
+        if failures < self.settings.outlier.consecutive_failures {
             return;
         }
         target.state.consecutive_failures.store(0, Ordering::Relaxed);
         let ejections = target.state.ejections.fetch_add(1, Ordering::Relaxed);
         let factor = 1u32 << ejections.min(16);
-        let duration = (self.outlier.base_ejection * factor).min(self.outlier.max_ejection);
+        let outlier = &self.settings.outlier;
+        let duration = (outlier.base_ejection * factor).min(outlier.max_ejection);
         target.state.ejected_until_ms.store(now_ms() + duration.as_millis() as u64, Ordering::Relaxed);
         self.counters.ejections.inc();
         tracing::warn!(upstream = %self.name, target = %target.url, ejected_for = ?duration, "target ejected after consecutive failures");
@@ -424,9 +413,9 @@ impl Upstream {
             name: self.name.to_string(),
             available: self.any_available(),
             in_flight: self.in_flight(),
-            max_concurrent: self.max_concurrent,
-            retries: self.retries,
-            load_balancing: self.load_balancing,
+            max_concurrent: self.settings.max_concurrent,
+            retries: self.settings.retries,
+            load_balancing: self.settings.load_balancing,
             targets: self
                 .targets
                 .iter()
