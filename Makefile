@@ -28,7 +28,7 @@ release:
 
 ## Debian packages the tests and the demo use (installed only when missing).
 system-deps:
-	@scripts/apt-install.sh curl chromium
+	@scripts/apt-install.sh curl openssl chromium
 
 ## Every test: Rust (unit, integration, end-to-end), the monolith's pytest suite,
 ## and the Kubernetes manifests (rendered, schema-validated, checked by `strangler check`).

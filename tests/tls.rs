@@ -293,3 +293,28 @@ async fn the_plain_listener_redirects_to_https() {
     assert!(response.contains(&format!("location: https://a.test:{}/shop?item=1", proxy.addr.port())), "{response}");
     assert_eq!(up.hits(), 0);
 }
+
+#[tokio::test]
+async fn rsa_certificates_are_served_too() {
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("rsa.crt"), dir.path().join("rsa.key"));
+    // rcgen (with ring) cannot make RSA keys; openssl can.
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=rsa.test"])
+        .args(["-addext", "subjectAltName=DNS:rsa.test", "-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is installed (make system-deps)");
+    assert!(status.success());
+    let config = ConfigDir::new(&tls_config(&up, &cert, &key, ""));
+    let proxy = BinaryProxy::start(&config.path(), &[]).await;
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let (status, _, leaf) = tls_get(proxy.addr, "rsa.test", &pem, "/", false).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(leaf, der_of(&pem));
+}
