@@ -381,3 +381,32 @@ fn mirroring_writes_needs_unsafe_writes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unsafe_writes") && err.contains(":11:"), "{err}");
 }
+
+#[tokio::test]
+async fn sample_keys_sample_whole_sessions() {
+    let body = json!({"ok": true});
+    let s = setup(
+        Behaviour::json(body.clone()),
+        Behaviour::json(body),
+        "      sample: 0.5\n      sample_key: header:X-User-Id\n",
+        "",
+    )
+    .await;
+    let client = http1();
+    let mut mirrored_users = 0;
+    for user in 0..40 {
+        let before = s.shadow.hits();
+        for _ in 0..5 {
+            let r = req(Method::GET, s.proxy.addr, "/api/x")
+                .header("x-user-id", format!("user-{user}"))
+                .body(Full::default())
+                .unwrap();
+            send(&client, r).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mirrored = s.shadow.hits() - before;
+        assert!(mirrored == 0 || mirrored == 5, "user {user}: {mirrored} of 5 requests mirrored");
+        mirrored_users += (mirrored == 5) as u32;
+    }
+    assert!((10..=30).contains(&mirrored_users), "{mirrored_users} of 40 sessions sampled at 0.5");
+}
