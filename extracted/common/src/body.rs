@@ -5,6 +5,7 @@ use crate::ApiError;
 use axum::body::Body;
 use http_body_util::{BodyExt, Limited};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// `TASKAPP_MAX_UPLOAD` default.
 pub const DEFAULT_MAX_BODY: usize = 10 * 1024 * 1024;
@@ -27,7 +28,8 @@ pub async fn json_object(body: Body, max: usize) -> Result<Map<String, Value>, A
 
 pub fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let text = std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("malformed JSON body"))?;
-    let v: Value = serde_json::from_str(text).map_err(|_| ApiError::bad_request("malformed JSON body"))?;
+    let text = python_literals(text);
+    let v = parse_deep(&text)?.ok_or_else(|| ApiError::bad_request("malformed JSON body"))?;
     match v {
         Value::Object(m) => Ok(m),
         _ => Err(ApiError::bad_request("JSON body must be an object")),
@@ -60,4 +62,172 @@ pub fn req_str(
         return Err(ApiError::validation(field, format!("{field} must be at most {max_len} characters")));
     }
     Ok(Some(s.to_string()))
+}
+
+/// Deepest JSON nesting (arrays and objects) that the monolith parses: Python's
+/// recursion limit (1000) minus the frames of gunicorn, Flask and the handler.
+/// Measured with gunicorn sync workers: 971 parses, 981 fails. Deeper bodies
+/// raise RecursionError, which the monolith answers with a 500 `internal_error`.
+pub const PY_MAX_JSON_DEPTH: usize = 975;
+
+/// Parses like the monolith as far as nesting goes: `Ok(None)` = not JSON,
+/// Err(500) = nested deeper than Python can parse. serde_json stops at 128
+/// levels by default; deep documents are parsed without that limit on a
+/// thread with a large stack.
+fn parse_deep(text: &str) -> Result<Option<Value>, ApiError> {
+    let depth = json_depth(text);
+    if depth > PY_MAX_JSON_DEPTH {
+        return Err(ApiError::internal());
+    }
+    if depth < 100 {
+        return Ok(serde_json::from_str(text).ok());
+    }
+    let unbounded = |text: &str| {
+        let mut de = serde_json::Deserializer::from_str(text);
+        de.disable_recursion_limit();
+        let v = <Value as serde::Deserialize>::deserialize(&mut de).ok()?;
+        de.end().ok().map(|_| v)
+    };
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(64 * 1024 * 1024)
+            .spawn_scoped(s, || unbounded(text))
+            .map_err(|_| ApiError::internal())?
+            .join()
+            .map_err(|_| ApiError::internal())
+    })
+}
+
+/// Maximum nesting of `[`/`{` outside strings.
+pub fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &c in text.as_bytes() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Python's `json.loads` (the monolith) also accepts `NaN`, `Infinity`,
+/// `-Infinity` and number literals beyond f64's range (a float nan/inf; an
+/// int for huge integer literals), where serde_json fails. Outside strings,
+/// each such token is rewritten to a finite number of the same kind (float
+/// `0.5`, integer `99999999999999999999`), so that type checks (`body must be
+/// a string`, ignored unknown fields) answer as the monolith does.
+pub fn python_literals(text: &str) -> Cow<'_, str> {
+    let b = text.as_bytes();
+    let mut out: Option<String> = None;
+    let (mut i, mut copied) = (0, 0);
+    let mut in_string = false;
+    while i < b.len() {
+        let c = b[i];
+        if in_string {
+            match c {
+                b'\\' => i += 2,
+                b'"' => {
+                    in_string = false;
+                    i += 1
+                }
+                _ => i += 1,
+            }
+            continue;
+        }
+        let replace = |len: usize, with: &'static str| Some((len, with));
+        let found = if c == b'"' {
+            in_string = true;
+            None
+        } else if b[i..].starts_with(b"NaN") {
+            replace(3, "0.5")
+        } else if b[i..].starts_with(b"Infinity") {
+            replace(8, "0.5")
+        } else if b[i..].starts_with(b"-Infinity") {
+            replace(9, "0.5")
+        } else if c == b'-' || c.is_ascii_digit() {
+            let len = b[i..].iter().take_while(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')).count();
+            let token = &text[i..i + len];
+            match token.parse::<f64>() {
+                Ok(f) if f.is_infinite() => {
+                    let float = token.contains(['.', 'e', 'E']);
+                    replace(len, if float { "0.5" } else { "99999999999999999999" })
+                }
+                _ => {
+                    i += len.max(1);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        match found {
+            Some((len, with)) => {
+                let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+                o.push_str(&text[copied..i]);
+                o.push_str(with);
+                i += len;
+                copied = i;
+            }
+            None => i += 1,
+        }
+    }
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut o) => {
+            o.push_str(&text[copied..]);
+            Cow::Owned(o)
+        }
+    }
+}
+
+#[cfg(test)]
+mod python_literal_tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_literals_parse_like_python() {
+        for (input, want) in [
+            (r#"{"body": NaN}"#, r#"{"body": 0.5}"#),
+            (r#"{"body":Infinity,"x":[-Infinity, 1e400, -1E+999, 1e10]}"#, r#"{"body":0.5,"x":[0.5, 0.5, 0.5, 1e10]}"#),
+            (r#"{"body": "NaN Infinity 1e400 \" NaN"}"#, r#"{"body": "NaN Infinity 1e400 \" NaN"}"#),
+        ] {
+            assert_eq!(python_literals(input), want);
+        }
+        let big_int = format!("{{\"x\": 1{}}}", "0".repeat(400));
+        assert_eq!(python_literals(&big_int), r#"{"x": 99999999999999999999}"#);
+        let m = parse_json_object(br#"{"body": NaN}"#).unwrap();
+        assert!(m["body"].is_f64());
+        assert!(matches!(python_literals(r#"{"body": "plain", "n": -12.5e3}"#), Cow::Borrowed(_)));
+        assert!(parse_json_object(b"{\"body\": Nan}").is_err());
+        assert!(parse_json_object(b"{\"body\": +Infinity}").is_err());
+    }
+
+    #[test]
+    fn nesting_like_python() {
+        let nested = |d: usize| format!("{{\"body\": \"x\", \"e\": {}{}}}", "[".repeat(d), "]".repeat(d));
+        assert_eq!(json_depth(&nested(3)), 4);
+        assert_eq!(json_depth(r#"{"a": "[[[{{"}"#), 1);
+        for d in [10, 200, PY_MAX_JSON_DEPTH - 1] {
+            assert_eq!(parse_json_object(nested(d).as_bytes()).unwrap()["body"], "x", "depth {d}");
+        }
+        for d in [PY_MAX_JSON_DEPTH, 100_000] {
+            assert_eq!(parse_json_object(nested(d).as_bytes()).unwrap_err().status.as_u16(), 500, "depth {d}");
+        }
+        let unbalanced = format!("{{\"body\": {}", "[".repeat(500));
+        assert_eq!(parse_json_object(unbalanced.as_bytes()).unwrap_err().status.as_u16(), 400);
+    }
 }
