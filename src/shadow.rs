@@ -325,7 +325,7 @@ impl ShadowRuntime {
                     .diffs
                     .iter()
                     .filter(|d| d.kind != DiffKind::Status)
-                    .map(|d| diff::fold_indexes(&d.pointer))
+                    .map(field_key)
                     .collect()
             }
             _ => BTreeSet::new(),
@@ -333,10 +333,10 @@ impl ShadowRuntime {
         let learned = self.learn_noise(&route.name, &noisy_now);
         let mut excluded = BTreeSet::new();
         comparison.diffs.retain(|d| {
-            let folded = diff::fold_indexes(&d.pointer);
-            let noisy = d.kind != DiffKind::Status && learned.contains(&folded);
+            let key = field_key(d);
+            let noisy = d.kind != DiffKind::Status && learned.contains(&key);
             if noisy {
-                excluded.insert(folded);
+                excluded.insert(key);
             }
             !noisy
         });
@@ -369,11 +369,7 @@ impl ShadowRuntime {
             let mut labels = self.pointer_labels.lock().unwrap_or_else(|e| e.into_inner());
             let seen = labels.entry(Arc::from(route)).or_default();
             for d in &record.diffs {
-                let pointer = match d.kind {
-                    DiffKind::Status => "status".to_string(),
-                    DiffKind::Header => format!("header:{}", d.pointer),
-                    DiffKind::Body => diff::fold_indexes(&d.pointer),
-                };
+                let pointer = field_key(d);
                 let label = if seen.contains(&pointer) || seen.len() < MAX_POINTER_LABELS {
                     seen.insert(pointer.clone());
                     pointer
@@ -394,6 +390,16 @@ impl ShadowRuntime {
                 self.dropped.with_label_values(&[route, "log_backpressure"]).inc();
             }
         }
+    }
+}
+
+/// The name a differing field is counted under: `status`, `header:NAME`, or
+/// a body pointer with array indexes folded (`/items/*/id`).
+fn field_key(d: &Difference) -> String {
+    match d.kind {
+        DiffKind::Status => "status".to_string(),
+        DiffKind::Header => format!("header:{}", d.pointer),
+        DiffKind::Body => diff::fold_indexes(&d.pointer),
     }
 }
 

@@ -92,11 +92,11 @@ pub fn render(r: &Report) -> String {
         0 => "–".to_string(),
         n => format!("{}%", fmt_pct(t.matched as f64 * 100.0 / n as f64)),
     };
-    let _ = write!(
+    let _ = writeln!(
         o,
         "<header class=\"card\"><div class=\"route-head\"><h1>Shadow traffic report</h1>{}</div>\
          <div class=\"sub\">Generated {} · {} file(s): {} · span {} → {} · thresholds: match rate ≥ {}% over ≥ {} compared requests</div>\
-         <div class=\"kpis\">{}{}{}{}{}{}{}</div></header>\n",
+         <div class=\"kpis\">{}{}{}{}{}{}{}</div></header>",
         badge(r.ready, if r.ready { "all routes ready" } else { "not ready" }),
         esc(&r.generated_at),
         r.inputs.files.len(),
@@ -147,10 +147,10 @@ pub fn render(r: &Report) -> String {
     for (i, route) in r.routes.iter().enumerate() {
         route_section(&mut o, i, route, r.options.min_match);
     }
-    let _ = write!(
+    let _ = writeln!(
         o,
         "<footer>strangler report · {} lines read, {} corrupt, {} filtered out · values are shown as recorded (redacted fields stay redacted)</footer>\
-         </main></body></html>\n",
+         </main></body></html>",
         r.inputs.lines, r.inputs.corrupt_lines, r.inputs.filtered_out
     );
     o

@@ -167,7 +167,7 @@ fn stats(o: &mut String, s: &StatsView) {
         let _ = writeln!(o, "| Mismatches | Share | Differing fields | Example requests |");
         let _ = writeln!(o, "|---:|---:|---|---|");
         for g in &s.triage {
-            let fields: Vec<String> = g.fields.iter().map(|f| format!("{}", cell(&field_name(f)))).collect();
+            let fields: Vec<String> = g.fields.iter().map(|f| cell(&field_name(f)).to_string()).collect();
             let examples: Vec<String> = g
                 .examples
                 .iter()

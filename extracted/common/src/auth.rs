@@ -69,7 +69,7 @@ pub fn verify_token(token: &str, secret: &str) -> Result<i64, ApiError> {
     let claims = data.claims.as_object().ok_or_else(invalid)?;
     // require: exp, iat, sub (present and not null)
     for c in ["exp", "iat", "sub"] {
-        if claims.get(c).map_or(true, Value::is_null) {
+        if claims.get(c).is_none_or(Value::is_null) {
             return Err(invalid());
         }
     }
