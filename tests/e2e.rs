@@ -72,7 +72,13 @@ fn differ(a: &Answer, b: &Answer) -> Option<&'static str> {
     None
 }
 
-async fn answer(addr: SocketAddr, method: &Method, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Answer {
+async fn answer(
+    addr: SocketAddr,
+    method: &Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Answer {
     Answer::of(&call(addr, method.clone(), path, headers, body).await)
 }
 
@@ -95,7 +101,10 @@ async fn traffic_through_the_proxy_is_all_answered_correctly() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| {
-        panic!("no summary line from tools/traffic.py\nstdout: {stdout}\nstderr: {stderr}\nmonolith log:\n{}", stack.monolith.log_text())
+        panic!(
+            "no summary line from tools/traffic.py\nstdout: {stdout}\nstderr: {stderr}\nmonolith log:\n{}",
+            stack.monolith.log_text()
+        )
     });
     let summary: Value = serde_json::from_str(line).unwrap();
     eprintln!("traffic.py ({:.1?}): {line}", started.elapsed());
@@ -141,7 +150,11 @@ async fn writes_through_the_monolith_reach_the_services_in_bounded_time() {
     let proxy = stack.proxy.addr;
     let (mono, users, comments) = (stack.monolith.addr, stack.users.addr, stack.comments.addr);
     let on_comments = stack.sticky_user_for("comments-read", "comments");
-    assert_eq!(stack.sticky_user_for("task-comments-read", "comments"), on_comments.clone(), "both comment routes stick alike");
+    assert_eq!(
+        stack.sticky_user_for("task-comments-read", "comments"),
+        on_comments.clone(),
+        "both comment routes stick alike"
+    );
 
     let tok = format!("Bearer {}", stack.login("user0003").await);
     let h3: Vec<(&str, &str)> = vec![("Authorization", tok.as_str()), ("X-User-Id", "3")];
@@ -154,7 +167,8 @@ async fn writes_through_the_monolith_reach_the_services_in_bounded_time() {
     assert_eq!((r.status.as_u16(), r.header("x-strangler-upstream")), (200, Some("legacy")), "{}", r.text());
     assert_eq!(r.json()["full_name"], name);
     let text = format!("e2e comment from user0003 \u{e9}\u{1F600} {}", std::process::id());
-    let r = call(proxy, Method::POST, "/api/tasks/2/comments", &h3, Some(json!({"body": text}).to_string().as_bytes())).await;
+    let r = call(proxy, Method::POST, "/api/tasks/2/comments", &h3, Some(json!({"body": text}).to_string().as_bytes()))
+        .await;
     assert_eq!((r.status.as_u16(), r.header("x-strangler-upstream")), (201, Some("legacy")), "{}", r.text());
     let cid = r.json()["id"].as_i64().unwrap();
     let written = Instant::now();
@@ -187,8 +201,12 @@ async fn writes_through_the_monolith_reach_the_services_in_bounded_time() {
                     let upstream_ok = via.is_none() || r.header("x-strangler-upstream") == *via;
                     if differ(&want, &got).is_some() || !upstream_ok {
                         all = false;
-                        last = format!("{what}: GET http://{addr}{path} (via {via:?}, got {:?})\n want {}\n got  {}",
-                            r.header("x-strangler-upstream"), want.show(), got.show());
+                        last = format!(
+                            "{what}: GET http://{addr}{path} (via {via:?}, got {:?})\n want {}\n got  {}",
+                            r.header("x-strangler-upstream"),
+                            want.show(),
+                            got.show()
+                        );
                         break;
                     }
                 }
@@ -249,14 +267,20 @@ async fn services_answer_like_the_monolith() {
             "no exp",
             Some(format!(
                 "Bearer {}",
-                extracted_common::testkit::token_with(E2E_SECRET, &json!({"sub": "2", "username": "user0002", "iat": now}))
+                extracted_common::testkit::token_with(
+                    E2E_SECRET,
+                    &json!({"sub": "2", "username": "user0002", "iat": now})
+                )
             )),
         ),
         (
             "numeric sub",
             Some(format!(
                 "Bearer {}",
-                extracted_common::testkit::token_with(E2E_SECRET, &json!({"sub": 2, "username": "user0002", "iat": now, "exp": now + 60}))
+                extracted_common::testkit::token_with(
+                    E2E_SECRET,
+                    &json!({"sub": 2, "username": "user0002", "iat": now, "exp": now + 60})
+                )
             )),
         ),
     ];
@@ -353,7 +377,11 @@ async fn services_answer_like_the_monolith() {
         *statuses.entry(want.status).or_insert(0usize) += 1;
         let compare = |who: String, got: &Answer| {
             differ(&want, got).map(|what| {
-                format!("{method} {path} (token: {label}) — {what} differs\n  monolith: {}\n  {who}: {}", want.show(), got.show())
+                format!(
+                    "{method} {path} (token: {label}) — {what} differs\n  monolith: {}\n  {who}: {}",
+                    want.show(),
+                    got.show()
+                )
             })
         };
         mismatches.extend(compare(format!("{name} service"), &got));
@@ -364,7 +392,8 @@ async fn services_answer_like_the_monolith() {
                 let r = call(proxy, method.clone(), path, &h, None).await;
                 let served_by = r.header("x-strangler-upstream").unwrap_or("?").to_string();
                 if served_by != *upstream {
-                    mismatches.push(format!("{method} {path}: X-User-Id {user} was served by {served_by}, not {upstream}"));
+                    mismatches
+                        .push(format!("{method} {path}: X-User-Id {user} was served by {served_by}, not {upstream}"));
                 }
                 mismatches.extend(compare(format!("proxy→{upstream}"), &Answer::of(&r)));
             }
@@ -405,7 +434,8 @@ async fn stopping_a_service_mid_run_loses_no_request() {
     let done = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for w in 0..WORKERS {
-        let (paths, expected, done, tok, user) = (paths.clone(), expected.clone(), done.clone(), tok.clone(), on_comments.clone());
+        let (paths, expected, done, tok, user) =
+            (paths.clone(), expected.clone(), done.clone(), tok.clone(), on_comments.clone());
         workers.push(tokio::spawn(async move {
             let client = http1();
             let mut served = std::collections::HashMap::<String, usize>::new();
@@ -417,7 +447,12 @@ async fn stopping_a_service_mid_run_loses_no_request() {
                     Ok(r) if r.status == 200 && r.body == expected[p] => {
                         *served.entry(r.header("x-strangler-upstream").unwrap_or("?").to_string()).or_default() += 1;
                     }
-                    Ok(r) => failures.push(format!("#{i} GET {p}: {} {:?} {}", r.status, r.header("x-strangler-upstream"), r.text())),
+                    Ok(r) => failures.push(format!(
+                        "#{i} GET {p}: {} {:?} {}",
+                        r.status,
+                        r.header("x-strangler-upstream"),
+                        r.text()
+                    )),
                     Err(e) => failures.push(format!("#{i} GET {p}: {e}")),
                 }
                 done.fetch_add(1, Ordering::SeqCst);
@@ -450,10 +485,15 @@ async fn stopping_a_service_mid_run_loses_no_request() {
         failures.extend(f);
     }
     let after = metric_sum(&stack.metrics().await, "strangler_fallbacks_total", &[]);
-    eprintln!("served by: {served:?}; services stopped after {at_stop}..{stopped_at} requests; fallbacks {before} -> {after}");
+    eprintln!(
+        "served by: {served:?}; services stopped after {at_stop}..{stopped_at} requests; fallbacks {before} -> {after}"
+    );
     assert!(failures.is_empty(), "{} of {TOTAL} requests failed:\n{}", failures.len(), failures.join("\n"));
     assert_eq!(served.values().sum::<usize>(), TOTAL);
-    assert!(served.get("users").copied().unwrap_or(0) > 0 && served.get("comments").copied().unwrap_or(0) > 0, "{served:?}");
+    assert!(
+        served.get("users").copied().unwrap_or(0) > 0 && served.get("comments").copied().unwrap_or(0) > 0,
+        "{served:?}"
+    );
     assert!(served.get("legacy").copied().unwrap_or(0) >= TOTAL / 2, "{served:?}");
     assert!(after > before, "strangler_fallbacks_total did not grow ({before} -> {after})");
 }
@@ -530,25 +570,79 @@ async fn bad_input_gets_the_same_answer_from_both_implementations() {
     let own = "/api/comments/1".to_string();
     let mut cases: Vec<(String, Method, String, Option<String>, Option<Vec<u8>>, Vec<(&str, &str)>)> = Vec::new();
     for (label, body) in bodies.iter().chain(accepted.iter()) {
-        cases.push((format!("POST {label}"), Method::POST, "/api/tasks/3/comments".into(), Some(author_tok.clone()), Some(body.clone()), vec![]));
-        cases.push((format!("PATCH {label}"), Method::PATCH, own.clone(), Some(author_tok.clone()), Some(body.clone()), vec![]));
+        cases.push((
+            format!("POST {label}"),
+            Method::POST,
+            "/api/tasks/3/comments".into(),
+            Some(author_tok.clone()),
+            Some(body.clone()),
+            vec![],
+        ));
+        cases.push((
+            format!("PATCH {label}"),
+            Method::PATCH,
+            own.clone(),
+            Some(author_tok.clone()),
+            Some(body.clone()),
+            vec![],
+        ));
     }
     for (label, body) in bodies.iter().take(3) {
         // check order: 401 before 404 before 403 before the body
         for (who, tok) in [("no token", None), ("bad token", Some("Bearer x.y.z".to_string()))] {
-            cases.push((format!("POST {label}, {who}"), Method::POST, "/api/tasks/3/comments".into(), tok.clone(), Some(body.clone()), vec![]));
-            cases.push((format!("PATCH {label}, {who}"), Method::PATCH, own.clone(), tok.clone(), Some(body.clone()), vec![]));
+            cases.push((
+                format!("POST {label}, {who}"),
+                Method::POST,
+                "/api/tasks/3/comments".into(),
+                tok.clone(),
+                Some(body.clone()),
+                vec![],
+            ));
+            cases.push((
+                format!("PATCH {label}, {who}"),
+                Method::PATCH,
+                own.clone(),
+                tok.clone(),
+                Some(body.clone()),
+                vec![],
+            ));
         }
-        cases.push((format!("POST {label}, unknown task"), Method::POST, "/api/tasks/999/comments".into(), Some(author_tok.clone()), Some(body.clone()), vec![]));
-        cases.push((format!("PATCH {label}, unknown comment"), Method::PATCH, "/api/comments/9999".into(), Some(author_tok.clone()), Some(body.clone()), vec![]));
-        cases.push((format!("PATCH {label}, not the author"), Method::PATCH, own.clone(), Some(other_tok.clone()), Some(body.clone()), vec![]));
+        cases.push((
+            format!("POST {label}, unknown task"),
+            Method::POST,
+            "/api/tasks/999/comments".into(),
+            Some(author_tok.clone()),
+            Some(body.clone()),
+            vec![],
+        ));
+        cases.push((
+            format!("PATCH {label}, unknown comment"),
+            Method::PATCH,
+            "/api/comments/9999".into(),
+            Some(author_tok.clone()),
+            Some(body.clone()),
+            vec![],
+        ));
+        cases.push((
+            format!("PATCH {label}, not the author"),
+            Method::PATCH,
+            own.clone(),
+            Some(other_tok.clone()),
+            Some(body.clone()),
+            vec![],
+        ));
     }
     let valid = Some(b"{\"body\": \"fine\"}".to_vec());
     for (label, method, path, tok) in [
         ("no token", Method::POST, "/api/tasks/3/comments", None),
         ("no token", Method::PATCH, "/api/comments/1", None),
         ("no token", Method::DELETE, "/api/comments/1", None),
-        ("expired token", Method::POST, "/api/tasks/3/comments", Some(format!("Bearer {}", token(E2E_SECRET, author, -60)))),
+        (
+            "expired token",
+            Method::POST,
+            "/api/tasks/3/comments",
+            Some(format!("Bearer {}", token(E2E_SECRET, author, -60))),
+        ),
         ("unknown user", Method::PATCH, "/api/comments/1", Some(format!("Bearer {}", token(E2E_SECRET, 999, 60)))),
         ("unknown task", Method::POST, "/api/tasks/999/comments", Some(author_tok.clone())),
         ("task id 0", Method::POST, "/api/tasks/0/comments", Some(author_tok.clone())),
@@ -563,10 +657,31 @@ async fn bad_input_gets_the_same_answer_from_both_implementations() {
     ] {
         cases.push((format!("{method} {label}"), method, path.into(), tok, valid.clone(), vec![]));
     }
-    cases.push(("POST text/plain".into(), Method::POST, "/api/tasks/3/comments".into(), Some(author_tok.clone()), Some(b"{\"body\": 7}".to_vec()), vec![("Content-Type", "text/plain")]));
-    cases.push(("POST form content type".into(), Method::POST, "/api/tasks/3/comments".into(), Some(author_tok.clone()), Some(b"{\"body\": \"\"}".to_vec()), vec![("Content-Type", "application/x-www-form-urlencoded")]));
+    cases.push((
+        "POST text/plain".into(),
+        Method::POST,
+        "/api/tasks/3/comments".into(),
+        Some(author_tok.clone()),
+        Some(b"{\"body\": 7}".to_vec()),
+        vec![("Content-Type", "text/plain")],
+    ));
+    cases.push((
+        "POST form content type".into(),
+        Method::POST,
+        "/api/tasks/3/comments".into(),
+        Some(author_tok.clone()),
+        Some(b"{\"body\": \"\"}".to_vec()),
+        vec![("Content-Type", "application/x-www-form-urlencoded")],
+    ));
     let too_big = format!("{{\"body\": \"{}\"}}", "x".repeat(10 * 1024 * 1024));
-    cases.push(("POST over the upload limit".into(), Method::POST, "/api/tasks/3/comments".into(), Some(author_tok.clone()), Some(too_big.into_bytes()), vec![]));
+    cases.push((
+        "POST over the upload limit".into(),
+        Method::POST,
+        "/api/tasks/3/comments".into(),
+        Some(author_tok.clone()),
+        Some(too_big.into_bytes()),
+        vec![],
+    ));
 
     let mut mismatches = Vec::new();
     for (label, method, path, tok, body, extra) in &cases {

@@ -180,7 +180,11 @@ pub struct Service {
 }
 
 impl Service {
-    async fn spawn<F>(name: &'static str, sync: SyncHandle, serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F) -> Service
+    async fn spawn<F>(
+        name: &'static str,
+        sync: SyncHandle,
+        serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F,
+    ) -> Service
     where
         F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
     {
@@ -278,7 +282,9 @@ pub fn demo_config(legacy: &str, users: &str, comments: &str, shadow_log: &Path,
                     Some("5000") => legacy,
                     Some("7001") => users,
                     Some("7002") => comments,
-                    _ => panic!("routes.yaml: upstream {name:?} target {s:?} is not one of the demo ports 5000/7001/7002"),
+                    _ => panic!(
+                        "routes.yaml: upstream {name:?} target {s:?} is not one of the demo ports 5000/7001/7002"
+                    ),
                 };
                 *t = url.into();
                 replaced += 1;
@@ -314,7 +320,8 @@ impl Stack {
         let monolith = Monolith::start(dir.path()).await;
         let users = start_users(&monolith, dir.path()).await;
         let comments = start_comments(&monolith, dir.path()).await;
-        let text = demo_config(&monolith.url, &users.url, &comments.url, &dir.path().join("shadow-diffs.jsonl"), "200ms");
+        let text =
+            demo_config(&monolith.url, &users.url, &comments.url, &dir.path().join("shadow-diffs.jsonl"), "200ms");
         let proxy = TestProxy::start(&text).await;
         let stack = Stack { proxy, users, comments, monolith, dir };
         for url in [stack.users.url.clone(), stack.comments.url.clone()] {
@@ -328,7 +335,9 @@ impl Stack {
         wait_for(Duration::from_secs(10), "the proxy sees every upstream healthy", || async move {
             let Some(r) = try_get(admin, "/metrics", &[]).await else { return false };
             let m = r.text();
-            ["legacy", "users", "comments"].iter().all(|u| metric_sum(&m, "strangler_upstream_target_healthy", &[("upstream", u)]) >= 1.0)
+            ["legacy", "users", "comments"]
+                .iter()
+                .all(|u| metric_sum(&m, "strangler_upstream_target_healthy", &[("upstream", u)]) >= 1.0)
         })
         .await;
         Some(stack)
@@ -383,7 +392,13 @@ impl Stack {
 // ------------------------------------------------------------------ helpers
 
 /// One request on a fresh HTTP/1.1 client; panics on transport errors.
-pub async fn call(addr: SocketAddr, method: Method, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> TestResponse {
+pub async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> TestResponse {
     try_call(addr, method.clone(), path, headers, body)
         .await
         .unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"))
