@@ -337,7 +337,9 @@ async fn services_answer_like_the_monolith() {
     comments_paths.extend((2..=40).step_by(3).map(|t| format!("/api/tasks/{t}/comments?per_page=100")));
     comments_paths.extend((1..=100).step_by(7).map(|c| format!("/api/comments/{c}")));
 
-    let mut cases: Vec<(Method, String, &str, Option<String>, SocketAddr, &str)> = Vec::new();
+    // (method, path, token label, Authorization, service address, service name)
+    type ReadCase<'a> = (Method, String, &'a str, Option<String>, SocketAddr, &'a str);
+    let mut cases: Vec<ReadCase> = Vec::new();
     for (paths, svc, name) in
         [(&users_paths, stack.users.addr, "users"), (&comments_paths, stack.comments.addr, "comments")]
     {
@@ -568,7 +570,9 @@ async fn bad_input_gets_the_same_answer_from_both_implementations() {
     ];
 
     let own = "/api/comments/1".to_string();
-    let mut cases: Vec<(String, Method, String, Option<String>, Option<Vec<u8>>, Vec<(&str, &str)>)> = Vec::new();
+    // (label, method, path, Authorization, body, extra headers)
+    type WriteCase<'a> = (String, Method, String, Option<String>, Option<Vec<u8>>, Vec<(&'a str, &'a str)>);
+    let mut cases: Vec<WriteCase> = Vec::new();
     for (label, body) in bodies.iter().chain(accepted.iter()) {
         cases.push((
             format!("POST {label}"),
