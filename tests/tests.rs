@@ -17,3 +17,5 @@ mod routing;
 mod shadow;
 mod tls;
 mod traffic;
+mod hostile;
+mod soak;
