@@ -5,7 +5,7 @@
 //! - `POST` anything: reads the whole body, answers `{"ok":true}`
 //! - anything else: a 64-byte JSON answer
 //!
-//! `bench-upstream ADDR THREADS`; HTTP/1.1 with keep-alive (and h2c).
+//! `bench-upstream ADDR THREADS [slow]` (`slow`: every answer waits 2 s); HTTP/1.1 with keep-alive (and h2c).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use hyper_util::server::conn::auto;
 
 const SMALL: &[u8] = b"{\"id\":7,\"name\":\"bench\",\"items\":[1,2,3],\"ok\":true,\"pad\":\"xxxxx\"}\n";
 
-async fn answer(req: Request<Incoming>, big: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(req: Request<Incoming>, big: Bytes, slow: bool) -> Result<Response<Full<Bytes>>, Infallible> {
     let json = |body: Bytes| {
         Response::builder().header("content-type", "application/json").body(Full::new(body)).unwrap()
     };
@@ -36,7 +36,7 @@ async fn answer(req: Request<Incoming>, big: Bytes) -> Result<Response<Full<Byte
     if path == "/1m" {
         return Ok(Response::builder().header("content-type", "application/octet-stream").body(Full::new(big)).unwrap());
     }
-    if path.starts_with("/slow") {
+    if slow || path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     Ok(json(Bytes::from_static(SMALL)))
@@ -46,6 +46,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:18000".into());
     let threads: usize = args.next().and_then(|t| t.parse().ok()).unwrap_or(1);
+    let slow = args.next().as_deref() == Some("slow");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
@@ -56,7 +57,7 @@ fn main() {
             let _ = stream.set_nodelay(true);
             let big = big.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| answer(req, big.clone()));
+                let service = hyper::service::service_fn(move |req| answer(req, big.clone(), slow));
                 let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
             });
         }

@@ -1,0 +1,620 @@
+#!/usr/bin/env python3
+"""strangler vs nginx vs HAProxy vs direct, on loopback.
+
+Run through `scripts/bench.sh` (which installs the tools and builds the
+binaries). Every proxy gets the same upstream (bench/upstream, a minimal hyper
+server), the same keep-alive pool to it, no access logs, and the same number
+of workers/threads. Load: wrk for duration runs (HTTP/1.1 keep-alive), h2load
+for HTTP/2 (h2c prior knowledge), fixed-rate latency runs (`--rps`, per-request
+log) and TLS. Each measurement: a warm-up run, then the median of 3 runs.
+
+Writes bench/results/<timestamp>/ (raw tool output, configs, summary.json)
+and bench/RESULTS.md.
+"""
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STRANGLER = os.environ.get("STRANGLER_BIN", os.path.join(ROOT, "target/release/strangler"))
+UPSTREAM = os.path.join(ROOT, "bench/upstream/target/release/bench-upstream")
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+RUN_S = int(os.environ.get("BENCH_SECONDS", "3" if QUICK else "5"))
+RUNS = 1 if QUICK else 3
+WARM_S = 1 if QUICK else 2
+CONNS = 32
+UP_PORT, SLOW_PORT = 18000, 18001
+P_H1, P_H2, P_TLS, P_ADMIN = 18080, 18082, 18443, 18081
+STAMP = time.strftime("%Y%m%d-%H%M%S")
+OUT = os.path.join(ROOT, "bench/results", STAMP)
+os.makedirs(OUT, exist_ok=True)
+PROCS = []  # processes this script started (killed by pid at the end)
+SUMMARY = {"rows": [], "targets": []}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True, **kw)
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def start(cmd, name, port=None):
+    f = open(os.path.join(OUT, f"{name}.log"), "a")
+    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    PROCS.append(p)
+    if port:
+        wait_port(port)
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)  # its own session: the proxy and its workers only
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    time.sleep(0.3)
+
+
+def pids_of(p):
+    """The process and its children (nginx workers)."""
+    out = [p.pid]
+    kids = sh(f"pgrep -P {p.pid}").stdout.split()
+    return out + [int(k) for k in kids]
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def status_kib(pids, key):
+    total = 0
+    for pid in pids:
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith(key):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+# ------------------------------------------------------------------ configs
+
+def strangler_config(routes=1, shadow=False, tls=None):
+    lines = [
+        f'listen: "127.0.0.1:{P_TLS if tls else P_H1}"',
+        f'admin: "127.0.0.1:{P_ADMIN}"',
+        'upstream_header: ""',
+    ]
+    if tls:
+        lines += ["tls:", f"  cert: {tls[0]}", f"  key: {tls[1]}"]
+    if shadow:
+        lines += ["shadow:", f"  log: {OUT}/shadow-diffs.jsonl", "  max_inflight: 256"]
+    lines += ["upstreams:", "  up:", f'    targets: ["http://127.0.0.1:{UP_PORT}"]', "    timeout: 30s"]
+    if shadow:
+        lines += ["  slow:", f'    targets: ["http://127.0.0.1:{SLOW_PORT}"]', "    timeout: 30s"]
+    lines.append("routes:")
+    for i in range(routes - 1):
+        lines.append(f"  - {{name: r{i}, prefix: /svc{i}/api, upstream: up}}")
+    route = "  - {name: all, prefix: /, upstream: up"
+    if shadow:
+        route += ", shadow: {upstream: slow, sample: 1.0, timeout: 3s}"
+    lines.append(route + "}")
+    return "\n".join(lines) + "\n"
+
+
+def nginx_config(workers, cert=None):
+    d = os.path.join(OUT, "nginx")
+    os.makedirs(d, exist_ok=True)
+    tls = ""
+    if cert:
+        tls = f"""
+  server {{
+    listen 127.0.0.1:{P_TLS} ssl;
+    ssl_certificate {cert[0]};
+    ssl_certificate_key {cert[1]};
+    location / {{ proxy_pass http://up; }}
+  }}"""
+    return f"""
+worker_processes {workers};
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+worker_rlimit_nofile 40000;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_max_body_size 0;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  proxy_set_header Host $http_host;
+  proxy_set_header X-Forwarded-For $remote_addr;
+  proxy_buffering off;
+  proxy_request_buffering off;
+  upstream up {{ server 127.0.0.1:{UP_PORT}; keepalive 256; keepalive_requests 10000000; }}
+  server {{
+    listen 127.0.0.1:{P_H1};
+    location / {{ proxy_pass http://up; }}
+  }}
+  server {{
+    listen 127.0.0.1:{P_H2} http2;
+    http2_max_requests 10000000;
+    location / {{ proxy_pass http://up; }}
+  }}{tls}
+}}
+"""
+
+
+def haproxy_config(threads, cert=None):
+    tls = f"\n  bind 127.0.0.1:{P_TLS} ssl crt {cert[2]}" if cert else ""
+    return f"""
+global
+  nbthread {threads}
+  maxconn 40000
+  tune.bufsize 65536
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+frontend fe
+  bind 127.0.0.1:{P_H1}
+  bind 127.0.0.1:{P_H2} proto h2{tls}
+  option forwardfor
+  default_backend be
+backend be
+  server up 127.0.0.1:{UP_PORT} maxconn 1000
+"""
+
+
+def start_proxy(kind, workers, routes=1, shadow=False, cert=None):
+    tag = f"{kind}-w{workers}"
+    if kind == "strangler":
+        path = os.path.join(OUT, f"{tag}-r{routes}{'-shadow' if shadow else ''}{'-tls' if cert else ''}.yaml")
+        open(path, "w").write(strangler_config(routes, shadow, cert))
+        return start([STRANGLER, "serve", "--config", path, "--threads", str(workers), "--log-level", "warn"],
+                     tag, P_TLS if cert else P_H1)
+    if kind == "nginx":
+        path = os.path.join(OUT, f"{tag}.conf")
+        open(path, "w").write(nginx_config(workers, cert))
+        return start(["nginx", "-c", path], tag, P_H1)
+    if kind == "haproxy":
+        path = os.path.join(OUT, f"{tag}.cfg")
+        open(path, "w").write(haproxy_config(workers, cert))
+        return start(["haproxy", "-db", "-f", path], tag, P_H1)
+    raise ValueError(kind)
+
+
+# -------------------------------------------------------------- load tools
+
+def port_of(kind, proto):
+    if kind == "direct":
+        return UP_PORT
+    return {"h1": P_H1, "h2": P_H2, "tls": P_TLS}[proto]
+
+
+def wrk(port, path, seconds, conns=CONNS, script=None, name="wrk", scheme="http"):
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    cmd.append(f"{scheme}://127.0.0.1:{port}{path}")
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    open(os.path.join(OUT, f"{name}.txt"), "a").write(" ".join(cmd) + "\n" + out + "\n")
+    m = re.search(r"(\d+) requests in ([\d.]+)s", out)
+    reqs = int(m.group(1)) if m else 0
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) if "Requests/sec" in out else 0.0
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    return {"requests": reqs, "rps": rps, "errors": errors}
+
+
+def h2load(port, path, n=None, seconds=None, conns=CONNS, streams=10, h1=False, rps=None, logfile=None,
+           name="h2load", scheme="http"):
+    cmd = ["h2load", f"-c{conns}", f"-m{streams}", "-t1"]
+    if h1:
+        cmd.append("--h1")
+    if n:
+        cmd.append(f"-n{n}")
+    if seconds:
+        cmd += ["-D", str(seconds)]
+    if rps:
+        cmd.append(f"--rps={rps}")
+    if logfile:
+        cmd.append(f"--log-file={logfile}")
+    cmd.append(f"{scheme}://127.0.0.1:{port}{path}")
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    open(os.path.join(OUT, f"{name}.txt"), "a").write(" ".join(cmd) + "\n" + out + "\n")
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
+    rps_done = float(m.group(3)) if m else 0.0
+    s = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    done = int(s.group(2)) if s else 0
+    errors = (int(s.group(3)) + int(s.group(4))) if s else 1
+    return {"requests": done, "rps": rps_done, "errors": errors}
+
+
+def percentiles(logfile):
+    lat = []
+    for line in open(logfile):
+        parts = line.split()
+        if len(parts) >= 3 and parts[1].startswith("2"):
+            lat.append(int(parts[2]) / 1000.0)
+    lat.sort()
+    if not lat:
+        return None, None
+    return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+
+
+def measure(proc_pids, fn):
+    """Warm-up, then the median of RUNS runs; CPU seconds of the proxy per request."""
+    fn(WARM_S)
+    results = []
+    for _ in range(RUNS):
+        before = cpu_ticks(proc_pids)
+        r = fn(RUN_S)
+        r["cpu_s"] = cpu_ticks(proc_pids) - before
+        r["cpu_us_per_req"] = r["cpu_s"] / r["requests"] * 1e6 if r["requests"] else None
+        results.append(r)
+    results.sort(key=lambda r: r["rps"])
+    med = dict(results[len(results) // 2])
+    med["runs_rps"] = [round(r["rps"]) for r in results]
+    med["errors"] = sum(r["errors"] for r in results)
+    cpus = sorted(r["cpu_us_per_req"] for r in results if r["cpu_us_per_req"])
+    med["cpu_us_per_req"] = cpus[len(cpus) // 2] if cpus else None
+    return med
+
+
+def row(scenario, kind, workers, r, pids, **extra):
+    entry = {"scenario": scenario, "proxy": kind, "workers": workers, "rps": r.get("rps"),
+             "runs_rps": r.get("runs_rps"), "errors": r.get("errors"),
+             "cpu_us_per_req": r.get("cpu_us_per_req"), "hwm_kib": status_kib(pids, "VmHWM:"),
+             "rss_kib": status_kib(pids, "VmRSS:")}
+    entry.update(extra)
+    SUMMARY["rows"].append(entry)
+    log(f"  {scenario:28} {kind:9} w{workers}: {entry['rps'] or 0:>9.0f} req/s  "
+        f"cpu {entry['cpu_us_per_req'] or 0:6.1f} us/req  hwm {entry['hwm_kib'] / 1024:6.1f} MiB  "
+        f"err {entry['errors']}  {extra or ''}")
+    return entry
+
+
+# ------------------------------------------------------------------ setup
+
+def make_cert():
+    d = os.path.join(OUT, "tls")
+    os.makedirs(d, exist_ok=True)
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    sh(f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost "
+       f"-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout {key} -out {cert}")
+    combined = os.path.join(d, "combined.pem")
+    open(combined, "w").write(open(cert).read() + open(key).read())
+    return cert, key, combined
+
+
+def upload_script():
+    path = os.path.join(OUT, "upload.lua")
+    open(path, "w").write('wrk.method = "POST"\nwrk.body = string.rep("a", 1048576)\n'
+                          'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+    return path
+
+
+IDLE_CLIENT = r"""
+import socket, sys, time, selectors
+port, n = int(sys.argv[1]), int(sys.argv[2])
+socks = []
+req = b"GET /idle HTTP/1.1\r\nHost: bench\r\n\r\n"
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(req)
+    socks.append(s)
+ok = 0
+for s in socks:
+    s.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    ok += data.startswith(b"HTTP/1.1 200")
+print(ok, flush=True)
+sys.stdin.readline()
+"""
+
+
+def idle_connections(port, n):
+    """Opens n keep-alive connections (one request each), returns (client, answered)."""
+    path = os.path.join(OUT, "idle_client.py")
+    open(path, "w").write(IDLE_CLIENT)
+    p = subprocess.Popen([sys.executable, path, str(port), str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    PROCS.append(p)
+    answered = int(p.stdout.readline().strip() or 0)
+    return p, answered
+
+
+# ------------------------------------------------------------------- main
+
+def main():
+    upstream = start([UPSTREAM, f"127.0.0.1:{UP_PORT}", "2"], "upstream", UP_PORT)
+    slow = start([UPSTREAM, f"127.0.0.1:{SLOW_PORT}", "1", "slow"], "upstream-slow", SLOW_PORT)
+    cert = make_cert()
+    kinds = ["direct", "strangler", "nginx", "haproxy"]
+    peak = {}
+
+    for workers in (1, 2):
+        for kind in kinds:
+            if kind == "direct" and workers == 2:
+                pass
+            p = upstream if kind == "direct" else start_proxy(kind, workers, cert=cert if kind != "strangler" else None)
+            pids = pids_of(p)
+            port = port_of(kind, "h1")
+            log(f"{kind} with {workers} worker(s)")
+            r = measure(pids, lambda s: wrk(port, "/small", s, name=f"small-h1-{kind}-w{workers}"))
+            row("small GET, HTTP/1.1", kind, workers, r, pids)
+            peak[(kind, workers)] = r["rps"]
+            r = measure(pids, lambda s: h2load(port_of(kind, "h2"), "/small", seconds=s,
+                                                name=f"small-h2-{kind}-w{workers}"))
+            row("small GET, HTTP/2 (h2c)", kind, workers, r, pids)
+            if workers == 1:
+                r = measure(pids, lambda s: wrk(port, "/1m", s, conns=8, name=f"download-{kind}"))
+                row("1 MiB download", kind, workers, r, pids)
+                script = upload_script()
+                r = measure(pids, lambda s: wrk(port, "/up", s, conns=8, script=script, name=f"upload-{kind}"))
+                row("1 MiB upload", kind, workers, r, pids)
+            if kind != "direct":
+                stop(p)
+
+    # Latency at a fixed offered rate: half of nginx's peak (same worker count).
+    for workers in (1, 2):
+        rate = max(1000, int(peak.get(("nginx", workers), 10000) / 2))
+        per_client = max(1, rate // CONNS)
+        for kind in kinds:
+            p = upstream if kind == "direct" else start_proxy(kind, workers)
+            pids = pids_of(p)
+            h2load(port_of(kind, "h1"), "/small", seconds=WARM_S, h1=True, streams=1, rps=per_client,
+                   name=f"latency-{kind}-w{workers}")
+            p50s, p99s = [], []
+            for i in range(RUNS):
+                lf = os.path.join(OUT, f"latency-{kind}-w{workers}-{i}.tsv")
+                r = h2load(port_of(kind, "h1"), "/small", seconds=RUN_S, h1=True, streams=1, rps=per_client,
+                           logfile=lf, name=f"latency-{kind}-w{workers}")
+                p50, p99 = percentiles(lf)
+                p50s.append(p50)
+                p99s.append(p99)
+            row(f"latency @ {rate} req/s (HTTP/1.1)", kind, workers, {"rps": rate, "errors": r["errors"]}, pids,
+                p50_ms=statistics.median(p50s), p99_ms=statistics.median(p99s), offered_rps=rate)
+            if kind != "direct":
+                stop(p)
+
+    # TLS termination (HTTP/1.1 keep-alive over TLS 1.3), 1 worker.
+    for kind in ["strangler", "nginx", "haproxy"]:
+        p = start_proxy(kind, 1, cert=cert)
+        wait_port(P_TLS)
+        pids = pids_of(p)
+        r = measure(pids, lambda s: wrk(P_TLS, "/small", s, scheme="https", name=f"tls-{kind}"))
+        row("small GET, TLS (HTTP/1.1)", kind, 1, r, pids)
+        stop(p)
+
+    # 10,000 routes vs 10 routes (strangler only; nginx has no equivalent prefix table here).
+    for routes in (10, 10000):
+        p = start_proxy("strangler", 1, routes=routes)
+        pids = pids_of(p)
+        path = f"/svc{routes // 2}/api/users/7"
+        r = measure(pids, lambda s: wrk(P_H1, path, s, name=f"routes-{routes}"))
+        row(f"small GET, {routes} routes", "strangler", 1, r, pids)
+        stop(p)
+
+    # Shadowing: a slow shadow (2 s) vs no shadow, primary latency at a fixed rate.
+    for shadow in (False, True):
+        p = start_proxy("strangler", 1, shadow=shadow)
+        pids = pids_of(p)
+        rate = 2000
+        per_client = max(1, rate // CONNS)
+        h2load(P_H1, "/small", seconds=WARM_S, h1=True, streams=1, rps=per_client, name=f"shadow-{shadow}")
+        p50s, p99s = [], []
+        for i in range(RUNS):
+            lf = os.path.join(OUT, f"shadow-{shadow}-{i}.tsv")
+            r = h2load(P_H1, "/small", seconds=RUN_S, h1=True, streams=1, rps=per_client, logfile=lf,
+                       name=f"shadow-{shadow}")
+            p50, p99 = percentiles(lf)
+            p50s.append(p50)
+            p99s.append(p99)
+        shadow_metrics = ""
+        if shadow:
+            m = sh(f"curl -s http://127.0.0.1:{P_ADMIN}/metrics").stdout
+            shadow_metrics = " ".join(l for l in m.splitlines() if l.startswith("strangler_shadow") and "dropped" in l)
+        row(f"shadow {'on (2 s shadow)' if shadow else 'off'} @ {rate} req/s", "strangler", 1,
+            {"rps": rate, "errors": r["errors"]}, pids, p50_ms=statistics.median(p50s),
+            p99_ms=statistics.median(p99s), offered_rps=rate, shadow_metrics=shadow_metrics)
+        stop(p)
+
+    # Idle memory and 10,000 idle keep-alive connections.
+    for kind in ["strangler", "nginx", "haproxy"]:
+        p = start_proxy(kind, 1)
+        pids = pids_of(p)
+        wrk(P_H1, "/small", 1, name=f"idle-warm-{kind}")
+        time.sleep(0.5)
+        idle_rss = status_kib(pids, "VmRSS:")
+        client, answered = idle_connections(P_H1, 10000)
+        time.sleep(1)
+        loaded_rss = status_kib(pids, "VmRSS:")
+        fds = sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids if os.path.exists(f"/proc/{pid}/fd"))
+        stop(client)
+        row("idle memory", kind, 1, {"rps": None, "errors": 10000 - answered}, pids, idle_rss_kib=idle_rss,
+            rss_10k_kib=loaded_rss, answered=answered, fds=fds)
+        stop(p)
+
+
+def fmt(v, digits=0, unit=""):
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}{unit}"
+
+
+def report():
+    rows = SUMMARY["rows"]
+
+    def get(scenario, kind, workers=1):
+        for r in rows:
+            if r["scenario"].startswith(scenario) and r["proxy"] == kind and r["workers"] == workers:
+                return r
+        return None
+
+    lines = ["| scenario | proxy | workers | req/s (median of runs) | p50 / p99 ms | proxy CPU µs/req | peak RSS MiB | "
+             "vs nginx | vs direct | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n = get(r["scenario"].split(" @")[0], "nginx", r["workers"])
+        d = get(r["scenario"].split(" @")[0], "direct", r["workers"])
+        if r["scenario"] == "idle memory":
+            lat = f"idle {r['idle_rss_kib'] / 1024:.1f} MiB; 10k conns {r['rss_10k_kib'] / 1024:.1f} MiB ({r['answered']} answered)"
+            lines.append(f"| idle memory (RSS) | {r['proxy']} | 1 | – | {lat} | – | {r['hwm_kib'] / 1024:.1f} | – | – | {r['errors']} |")
+            continue
+        latency = f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}" if r.get("p99_ms") is not None else "–"
+        if "latency" in r["scenario"] or "shadow" in r["scenario"]:
+            vs_n = f"p99 ×{r['p99_ms'] / n['p99_ms']:.2f}" if n and n.get("p99_ms") and r.get("p99_ms") else "–"
+            vs_d = f"p99 ×{r['p99_ms'] / d['p99_ms']:.2f}" if d and d.get("p99_ms") and r.get("p99_ms") else "–"
+            rps = f"{r['offered_rps']:,} offered"
+        else:
+            vs_n = f"×{r['rps'] / n['rps']:.2f}" if n and n["rps"] and r["rps"] else "–"
+            vs_d = f"×{r['rps'] / d['rps']:.2f}" if d and d["rps"] and r["rps"] else "–"
+            runs = "/".join(str(x) for x in r.get("runs_rps") or [])
+            rps = f"{fmt(r['rps'])} ({runs})"
+        lines.append(f"| {r['scenario']} | {r['proxy']} | {r['workers']} | {rps} | {latency} | "
+                     f"{fmt(r['cpu_us_per_req'], 1)} | {r['hwm_kib'] / 1024:.1f} | {vs_n} | {vs_d} | {r['errors']} |")
+
+    # Targets
+    targets = []
+
+    def target(name, ok, detail):
+        targets.append((name, "PASS" if ok else ("FAIL" if ok is not None else "n/a"), detail))
+
+    for w in (1, 2):
+        s, n = get("small GET, HTTP/1.1", "strangler", w), get("small GET, HTTP/1.1", "nginx", w)
+        if s and n and s["cpu_us_per_req"] and n["cpu_us_per_req"]:
+            target(f"CPU per small GET <= 0.8 x nginx ({w} worker)", s["cpu_us_per_req"] <= 0.8 * n["cpu_us_per_req"],
+                   f"{s['cpu_us_per_req']:.1f} vs {n['cpu_us_per_req']:.1f} µs/req (×{s['cpu_us_per_req'] / n['cpu_us_per_req']:.2f})")
+            target(f"throughput >= nginx ({w} worker)", s["rps"] >= n["rps"],
+                   f"{s['rps']:,.0f} vs {n['rps']:,.0f} req/s (×{s['rps'] / n['rps']:.2f})")
+        s, n = get("latency", "strangler", w), get("latency", "nginx", w)
+        if s and n:
+            target(f"p99 at half nginx's peak <= nginx's ({w} worker)", s["p99_ms"] <= n["p99_ms"],
+                   f"{s['p99_ms']:.2f} vs {n['p99_ms']:.2f} ms at {s['offered_rps']:,} req/s")
+    a, b = get("small GET, 10 routes", "strangler"), get("small GET, 10000 routes", "strangler")
+    if a and b:
+        target("10,000-route table within 10% of 10 routes", b["rps"] >= 0.9 * a["rps"],
+               f"{b['rps']:,.0f} vs {a['rps']:,.0f} req/s (×{b['rps'] / a['rps']:.2f}); CPU {fmt(b['cpu_us_per_req'], 1)} vs {fmt(a['cpu_us_per_req'], 1)} µs/req")
+    off, on = get("shadow off", "strangler"), get("shadow on", "strangler")
+    if off and on:
+        target("slow shadow: primary p99 within 10% of shadowing off", on["p99_ms"] <= 1.1 * off["p99_ms"],
+               f"{on['p99_ms']:.2f} vs {off['p99_ms']:.2f} ms")
+        target("slow shadow: memory bounded", on["hwm_kib"] <= 4 * max(off["hwm_kib"], 20 * 1024),
+               f"peak RSS {on['hwm_kib'] / 1024:.1f} MiB vs {off['hwm_kib'] / 1024:.1f} MiB without shadow; {on.get('shadow_metrics', '')}")
+    idle = get("idle memory", "strangler")
+    if idle:
+        target("RSS idle <= 20 MiB", idle["idle_rss_kib"] <= 20 * 1024, f"{idle['idle_rss_kib'] / 1024:.1f} MiB")
+        target("RSS with 10,000 idle connections <= 100 MiB", idle["rss_10k_kib"] <= 100 * 1024 and idle["answered"] == 10000,
+               f"{idle['rss_10k_kib'] / 1024:.1f} MiB, {idle['answered']} of 10000 connections answered")
+    tls = get("small GET, TLS", "strangler")
+    target("TLS termination supported", bool(tls and tls["rps"]), "strangler terminates TLS (rustls)" if tls else "")
+    SUMMARY["targets"] = targets
+
+    tl = ["| target | result | numbers |", "|---|---|---|"] + [f"| {t} | **{r}** | {d} |" for t, r, d in targets]
+    load = open("/proc/loadavg").read().split()[:3]
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    versions = {
+        "strangler": sh(f"git -C {ROOT} rev-parse --short HEAD").stdout.strip(),
+        "nginx": sh("nginx -v 2>&1").stdout.strip() or sh("nginx -v").stderr.strip(),
+        "haproxy": sh("haproxy -v").stdout.splitlines()[0],
+        "wrk": sh("wrk -v 2>&1").stdout.splitlines()[0] if sh("wrk -v 2>&1").stdout else "wrk",
+        "h2load": sh("h2load --version").stdout.strip(),
+        "rustc": sh("rustc --version").stdout.strip(),
+    }
+    md = [
+        "# strangler benchmark results",
+        "",
+        f"Run `{STAMP}` by `make bench` (`scripts/bench.sh` → `python3 bench/run.py`); raw output in "
+        f"`bench/results/{STAMP}/`.",
+        "",
+        f"- machine: {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}, load average at the end {' '.join(load)}",
+        f"- versions: " + "; ".join(f"{k} {v}" for k, v in versions.items()),
+        f"- method: loopback; the upstream is `bench/upstream` (hyper, 2 threads, 64-byte JSON answers); each number is"
+        f" the median of {RUNS} runs of {RUN_S} s after a {WARM_S} s warm-up; wrk -t1 -c{CONNS} (HTTP/1.1 keep-alive),"
+        f" h2load -t1 -c{CONNS} -m10 (h2c prior knowledge), latency with h2load --h1 -c{CONNS} -m1 --rps at a fixed"
+        f" offered rate (half of nginx's measured peak), percentiles from h2load's per-request log. CPU per request ="
+        f" (utime+stime of the proxy's processes, /proc/PID/stat) / requests served. Peak RSS = VmHWM (summed over"
+        f" nginx's master and workers). Same keep-alive to the upstream everywhere (nginx `keepalive 256`, HAProxy"
+        f" `http-reuse always`, strangler's pool), no access logs, proxy buffering off in nginx.",
+        "",
+        "**Caveat:** the load generator, the upstream and the proxy share the same "
+        f"{os.cpu_count()} cores, so absolute numbers are low and partly measure the load generator; ratios between "
+        "proxies are the meaningful part. "
+        + ("The machine was shared with other engineers' builds during this run (see the load average)." if float(load[0]) > 1.0 else ""),
+        "",
+        "## Targets",
+        "",
+        *tl,
+        "",
+        "## All measurements",
+        "",
+        *lines,
+        "",
+    ]
+    extra = os.path.join(ROOT, "bench/NOTES.md")
+    if os.path.exists(extra):
+        md += [open(extra).read()]
+    text = "\n".join(md)
+    open(os.path.join(ROOT, "bench/RESULTS.md"), "w").write(text)
+    open(os.path.join(OUT, "RESULTS.md"), "w").write(text)
+    json.dump(SUMMARY, open(os.path.join(OUT, "summary.json"), "w"), indent=1)
+    print("\n".join(["## Targets", ""] + tl + ["", "## All measurements", ""] + lines))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        for p in reversed(PROCS):
+            try:
+                stop(p)
+            except Exception:
+                pass
+        report()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# `make bench`: strangler vs nginx vs HAProxy vs the upstream alone, on loopback.
+# Installs nginx, haproxy, wrk and h2load (nghttp2-client) when missing, builds
+# strangler (release) and the benchmark upstream, then runs bench/run.py, which
+# prints one Markdown table and writes bench/RESULTS.md and bench/results/<timestamp>/.
+# BENCH_QUICK=1 (one short run per measurement) for a smoke test; BENCH_SECONDS=N per run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+for tool in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client openssl:openssl curl:curl; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "installing: ${need[*]}" >&2
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release -p strangler --bin strangler
+(cd bench/upstream && cargo build --release)
+# 10,000 idle connections need more descriptors (client and proxy).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+exec python3 bench/run.py "$@"
