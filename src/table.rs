@@ -53,7 +53,7 @@ pub struct Route {
     /// Methods beyond the idempotent ones that may fall back or retry.
     pub fallback_methods: Vec<Method>,
     pub retry_buffer: u64,
-    pub rate_limit: Option<RateLimiter>,
+    pub rate_limit: Option<Arc<RateLimiter>>,
     pub strip_prefix: bool,
     pub fallbacks: IntCounter,
     pub rate_limited: IntCounter,
@@ -354,7 +354,10 @@ fn build_route(
                     }
                 },
             };
-            Some(RateLimiter::new(rl.rps, burst, key))
+            // Same route, same settings: keep the buckets across reloads, so an
+            // edit of routes.yaml never hands every client a fresh burst.
+            let identity = format!("{}|{}|{}|{}", r.name, rl.rps, burst, rl.key);
+            Some(ctx.cache.rate_limiter(identity, || RateLimiter::new(rl.rps, burst, key)))
         }
     };
     let shadow = match &r.shadow {

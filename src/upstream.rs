@@ -339,6 +339,7 @@ pub fn backoff(attempt: u32) -> Duration {
 pub struct UpstreamCache {
     clients: Mutex<HashMap<(Duration, Option<RawUpstreamTls>), HttpClient>>,
     targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
+    limiters: Mutex<HashMap<String, Arc<crate::ratelimit::RateLimiter>>>,
 }
 
 impl UpstreamCache {
@@ -356,6 +357,18 @@ impl UpstreamCache {
         let client = build_client(connect_timeout, tls)?;
         clients.insert(key, client.clone());
         Ok(client)
+    }
+
+    /// The rate limiter with this identity (route and settings), made on first sight.
+    /// Limiters of routes that are gone are dropped.
+    pub fn rate_limiter(
+        &self,
+        identity: String,
+        make: impl FnOnce() -> crate::ratelimit::RateLimiter,
+    ) -> Arc<crate::ratelimit::RateLimiter> {
+        let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        limiters.retain(|_, l| Arc::strong_count(l) > 1);
+        limiters.entry(identity).or_insert_with(|| Arc::new(make())).clone()
     }
 
     /// The live state of a target, made on first sight.

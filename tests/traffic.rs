@@ -349,3 +349,18 @@ async fn upstream_header_can_be_renamed_or_switched_off() {
     proxy.wait_for_hash(&content_hash(&renamed)).await;
     assert_eq!(get(proxy.addr, "/").await.header("x-served-by"), Some("svc"));
 }
+
+#[tokio::test]
+async fn a_reload_does_not_refill_the_rate_limit_buckets() {
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let text = upstreams_yaml(&[("svc", vec![up.url()], "")])
+        + "  - name: limited\n    prefix: /\n    upstream: svc\n    rate_limit: { rps: 0.5, burst: 2 }\n";
+    let proxy = TestProxy::start(&text).await;
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
+    assert_eq!(get(proxy.addr, "/").await.status, 429);
+    let edited = text.clone() + "# an unrelated edit\n";
+    proxy.config.write_in_place(&edited);
+    proxy.wait_for_hash(&content_hash(&edited)).await;
+    assert_eq!(get(proxy.addr, "/").await.status, 429, "the reload handed out a fresh burst");
+}
