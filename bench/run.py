@@ -32,8 +32,8 @@ RUN_S = int(os.environ.get("BENCH_SECONDS", "3" if QUICK else "5"))
 RUNS = 1 if QUICK else 3
 WARM_S = 1 if QUICK else 2
 CONNS = 32
-UP_PORT, SLOW_PORT = 18000, 18001
-P_H1, P_H2, P_TLS, P_ADMIN = 18080, 18082, 18443, 18081
+UP_PORT, SLOW_PORT = 28000, 28001
+P_H1, P_H2, P_TLS, P_ADMIN = 28080, 28082, 28443, 28081
 STAMP = time.strftime("%Y%m%d-%H%M%S")
 OUT = os.path.join(ROOT, "bench/results", STAMP)
 os.makedirs(OUT, exist_ok=True)
@@ -152,8 +152,8 @@ worker_processes {workers};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-worker_rlimit_nofile 40000;
-events {{ worker_connections 20000; }}
+worker_rlimit_nofile 20000;
+events {{ worker_connections 16000; }}
 http {{
   access_log off;
   keepalive_requests 10000000;
@@ -167,6 +167,9 @@ http {{
   proxy_set_header X-Forwarded-For $remote_addr;
   proxy_buffering off;
   proxy_request_buffering off;
+  proxy_buffer_size 64k;
+  proxy_buffers 8 64k;
+  proxy_busy_buffers_size 128k;
   upstream up {{ server 127.0.0.1:{UP_PORT}; keepalive 256; keepalive_requests 10000000; }}
   server {{
     listen 127.0.0.1:{P_H1};
@@ -174,7 +177,6 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{P_H2} http2;
-    http2_max_requests 10000000;
     location / {{ proxy_pass http://up; }}
   }}{tls}
 }}
@@ -186,7 +188,7 @@ def haproxy_config(threads, cert=None):
     return f"""
 global
   nbthread {threads}
-  maxconn 40000
+  fd-hard-limit 20000
   tune.bufsize 65536
 defaults
   mode http
@@ -229,6 +231,8 @@ def start_proxy(kind, workers, routes=1, shadow=False, cert=None):
 def port_of(kind, proto):
     if kind == "direct":
         return UP_PORT
+    if kind == "strangler" and proto == "h2":
+        return P_H1  # HTTP/1.1 and h2c prior knowledge on the same listener
     return {"h1": P_H1, "h2": P_H2, "tls": P_TLS}[proto]
 
 
@@ -268,7 +272,7 @@ def h2load(port, path, n=None, seconds=None, conns=CONNS, streams=10, h1=False, 
     rps_done = float(m.group(3)) if m else 0.0
     s = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
     done = int(s.group(2)) if s else 0
-    errors = (int(s.group(3)) + int(s.group(4))) if s else 1
+    errors = (int(s.group(3)) + int(s.group(4))) if s else -1
     return {"requests": done, "rps": rps_done, "errors": errors}
 
 
@@ -337,24 +341,27 @@ def upload_script():
 
 
 IDLE_CLIENT = r"""
-import socket, sys, time, selectors
+import socket, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
-socks = []
+socks, ok = [], 0
 req = b"GET /idle HTTP/1.1\r\nHost: bench\r\n\r\n"
+# One request per connection, one connection at a time (so the proxy's pool to
+# the upstream stays small), then every connection is kept open, idle.
 for i in range(n):
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(req)
-    socks.append(s)
-ok = 0
-for s in socks:
     s.settimeout(10)
+    s.sendall(req)
     data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
     ok += data.startswith(b"HTTP/1.1 200")
+    socks.append(s)
 print(ok, flush=True)
 sys.stdin.readline()
 """

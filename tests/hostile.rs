@@ -487,6 +487,24 @@ async fn more_encoded_path_tricks_never_reach_the_admin_route() {
     still_serves(&proxy, "encoded paths").await;
 }
 
+#[tokio::test]
+async fn raw_utf8_in_the_path_reaches_the_upstream_unchanged() {
+    let (public, _admin, proxy) = setup().await;
+    let response = raw(
+        proxy.addr,
+        "GET /caf\u{e9}/%41?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
+    let status = raw_status(&response);
+    assert!(status == Some(200) || status == Some(400), "{response}");
+    if status == Some(200) {
+        let uri = public.last_seen().uri;
+        assert!(uri == "/caf%C3%A9/A?q=1" || uri == "/caf\u{e9}/A?q=1", "forwarded as {uri:?}");
+    }
+    still_serves(&proxy, "raw UTF-8 path").await;
+}
+
 // ----------------------------------------------------------- Host games
 
 /// The host a backend would read from a Host value: userinfo, port and a
@@ -609,6 +627,15 @@ fn fuzz_regressions() {
             assert_eq!(once, twice, "normalize is not idempotent on {input:?}");
         }
     }
+    // fuzz/path_router crash-7218e8fc: raw non-ASCII bytes next to an escape
+    // came out as mojibake (each UTF-8 byte pushed as a Latin-1 char), so
+    // normalize was not idempotent and the upstream got another path.
+    for input in ["/\u{FFFD}\u{FFFD}%222222", "/caf\u{e9}/%41", "/\u{65e5}\u{672c}/%7e/../x"] {
+        let once = normalize(input).unwrap();
+        assert_eq!(normalize(&once).unwrap(), once, "{input:?}");
+        assert!(!once.contains('\u{c3}'), "{input:?} -> {once:?}");
+    }
+    assert_eq!(normalize("/caf\u{e9}/%41").unwrap(), "/caf\u{e9}/A");
     for text in ["", "listen: x", "listen: 1\nupstreams: {}\nroutes: []\n", "routes: [{}]", "{", "\u{0}", "- - -"] {
         let _ = strangler::config::Source { file: "fuzz.yaml", text }.parse();
     }
