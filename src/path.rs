@@ -70,13 +70,15 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 /// others, refusing escapes that would change how the path splits.
 fn decode_unreserved(path: &str) -> Result<String, PathError> {
     let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
+    // Bytes, not chars: a raw non-ASCII byte (UTF-8 in the request target) is
+    // copied as is, never re-encoded as a Latin-1 char.
+    let mut out = Vec::with_capacity(path.len());
     let mut fully_decoded = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         if b != b'%' {
-            out.push(b as char);
+            out.push(b);
             fully_decoded.push(b);
             i += 1;
             continue;
@@ -91,12 +93,8 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
             b'/' | b'\\' => return Err(PathError::EncodedSeparator),
             0 => return Err(PathError::Nul),
             v if v < 0x20 || v == 0x7f => return Err(PathError::ControlCharacter),
-            v if is_unreserved(v) => out.push(v as char),
-            v => {
-                out.push('%');
-                out.push(HEX_UPPER[(v >> 4) as usize] as char);
-                out.push(HEX_UPPER[(v & 0xf) as usize] as char);
-            }
+            v if is_unreserved(v) => out.push(v),
+            v => out.extend_from_slice(&[b'%', HEX_UPPER[(v >> 4) as usize], HEX_UPPER[(v & 0xf) as usize]]),
         }
         fully_decoded.push(value);
         i += 3;
@@ -104,7 +102,8 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
     if std::str::from_utf8(&fully_decoded).is_err() {
         return Err(PathError::InvalidUtf8);
     }
-    Ok(out)
+    // Only ASCII was added to bytes copied from a `str`: still UTF-8.
+    String::from_utf8(out).map_err(|_| PathError::InvalidUtf8)
 }
 
 /// Resolves `.` and `..`, merges empty segments, keeps one trailing slash
