@@ -12,14 +12,16 @@ seconds="${1:-60}"; shift || true
 targets=("$@"); [ ${#targets[@]} -eq 0 ] && targets=(config path_router diff)
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
-  cargo +nightly fuzz build -O "${targets[@]/#/}" 2>/dev/null || cargo +nightly fuzz build -O
+  cargo +nightly fuzz build -O
+  marker=$(mktemp); trap 'rm -f "$marker"' EXIT
   for t in "${targets[@]}"; do
     echo "== fuzz $t for ${seconds}s" >&2
     mkdir -p "corpus/$t"
     cargo +nightly fuzz run -O "$t" "corpus/$t" -- -max_total_time="$seconds" -print_final_stats=1 2>&1 \
       | grep -E "^(Done|stat::number_of_executed_units|==|SUMMARY|thread '|.*panicked)|Failing input" || true
-    if ls "artifacts/$t"/crash-* >/dev/null 2>&1; then
-      echo "CRASH in $t: $(ls artifacts/$t/crash-*)" >&2
+    new=$(find "artifacts/$t" -newer "$marker" -type f 2>/dev/null || true)
+    if [ -n "$new" ]; then
+      echo "CRASH in $t: $new" >&2
       exit 1
     fi
   done
