@@ -144,10 +144,17 @@ fn init_logging(format: LogFormat, level: &str) {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.threads {
-        runtime.worker_threads(threads.max(1));
-    }
+    // One worker: a current-thread runtime, without the work-stealing
+    // scheduler's cross-thread bookkeeping.
+    let mut runtime = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads.max(1));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = runtime.enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async move {
         let shared = Shared::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;

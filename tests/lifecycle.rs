@@ -11,7 +11,7 @@ use crate::support::*;
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let up = TestUpstream::start("slow", Behaviour::Slow(Duration::from_millis(1500))).await;
     let dir = ConfigDir::new(&config(&[("slow", &up.url())], "  - {name: all, prefix: /, upstream: slow}\n"));
-    let mut proxy = BinaryProxy::start(&dir.path(), &["--drain-timeout", "10s"]).await;
+    let mut proxy = BinaryProxy::start(&dir.path(), &["--drain-timeout", "10s", "--threads", "1"]).await;
     let addr = proxy.addr;
     let in_flight: Vec<_> =
         (0..5).map(|i| tokio::spawn(async move { get(addr, &format!("/drain/{i}")).await })).collect();
@@ -58,7 +58,7 @@ async fn sighup_reloads_and_address_changes_need_a_restart() {
 async fn access_log_lines_are_structured_json() {
     let up = TestUpstream::start("up", Behaviour::Echo).await;
     let dir = ConfigDir::new(&config(&[("up", &up.url())], "  - {name: web, prefix: /, upstream: up}\n"));
-    let proxy = BinaryProxy::start(&dir.path(), &["--log-format", "json"]).await;
+    let proxy = BinaryProxy::start(&dir.path(), &["--log-format", "json", "--threads", "1"]).await;
     let r = get(proxy.addr, "/logged?q=1").await;
     let id = r.header("x-request-id").unwrap().to_string();
     proxy.wait_for_log(&id).await;
