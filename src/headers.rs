@@ -35,6 +35,12 @@ fn protected(name: &HeaderName) -> bool {
 /// Removes hop-by-hop headers. `Upgrade` is kept only when `keep_upgrade`
 /// (the caller then sets `Connection: upgrade` again itself).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names (cheap comparisons
+    // of well-known headers) spares a hashed lookup per hop-by-hop name.
+    let any = headers.keys().any(|name| name == header::UPGRADE || HOP_BY_HOP.iter().any(|h| *h == name));
+    if !any {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -161,6 +167,18 @@ mod tests {
         assert_eq!(request_id(&h), "abc-1");
         h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("has space"));
         assert_ne!(request_id(&h), "has space");
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_untouched() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "a".parse().unwrap());
+        h.insert("x-custom", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
+        h.insert(KEEP_ALIVE.clone(), "timeout=5".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "keep-alive goes");
     }
 
     #[test]

@@ -169,7 +169,9 @@ async fn forward<'t>(
     if upgrade {
         headers::set_upgrade(hdrs);
     }
-    if let Some(host) = &host_value {
+    // An absolute-form or HTTP/2 authority becomes the Host the upstream sees;
+    // otherwise the client's Host header is already in place.
+    if let (Some(host), Some(_)) = (&host_value, uri.authority()) {
         hdrs.insert(header::HOST, host.clone());
     }
     headers::add_forwarded(hdrs, &conn.client_ip, conn.proto, host_value);
