@@ -148,7 +148,7 @@ async fn bare_lf_is_read_as_crlf_consistently() {
 
 #[tokio::test]
 async fn invalid_chunk_sizes_never_complete_a_request() {
-    let (public, admin, proxy) = setup().await;
+    let (_public, admin, proxy) = setup().await;
     for body in [
         "zz\r\nhello\r\n0\r\n\r\n",
         "ffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
@@ -159,7 +159,6 @@ async fn invalid_chunk_sizes_never_complete_a_request() {
         "5\nhello\n0\n\n",
         "5\r\nhello\r\n0\r\nBad Trailer: x\r\n\r\n",
     ] {
-        let before = public.body_bytes.load(std::sync::atomic::Ordering::SeqCst);
         let msg = format!("POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
         let response = raw(proxy.addr, msg.as_bytes(), Duration::from_secs(3)).await;
         let status = raw_status(&response);
@@ -169,7 +168,6 @@ async fn invalid_chunk_sizes_never_complete_a_request() {
             status.is_none() || status.is_some_and(|s| s >= 400),
             "{body:?} was accepted as a valid chunked body: {response}"
         );
-        let _ = before;
         still_serves(&proxy, &format!("chunk {body:?}")).await;
     }
     assert_eq!(admin.hits(), 0);
@@ -341,10 +339,8 @@ async fn h2_normal_request_by_hand_works() {
 #[tokio::test]
 async fn h2_rapid_reset_is_cut_off() {
     let (public, admin, proxy) = setup().await;
-    let slow = TestUpstream::start("slow", Behaviour::Slow(Duration::from_millis(200))).await;
     public.set(Behaviour::Slow(Duration::from_millis(200)));
-    let _ = slow;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let s = TcpStream::connect(proxy.addr).await.unwrap();
     let mut out = PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
     const N: u32 = 20_000;
@@ -364,10 +360,6 @@ async fn h2_rapid_reset_is_cut_off() {
     let _ = writer.await;
     let hits = public.hits();
     assert!(read.is_ok(), "a rapid-reset connection was still open after 15 s");
-    assert!(
-        data.windows(4).any(|w| w[3] == GOAWAY) || data.is_empty() || read.is_ok(),
-        "no GOAWAY before closing"
-    );
     assert!(hits < (N / 10) as usize, "{hits} of {N} reset streams reached the upstream");
     assert_eq!(admin.hits(), 0);
     eprintln!("rapid reset: closed after {:?}, {hits} upstream hits", started.elapsed());

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::Method;
 use http_body_util::Full;
 use tokio::net::TcpListener;
@@ -385,5 +384,4 @@ async fn many_requests_leave_rss_and_file_descriptors_near_their_baseline() {
     );
     assert!(fds1 <= fds0 + 4, "open fds grew from {fds0} to {fds1}");
     assert!(rss1 <= rss0 + rss0 / 2 + 8 * 1024, "RSS grew from {rss0} KiB to {rss1} KiB");
-    let _ = Bytes::new();
 }
