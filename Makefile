@@ -60,8 +60,19 @@ report: build
 	target/debug/strangler report demo-data/shadow-diffs.jsonl --format html -o demo-data/shadow-report.html
 	@echo "wrote demo-data/shadow-report.html"
 
-bench: release
-	$(CARGO) bench --bench router
+## strangler vs nginx vs HAProxy on loopback (installs them); writes bench/RESULTS.md.
+## Also the criterion benchmarks of the route lookup and the report reader.
+bench:
+	$(CARGO) bench --bench router --bench report
+	scripts/bench.sh
+
+## Long fault-and-load runs (release build); the short versions are in `make test`.
+soak:
+	scripts/soak.sh
+
+## Coverage-guided fuzzing of the config loader, path normalizer + router, and differ (60 s each).
+fuzz:
+	scripts/fuzz.sh 60
 
 clean:
 	$(CARGO) clean
