@@ -22,7 +22,7 @@ use crate::error::ProxyError;
 use crate::headers;
 use crate::path;
 use crate::record::reason;
-use crate::router::host_without_port;
+use crate::router::host_for_matching;
 use crate::shadow::{Mirror, MirrorBody, PrimaryAnswer, ShadowRoute};
 use crate::table::{Route, RouteUpstream, Table};
 use crate::upstream::{Unavailable, Upstream};
@@ -149,7 +149,11 @@ async fn forward<'t>(
         outcome.path = Some(normalized.as_ref().into());
     }
     let host_value = client_host(&req)?;
-    let host = host_value.as_ref().and_then(|v| v.to_str().ok()).map(host_without_port);
+    // The route is chosen on the same host the upstream will read.
+    let host = match &host_value {
+        Some(v) => Some(v.to_str().ok().and_then(host_for_matching).ok_or(ProxyError::BadRequest("invalid Host"))?),
+        None => None,
+    };
     let found = table
         .router
         .lookup(&normalized, host, req.method())

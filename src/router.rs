@@ -179,15 +179,38 @@ fn sort_by_specificity<T>(node: &mut Node, entries: &[(RouteKey, T)]) {
     }
 }
 
+/// The host of a `Host` value (or an authority) as routes match it: port
+/// and a trailing dot dropped (`Example.com.:8080` → `Example.com`; matching
+/// ignores case). `None` when the value is not a valid `host[:port]`:
+/// userinfo, an empty host, a port that is not a number, stray characters.
+pub fn host_for_matching(value: &str) -> Option<&str> {
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (inside, port)
+    } else {
+        match value.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (value, None),
+        }
+    };
+    if let Some(port) = port {
+        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let valid =
+        !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
+    valid.then_some(host)
+}
+
 /// Strips the port from a `Host` value (`example.com:8080`, `[::1]:80`).
 pub fn host_without_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rfind(':') {
-        Some(i) => &host[..i],
-        None => host,
-    }
+    host_for_matching(host).unwrap_or(host)
 }
 
 #[cfg(test)]
@@ -284,6 +307,11 @@ mod tests {
         assert_eq!(host_without_port("a.example:8080"), "a.example");
         assert_eq!(host_without_port("a.example"), "a.example");
         assert_eq!(host_without_port("[::1]:80"), "::1");
+        assert_eq!(host_for_matching("Admin.Example.com.:80"), Some("Admin.Example.com"));
+        assert_eq!(host_for_matching("[::1]"), Some("::1"));
+        for bad in ["user@admin.example.com", "a:80:90", "a:", "a:port", "", ":80", "a b", "a/b", "[::1"] {
+            assert_eq!(host_for_matching(bad), None, "{bad}");
+        }
     }
 
     proptest! {

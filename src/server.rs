@@ -96,7 +96,9 @@ pub async fn run(
             accepted = accept_optional(plain_listener.as_ref()) => (accepted, &plain_kind),
         };
         match accepted {
-            Ok((stream, _)) => serve_connection(&builder, &graceful, &shared, stream, kind.clone()),
+            Ok((stream, _)) => {
+                serve_connection(&builder, &graceful, &shared, stream, kind.clone(), options.header_read_timeout)
+            }
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
                 tracing::warn!(error = %e, "accept failed");
@@ -149,9 +151,14 @@ fn serve_connection(
     shared: &Arc<Shared>,
     stream: TcpStream,
     kind: Kind,
+    first_byte_timeout: Duration,
 ) {
     let Ok(remote) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
+    // hyper reads the first bytes (to tell HTTP/1 from HTTP/2) with no
+    // deadline of its own: a client that connects and stays silent would pin
+    // the connection forever.
+    let stream = FirstByteDeadline::new(stream, first_byte_timeout);
     match kind {
         Kind::Proxy { tls: None } => {
             let conn = Arc::new(Conn::new(remote, "http"));
@@ -168,11 +175,12 @@ fn serve_connection(
         Kind::Proxy { tls: Some(acceptor) } => {
             let (builder, watcher, shared) = (builder.clone(), graceful.watcher(), shared.clone());
             tokio::spawn(async move {
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream.into_inner())).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => return tracing::debug!(error = %e, %remote, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
                 };
+                let stream = FirstByteDeadline::new(stream, first_byte_timeout);
                 let conn = Arc::new(Conn::new(remote, "https"));
                 let service = service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req));
                 let connection =
@@ -217,4 +225,77 @@ fn redirect_to_https<B>(req: &http::Request<B>, port: u16) -> http::Response<cra
         response.headers_mut().insert(http::header::LOCATION, location);
     }
     response
+}
+
+/// Fails the first read of a connection that sends nothing within the deadline.
+struct FirstByteDeadline<S> {
+    inner: S,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByteDeadline<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        FirstByteDeadline { inner, deadline: Some(Box::pin(tokio::time::sleep(timeout))) }
+    }
+
+    fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(deadline) = self.deadline.as_mut() {
+            match &polled {
+                std::task::Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
+                std::task::Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return std::task::Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
+                }
+                _ => {}
+            }
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
