@@ -37,7 +37,7 @@ fn protected(name: &HeaderName) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none: one pass over the names (cheap comparisons
     // of well-known headers) spares a hashed lookup per hop-by-hop name.
-    let any = headers.keys().any(|name| name == header::UPGRADE || HOP_BY_HOP.iter().any(|h| *h == name));
+    let any = headers.keys().any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(&name));
     if !any {
         return;
     }

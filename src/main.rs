@@ -192,16 +192,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// TLS on the main listener, the certificate watcher, and the optional plain listener.
-type TlsParts = (Option<std::sync::Arc<rustls::ServerConfig>>, Option<server::PlainListener>, Option<Box<dyn std::any::Any>>);
+type TlsParts =
+    (Option<std::sync::Arc<rustls::ServerConfig>>, Option<server::PlainListener>, Option<Box<dyn std::any::Any>>);
 
 async fn start_tls(shared: &Shared, https_port: u16, poll_interval: Duration) -> anyhow::Result<TlsParts> {
     let Some(tls) = shared.table.load().raw.tls.clone() else { return Ok((None, None, None)) };
-    let resolver = strangler::tls::CertResolver::load(&tls, &shared.metrics).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+    let resolver =
+        strangler::tls::CertResolver::load(&tls, &shared.metrics).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
     let watch = resolver.watch(poll_interval).map(|w| Box::new(w) as Box<dyn std::any::Any>);
     let plain = match &tls.plain_listen {
         Some(addr) => {
-            let listener =
-                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (plain)"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (plain)"))?;
             tracing::info!(plain = %listener.local_addr()?, redirect_https = tls.redirect_https, "plain HTTP listener");
             Some(server::PlainListener { listener, redirect_to_port: tls.redirect_https.then_some(https_port) })
         }

@@ -50,7 +50,11 @@ impl Load {
                         Ok(r) if r.status == 200 => {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
-                        Ok(r) => failures.lock().unwrap().push((started.elapsed(), path.clone(), format!("{} {}", r.status, r.text()))),
+                        Ok(r) => failures.lock().unwrap().push((
+                            started.elapsed(),
+                            path.clone(),
+                            format!("{} {}", r.status, r.text()),
+                        )),
                         Err(e) => failures.lock().unwrap().push((started.elapsed(), path.clone(), e)),
                     }
                     if !pause.is_zero() {
@@ -93,7 +97,9 @@ fn valid_config(upstream: &str, version: usize) -> String {
 fn invalid_config(upstream: &str, version: usize) -> String {
     match version % 4 {
         0 => valid_config(upstream, version).replace("upstream: up}", "upstream: missing}"),
-        1 => format!("{}  - {{name: bad, prefix: /x, upstream: up, unknown_key: 1}}\n", valid_config(upstream, version)),
+        1 => {
+            format!("{}  - {{name: bad, prefix: /x, upstream: up, unknown_key: 1}}\n", valid_config(upstream, version))
+        }
         2 => valid_config(upstream, version)[..60].to_string(), // truncated mid-write
         _ => format!("{}  - {{name: all, prefix: /, upstream: up}}\n", valid_config(upstream, version)), // duplicate route
     }
@@ -138,7 +144,12 @@ async fn config_rewrites_under_load_apply_every_valid_version_and_reject_every_i
     }
     let took = started.elapsed();
     let (ok, failures) = load.finish().await;
-    assert!(failures.is_empty(), "{} failed requests during reloads, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed requests during reloads, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     let metrics = get(proxy.admin, "/metrics").await.text();
     assert!(metric(&metrics, "strangler_config_reloads_total{result=\"success\"}") > applied as u64);
     assert!(failures_metric(&metrics) >= rejected as u64);
@@ -224,7 +235,10 @@ async fn upstream_deaths_fail_only_without_fallback_and_recover_within_the_healt
         });
         assert!(explained, "/bare failed at {at:?} outside a death window (+{slack:?}) {marks:?}: {what}");
     }
-    assert!(failures.iter().any(|(_, p, _)| p.starts_with("/bare")), "the bare route never failed while its group was dead");
+    assert!(
+        failures.iter().any(|(_, p, _)| p.starts_with("/bare")),
+        "the bare route never failed while its group was dead"
+    );
     assert!(legacy.hits() > 0, "the fallback never answered");
     eprintln!("{ok} ok, {} failures (all on /bare inside death windows)", failures.len());
 }
@@ -263,7 +277,8 @@ async fn sigterm_finishes_in_flight_requests_and_refuses_nothing_while_ready() {
                     Ok(r) if r.status == 200 => served += 1,
                     other => {
                         refused += 1;
-                        let ready = send(&http1(), req(Method::GET, admin, "/readyz").body(Full::default()).unwrap()).await;
+                        let ready =
+                            send(&http1(), req(Method::GET, admin, "/readyz").body(Full::default()).unwrap()).await;
                         if let Ok(ready) = ready {
                             if ready.status == 200 {
                                 refused_while_ready.push(format!("{other:?}"));
@@ -295,10 +310,14 @@ async fn sigterm_finishes_in_flight_requests_and_refuses_nothing_while_ready() {
     }
     stop.store(true, Ordering::Relaxed);
     let (served, refused, refused_while_ready) = prober.await.unwrap();
-    assert!(refused_while_ready.is_empty(), "new connections refused while /readyz said ready: {refused_while_ready:?}");
+    assert!(
+        refused_while_ready.is_empty(),
+        "new connections refused while /readyz said ready: {refused_while_ready:?}"
+    );
     assert!(served > 0 && refused > 0, "served {served}, refused {refused}");
     assert!(not_ready_seen, "/readyz never answered 503 while draining");
-    let status = tokio::time::timeout(Duration::from_secs(15), proxy.child.wait()).await.expect("the proxy exited").unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(15), proxy.child.wait()).await.expect("the proxy exited").unwrap();
     assert!(status.success(), "exit status {status:?}:\n{}", proxy.log_text());
 }
 
@@ -357,7 +376,8 @@ async fn many_requests_leave_rss_and_file_descriptors_near_their_baseline() {
         &[("up", &up.url()), ("down", &down.url())],
         "  - {name: down, prefix: /down, upstream: down}\n  - {name: all, prefix: /, upstream: up}\n",
     ));
-    let proxy = BinaryProxy::start(&dir.path(), &["--threads", "2", "--log-level", "info,strangler::access=warn"]).await;
+    let proxy =
+        BinaryProxy::start(&dir.path(), &["--threads", "2", "--log-level", "info,strangler::access=warn"]).await;
     let pid = proxy.child.id().unwrap();
     let workers = 16;
     assert_eq!(drive(proxy.addr, 1_000, workers).await, 0);

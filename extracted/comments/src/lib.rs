@@ -165,7 +165,12 @@ async fn task_comments(
     }
 }
 
-fn list_comments(st: &AppState, task_id: Result<i64, ApiError>, uri: &Uri, headers: &HeaderMap) -> Result<Response, ApiError> {
+fn list_comments(
+    st: &AppState,
+    task_id: Result<i64, ApiError>,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     authenticate(st, headers)?;
     let task_id = task_id?;
     require_task(st, task_id)?;
@@ -175,9 +180,7 @@ fn list_comments(st: &AppState, task_id: Result<i64, ApiError>, uri: &Uri, heade
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLS} FROM comments WHERE task_id = ?1 ORDER BY id ASC LIMIT ?2 OFFSET ?3"
     ))?;
-    let items = stmt
-        .query_map(params![task_id, p.per_page, p.offset], comment_json)?
-        .collect::<Result<Vec<_>, _>>()?;
+    let items = stmt.query_map(params![task_id, p.per_page, p.offset], comment_json)?.collect::<Result<Vec<_>, _>>()?;
     Ok(json_response(StatusCode::OK, &page_json(items, &p, total)))
 }
 
@@ -186,7 +189,12 @@ async fn read_body_field(st: &AppState, body: Body) -> Result<String, ApiError> 
     Ok(req_str(&data, "body", 1, BODY_MAX, true, true)?.unwrap_or_default())
 }
 
-async fn create_comment(st: &AppState, task_id: Result<i64, ApiError>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn create_comment(
+    st: &AppState,
+    task_id: Result<i64, ApiError>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let uid = authenticate(st, headers)?;
     let task_id = task_id?;
     require_task(st, task_id)?;
@@ -239,15 +247,18 @@ fn owned(st: &AppState, id: Result<i64, ApiError>, headers: &HeaderMap) -> Resul
     Ok((uid, id))
 }
 
-async fn update_comment(st: &AppState, id: Result<i64, ApiError>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn update_comment(
+    st: &AppState,
+    id: Result<i64, ApiError>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let (uid, id) = owned(st, id, headers)?;
     let text = read_body_field(st, body).await?;
     let mut conn = lock(st)?;
     let tx = conn.transaction()?;
-    let n = tx.execute(
-        "UPDATE comments SET body = ?1, updated_at = ?2 WHERE id = ?3",
-        params![text, dates::now_ts(), id],
-    )?;
+    let n =
+        tx.execute("UPDATE comments SET body = ?1, updated_at = ?2 WHERE id = ?3", params![text, dates::now_ts(), id])?;
     if n == 0 {
         // deleted concurrently (e.g. by the sync loop) between the checks and the write
         return Err(ApiError::not_found("comment", id));
@@ -264,8 +275,7 @@ fn delete_comment(st: &AppState, id: Result<i64, ApiError>, headers: &HeaderMap)
     conn.execute("DELETE FROM comments WHERE id = ?1", [id])?;
     tracing::info!(comment = id, author = uid, "comment deleted");
     let mut resp = (StatusCode::NO_CONTENT, "").into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     Ok(resp)
 }
 

@@ -1,9 +1,9 @@
 use clap::{Parser, Subcommand, ValueEnum};
+use comments::{backfill, open_db, run, spawn_sync, AppState, DEV_JWT_SECRET};
 use extracted_common::server::{init_logging, shutdown_signal};
 use extracted_common::sync::SyncConfig;
 use std::path::PathBuf;
 use std::time::Duration;
-use comments::{backfill, open_db, run, spawn_sync, AppState, DEV_JWT_SECRET};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {

@@ -84,14 +84,32 @@ async fn reads_against_own_db() {
     assert_eq!(r, json!({"items": [], "page": 1, "per_page": 20, "total": 0}));
     let r = req("GET", &format!("{u}/api/tasks/1/comments?per_page=1000"), Some(3), None).await.json();
     assert_eq!(r["per_page"], 100);
-    assert_err(&req("GET", &format!("{u}/api/tasks/9/comments"), Some(3), None).await, 404, r#"{"error":"not_found","message":"task 9 not found"}"#);
+    assert_err(
+        &req("GET", &format!("{u}/api/tasks/9/comments"), Some(3), None).await,
+        404,
+        r#"{"error":"not_found","message":"task 9 not found"}"#,
+    );
     // unknown task wins over bad pagination
-    assert_err(&req("GET", &format!("{u}/api/tasks/9/comments?page=0"), Some(3), None).await, 404, r#"{"error":"not_found","message":"task 9 not found"}"#);
-    assert_err(&req("GET", &format!("{u}/api/tasks/1/comments?page=0"), Some(3), None).await, 400,
-        r#"{"error":"validation_error","field":"page","message":"page must be >= 1"}"#);
-    assert_err(&req("GET", &format!("{u}/api/tasks/1/comments?per_page=z"), Some(3), None).await, 400,
-        r#"{"error":"validation_error","field":"per_page","message":"per_page must be an integer"}"#);
-    assert_err(&req("GET", &format!("{u}/api/comments/999"), Some(3), None).await, 404, r#"{"error":"not_found","message":"comment 999 not found"}"#);
+    assert_err(
+        &req("GET", &format!("{u}/api/tasks/9/comments?page=0"), Some(3), None).await,
+        404,
+        r#"{"error":"not_found","message":"task 9 not found"}"#,
+    );
+    assert_err(
+        &req("GET", &format!("{u}/api/tasks/1/comments?page=0"), Some(3), None).await,
+        400,
+        r#"{"error":"validation_error","field":"page","message":"page must be >= 1"}"#,
+    );
+    assert_err(
+        &req("GET", &format!("{u}/api/tasks/1/comments?per_page=z"), Some(3), None).await,
+        400,
+        r#"{"error":"validation_error","field":"per_page","message":"per_page must be an integer"}"#,
+    );
+    assert_err(
+        &req("GET", &format!("{u}/api/comments/999"), Some(3), None).await,
+        404,
+        r#"{"error":"not_found","message":"comment 999 not found"}"#,
+    );
     for p in ["/api/comments/x", "/api/comments/", "/api/tasks/x/comments", "/api/tasks/1/comments/", "/api/comments"] {
         let r = req("GET", &format!("{u}{p}"), None, None).await;
         assert_eq!((r.status, r.body.len()), (404, 207), "{p}");
@@ -107,12 +125,22 @@ async fn reads_against_own_db() {
     assert_err(&req("PATCH", &format!("{u}/api/comments/1"), None, Some("{}")).await, 401, missing);
     assert_err(&req("DELETE", &format!("{u}/api/comments/1"), None, None).await, 401, missing);
     let expired = format!("Bearer {}", token(SECRET, 1, -30));
-    assert_err(&send("GET", &format!("{u}/api/comments/1"), &[("Authorization", &expired)], None).await, 401,
-        r#"{"error":"unauthorized","message":"token expired"}"#);
-    assert_err(&req("GET", &format!("{u}/api/comments/1"), Some(99), None).await, 401, r#"{"error":"unauthorized","message":"invalid token"}"#);
+    assert_err(
+        &send("GET", &format!("{u}/api/comments/1"), &[("Authorization", &expired)], None).await,
+        401,
+        r#"{"error":"unauthorized","message":"token expired"}"#,
+    );
+    assert_err(
+        &req("GET", &format!("{u}/api/comments/1"), Some(99), None).await,
+        401,
+        r#"{"error":"unauthorized","message":"invalid token"}"#,
+    );
     let wrong = format!("Bearer {}", token("nope", 1, 60));
-    assert_err(&send("GET", &format!("{u}/api/comments/1"), &[("Authorization", &wrong)], None).await, 401,
-        r#"{"error":"unauthorized","message":"invalid token"}"#);
+    assert_err(
+        &send("GET", &format!("{u}/api/comments/1"), &[("Authorization", &wrong)], None).await,
+        401,
+        r#"{"error":"unauthorized","message":"invalid token"}"#,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,16 +149,27 @@ async fn writes_against_own_db() {
     let svc = start(st.clone()).await;
     let u = &svc.url;
     // create (any user, any existing task), text/plain body is fine, unknown fields ignored
-    let r = send("POST", &format!("{u}/api/tasks/3/comments"), &[("Authorization", &bearer(2)), ("Content-Type", "text/plain")],
-        Some(br#"{"body": "  hello \u00e9  ", "author_id": 1, "id": 5, "task_id": 2}"#)).await;
+    let r = send(
+        "POST",
+        &format!("{u}/api/tasks/3/comments"),
+        &[("Authorization", &bearer(2)), ("Content-Type", "text/plain")],
+        Some(br#"{"body": "  hello \u00e9  ", "author_id": 1, "id": 5, "task_id": 2}"#),
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let c = r.json();
-    assert_eq!((c["id"].clone(), c["task_id"].clone(), c["author_id"].clone(), c["body"].clone()), (json!(27), json!(3), json!(2), json!("  hello é  ")));
+    assert_eq!(
+        (c["id"].clone(), c["task_id"].clone(), c["author_id"].clone(), c["body"].clone()),
+        (json!(27), json!(3), json!(2), json!("  hello é  "))
+    );
     assert_eq!(c["created_at"], c["updated_at"]);
     assert!(c["created_at"].as_str().unwrap().ends_with(" GMT"));
     assert_eq!(req("GET", &format!("{u}/api/comments/27"), Some(1), None).await.json(), c);
     // validation (same bodies as the monolith)
-    let post = |b: &'static str| { let u = u.clone(); async move { req("POST", &format!("{u}/api/tasks/1/comments"), Some(1), Some(b)).await } };
+    let post = |b: &'static str| {
+        let u = u.clone();
+        async move { req("POST", &format!("{u}/api/tasks/1/comments"), Some(1), Some(b)).await }
+    };
     assert_err(&post("").await, 400, r#"{"error":"bad_request","message":"malformed JSON body"}"#);
     assert_err(&post("{bad").await, 400, r#"{"error":"bad_request","message":"malformed JSON body"}"#);
     assert_err(&post("[1, 2]").await, 400, r#"{"error":"bad_request","message":"JSON body must be an object"}"#);
@@ -142,25 +181,57 @@ async fn writes_against_own_db() {
     assert_err(&post(r#"{"body": ""}"#).await, 400, &verr("body must not be empty"));
     assert_err(&post("{\"body\": \" \\t\\n\\u3000\\u001f \"}").await, 400, &verr("body must not be empty"));
     let long = format!(r#"{{"body": "{}"}}"#, "é".repeat(10001));
-    let r = send("POST", &format!("{u}/api/tasks/1/comments"), &[("Authorization", &bearer(1))], Some(long.as_bytes())).await;
+    let r = send("POST", &format!("{u}/api/tasks/1/comments"), &[("Authorization", &bearer(1))], Some(long.as_bytes()))
+        .await;
     // this service's fixture uses a 4096-byte body limit -> 413 first
-    assert_err(&r, 413, r#"{"error":"payload_too_large","message":"request body exceeds the maximum upload size of 4096 bytes"}"#);
+    assert_err(
+        &r,
+        413,
+        r#"{"error":"payload_too_large","message":"request body exceeds the maximum upload size of 4096 bytes"}"#,
+    );
     // unknown task -> 404 before the body is looked at
-    assert_err(&req("POST", &format!("{u}/api/tasks/77/comments"), Some(1), Some("nonsense")).await, 404, r#"{"error":"not_found","message":"task 77 not found"}"#);
+    assert_err(
+        &req("POST", &format!("{u}/api/tasks/77/comments"), Some(1), Some("nonsense")).await,
+        404,
+        r#"{"error":"not_found","message":"task 77 not found"}"#,
+    );
 
     // PATCH: author only; 404 before 403 before 400
-    assert_err(&req("PATCH", &format!("{u}/api/comments/999"), Some(1), Some("x")).await, 404, r#"{"error":"not_found","message":"comment 999 not found"}"#);
-    assert_err(&req("PATCH", &format!("{u}/api/comments/1"), Some(2), Some("x")).await, 403, r#"{"error":"forbidden","message":"only the author can modify comment 1"}"#);
-    assert_err(&req("PATCH", &format!("{u}/api/comments/1"), Some(1), Some("x")).await, 400, r#"{"error":"bad_request","message":"malformed JSON body"}"#);
-    assert_err(&req("PATCH", &format!("{u}/api/comments/1"), Some(1), Some(r#"{"text": "x"}"#)).await, 400, &verr("body is required"));
+    assert_err(
+        &req("PATCH", &format!("{u}/api/comments/999"), Some(1), Some("x")).await,
+        404,
+        r#"{"error":"not_found","message":"comment 999 not found"}"#,
+    );
+    assert_err(
+        &req("PATCH", &format!("{u}/api/comments/1"), Some(2), Some("x")).await,
+        403,
+        r#"{"error":"forbidden","message":"only the author can modify comment 1"}"#,
+    );
+    assert_err(
+        &req("PATCH", &format!("{u}/api/comments/1"), Some(1), Some("x")).await,
+        400,
+        r#"{"error":"bad_request","message":"malformed JSON body"}"#,
+    );
+    assert_err(
+        &req("PATCH", &format!("{u}/api/comments/1"), Some(1), Some(r#"{"text": "x"}"#)).await,
+        400,
+        &verr("body is required"),
+    );
     let r = req("PATCH", &format!("{u}/api/comments/2"), Some(1), Some(r#"{"body": "edited", "task_id": 3}"#)).await;
     assert_eq!(r.status, 200);
     let c = r.json();
-    assert_eq!((c["body"].clone(), c["task_id"].clone(), c["created_at"].clone()), (json!("edited"), json!(1), json!("Mon, 01 Jan 2024 09:37:00 GMT")));
+    assert_eq!(
+        (c["body"].clone(), c["task_id"].clone(), c["created_at"].clone()),
+        (json!("edited"), json!(1), json!("Mon, 01 Jan 2024 09:37:00 GMT"))
+    );
     assert_ne!(c["updated_at"], c["created_at"]);
 
     // DELETE: author only
-    assert_err(&req("DELETE", &format!("{u}/api/comments/26"), Some(1), None).await, 403, r#"{"error":"forbidden","message":"only the author can modify comment 26"}"#);
+    assert_err(
+        &req("DELETE", &format!("{u}/api/comments/26"), Some(1), None).await,
+        403,
+        r#"{"error":"forbidden","message":"only the author can modify comment 26"}"#,
+    );
     let r = req("DELETE", &format!("{u}/api/comments/26"), Some(2), None).await;
     assert_eq!(r.status, 204);
     assert!(r.body.is_empty());
@@ -171,7 +242,9 @@ async fn writes_against_own_db() {
 }
 
 fn monolith_like_db(path: &std::path::Path) -> Connection {
-    let schema = std::fs::read_to_string(extracted_common::testkit::repo_root().join("legacy-monolith/taskapp/schema.sql")).unwrap();
+    let schema =
+        std::fs::read_to_string(extracted_common::testkit::repo_root().join("legacy-monolith/taskapp/schema.sql"))
+            .unwrap();
     let c = Connection::open(path).unwrap();
     c.execute_batch(&schema).unwrap();
     c
@@ -196,8 +269,11 @@ async fn backfill_copies_users_tasks_comments() {
     let st = AppState::new(conn, SECRET);
     let svc = start(st).await;
     let r = req("GET", &format!("{}/api/tasks/5/comments", svc.url), Some(1), None).await.json();
-    assert_eq!(r, json!({"items": [{"author_id": 2, "body": "hi", "created_at": "Mon, 04 Mar 2024 05:06:07 GMT", "id": 9, "task_id": 5,
-        "updated_at": "Tue, 05 Mar 2024 05:06:07 GMT"}], "page": 1, "per_page": 20, "total": 1}));
+    assert_eq!(
+        r,
+        json!({"items": [{"author_id": 2, "body": "hi", "created_at": "Mon, 04 Mar 2024 05:06:07 GMT", "id": 9, "task_id": 5,
+        "updated_at": "Tue, 05 Mar 2024 05:06:07 GMT"}], "page": 1, "per_page": 20, "total": 1})
+    );
     // new local comments continue after the backfilled ids
     let r = req("POST", &format!("{}/api/tasks/5/comments", svc.url), Some(1), Some(r#"{"body":"next"}"#)).await;
     assert_eq!(r.json()["id"], 10);
@@ -212,12 +288,16 @@ struct Feed {
 
 async fn fake_feed(feed: Arc<Mutex<Feed>>) -> String {
     use axum::extract::{Query, State};
-    async fn h(State(f): State<Arc<Mutex<Feed>>>, Query(q): Query<std::collections::HashMap<String, String>>) -> axum::Json<Value> {
+    async fn h(
+        State(f): State<Arc<Mutex<Feed>>>,
+        Query(q): Query<std::collections::HashMap<String, String>>,
+    ) -> axum::Json<Value> {
         let after: i64 = q.get("after").and_then(|s| s.parse().ok()).unwrap_or(0);
         let limit: usize = q.get("limit").and_then(|s| s.parse().ok()).unwrap_or(100);
         let mut f = f.lock().unwrap();
         f.afters.push(after);
-        let evs: Vec<Value> = f.events.iter().filter(|e| e["id"].as_i64().unwrap() > after).take(limit).cloned().collect();
+        let evs: Vec<Value> =
+            f.events.iter().filter(|e| e["id"].as_i64().unwrap() > after).take(limit).cloned().collect();
         let next = evs.last().map(|e| e["id"].as_i64().unwrap()).unwrap_or(after);
         axum::Json(json!({"events": evs, "next_after": next}))
     }
@@ -241,15 +321,24 @@ async fn wait_cursor(st: &SharedState, want: i64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let c = db::cursor(&st.db.lock().unwrap()).unwrap();
-        if c == want { return; }
+        if c == want {
+            return;
+        }
         assert!(Instant::now() < deadline, "cursor stuck at {c}, want {want}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 fn rows(st: &SharedState) -> Vec<(i64, i64, String)> {
-    st.db.lock().unwrap().prepare("SELECT id, task_id, body FROM comments ORDER BY id").unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    st.db
+        .lock()
+        .unwrap()
+        .prepare("SELECT id, task_id, body FROM comments ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,7 +369,8 @@ async fn sync_applies_resumes_deletes() {
     let r = req("GET", &format!("{}/api/comments/100", svc.url), Some(1), None).await;
     assert_eq!(r.json(), cmt(100, 10, 1, "first, edited"));
     // replaying applied events does nothing
-    let old: Vec<Event> = serde_json::from_value(json!([ev(5, "comment", "create", 101, cmt(101, 10, 1, "second"))])).unwrap();
+    let old: Vec<Event> =
+        serde_json::from_value(json!([ev(5, "comment", "create", 101, cmt(101, 10, 1, "second"))])).unwrap();
     assert_eq!(sync::apply_batch(&st.db, &CommentsApplier, &old).unwrap(), (0, 9));
     assert_eq!(rows(&st).len(), 2);
     drop(svc);
@@ -312,7 +402,9 @@ async fn contract_against_real_monolith() {
     let stats = backfill(&mut conn, &mono.db).unwrap();
     assert_eq!((stats.users, stats.tasks, stats.comments), (10, 40, 100));
     // who wrote what, to find authors / non-authors
-    let (cid, author): (i64, i64) = conn.query_row("SELECT id, author_id FROM comments ORDER BY id LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let (cid, author): (i64, i64) = conn
+        .query_row("SELECT id, author_id FROM comments ORDER BY id LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
     let other = if author == 1 { 2 } else { 1 };
     let st = AppState::new(conn, secret);
     let _sync = spawn_sync(&st, SyncConfig::new(mono.url.clone(), None, Duration::from_millis(100)));
@@ -324,14 +416,34 @@ async fn contract_against_real_monolith() {
 
     let mut paths: Vec<String> = (1..=41).map(|t| format!("/api/tasks/{t}/comments")).collect();
     paths.extend((0..=102).step_by(3).map(|c| format!("/api/comments/{c}")));
-    for q in ["?page=2", "?per_page=1", "?per_page=2&page=3", "?per_page=101", "?page=99", "?page=0", "?per_page=0", "?page=x",
-              "?per_page=1.0", "?page=-3", "?page=", "?page=%2B1"] {
+    for q in [
+        "?page=2",
+        "?per_page=1",
+        "?per_page=2&page=3",
+        "?per_page=101",
+        "?page=99",
+        "?page=0",
+        "?per_page=0",
+        "?page=x",
+        "?per_page=1.0",
+        "?page=-3",
+        "?page=",
+        "?page=%2B1",
+    ] {
         for t in [1, 7, 999] {
             paths.push(format!("/api/tasks/{t}/comments{q}"));
         }
     }
-    for p in ["/api/comments", "/api/comments/", "/api/comments/abc", "/api/comments/1/", "/api/tasks/abc/comments",
-              "/api/tasks/1/comments/", "/api/tasks/1/comment", "/api/comments/99999999999999999999999"] {
+    for p in [
+        "/api/comments",
+        "/api/comments/",
+        "/api/comments/abc",
+        "/api/comments/1/",
+        "/api/tasks/abc/comments",
+        "/api/tasks/1/comments/",
+        "/api/tasks/1/comment",
+        "/api/comments/99999999999999999999999",
+    ] {
         paths.push(p.to_string());
     }
     for p in &paths {
@@ -342,7 +454,12 @@ async fn contract_against_real_monolith() {
         assert_same(m, s, "HEAD", p, a, None).await;
         assert_same(m, s, "OPTIONS", p, &[], None).await;
     }
-    for (meth, p) in [("PUT", "/api/comments/1"), ("POST", "/api/comments/1"), ("DELETE", "/api/tasks/1/comments"), ("PATCH", "/api/tasks/1/comments")] {
+    for (meth, p) in [
+        ("PUT", "/api/comments/1"),
+        ("POST", "/api/comments/1"),
+        ("DELETE", "/api/tasks/1/comments"),
+        ("PATCH", "/api/tasks/1/comments"),
+    ] {
         assert_eq!(assert_same(m, s, meth, p, &[], None).await.status, 405);
     }
     let expired = format!("Bearer {}", token(secret, 1, -60));
@@ -355,9 +472,28 @@ async fn contract_against_real_monolith() {
     }
     // failing writes (nothing is written on either side)
     let long = format!(r#"{{"body": "{}"}}"#, "x".repeat(10001));
-    let bodies: Vec<&[u8]> = vec![b"", b"   ", b"{", b"nope", b"[]", b"42", b"null", b"\"s\"", b"{}", br#"{"body": null}"#, br#"{"body": 1}"#,
-        br#"{"body": true}"#, br#"{"body": {}}"#, br#"{"body": ""}"#, br#"{"body": "   "}"#, b"{\"body\": \"\\t\\n\"}", br#"{"Body": "x"}"#,
-        long.as_bytes(), b"\xff\xfe", b"{\"body\": \"\xc3\"}"];
+    let bodies: Vec<&[u8]> = vec![
+        b"",
+        b"   ",
+        b"{",
+        b"nope",
+        b"[]",
+        b"42",
+        b"null",
+        b"\"s\"",
+        b"{}",
+        br#"{"body": null}"#,
+        br#"{"body": 1}"#,
+        br#"{"body": true}"#,
+        br#"{"body": {}}"#,
+        br#"{"body": ""}"#,
+        br#"{"body": "   "}"#,
+        b"{\"body\": \"\\t\\n\"}",
+        br#"{"Body": "x"}"#,
+        long.as_bytes(),
+        b"\xff\xfe",
+        b"{\"body\": \"\xc3\"}",
+    ];
     for b in &bodies {
         assert_same(m, s, "POST", "/api/tasks/3/comments", a, Some(b)).await;
         assert_same(m, s, "POST", "/api/tasks/999/comments", a, Some(b)).await;
@@ -369,10 +505,17 @@ async fn contract_against_real_monolith() {
     assert_same(m, s, "DELETE", "/api/comments/9999", a, None).await;
 
     // writes through the monolith reach the service within 5 s
-    let r = send("POST", &format!("{m}/api/tasks/3/comments"), a, Some("{\"body\": \"Zoë \u{1F600} new\"}".as_bytes())).await;
+    let r = send("POST", &format!("{m}/api/tasks/3/comments"), a, Some("{\"body\": \"Zoë \u{1F600} new\"}".as_bytes()))
+        .await;
     assert_eq!(r.status, 201);
     let new_id = r.json()["id"].as_i64().unwrap();
-    let r = send("PATCH", &format!("{m}/api/comments/{cid}"), &[("Authorization", &tok_author)], Some(br#"{"body": "edited in the monolith"}"#)).await;
+    let r = send(
+        "PATCH",
+        &format!("{m}/api/comments/{cid}"),
+        &[("Authorization", &tok_author)],
+        Some(br#"{"body": "edited in the monolith"}"#),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let r = send("DELETE", &format!("{m}/api/comments/{new_id}"), a, None).await;
     assert_eq!(r.status, 204);
@@ -380,8 +523,13 @@ async fn contract_against_real_monolith() {
     let r2 = send("POST", &format!("{m}/api/tasks/4/comments"), a, Some(br#"{"body": "stays"}"#)).await;
     let kept = r2.json()["id"].as_i64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    let check = [format!("/api/comments/{cid}"), format!("/api/comments/{new_id}"), format!("/api/comments/{kept}"),
-                 "/api/tasks/3/comments?per_page=100".to_string(), "/api/tasks/4/comments?per_page=100".to_string()];
+    let check = [
+        format!("/api/comments/{cid}"),
+        format!("/api/comments/{new_id}"),
+        format!("/api/comments/{kept}"),
+        "/api/tasks/3/comments?per_page=100".to_string(),
+        "/api/tasks/4/comments?per_page=100".to_string(),
+    ];
     loop {
         let mut same = true;
         for p in &check {
@@ -389,7 +537,9 @@ async fn contract_against_real_monolith() {
             let y = send("GET", &format!("{s}{p}"), a, None).await;
             same &= x.status == y.status && x.body == y.body;
         }
-        if same { break; }
+        if same {
+            break;
+        }
         assert!(Instant::now() < deadline, "service did not catch up within 5 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

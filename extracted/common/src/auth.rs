@@ -64,8 +64,8 @@ pub fn verify_token(token: &str, secret: &str) -> Result<i64, ApiError> {
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    let data = decode::<Value>(token, &DecodingKey::from_secret(secret.as_bytes()), &validation)
-        .map_err(|_| invalid())?;
+    let data =
+        decode::<Value>(token, &DecodingKey::from_secret(secret.as_bytes()), &validation).map_err(|_| invalid())?;
     let claims = data.claims.as_object().ok_or_else(invalid)?;
     // require: exp, iat, sub (present and not null)
     for c in ["exp", "iat", "sub"] {

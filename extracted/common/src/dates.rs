@@ -4,9 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
+const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
 pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
@@ -49,7 +47,11 @@ pub fn parse_ts(s: &str) -> Option<(i64, u32, u32, u32, u32, u32)> {
     }
     let num = |r: std::ops::Range<usize>| -> Option<u32> {
         let t = &s[r];
-        if t.bytes().all(|c| c.is_ascii_digit()) { t.parse().ok() } else { None }
+        if t.bytes().all(|c| c.is_ascii_digit()) {
+            t.parse().ok()
+        } else {
+            None
+        }
     };
     let (y, m, d) = (num(0..4)? as i64, num(5..7)?, num(8..10)?);
     let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -65,10 +67,7 @@ pub fn ts_to_http(s: &str) -> String {
         Some((y, m, d, hh, mm, ss)) => {
             let days = days_from_civil(y, m, d);
             let wd = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
-            format!(
-                "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
-                DAYS[wd], d, MONTHS[m as usize - 1], y, hh, mm, ss
-            )
+            format!("{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT", DAYS[wd], d, MONTHS[m as usize - 1], y, hh, mm, ss)
         }
         None => s.to_string(),
     }

@@ -29,10 +29,7 @@ pub fn shared(conn: Connection) -> Db {
 
 /// Last change-feed event id applied to this database (0 if never synced).
 pub fn cursor(conn: &Connection) -> rusqlite::Result<i64> {
-    Ok(conn
-        .query_row("SELECT last_event_id FROM sync_state WHERE id = 1", [], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0))
+    Ok(conn.query_row("SELECT last_event_id FROM sync_state WHERE id = 1", [], |r| r.get(0)).optional()?.unwrap_or(0))
 }
 
 pub fn set_cursor(conn: &Connection, id: i64) -> rusqlite::Result<()> {

@@ -78,8 +78,7 @@ pub const HTML_405: &str = "<!doctype html>\n<html lang=en>\n<title>405 Method N
 
 fn html(status: StatusCode, body: &'static str) -> Response {
     let mut resp = (status, body).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     resp
 }
 

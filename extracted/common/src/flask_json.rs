@@ -93,8 +93,7 @@ pub fn json_response(status: StatusCode, v: &Value) -> Response {
     let mut body = dumps(v);
     body.push('\n');
     let mut resp = (status, body).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -106,9 +105,6 @@ mod tests {
     #[test]
     fn matches_python() {
         let v = json!({"b": 1, "a": "Zoë \u{7f} \u{1F600} \"q\" \\ \n", "c": [null, true, -3]});
-        assert_eq!(
-            dumps(&v),
-            r#"{"a":"Zo\u00eb \u007f \ud83d\ude00 \"q\" \\ \n","b":1,"c":[null,true,-3]}"#
-        );
+        assert_eq!(dumps(&v), r#"{"a":"Zo\u00eb \u007f \ud83d\ude00 \"q\" \\ \n","b":1,"c":[null,true,-3]}"#);
     }
 }

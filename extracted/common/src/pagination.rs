@@ -21,7 +21,9 @@ pub enum PyInt {
     Value(i64),
     /// A valid integer that does not fit in i64 (Python would accept it,
     /// SQLite would then fail with OverflowError -> 500).
-    TooBig { negative: bool },
+    TooBig {
+        negative: bool,
+    },
     Invalid,
 }
 
@@ -49,9 +51,8 @@ pub fn py_int(s: &str) -> PyInt {
 
 /// Monolith `int_arg(name, default, minimum)`: first value of the query parameter.
 pub fn int_arg(query: Option<&str>, name: &str, default: i64, minimum: i64) -> Result<i64, ApiError> {
-    let raw = query.and_then(|q| {
-        form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
-    });
+    let raw =
+        query.and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned()));
     let raw = match raw {
         None => return Ok(default),
         Some(r) if r.is_empty() => return Ok(default),

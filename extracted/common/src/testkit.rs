@@ -66,7 +66,10 @@ pub fn token_with(secret: &str, claims: &Value) -> String {
 pub fn token(secret: &str, user_id: i64, ttl: i64) -> String {
     let now = unix_now();
     let iat = if ttl < 0 { now + ttl - 10 } else { now };
-    token_with(secret, &serde_json::json!({"sub": user_id.to_string(), "username": format!("user{user_id:04}"), "iat": iat, "exp": now + ttl}))
+    token_with(
+        secret,
+        &serde_json::json!({"sub": user_id.to_string(), "username": format!("user{user_id:04}"), "iat": iat, "exp": now + ttl}),
+    )
 }
 
 pub fn repo_root() -> PathBuf {
@@ -130,7 +133,8 @@ impl Monolith {
             cmd.env("TASKAPP_INTERNAL_TOKEN", t);
         }
         let child = cmd.spawn().expect("starting legacy-monolith/run.sh");
-        let m = Monolith { url: format!("http://127.0.0.1:{port}"), db, secret: secret.into(), child, _dir: dir.into() };
+        let m =
+            Monolith { url: format!("http://127.0.0.1:{port}"), db, secret: secret.into(), child, _dir: dir.into() };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ok = tokio::time::timeout(Duration::from_secs(2), async {
@@ -180,11 +184,25 @@ impl Drop for Monolith {
 
 /// Send the same request to two base URLs; assert identical status, Content-Type
 /// and body (byte-identical; for JSON also value-identical). Returns the monolith's answer.
-pub async fn assert_same(mono: &str, svc: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+pub async fn assert_same(
+    mono: &str,
+    svc: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
     let a = send(method, &format!("{mono}{path}"), headers, body).await;
     let b = send(method, &format!("{svc}{path}"), headers, body).await;
-    let ctx = format!("{method} {path} headers={headers:?}\n monolith: {} {:?} {}\n service:  {} {:?} {}",
-        a.status, a.header("content-type"), a.text(), b.status, b.header("content-type"), b.text());
+    let ctx = format!(
+        "{method} {path} headers={headers:?}\n monolith: {} {:?} {}\n service:  {} {:?} {}",
+        a.status,
+        a.header("content-type"),
+        a.text(),
+        b.status,
+        b.header("content-type"),
+        b.text()
+    );
     assert_eq!(a.status, b.status, "status differs: {ctx}");
     assert_eq!(a.header("content-type"), b.header("content-type"), "content-type differs: {ctx}");
     assert_eq!(a.header("www-authenticate"), b.header("www-authenticate"), "www-authenticate differs: {ctx}");

@@ -102,7 +102,13 @@ fn user_json(r: &rusqlite::Row) -> rusqlite::Result<Value> {
     }))
 }
 
-async fn users_collection(State(st): State<SharedState>, method: Method, uri: Uri, headers: HeaderMap, _body: Body) -> Response {
+async fn users_collection(
+    State(st): State<SharedState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    _body: Body,
+) -> Response {
     match method {
         Method::GET | Method::HEAD => list_users(&st, &uri, &headers).unwrap_or_else(|e| e.into_response()),
         Method::OPTIONS => match authenticate(&st, &headers) {
@@ -204,9 +210,8 @@ pub fn backfill(conn: &mut Connection, monolith_db: &FsPath) -> anyhow::Result<(
     let snap = mono.transaction()?; // one read snapshot for rows + max event id
     let max_event = db::monolith_max_event_id(&snap)?;
     let rows: Vec<(i64, String, String, String, String, String)> = {
-        let mut stmt = snap.prepare(
-            "SELECT id, username, email, full_name, created_at, updated_at FROM users ORDER BY id",
-        )?;
+        let mut stmt =
+            snap.prepare("SELECT id, username, email, full_name, created_at, updated_at FROM users ORDER BY id")?;
         let it = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
         it.collect::<Result<_, _>>()?
     };

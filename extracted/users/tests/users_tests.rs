@@ -85,14 +85,26 @@ async fn endpoints_against_own_db() {
     assert_eq!(r["per_page"], 100);
     assert_eq!(r["items"].as_array().unwrap().len(), 25);
 
-    assert_err(&get(&format!("{u}/api/users?page=0"), Some(&t)).await, 400,
-        r#"{"error":"validation_error","field":"page","message":"page must be >= 1"}"#);
-    assert_err(&get(&format!("{u}/api/users?per_page=abc"), Some(&t)).await, 400,
-        r#"{"error":"validation_error","field":"per_page","message":"per_page must be an integer"}"#);
-    assert_err(&get(&format!("{u}/api/users?per_page=0"), Some(&t)).await, 400,
-        r#"{"error":"validation_error","field":"per_page","message":"per_page must be >= 1"}"#);
-    assert_err(&get(&format!("{u}/api/users/999"), Some(&t)).await, 404,
-        r#"{"error":"not_found","message":"user 999 not found"}"#);
+    assert_err(
+        &get(&format!("{u}/api/users?page=0"), Some(&t)).await,
+        400,
+        r#"{"error":"validation_error","field":"page","message":"page must be >= 1"}"#,
+    );
+    assert_err(
+        &get(&format!("{u}/api/users?per_page=abc"), Some(&t)).await,
+        400,
+        r#"{"error":"validation_error","field":"per_page","message":"per_page must be an integer"}"#,
+    );
+    assert_err(
+        &get(&format!("{u}/api/users?per_page=0"), Some(&t)).await,
+        400,
+        r#"{"error":"validation_error","field":"per_page","message":"per_page must be >= 1"}"#,
+    );
+    assert_err(
+        &get(&format!("{u}/api/users/999"), Some(&t)).await,
+        404,
+        r#"{"error":"not_found","message":"user 999 not found"}"#,
+    );
 
     for p in ["/api/users/abc", "/api/users/", "/api/userz", "/api/users/1/x", "/api/users/-1"] {
         let r = get(&format!("{u}{p}"), Some(&t)).await;
@@ -125,18 +137,22 @@ async fn auth_failures() {
     let bad = [
         "garbage".to_string(),
         token("other-secret", 1, 3600),
-        token(SECRET, 99, 3600),                                            // unknown user
-        token_with(SECRET, &json!({"sub": 1, "iat": now, "exp": now + 60})),  // sub not a string
+        token(SECRET, 99, 3600),                                             // unknown user
+        token_with(SECRET, &json!({"sub": 1, "iat": now, "exp": now + 60})), // sub not a string
         token_with(SECRET, &json!({"sub": "x", "iat": now, "exp": now + 60})),
-        token_with(SECRET, &json!({"sub": "1", "exp": now + 60})),           // no iat
-        token_with(SECRET, &json!({"sub": "1", "iat": now})),                // no exp
-        token_with(SECRET, &json!({"iat": now, "exp": now + 60})),           // no sub
+        token_with(SECRET, &json!({"sub": "1", "exp": now + 60})), // no iat
+        token_with(SECRET, &json!({"sub": "1", "iat": now})),      // no exp
+        token_with(SECRET, &json!({"iat": now, "exp": now + 60})), // no sub
         token_with(SECRET, &json!({"sub": "1", "iat": now + 3600, "exp": now + 7200})), // iat in future
     ];
     for t in &bad {
         assert_err(&send("GET", &url, &[("Authorization", &format!("Bearer {t}"))], None).await, 401, invalid);
     }
-    assert_err(&send("GET", &url, &[("Authorization", &format!("Bearer {}", token(SECRET, 1, -5)))], None).await, 401, expired);
+    assert_err(
+        &send("GET", &url, &[("Authorization", &format!("Bearer {}", token(SECRET, 1, -5)))], None).await,
+        401,
+        expired,
+    );
     // the scheme is case-insensitive
     let r = send("GET", &url, &[("Authorization", &format!("bEaReR {}", token(SECRET, 2, 60)))], None).await;
     assert_eq!(r.status, 200);
@@ -151,7 +167,9 @@ async fn auth_failures() {
 }
 
 fn monolith_like_db(path: &std::path::Path) -> Connection {
-    let schema = std::fs::read_to_string(extracted_common::testkit::repo_root().join("legacy-monolith/taskapp/schema.sql")).unwrap();
+    let schema =
+        std::fs::read_to_string(extracted_common::testkit::repo_root().join("legacy-monolith/taskapp/schema.sql"))
+            .unwrap();
     let c = Connection::open(path).unwrap();
     c.execute_batch(&schema).unwrap();
     c
@@ -171,14 +189,22 @@ async fn backfill_copies_users_and_sets_cursor() {
     let (n, cursor) = backfill(&mut conn, &dir.path().join("m.db")).unwrap();
     assert_eq!((n, cursor), (3, 3));
     assert_eq!(db::cursor(&conn).unwrap(), 3);
-    let cols: Vec<String> = conn.prepare("SELECT name FROM pragma_table_info('users')").unwrap()
-        .query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+    let cols: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('users')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert!(!cols.iter().any(|c| c.contains("password")));
     let st = AppState::new(conn, SECRET);
     let svc = start(st).await;
     let r = get(&format!("{}/api/users/2", svc.url), Some(&token(SECRET, 1, 60))).await;
-    assert_eq!(r.json(), json!({"created_at": "Mon, 01 Jan 2024 09:00:00 GMT", "email": "u2@x.io", "full_name": "N",
-        "id": 2, "updated_at": "Thu, 01 Feb 2024 10:00:00 GMT", "username": "u2"}));
+    assert_eq!(
+        r.json(),
+        json!({"created_at": "Mon, 01 Jan 2024 09:00:00 GMT", "email": "u2@x.io", "full_name": "N",
+        "id": 2, "updated_at": "Thu, 01 Feb 2024 10:00:00 GMT", "username": "u2"})
+    );
     assert_eq!(get(&format!("{}/api/users/42", svc.url), Some(&token(SECRET, 1, 60))).await.status, 404);
 }
 
@@ -193,13 +219,18 @@ struct Feed {
 async fn fake_feed(feed: Arc<Mutex<Feed>>) -> String {
     use axum::extract::{Query, State};
     use axum::routing::get;
-    async fn h(State(f): State<Arc<Mutex<Feed>>>, Query(q): Query<std::collections::HashMap<String, String>>, headers: axum::http::HeaderMap) -> axum::Json<Value> {
+    async fn h(
+        State(f): State<Arc<Mutex<Feed>>>,
+        Query(q): Query<std::collections::HashMap<String, String>>,
+        headers: axum::http::HeaderMap,
+    ) -> axum::Json<Value> {
         let after: i64 = q.get("after").and_then(|s| s.parse().ok()).unwrap_or(0);
         let limit: usize = q.get("limit").and_then(|s| s.parse().ok()).unwrap_or(100);
         let mut f = f.lock().unwrap();
         f.afters.push(after);
         f.tokens.push(headers.get("x-internal-token").map(|v| v.to_str().unwrap().to_string()));
-        let evs: Vec<Value> = f.events.iter().filter(|e| e["id"].as_i64().unwrap() > after).take(limit).cloned().collect();
+        let evs: Vec<Value> =
+            f.events.iter().filter(|e| e["id"].as_i64().unwrap() > after).take(limit).cloned().collect();
         let next = evs.last().map(|e| e["id"].as_i64().unwrap()).unwrap_or(after);
         axum::Json(json!({"events": evs, "next_after": next}))
     }
@@ -211,7 +242,9 @@ async fn fake_feed(feed: Arc<Mutex<Feed>>) -> String {
 }
 
 fn user_ev(id: i64, op: &str, uid: i64, name: &str) -> Value {
-    let payload = if op == "delete" { json!({"id": uid}) } else {
+    let payload = if op == "delete" {
+        json!({"id": uid})
+    } else {
         json!({"created_at": "Mon, 01 Jan 2024 09:37:00 GMT", "email": format!("u{uid}@x.io"), "full_name": name, "id": uid,
                "updated_at": "Tue, 02 Jan 2024 09:37:00 GMT", "username": format!("u{uid}")})
     };
@@ -222,15 +255,24 @@ async fn wait_cursor(st: &SharedState, want: i64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let c = db::cursor(&st.db.lock().unwrap()).unwrap();
-        if c == want { return; }
+        if c == want {
+            return;
+        }
         assert!(Instant::now() < deadline, "cursor stuck at {c}, want {want}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 fn names(st: &SharedState) -> Vec<(i64, String)> {
-    st.db.lock().unwrap().prepare("SELECT id, full_name FROM users ORDER BY id").unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    st.db
+        .lock()
+        .unwrap()
+        .prepare("SELECT id, full_name FROM users ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +286,15 @@ async fn sync_applies_resumes_and_never_double_applies() {
             json!({"created_at": "Mon, 01 Jan 2024 09:37:00 GMT", "entity": "project", "entity_id": 1, "id": 3, "op": "create", "payload": {"id": 1}}),
             user_ev(4, "update", 1, "One v2"),
             user_ev(5, "create", 3, "Three"),
-            user_ev(6, "delete", 0, "").as_object().cloned().map(|mut o| { o.insert("entity_id".into(), json!(2)); o.insert("payload".into(), json!({"id": 2})); Value::Object(o) }).unwrap(),
+            user_ev(6, "delete", 0, "")
+                .as_object()
+                .cloned()
+                .map(|mut o| {
+                    o.insert("entity_id".into(), json!(2));
+                    o.insert("payload".into(), json!({"id": 2}));
+                    Value::Object(o)
+                })
+                .unwrap(),
         ];
     }
     let feed_url = fake_feed(feed.clone()).await;
@@ -312,14 +362,44 @@ async fn contract_against_real_monolith() {
     let auth = format!("Bearer {tok}");
     let a: &[(&str, &str)] = &[("Authorization", &auth)];
     let paths = [
-        "/api/users", "/api/users?page=1", "/api/users?page=2", "/api/users?page=2&per_page=3", "/api/users?per_page=1",
-        "/api/users?per_page=100", "/api/users?per_page=101", "/api/users?per_page=100000", "/api/users?page=50",
-        "/api/users?page=4&per_page=3", "/api/users?page=", "/api/users?page=+2", "/api/users?page=%202%20",
-        "/api/users?page=0", "/api/users?page=-1", "/api/users?page=abc", "/api/users?page=1.5", "/api/users?per_page=0",
-        "/api/users?per_page=-5", "/api/users?per_page=x&page=y", "/api/users?page=1&page=2", "/api/users?foo=bar",
-        "/api/users/1", "/api/users/10", "/api/users/0", "/api/users/11", "/api/users/999999", "/api/users/007",
-        "/api/users/abc", "/api/users/-1", "/api/users/1.0", "/api/users/", "/api/users/1/", "/api/users/1/x",
-        "/api/userss", "/api/nothing", "/nothing", "/api/users/99999999999999999999999",
+        "/api/users",
+        "/api/users?page=1",
+        "/api/users?page=2",
+        "/api/users?page=2&per_page=3",
+        "/api/users?per_page=1",
+        "/api/users?per_page=100",
+        "/api/users?per_page=101",
+        "/api/users?per_page=100000",
+        "/api/users?page=50",
+        "/api/users?page=4&per_page=3",
+        "/api/users?page=",
+        "/api/users?page=+2",
+        "/api/users?page=%202%20",
+        "/api/users?page=0",
+        "/api/users?page=-1",
+        "/api/users?page=abc",
+        "/api/users?page=1.5",
+        "/api/users?per_page=0",
+        "/api/users?per_page=-5",
+        "/api/users?per_page=x&page=y",
+        "/api/users?page=1&page=2",
+        "/api/users?foo=bar",
+        "/api/users/1",
+        "/api/users/10",
+        "/api/users/0",
+        "/api/users/11",
+        "/api/users/999999",
+        "/api/users/007",
+        "/api/users/abc",
+        "/api/users/-1",
+        "/api/users/1.0",
+        "/api/users/",
+        "/api/users/1/",
+        "/api/users/1/x",
+        "/api/userss",
+        "/api/nothing",
+        "/nothing",
+        "/api/users/99999999999999999999999",
     ];
     for p in paths {
         assert_same(m, s, "GET", p, a, None).await;
@@ -329,7 +409,13 @@ async fn contract_against_real_monolith() {
         assert_same(m, s, "HEAD", p, a, None).await;
     }
     // wrong methods -> 405 (before auth)
-    for (meth, p) in [("POST", "/api/users"), ("DELETE", "/api/users"), ("PUT", "/api/users"), ("DELETE", "/api/users/1"), ("PUT", "/api/users/1")] {
+    for (meth, p) in [
+        ("POST", "/api/users"),
+        ("DELETE", "/api/users"),
+        ("PUT", "/api/users"),
+        ("DELETE", "/api/users/1"),
+        ("PUT", "/api/users/1"),
+    ] {
         let r = assert_same(m, s, meth, p, &[], None).await;
         assert_eq!(r.status, 405);
     }
@@ -339,16 +425,23 @@ async fn contract_against_real_monolith() {
     // bad tokens
     let now = unix_now();
     let toks = [
-        "Bearer".to_string(), "Basic dXNlcjpwdw==".into(), "bearer ".into(), "Bearer garbage".into(), "Bearer a.b.c".into(),
-        format!("Bearer {}", token("wrong", 1, 60)), format!("Bearer {}", token(secret, 1, -60)),
-        format!("Bearer {}", token(secret, 77, 60)), format!("bearer {}", token(secret, 2, 60)),
+        "Bearer".to_string(),
+        "Basic dXNlcjpwdw==".into(),
+        "bearer ".into(),
+        "Bearer garbage".into(),
+        "Bearer a.b.c".into(),
+        format!("Bearer {}", token("wrong", 1, 60)),
+        format!("Bearer {}", token(secret, 1, -60)),
+        format!("Bearer {}", token(secret, 77, 60)),
+        format!("bearer {}", token(secret, 2, 60)),
         format!("Bearer {}", token_with(secret, &json!({"sub": 1, "iat": now, "exp": now + 60}))),
         format!("Bearer {}", token_with(secret, &json!({"sub": "1", "exp": now + 60}))),
         format!("Bearer {}", token_with(secret, &json!({"sub": "1", "iat": now}))),
         format!("Bearer {}", token_with(secret, &json!({"sub": "one", "iat": now, "exp": now + 60}))),
         format!("Bearer {}", token_with(secret, &json!({"sub": "1", "iat": now + 1000, "exp": now + 6000}))),
         format!("Bearer {}", token_with(secret, &json!({"sub": " 3 ", "iat": now, "exp": now + 60}))),
-        format!("Bearer   {tok}  "), format!("BEARER {tok}"),
+        format!("Bearer   {tok}  "),
+        format!("BEARER {tok}"),
     ];
     for t in &toks {
         assert_same(m, s, "GET", "/api/users/1", &[("Authorization", t)], None).await;
@@ -359,14 +452,18 @@ async fn contract_against_real_monolith() {
     let body = json!({"full_name": "Zoë Ünïcode \u{1F600} \"q\""}).to_string();
     let r = send("PATCH", &format!("{m}/api/users/1"), a, Some(body.as_bytes())).await;
     assert_eq!(r.status, 200);
-    let reg = json!({"username": "newbie", "email": "NewBie@Example.com", "password": "longpassword", "full_name": "N. Ew"}).to_string();
+    let reg =
+        json!({"username": "newbie", "email": "NewBie@Example.com", "password": "longpassword", "full_name": "N. Ew"})
+            .to_string();
     let r = send("POST", &format!("{m}/api/auth/register"), &[], Some(reg.as_bytes())).await;
     assert_eq!(r.status, 201);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let a1 = send("GET", &format!("{m}/api/users?per_page=100"), a, None).await;
         let b1 = send("GET", &format!("{s}/api/users?per_page=100"), a, None).await;
-        if a1.body == b1.body { break; }
+        if a1.body == b1.body {
+            break;
+        }
         assert!(Instant::now() < deadline, "service did not catch up within 5 s:\n{}\n{}", a1.text(), b1.text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
