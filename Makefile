@@ -30,9 +30,11 @@ release:
 system-deps:
 	@scripts/apt-install.sh curl openssl chromium
 
-## Every test: Rust (unit, integration, end-to-end), the monolith's pytest suite,
-## and the Kubernetes manifests (rendered, schema-validated, checked by `strangler check`).
+## Every test: fmt + clippy, Rust (unit, integration, end-to-end, short soak,
+## hostile input), the monolith's pytest suite, and the Kubernetes manifests
+## (rendered, schema-validated, checked by `strangler check`).
 test: venv system-deps
+	$(MAKE) lint
 	$(MAKE) test-rust
 	$(MAKE) test-python
 	$(MAKE) test-k8s
