@@ -286,6 +286,11 @@ def percentiles(logfile):
         if len(parts) >= 3 and parts[1].startswith("2"):
             lat.append(int(parts[2]) / 1000.0)
     lat.sort()
+    # The per-request log is large (~1 MB per second of load): keep only its summary.
+    os.remove(logfile)
+    with open(logfile.replace(".tsv", ".percentiles.txt"), "w") as f:
+        for q in (0.5, 0.9, 0.99, 0.999, 1.0):
+            f.write(f"p{q * 100:g} {lat[min(len(lat) - 1, int(len(lat) * q))] if lat else 'n/a'} ms\n")
     if not lat:
         return None, None
     return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
