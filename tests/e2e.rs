@@ -567,6 +567,10 @@ async fn bad_input_gets_the_same_answer_from_both_implementations() {
         ("unknown fields ignored", b"{\"body\": \" padded \", \"id\": 1, \"author_id\": 9, \"task_id\": 9}".to_vec()),
         ("deeply nested extra field", deep.clone().into_bytes()),
         ("NaN and 1e400 in ignored fields", b"{\"body\": \"x\", \"a\": NaN, \"b\": [Infinity, -1e400]}".to_vec()),
+        ("lone surrogate in the body", br#"{"body": "a\ud800b"}"#.to_vec()),
+        ("lone low surrogate in the body", br#"{"body": "\udc00"}"#.to_vec()),
+        ("surrogate pair in the body", br#"{"body": "smile \ud83d\ude00"}"#.to_vec()),
+        ("lone surrogate in an ignored field", br#"{"body": "ok", "x": "\udc00"}"#.to_vec()),
     ];
 
     let own = "/api/comments/1".to_string();

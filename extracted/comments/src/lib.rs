@@ -186,7 +186,12 @@ fn list_comments(
 
 async fn read_body_field(st: &AppState, body: Body) -> Result<String, ApiError> {
     let data = json_object(body, st.max_body).await?;
-    Ok(req_str(&data, "body", 1, BODY_MAX, true, true)?.unwrap_or_default())
+    let text = req_str(&data, "body", 1, BODY_MAX, true, true)?.unwrap_or_default();
+    // The monolith accepts a lone surrogate in the JSON, then fails to store it.
+    if extracted_common::body::has_lone_surrogate(&text) {
+        return Err(ApiError::internal());
+    }
+    Ok(text)
 }
 
 async fn create_comment(

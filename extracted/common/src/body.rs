@@ -130,6 +130,46 @@ pub fn json_depth(text: &str) -> usize {
 /// each such token is rewritten to a finite number of the same kind (float
 /// `0.5`, integer `99999999999999999999`), so that type checks (`body must be
 /// a string`, ignored unknown fields) answer as the monolith does.
+/// Python's `json.loads` also accepts lone UTF-16 surrogates (`"\ud800"`),
+/// which serde_json refuses; the monolith then fails (500) only when it
+/// stores such a string. They are rewritten to this noncharacter, which
+/// [`has_lone_surrogate`] finds where the monolith would store the value.
+pub const LONE_SURROGATE: char = '\u{FDD0}';
+const LONE_SURROGATE_ESCAPE: &str = "\\ufdd0";
+
+/// True when a string held a lone surrogate in the request (see [`LONE_SURROGATE`]).
+pub fn has_lone_surrogate(s: &str) -> bool {
+    s.contains(LONE_SURROGATE)
+}
+
+/// A `\uXXXX` escape in a JSON string.
+enum Escape {
+    LoneSurrogate,
+    /// A valid escape of this many bytes (12 for a surrogate pair).
+    Valid(usize),
+}
+
+/// The escape at `i`; `None` when it is not four hex digits.
+fn unicode_escape_at(b: &[u8], i: usize) -> Option<Escape> {
+    let code = |at: usize| -> Option<u32> {
+        let hex = b.get(at + 2..at + 6)?;
+        u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let unit = code(i)?;
+    Some(match unit {
+        0xD800..=0xDBFF => {
+            let low = (b.get(i + 6) == Some(&b'\\') && b.get(i + 7) == Some(&b'u')).then(|| code(i + 6)).flatten();
+            match low {
+                Some(0xDC00..=0xDFFF) => Escape::Valid(12),
+                _ => Escape::LoneSurrogate,
+            }
+        }
+        // A pair's low half is skipped with its high half, so one seen here is lone.
+        0xDC00..=0xDFFF => Escape::LoneSurrogate,
+        _ => Escape::Valid(6),
+    })
+}
+
 pub fn python_literals(text: &str) -> Cow<'_, str> {
     let b = text.as_bytes();
     let mut out: Option<String> = None;
@@ -137,19 +177,35 @@ pub fn python_literals(text: &str) -> Cow<'_, str> {
     let mut in_string = false;
     while i < b.len() {
         let c = b[i];
-        if in_string {
+        let replace = |len: usize, with: &'static str| Some((len, with));
+        let found = if in_string {
             match c {
-                b'\\' => i += 2,
+                b'\\' if b.get(i + 1) == Some(&b'u') => match unicode_escape_at(b, i) {
+                    Some(Escape::LoneSurrogate) => replace(6, LONE_SURROGATE_ESCAPE),
+                    Some(Escape::Valid(len)) => {
+                        i += len;
+                        continue;
+                    }
+                    None => {
+                        i += 2;
+                        continue;
+                    }
+                },
+                b'\\' => {
+                    i += 2;
+                    continue;
+                }
                 b'"' => {
                     in_string = false;
-                    i += 1
+                    i += 1;
+                    continue;
                 }
-                _ => i += 1,
+                _ => {
+                    i += 1;
+                    continue;
+                }
             }
-            continue;
-        }
-        let replace = |len: usize, with: &'static str| Some((len, with));
-        let found = if c == b'"' {
+        } else if c == b'"' {
             in_string = true;
             None
         } else if b[i..].starts_with(b"NaN") {
@@ -197,6 +253,15 @@ pub fn python_literals(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod python_literal_tests {
     use super::*;
+
+    #[test]
+    fn lone_surrogates_become_a_marker_and_pairs_stay() {
+        let parsed = parse_json_object(br#"{"a":"x\ud800y","b":"\ud83d\ude00","c":"\udc00","d":"\u0041"}"#).unwrap();
+        assert!(has_lone_surrogate(parsed["a"].as_str().unwrap()));
+        assert_eq!(parsed["b"], "\u{1F600}");
+        assert!(has_lone_surrogate(parsed["c"].as_str().unwrap()));
+        assert_eq!(parsed["d"], "A");
+    }
 
     #[test]
     fn non_finite_literals_parse_like_python() {
