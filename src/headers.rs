@@ -63,8 +63,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// True for an HTTP/1.1 protocol-upgrade request (WebSocket and the like).
+/// `h2c` is never tunnelled: a raw HTTP/2 connection to an upstream would
+/// bypass per-request routing, method limits and path normalization.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let h2c = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("h2c"));
+    !h2c && headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -179,6 +187,14 @@ mod tests {
         h.insert(KEEP_ALIVE.clone(), "timeout=5".parse().unwrap());
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 2, "keep-alive goes");
+    }
+
+    #[test]
+    fn h2c_is_not_an_upgrade_we_tunnel() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "Upgrade, HTTP2-Settings".parse().unwrap());
+        h.insert(header::UPGRADE, "h2c".parse().unwrap());
+        assert!(!is_upgrade_request(&h));
     }
 
     #[test]

@@ -91,13 +91,14 @@ pub async fn handle(
 struct Outcome<'t> {
     path: Option<Box<str>>,
     route: Option<&'t Route>,
-    /// Index into `route.upstreams` of the upstream that answered (or was last tried).
-    upstream: usize,
+    /// Index into `route.upstreams` of the upstream that answered (or was
+    /// last tried); `None` when the request never got that far (a 429, say).
+    upstream: Option<usize>,
 }
 
 impl<'t> Outcome<'t> {
     fn used(&self) -> Option<&'t RouteUpstream> {
-        self.route.map(|r| &r.upstreams[self.upstream])
+        Some(&self.route?.upstreams[self.upstream?])
     }
 }
 
@@ -182,7 +183,7 @@ async fn forward<'t>(
     hdrs.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
 
     let primary = route.choose(req.headers());
-    outcome.upstream = primary;
+    outcome.upstream = Some(primary);
     let fallback = route.fallback.filter(|&f| f != primary);
     let replayable = !upgrade && route.may_replay(req.method());
     let wants_replay =
@@ -198,7 +199,17 @@ async fn forward<'t>(
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
     let mut body = if wants_replay {
-        RequestBody::buffer(&parts.headers, body, route.retry_buffer).await?
+        // A client that stalls mid-body gets no longer than the upstream would.
+        let deadline = route.upstreams[primary].upstream.settings.timeout;
+        match RequestBody::buffer(&parts.headers, body, route.retry_buffer, deadline).await {
+            Ok(body) => body,
+            Err(e) => {
+                if let (Some(m), Some(shadow)) = (mirror.take(), route.shadow.as_ref()) {
+                    m.skip(shared, &shadow.upstream.name, reason::NOT_COMPARABLE);
+                }
+                return Err(e);
+            }
+        }
     } else {
         RequestBody::Streamed(Some(ProxyBody::Streamed(body)))
     };
@@ -223,7 +234,7 @@ async fn forward<'t>(
         };
         if failed && replayable && attempt.body.available() {
             route.fallbacks.inc();
-            outcome.upstream = fallback;
+            outcome.upstream = Some(fallback);
             tracing::debug!(route = %route.name, from = %route.upstreams[primary].upstream.name, "falling back");
             result = attempt.send_to(&route.upstreams[fallback].upstream).await;
         }
@@ -236,7 +247,7 @@ async fn forward<'t>(
             Some(client_upgrade) => tunnel(client_upgrade, hyper::upgrade::on(&mut response)),
             None => {
                 return Err(ProxyError::UpstreamFailed {
-                    upstream: route.upstreams[outcome.upstream].upstream.name.to_string(),
+                    upstream: outcome.used().map_or_else(String::new, |u| u.upstream.name.to_string()),
                     detail: "answered 101 to a request that asked for no upgrade".into(),
                 })
             }
@@ -251,7 +262,9 @@ async fn forward<'t>(
     // Answer in the client's protocol version, whatever the upstream spoke.
     *response.version_mut() = client_version;
     match mirror {
-        Some(m) => Ok(m.tee_response(response, route.upstreams[outcome.upstream].upstream.name.clone())),
+        Some(m) => {
+            Ok(m.tee_response(response, outcome.used().map_or_else(|| Arc::from(""), |u| u.upstream.name.clone())))
+        }
         None => Ok(response.map(ProxyBody::Streamed)),
     }
 }
@@ -307,6 +320,11 @@ fn start_mirror(
 }
 
 impl MirrorHandle {
+    /// Gives up on mirroring this request, with a recorded reason.
+    fn skip(mut self, shared: &Shared, shadow_upstream: &str, why: &str) {
+        shared.shadow.record_skip(&self.take_mirror(), shadow_upstream, why);
+    }
+
     /// Takes the request body for the shadow: a copy of a buffered body, or
     /// a tee on the streamed one (the primary still gets it streamed).
     fn attach_request_body(&mut self, body: &mut RequestBody) {
@@ -377,7 +395,12 @@ enum RequestBody {
 
 impl RequestBody {
     /// Keeps the body when it is known to be at most `limit` bytes.
-    async fn buffer(headers: &http::HeaderMap, body: Incoming, limit: u64) -> Result<RequestBody, ProxyError> {
+    async fn buffer(
+        headers: &http::HeaderMap,
+        body: Incoming,
+        limit: u64,
+        deadline: std::time::Duration,
+    ) -> Result<RequestBody, ProxyError> {
         if body.is_end_stream() {
             return Ok(RequestBody::Buffered(Bytes::new()));
         }
@@ -385,8 +408,11 @@ impl RequestBody {
             headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         match length {
             Some(n) if n <= limit => {
-                let collected =
-                    http_body_util::Limited::new(body, n as usize).collect().await.map_err(|_| ProxyError::BodyRead)?;
+                let collect = http_body_util::Limited::new(body, n as usize).collect();
+                let collected = tokio::time::timeout(deadline, collect)
+                    .await
+                    .map_err(|_| ProxyError::BodyRead)?
+                    .map_err(|_| ProxyError::BodyRead)?;
                 Ok(RequestBody::Buffered(collected.to_bytes()))
             }
             _ => Ok(RequestBody::Streamed(Some(ProxyBody::Streamed(body)))),
@@ -462,6 +488,12 @@ impl Attempt<'_> {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() =
             if self.body.available() { self.parts.headers.clone() } else { std::mem::take(&mut self.parts.headers) };
+        if !request.headers().contains_key(header::HOST) {
+            // HTTP/1.0 clients may send none; HTTP/1.1 upstreams need one.
+            if let Ok(host) = HeaderValue::from_str(permit.target.authority.as_str()) {
+                request.headers_mut().insert(header::HOST, host);
+            }
+        }
         let result = match tokio::time::timeout(upstream.settings.timeout, upstream.client.request(request)).await {
             Err(_) => {
                 upstream.counters.errors.timeout.inc();
@@ -472,6 +504,7 @@ impl Attempt<'_> {
         };
         match &result {
             Ok(response) if !is_gateway_error(response.status()) => upstream.record_success(permit.target),
+            Err(ProxyError::BodyRead) => {}
             _ => upstream.record_failure(permit.target),
         }
         result
@@ -512,6 +545,10 @@ fn upstream_path_and_query(uri: &http::Uri, path: &str) -> Result<PathAndQuery, 
 
 fn classify_upstream_error(upstream: &Upstream, e: hyper_util::client::legacy::Error) -> ProxyError {
     let name = upstream.name.to_string();
+    if caused_by_request_body(&e) {
+        // The client's upload failed (aborted, malformed): not the upstream's fault.
+        return ProxyError::BodyRead;
+    }
     if e.is_connect() {
         if error_chain_has_timeout(&e) {
             upstream.counters.errors.timeout.inc();
@@ -521,6 +558,17 @@ fn classify_upstream_error(upstream: &Upstream, e: hyper_util::client::legacy::E
         return ProxyError::UpstreamUnreachable { upstream: name };
     }
     ProxyError::UpstreamFailed { upstream: name, detail: error_chain(&e) }
+}
+
+fn caused_by_request_body(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user() || h.is_body_write_aborted()) {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 fn error_chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {

@@ -61,9 +61,23 @@ pub fn reload(path: &Path, shared: &Shared, trigger: &str) -> ReloadOutcome {
     }
     let hash = table.hash.clone();
     let routes = table.router.entries().len();
+    if table.raw.shadow.as_ref().map(serde_json::to_value).transpose().ok()
+        != current.raw.shadow.as_ref().map(serde_json::to_value).transpose().ok()
+    {
+        tracing::warn!("the top-level shadow settings (log, max_inflight, rotation) take effect only after a restart");
+    }
     let table = Arc::new(table);
     shared.table.store(table.clone());
     crate::health::spawn_for(&table);
+    // Targets whose health check was removed: nothing would ever clear an old verdict.
+    for upstream in table.upstreams.values().filter(|u| u.settings.health_check.is_none()) {
+        for target in upstream.targets.iter() {
+            target.state.set_healthy(true);
+        }
+    }
+    if table.router.entries().iter().any(|(_, r)| r.shadow.is_some()) {
+        shared.shadow.start_log();
+    }
     shared.metrics.record_reload(true);
     shared.metrics.set_config_hash(&hash);
     tracing::info!(trigger, hash = %hash, routes, "config reloaded");

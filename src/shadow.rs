@@ -319,7 +319,11 @@ impl ShadowRuntime {
         let mut comparison = diff::compare(&primary_view, &shadow_view, &shadow.compare);
 
         let noisy_now: BTreeSet<String> = match noise_answer {
-            Some(Ok(noise)) => {
+            // Only a second answer of the same kind teaches noise: an error
+            // page from the noise call is not evidence that fields vary.
+            Some(Ok(noise))
+                if noise.status == primary.status && noise.captured.within_limit && primary_body.within_limit =>
+            {
                 let noise_view = answer_view(noise.status, &noise.headers, &noise.captured);
                 diff::compare(&primary_view, &noise_view, &shadow.compare)
                     .diffs
@@ -395,6 +399,17 @@ impl ShadowRuntime {
 
 /// The name a differing field is counted under: `status`, `header:NAME`, or
 /// a body pointer with array indexes folded (`/items/*/id`).
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_in_queries_are_redacted() {
+        assert_eq!(
+            super::redact_query("page=2&access_token=abc&api_key=k&sig=s&q=monkey"),
+            "page=2&access_token=[redacted]&api_key=[redacted]&sig=[redacted]&q=monkey"
+        );
+    }
+}
+
 fn field_key(d: &Difference) -> String {
     match d.kind {
         DiffKind::Status => "status".to_string(),
@@ -422,7 +437,7 @@ fn base_record(mirror: &Mirror, shadow_upstream: &str, result: Outcome, why: Opt
         endpoint: diff::endpoint_template(&mirror.path),
         method: mirror.method.to_string(),
         path: mirror.path.clone(),
-        query: mirror.query.clone(),
+        query: mirror.query.as_deref().map(redact_query),
         primary: PrimarySide {
             upstream: mirror.primary_upstream.to_string(),
             status: None,
@@ -441,6 +456,27 @@ fn base_record(mirror: &Mirror, shadow_upstream: &str, result: Outcome, why: Opt
         diffs: Vec::<Difference>::new(),
         noise: vec![],
     }
+}
+
+/// The query string with the values of credential-like parameters
+/// (`access_token`, `api_key`, `password`, `sig`, ...) replaced, so secrets
+/// carried in URLs never reach the diff log.
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if sensitive_query_key(key) => format!("{key}={}", diff::REDACTED),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn sensitive_query_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    const PARTS: [&str; 9] =
+        ["token", "secret", "passw", "auth", "session", "signature", "apikey", "api_key", "credential"];
+    PARTS.iter().any(|p| key.contains(p)) || matches!(key.as_str(), "key" | "sig" | "code")
 }
 
 /// An answer read whole (up to the body limit; beyond it, hashed).
@@ -478,10 +514,15 @@ async fn fetch(
     max_body: usize,
 ) -> Result<Fetched, FetchError> {
     let started = Instant::now();
-    let permit = upstream.acquire().map_err(|e| FetchError::Failed(format!("upstream {}: {e:?}", upstream.name)))?;
+    // Mirrored traffic takes no concurrency slot and leaves the targets'
+    // outlier records alone: the shadow (or a second ask of the primary for
+    // noise) must never get a target ejected or a client request refused.
+    let target = upstream
+        .pick()
+        .ok_or_else(|| FetchError::Failed(format!("upstream {} has no healthy target", upstream.name)))?;
     let mut request = Request::new(ProxyBody::full(body));
     *request.method_mut() = method;
-    *request.uri_mut() = permit.target.uri(path_and_query);
+    *request.uri_mut() = target.uri(path_and_query);
     *request.headers_mut() = headers;
     let exchange = async {
         let response = upstream.client.request(request).await.map_err(|e| FetchError::Failed(e.to_string()))?;
@@ -511,12 +552,7 @@ async fn fetch(
         };
         Ok(Fetched { status: parts.status.as_u16(), headers: parts.headers, latency, captured })
     };
-    let result = tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(FetchError::Timeout(timeout)));
-    match &result {
-        Ok(f) if f.status < 500 => upstream.record_success(permit.target),
-        _ => upstream.record_failure(permit.target),
-    }
-    result
+    tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(FetchError::Timeout(timeout)))
 }
 
 /// The diff-log writer: one line per record, rotated past `max_log_size`

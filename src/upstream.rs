@@ -207,7 +207,10 @@ impl Upstream {
         Ok(Permit { upstream: self, target })
     }
 
-    fn pick(&self) -> Option<&Target> {
+    /// An available target, chosen as for a request, without taking a
+    /// concurrency slot (for mirrored requests, which must never crowd out
+    /// client traffic).
+    pub fn pick(&self) -> Option<&Target> {
         let n = self.targets.len();
         if n == 1 {
             let only = &self.targets[0];
