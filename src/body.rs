@@ -19,6 +19,8 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// Streamed through unchanged while a copy is taken for shadow comparison.
     Tee(Box<Tee>),
+    /// An upstream's answer, holding its concurrency slot until the body ends or is dropped.
+    Counted(Incoming, crate::upstream::Permit),
 }
 
 /// What a tee saw of a body.
@@ -39,7 +41,7 @@ pub type OnEnd = Box<dyn FnOnce(Option<Captured>) + Send + Sync>;
 /// A body passing through while up to `limit` bytes of it are kept and all
 /// of it is hashed.
 pub struct Tee {
-    inner: Incoming,
+    inner: ProxyBody,
     limit: usize,
     buf: BytesMut,
     len: u64,
@@ -55,7 +57,7 @@ impl std::fmt::Debug for Tee {
 }
 
 impl Tee {
-    pub fn wrap(inner: Incoming, limit: usize, on_end: OnEnd) -> ProxyBody {
+    pub fn wrap(inner: ProxyBody, limit: usize, on_end: OnEnd) -> ProxyBody {
         ProxyBody::Tee(Box::new(Tee {
             inner,
             limit,
@@ -124,6 +126,7 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Streamed(body) => Pin::new(body).poll_frame(cx),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Counted(body, _) => Pin::new(body).poll_frame(cx),
             ProxyBody::Tee(tee) => {
                 let polled = Pin::new(&mut tee.inner).poll_frame(cx);
                 match &polled {
@@ -149,6 +152,7 @@ impl Body for ProxyBody {
             ProxyBody::Streamed(body) => body.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Tee(tee) => tee.inner.is_end_stream(),
+            ProxyBody::Counted(body, _) => body.is_end_stream(),
         }
     }
 
@@ -157,6 +161,7 @@ impl Body for ProxyBody {
             ProxyBody::Streamed(body) => body.size_hint(),
             ProxyBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Tee(tee) => tee.inner.size_hint(),
+            ProxyBody::Counted(body, _) => body.size_hint(),
         }
     }
 }

@@ -265,7 +265,7 @@ async fn forward<'t>(
         Some(m) => {
             Ok(m.tee_response(response, outcome.used().map_or_else(|| Arc::from(""), |u| u.upstream.name.clone())))
         }
-        None => Ok(response.map(ProxyBody::Streamed)),
+        None => Ok(response),
     }
 }
 
@@ -336,7 +336,7 @@ impl MirrorHandle {
                     let on_end: OnEnd = Box::new(move |captured| {
                         let _ = tx.send(captured);
                     });
-                    *slot = Some(Tee::wrap(incoming, self.max_body, on_end));
+                    *slot = Some(Tee::wrap(ProxyBody::Streamed(incoming), self.max_body, on_end));
                     MirrorBody::Pending(rx)
                 }
                 other => {
@@ -362,8 +362,8 @@ impl MirrorHandle {
 
     /// Streams the primary's answer to the client while keeping a copy for
     /// the comparison; the copy is handed over when the body ends.
-    fn tee_response(mut self, response: Response<Incoming>, upstream: Arc<str>) -> Response<ProxyBody> {
-        let Some(tx) = self.primary_tx.take() else { return response.map(ProxyBody::Streamed) };
+    fn tee_response(mut self, response: Response<ProxyBody>, upstream: Arc<str>) -> Response<ProxyBody> {
+        let Some(tx) = self.primary_tx.take() else { return response };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let latency = self.started.elapsed();
@@ -371,7 +371,7 @@ impl MirrorHandle {
             let captured =
                 Captured { body: Bytes::new(), len: 0, sha256: crate::diff::sha256(b""), within_limit: true };
             let _ = tx.send(PrimaryAnswer { upstream, status, headers, latency, captured: Some(captured) });
-            return response.map(ProxyBody::Streamed);
+            return response;
         }
         let on_end: OnEnd = Box::new(move |captured| {
             let _ = tx.send(PrimaryAnswer { upstream, status, headers, latency, captured });
@@ -447,7 +447,7 @@ struct Attempt<'a> {
 impl Attempt<'_> {
     /// Sends to one upstream, retrying (within its budget) on connection
     /// failures and 502/503/504 when the body can be sent again.
-    async fn send_to(&mut self, upstream: &Upstream) -> Result<Response<Incoming>, ProxyError> {
+    async fn send_to(&mut self, upstream: &Arc<Upstream>) -> Result<Response<ProxyBody>, ProxyError> {
         let may_retry = upstream.settings.retries > 0 && self.replayable;
         if may_retry {
             upstream.budget.record_request();
@@ -473,7 +473,7 @@ impl Attempt<'_> {
         }
     }
 
-    async fn send_once(&mut self, upstream: &Upstream) -> Result<Response<Incoming>, ProxyError> {
+    async fn send_once(&mut self, upstream: &Arc<Upstream>) -> Result<Response<ProxyBody>, ProxyError> {
         let permit = upstream.acquire().map_err(|why| match why {
             Unavailable::AllUnhealthy => ProxyError::NoHealthyTarget { upstream: upstream.name.to_string() },
             Unavailable::Overloaded => ProxyError::Overloaded { upstream: upstream.name.to_string() },
@@ -484,13 +484,13 @@ impl Attempt<'_> {
         })?;
         let mut request = Request::new(body);
         *request.method_mut() = self.parts.method.clone();
-        *request.uri_mut() = permit.target.uri(self.path_and_query.clone());
+        *request.uri_mut() = permit.target().uri(self.path_and_query.clone());
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() =
             if self.body.available() { self.parts.headers.clone() } else { std::mem::take(&mut self.parts.headers) };
         if !request.headers().contains_key(header::HOST) {
             // HTTP/1.0 clients may send none; HTTP/1.1 upstreams need one.
-            if let Ok(host) = HeaderValue::from_str(permit.target.authority.as_str()) {
+            if let Ok(host) = HeaderValue::from_str(permit.target().authority.as_str()) {
                 request.headers_mut().insert(header::HOST, host);
             }
         }
@@ -503,11 +503,12 @@ impl Attempt<'_> {
             Ok(Ok(response)) => Ok(response),
         };
         match &result {
-            Ok(response) if !is_gateway_error(response.status()) => upstream.record_success(permit.target),
+            Ok(response) if !is_gateway_error(response.status()) => upstream.record_success(permit.target()),
             Err(ProxyError::BodyRead) => {}
-            _ => upstream.record_failure(permit.target),
+            _ => upstream.record_failure(permit.target()),
         }
-        result
+        // The slot is held until the response body ends, not just its head.
+        result.map(|response| response.map(|body| ProxyBody::Counted(body, permit)))
     }
 }
 

@@ -137,16 +137,29 @@ pub enum Unavailable {
     Overloaded,
 }
 
-/// Holds one concurrency slot of an upstream and one of a target.
-pub struct Permit<'a> {
-    upstream: &'a Upstream,
-    pub target: &'a Target,
+/// Holds one concurrency slot of an upstream and one of a target, for as
+/// long as the exchange lasts (it travels with the response body).
+pub struct Permit {
+    upstream: Arc<Upstream>,
+    target: usize,
 }
 
-impl Drop for Permit<'_> {
+impl Permit {
+    pub fn target(&self) -> &Target {
+        &self.upstream.targets[self.target]
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Permit({}, {})", self.upstream.name, self.target().url)
+    }
+}
+
+impl Drop for Permit {
     fn drop(&mut self) {
         self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.target.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.target().state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -195,8 +208,9 @@ impl Upstream {
     }
 
     /// Takes a concurrency slot and picks an available target.
-    pub fn acquire(&self) -> Result<Permit<'_>, Unavailable> {
+    pub fn acquire(self: &Arc<Self>) -> Result<Permit, Unavailable> {
         let target = self.pick().ok_or(Unavailable::AllUnhealthy)?;
+        let index = self.targets.iter().position(|t| std::ptr::eq(t, target)).unwrap_or(0);
         let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
         if self.settings.max_concurrent.is_some_and(|max| before >= max) {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -204,7 +218,7 @@ impl Upstream {
             return Err(Unavailable::Overloaded);
         }
         target.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        Ok(Permit { upstream: self, target })
+        Ok(Permit { upstream: self.clone(), target: index })
     }
 
     /// An available target, chosen as for a request, without taking a

@@ -364,3 +364,29 @@ async fn a_reload_does_not_refill_the_rate_limit_buckets() {
     proxy.wait_for_hash(&content_hash(&edited)).await;
     assert_eq!(get(proxy.addr, "/").await.status, 429, "the reload handed out a fresh burst");
 }
+
+#[tokio::test]
+async fn a_streaming_answer_holds_its_concurrency_slot_until_it_ends() {
+    let big = TestUpstream::start("big", Behaviour::Download(64 * 1024 * 1024)).await;
+    let text = upstreams_yaml(&[("svc", vec![big.url()], "max_concurrent: 1")])
+        + "  - {name: all, prefix: /, upstream: svc}\n";
+    let proxy = TestProxy::start(&text).await;
+    let client = http1();
+    // Take the response head, leave the body unread.
+    let held = client.request(req(Method::GET, proxy.addr, "/big").body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(held.status(), 200);
+    let upstreams = get(proxy.admin, "/upstreams").await.json();
+    assert_eq!(upstreams["upstreams"][0]["in_flight"], 1, "{upstreams}");
+    let second = get(proxy.addr, "/big-too").await;
+    assert_eq!(second.status, 503, "the slot is still taken by the unfinished body");
+    drop(held);
+    let mut freed = false;
+    for _ in 0..50 {
+        if get(proxy.admin, "/upstreams").await.json()["upstreams"][0]["in_flight"] == 0 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "dropping the body releases the slot");
+}
