@@ -42,34 +42,43 @@ pub type OnEnd = Box<dyn FnOnce(Option<Captured>) + Send + Sync>;
 /// of it is hashed.
 pub struct Tee {
     inner: ProxyBody,
-    limit: usize,
-    buf: BytesMut,
-    len: u64,
-    hasher: Sha256,
-    overflow: bool,
+    capture: Capture,
     on_end: Option<OnEnd>,
 }
 
 impl std::fmt::Debug for Tee {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tee").field("len", &self.len).field("limit", &self.limit).finish()
+        f.debug_struct("Tee").field("len", &self.capture.len).field("limit", &self.capture.limit).finish()
     }
 }
 
 impl Tee {
     pub fn wrap(inner: ProxyBody, limit: usize, on_end: OnEnd) -> ProxyBody {
-        ProxyBody::Tee(Box::new(Tee {
-            inner,
-            limit,
-            buf: BytesMut::new(),
-            len: 0,
-            hasher: Sha256::new(),
-            overflow: false,
-            on_end: Some(on_end),
-        }))
+        ProxyBody::Tee(Box::new(Tee { inner, capture: Capture::new(limit), on_end: Some(on_end) }))
     }
 
-    fn observe(&mut self, data: &Bytes) {
+    fn finish(&mut self, complete: bool) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(complete.then(|| std::mem::replace(&mut self.capture, Capture::new(0)).finish()));
+        }
+    }
+}
+
+/// Keeps up to `limit` bytes of a body and hashes all of it, as it passes.
+pub struct Capture {
+    limit: usize,
+    buf: BytesMut,
+    len: u64,
+    hasher: Sha256,
+    overflow: bool,
+}
+
+impl Capture {
+    pub fn new(limit: usize) -> Self {
+        Capture { limit, buf: BytesMut::new(), len: 0, hasher: Sha256::new(), overflow: false }
+    }
+
+    pub fn observe(&mut self, data: &[u8]) {
         self.len += data.len() as u64;
         self.hasher.update(data);
         if !self.overflow {
@@ -82,15 +91,12 @@ impl Tee {
         }
     }
 
-    fn finish(&mut self, complete: bool) {
-        if let Some(on_end) = self.on_end.take() {
-            let captured = complete.then(|| Captured {
-                body: std::mem::take(&mut self.buf).freeze(),
-                len: self.len,
-                sha256: std::mem::take(&mut self.hasher).finalize().into(),
-                within_limit: !self.overflow,
-            });
-            on_end(captured);
+    pub fn finish(self) -> Captured {
+        Captured {
+            body: self.buf.freeze(),
+            len: self.len,
+            sha256: self.hasher.finalize().into(),
+            within_limit: !self.overflow,
         }
     }
 }
@@ -132,7 +138,7 @@ impl Body for ProxyBody {
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
-                            tee.observe(data);
+                            tee.capture.observe(data);
                         }
                         if tee.inner.is_end_stream() {
                             tee.finish(true);

@@ -85,7 +85,7 @@ pub struct RawUpstreamTls {
 }
 
 /// Top-level shadow settings (shared by every shadowing route).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawShadowLog {
     /// Diff log path; `-` writes the records to stdout (for a cluster's log pipeline).

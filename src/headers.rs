@@ -42,12 +42,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        let listed: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .filter(|name| !(protected(name) || keep_upgrade && name == header::UPGRADE))
             .collect();
         for name in listed {
@@ -66,19 +62,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// `h2c` is never tunnelled: a raw HTTP/2 connection to an upstream would
 /// bypass per-request routing, method limits and path normalization.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    let h2c = headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim().eq_ignore_ascii_case("h2c"));
+    let h2c = tokens(headers, &header::UPGRADE).any(|p| p.eq_ignore_ascii_case("h2c"));
     !h2c && headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && tokens(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+/// The comma-separated tokens of every value of a list header, trimmed.
+fn tokens<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'h str> {
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
 }
 
 /// Marks a message as an upgrade again after the hop-by-hop strip.

@@ -561,42 +561,27 @@ fn classify_upstream_error(upstream: &Upstream, e: hyper_util::client::legacy::E
     ProxyError::UpstreamFailed { upstream: name, detail: error_chain(&e) }
 }
 
+/// An error and every error beneath it.
+fn error_sources<'e>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |err| err.source())
+}
+
 fn caused_by_request_body(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if err.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user() || h.is_body_write_aborted()) {
-            return true;
-        }
-        current = err.source();
-    }
-    false
+    error_sources(e)
+        .any(|err| err.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user() || h.is_body_write_aborted()))
 }
 
 fn error_chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        if err.to_string().contains("timed out") {
-            return true;
-        }
-        current = err.source();
-    }
-    false
+    error_sources(e).any(|err| {
+        err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || err.to_string().contains("timed out")
+    })
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut current = e.source();
-    while let Some(err) = current {
-        out.push_str(": ");
-        out.push_str(&err.to_string());
-        current = err.source();
-    }
-    out
+    error_sources(e).map(|err| err.to_string()).collect::<Vec<_>>().join(": ")
 }
 
 /// Copies bytes both ways once both sides have switched protocols.

@@ -61,9 +61,7 @@ pub fn reload(path: &Path, shared: &Shared, trigger: &str) -> ReloadOutcome {
     }
     let hash = table.hash.clone();
     let routes = table.router.entries().len();
-    if table.raw.shadow.as_ref().map(serde_json::to_value).transpose().ok()
-        != current.raw.shadow.as_ref().map(serde_json::to_value).transpose().ok()
-    {
+    if table.raw.shadow != current.raw.shadow {
         tracing::warn!("the top-level shadow settings (log, max_inflight, rotation) take effect only after a restart");
     }
     let table = Arc::new(table);
@@ -75,7 +73,7 @@ pub fn reload(path: &Path, shared: &Shared, trigger: &str) -> ReloadOutcome {
             target.state.set_healthy(true);
         }
     }
-    if table.router.entries().iter().any(|(_, r)| r.shadow.is_some()) {
+    if table.wants_shadow_log() {
         shared.shadow.start_log();
     }
     shared.metrics.record_reload(true);

@@ -69,12 +69,12 @@ pub async fn run(
     let admin = tokio::spawn(crate::admin::serve(admin_listener, shared.clone(), async {
         let _ = admin_stopped.await;
     }));
-    crate::health::spawn_for(&shared.table.load());
-    if shared.table.load().router.entries().iter().any(|(_, r)| r.shadow.is_some())
-        || shared.table.load().raw.shadow.is_some()
-    {
+    let table = shared.table.load_full();
+    crate::health::spawn_for(&table);
+    if table.wants_shadow_log() {
         shared.shadow.start_log();
     }
+    drop(table);
     let builder = connection_builder(&options);
     let graceful = GracefulShutdown::new();
     let main_kind = Kind::Proxy { tls: options.tls.clone().map(tokio_rustls::TlsAcceptor::from) };

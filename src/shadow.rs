@@ -24,7 +24,7 @@ use http_body_util::BodyExt;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{Captured, ProxyBody};
+use crate::body::{Capture, Captured, ProxyBody};
 use crate::config::RawShadowLog;
 use crate::diff::{self, Answer, CompareOptions};
 use crate::metrics::Metrics;
@@ -528,28 +528,14 @@ async fn fetch(
         let response = upstream.client.request(request).await.map_err(|e| FetchError::Failed(e.to_string()))?;
         let latency = started.elapsed();
         let (parts, mut body) = response.into_parts();
-        let mut kept = bytes::BytesMut::new();
-        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-        let (mut len, mut overflow) = (0u64, false);
+        let mut capture = Capture::new(max_body);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| FetchError::Failed(format!("reading the body: {e}")))?;
             if let Some(data) = frame.data_ref() {
-                len += data.len() as u64;
-                sha2::Digest::update(&mut hasher, data);
-                if !overflow && kept.len() + data.len() <= max_body {
-                    kept.extend_from_slice(data);
-                } else {
-                    overflow = true;
-                    kept.clear();
-                }
+                capture.observe(data);
             }
         }
-        let captured = Captured {
-            body: kept.freeze(),
-            len,
-            sha256: sha2::Digest::finalize(hasher).into(),
-            within_limit: !overflow,
-        };
+        let captured = capture.finish();
         Ok(Fetched { status: parts.status.as_u16(), headers: parts.headers, latency, captured })
     };
     tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(FetchError::Timeout(timeout)))

@@ -117,6 +117,12 @@ pub fn content_hash(text: &str) -> String {
 }
 
 impl Table {
+    /// Whether this version needs the shadow-diff log: a route shadows, or
+    /// the top-level `shadow:` section is set.
+    pub fn wants_shadow_log(&self) -> bool {
+        self.raw.shadow.is_some() || self.router.entries().iter().any(|(_, r)| r.shadow.is_some())
+    }
+
     /// Parses and validates `text` completely; nothing is shared until this succeeds.
     pub fn build(file: &str, text: &str, ctx: &Context<'_>) -> Result<Table, ConfigError> {
         let source = Source { file, text };
