@@ -45,3 +45,20 @@ pub async fn serve(
     }
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
+
+/// A service's whole life: serve `router` until SIGTERM/SIGINT, then stop
+/// its change-feed follower (if any) once in-flight requests are done.
+pub async fn serve_until_signal(
+    name: &str,
+    listener: TcpListener,
+    router: axum::Router,
+    sync: Option<crate::sync::SyncHandle>,
+) -> std::io::Result<()> {
+    tracing::info!(sync = sync.is_some(), "{name} service starting");
+    serve(listener, router, shutdown_signal()).await?;
+    if let Some(sync) = sync {
+        sync.stop().await;
+    }
+    tracing::info!("{name} service stopped");
+    Ok(())
+}

@@ -1,9 +1,9 @@
 use clap::{Parser, Subcommand, ValueEnum};
-use extracted_common::server::{init_logging, shutdown_signal};
+use extracted_common::server::init_logging;
 use extracted_common::sync::SyncConfig;
 use std::path::PathBuf;
 use std::time::Duration;
-use users::{backfill, open_db, run, spawn_sync, AppState, DEV_JWT_SECRET};
+use users::{app, backfill, open_db, spawn_sync, AppState, DEV_JWT_SECRET};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -87,11 +87,7 @@ async fn serve(db_path: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     let sync = args.sync.then(|| {
         spawn_sync(&state, SyncConfig::new(args.monolith_url.clone(), args.internal_token.clone(), args.sync_interval))
     });
-    tracing::info!(db = %db_path.display(), sync = args.sync, "users service starting");
-    run(listener, state, shutdown_signal()).await?;
-    if let Some(s) = sync {
-        s.stop().await;
-    }
-    tracing::info!("users service stopped");
+    tracing::info!(db = %db_path.display(), "opened the database");
+    extracted_common::server::serve_until_signal("users", listener, app(state), sync).await?;
     Ok(())
 }
