@@ -19,8 +19,57 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// Streamed through unchanged while a copy is taken for shadow comparison.
     Tee(Box<Tee>),
-    /// An upstream's answer, holding its concurrency slot until the body ends or is dropped.
-    Counted(Incoming, crate::upstream::Permit),
+    /// An upstream's answer: holds its concurrency slot until the body ends,
+    /// then gives the connection back to its pool.
+    Upstream(UpstreamBody),
+}
+
+/// The body of an upstream's answer with what the exchange holds: the
+/// concurrency slot and the pooled connection it came on.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    body: Incoming,
+    permit: Option<crate::upstream::Permit>,
+    lease: Option<crate::client::Lease>,
+}
+
+impl UpstreamBody {
+    pub fn new(body: Incoming, permit: crate::upstream::Permit, lease: crate::client::Lease) -> Self {
+        UpstreamBody { body, permit: Some(permit), lease: Some(lease) }
+    }
+
+    /// The body ended cleanly: the connection can carry the next request.
+    fn finish(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+        self.permit = None;
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.finish(),
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                // A broken body leaves the connection unusable.
+                self.lease = None;
+                self.permit = None;
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // An empty answer (HEAD, 204, 304, `Content-Length: 0`) is never
+        // polled; one dropped half-read takes its connection with it.
+        if self.body.is_end_stream() {
+            self.finish();
+        }
+    }
 }
 
 /// What a tee saw of a body.
@@ -132,7 +181,7 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Streamed(body) => Pin::new(body).poll_frame(cx),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Counted(body, _) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Upstream(upstream) => upstream.poll_frame(cx),
             ProxyBody::Tee(tee) => {
                 let polled = Pin::new(&mut tee.inner).poll_frame(cx);
                 match &polled {
@@ -158,7 +207,7 @@ impl Body for ProxyBody {
             ProxyBody::Streamed(body) => body.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Tee(tee) => tee.inner.is_end_stream(),
-            ProxyBody::Counted(body, _) => body.is_end_stream(),
+            ProxyBody::Upstream(upstream) => upstream.body.is_end_stream(),
         }
     }
 
@@ -167,7 +216,7 @@ impl Body for ProxyBody {
             ProxyBody::Streamed(body) => body.size_hint(),
             ProxyBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Tee(tee) => tee.inner.size_hint(),
-            ProxyBody::Counted(body, _) => body.size_hint(),
+            ProxyBody::Upstream(upstream) => upstream.body.size_hint(),
         }
     }
 }

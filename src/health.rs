@@ -64,13 +64,14 @@ async fn probe(upstream: &Upstream, index: usize, path: &str, timeout: std::time
     let Ok(pq) = PathAndQuery::try_from(path) else { return false };
     let mut req = Request::new(ProxyBody::empty());
     *req.method_mut() = Method::GET;
-    *req.uri_mut() = target.uri(pq);
-    if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
-        req.headers_mut().insert(header::HOST, host);
-    }
+    *req.uri_mut() = http::Uri::from(pq);
     req.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static("strangler-health-check"));
-    match tokio::time::timeout(timeout, upstream.client.request(req)).await {
-        Ok(Ok(response)) => response.status().is_success(),
-        _ => false,
-    }
+    let exchange = async {
+        let (response, lease) = upstream.client.send(target, req).await.ok()?;
+        let ok = response.status().is_success();
+        let mut body = response.into_body();
+        crate::client::read_to_end(&mut body, lease, |_| {}).await.ok()?;
+        Some(ok)
+    };
+    tokio::time::timeout(timeout, exchange).await.ok().flatten().unwrap_or(false)
 }

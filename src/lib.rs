@@ -15,13 +15,14 @@
 //! - [`router`]: the segment trie that picks a route; cost depends on path
 //!   depth, not table size.
 //! - [`proxy`] (+ [`headers`], [`body`], [`error`]): forwards the request to the
-//!   upstream through a pooled client and streams the answer back.
+//!   upstream and streams the answer back.
 //! - [`split`]: canary splits and sticky assignment.
 //! - [`shadow`] (+ [`diff`], [`record`]): mirrors sampled requests to a
 //!   candidate upstream, compares its answer with the primary's, and writes
 //!   one diff record per request.
 //! - [`upstream`]: upstream groups, target choice and health, retry budget,
-//!   concurrency caps, and the shared client pools.
+//!   concurrency caps; [`client`]: connections to targets and their
+//!   per-thread keep-alive pools.
 //! - [`health`]: active health checks; [`ratelimit`]: per-route token buckets.
 //!
 //! Beside the request path:
@@ -42,6 +43,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod client;
 pub mod config;
 pub mod diff;
 pub mod error;

@@ -71,7 +71,7 @@ struct ServeArgs {
     /// The config file.
     #[arg(long, env = "STRANGLER_CONFIG", default_value = "routes.yaml")]
     config: PathBuf,
-    /// Worker threads (default: the number of cores).
+    /// Workers, each a thread with its own runtime and accept queue (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -144,26 +144,19 @@ fn init_logging(format: LogFormat, level: &str) {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    // One worker: a current-thread runtime, without the work-stealing
-    // scheduler's cross-thread bookkeeping.
-    let mut runtime = match args.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(threads) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(threads.max(1));
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = runtime.enable_all().build().context("cannot start the runtime")?;
+    // Per-core workers, each a single-threaded runtime (this one is the
+    // first): no work-stealing bookkeeping, and a connection never changes
+    // core. `server::run` starts the others.
+    let workers = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async move {
         let shared = Shared::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (listen, admin) = {
             let table = shared.table.load();
             (table.listen, table.admin)
         };
-        let proxy_listener =
-            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let proxy_listener = server::bind(listen, workers).with_context(|| format!("cannot listen on {listen}"))?;
         let admin_listener =
             tokio::net::TcpListener::bind(admin).await.with_context(|| format!("cannot listen on {admin} (admin)"))?;
         let https_port = proxy_listener.local_addr()?.port();
@@ -183,6 +176,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             drain_timeout: args.drain_timeout,
             tls,
             plain,
+            workers,
             ..ServeOptions::default()
         };
         server::run(proxy_listener, admin_listener, shared, options, shutdown_signal()).await;

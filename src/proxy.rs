@@ -17,7 +17,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
-use crate::body::{Captured, OnEnd, ProxyBody, Tee};
+use crate::body::{Captured, OnEnd, ProxyBody, Tee, UpstreamBody};
+use crate::client::SendError;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::path;
@@ -484,31 +485,26 @@ impl Attempt<'_> {
         })?;
         let mut request = Request::new(body);
         *request.method_mut() = self.parts.method.clone();
-        *request.uri_mut() = permit.target().uri(self.path_and_query.clone());
+        *request.uri_mut() = http::Uri::from(self.path_and_query.clone());
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() =
             if self.body.available() { self.parts.headers.clone() } else { std::mem::take(&mut self.parts.headers) };
-        if !request.headers().contains_key(header::HOST) {
-            // HTTP/1.0 clients may send none; HTTP/1.1 upstreams need one.
-            if let Ok(host) = HeaderValue::from_str(permit.target().authority.as_str()) {
-                request.headers_mut().insert(header::HOST, host);
-            }
-        }
-        let result = match tokio::time::timeout(upstream.settings.timeout, upstream.client.request(request)).await {
+        let sent = upstream.client.send(permit.target(), request);
+        let result = match tokio::time::timeout(upstream.settings.timeout, sent).await {
             Err(_) => {
                 upstream.counters.errors.timeout.inc();
                 Err(ProxyError::UpstreamTimeout { upstream: upstream.name.to_string() })
             }
             Ok(Err(e)) => Err(classify_upstream_error(upstream, e)),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(answer)) => Ok(answer),
         };
         match &result {
-            Ok(response) if !is_gateway_error(response.status()) => upstream.record_success(permit.target()),
+            Ok((response, _)) if !is_gateway_error(response.status()) => upstream.record_success(permit.target()),
             Err(ProxyError::BodyRead) => {}
             _ => upstream.record_failure(permit.target()),
         }
         // The slot is held until the response body ends, not just its head.
-        result.map(|response| response.map(|body| ProxyBody::Counted(body, permit)))
+        result.map(|(response, lease)| response.map(|body| ProxyBody::Upstream(UpstreamBody::new(body, permit, lease))))
     }
 }
 
@@ -544,21 +540,21 @@ fn upstream_path_and_query(uri: &http::Uri, path: &str) -> Result<PathAndQuery, 
     PathAndQuery::from_maybe_shared(rebuilt).map_err(|_| ProxyError::BadRequest("invalid request target"))
 }
 
-fn classify_upstream_error(upstream: &Upstream, e: hyper_util::client::legacy::Error) -> ProxyError {
+fn classify_upstream_error(upstream: &Upstream, e: SendError) -> ProxyError {
     let name = upstream.name.to_string();
-    if caused_by_request_body(&e) {
-        // The client's upload failed (aborted, malformed): not the upstream's fault.
-        return ProxyError::BodyRead;
-    }
-    if e.is_connect() {
-        if error_chain_has_timeout(&e) {
+    match e {
+        SendError::ConnectTimeout(_) => {
             upstream.counters.errors.timeout.inc();
-            return ProxyError::UpstreamTimeout { upstream: name };
+            ProxyError::UpstreamTimeout { upstream: name }
         }
-        upstream.counters.errors.connect.inc();
-        return ProxyError::UpstreamUnreachable { upstream: name };
+        SendError::Connect(_) | SendError::Tls(_) => {
+            upstream.counters.errors.connect.inc();
+            ProxyError::UpstreamUnreachable { upstream: name }
+        }
+        // The client's upload failed (aborted, malformed): not the upstream's fault.
+        SendError::Http(e) if caused_by_request_body(&e) => ProxyError::BodyRead,
+        SendError::Http(e) => ProxyError::UpstreamFailed { upstream: name, detail: error_chain(&e) },
     }
-    ProxyError::UpstreamFailed { upstream: name, detail: error_chain(&e) }
 }
 
 /// An error and every error beneath it.
@@ -571,13 +567,6 @@ fn error_sources<'e>(
 fn caused_by_request_body(e: &(dyn std::error::Error + 'static)) -> bool {
     error_sources(e)
         .any(|err| err.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user() || h.is_body_write_aborted()))
-}
-
-fn error_chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    error_sources(e).any(|err| {
-        err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            || err.to_string().contains("timed out")
-    })
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

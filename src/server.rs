@@ -27,6 +27,8 @@ pub struct ServeOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// An extra plain-HTTP listener (with TLS on the main one).
     pub plain: Option<PlainListener>,
+    /// Accept loops, each on its own thread and single-threaded runtime.
+    pub workers: usize,
 }
 
 /// A plain-HTTP listener beside the TLS one.
@@ -51,6 +53,7 @@ impl Default for ServeOptions {
             max_header_bytes: 64 * 1024,
             tls: None,
             plain: None,
+            workers: 1,
         }
     }
 }
@@ -58,6 +61,12 @@ impl Default for ServeOptions {
 /// Serves the proxy and admin listeners until `shutdown` resolves, then turns
 /// readiness false, stops accepting, and waits for in-flight requests (up to
 /// the drain timeout).
+///
+/// With `workers > 1`, each extra worker is a thread with its own
+/// single-threaded runtime and its own accept loop on the same port (a
+/// `SO_REUSEPORT` socket when the main one is, else a shared duplicate), so a
+/// connection, its requests and its upstream connections stay on one core.
+/// Admin, health checks and config reloads run on the calling runtime.
 pub async fn run(
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
@@ -75,47 +84,161 @@ pub async fn run(
         shared.shadow.start_log();
     }
     drop(table);
-    let builder = connection_builder(&options);
-    let graceful = GracefulShutdown::new();
-    let main_kind = Kind::Proxy { tls: options.tls.clone().map(tokio_rustls::TlsAcceptor::from) };
-    let (plain_listener, plain_kind) = match options.plain {
-        Some(p) => {
-            let kind = match p.redirect_to_port {
-                Some(port) => Kind::Redirect { port },
-                None => Kind::Proxy { tls: None },
-            };
-            (Some(p.listener), kind)
-        }
-        None => (None, Kind::Proxy { tls: None }),
+    let worker = Worker {
+        builder: connection_builder(&options),
+        shared: shared.clone(),
+        header_read_timeout: options.header_read_timeout,
+        drain_timeout: options.drain_timeout,
     };
-    tokio::pin!(shutdown);
-    loop {
-        let (accepted, kind) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = proxy_listener.accept() => (accepted, &main_kind),
-            accepted = accept_optional(plain_listener.as_ref()) => (accepted, &plain_kind),
+    let main_kind = Kind::Proxy { tls: options.tls.clone().map(tokio_rustls::TlsAcceptor::from) };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let extra = spawn_workers(&worker, &proxy_listener, &main_kind, options.workers.saturating_sub(1), stopped);
+    let plain = options.plain.map(|p| {
+        let kind = match p.redirect_to_port {
+            Some(port) => Kind::Redirect { port },
+            None => Kind::Proxy { tls: None },
         };
-        match accepted {
-            Ok((stream, _)) => {
-                serve_connection(&builder, &graceful, &shared, stream, kind.clone(), options.header_read_timeout)
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off, keep serving.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    shared.draining.store(true, Ordering::SeqCst);
-    drop(proxy_listener);
-    drop(plain_listener);
-    tracing::info!(connections = graceful.count(), "draining");
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("drained"),
-        _ = tokio::time::sleep(options.drain_timeout) => tracing::warn!("drain timeout reached; closing the remaining connections"),
+        (p.listener, kind)
+    });
+    worker
+        .serve((proxy_listener, main_kind), plain, async {
+            shutdown.await;
+            shared.draining.store(true, Ordering::SeqCst);
+            let _ = stop.send(true);
+        })
+        .await;
+    for done in extra {
+        let _ = done.await;
     }
     let _ = admin_stop.send(());
     let _ = admin.await;
+}
+
+/// One accept loop and the connections it serves.
+#[derive(Clone)]
+struct Worker {
+    builder: auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    header_read_timeout: Duration,
+    drain_timeout: Duration,
+}
+
+impl Worker {
+    /// Accepts until `stop` resolves, then drains this worker's connections.
+    async fn serve(
+        &self,
+        (listener, kind): (TcpListener, Kind),
+        plain: Option<(TcpListener, Kind)>,
+        stop: impl Future<Output = ()>,
+    ) {
+        let graceful = GracefulShutdown::new();
+        let plain_kind = plain.as_ref().map_or(Kind::Proxy { tls: None }, |(_, k)| k.clone());
+        let plain_listener = plain.map(|(l, _)| l);
+        tokio::pin!(stop);
+        loop {
+            let (accepted, kind) = tokio::select! {
+                _ = &mut stop => break,
+                accepted = listener.accept() => (accepted, &kind),
+                accepted = accept_optional(plain_listener.as_ref()) => (accepted, &plain_kind),
+            };
+            match accepted {
+                Ok((stream, _)) => self.serve_connection(&graceful, stream, kind.clone()),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(listener);
+        drop(plain_listener);
+        tracing::info!(connections = graceful.count(), "draining");
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("drained"),
+            _ = tokio::time::sleep(self.drain_timeout) => tracing::warn!("drain timeout reached; closing the remaining connections"),
+        }
+    }
+}
+
+/// Starts `n` extra workers on the proxy port; each signals when it has drained.
+fn spawn_workers(
+    worker: &Worker,
+    listener: &TcpListener,
+    kind: &Kind,
+    n: usize,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+    let mut done = Vec::new();
+    for i in 1..=n {
+        let socket = match worker_socket(listener) {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open a listener for another worker; serving with fewer");
+                break;
+            }
+        };
+        let (worker, kind, mut stopped) = (worker.clone(), kind.clone(), stopped.clone());
+        let (finished, finished_rx) = tokio::sync::oneshot::channel();
+        let started = std::thread::Builder::new().name(format!("strangler-worker-{i}")).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            match runtime {
+                Ok(runtime) => runtime.block_on(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => {
+                            let stop = async move {
+                                let _ = stopped.wait_for(|stop| *stop).await;
+                            };
+                            worker.serve((listener, kind), None, stop).await
+                        }
+                        Err(e) => tracing::error!(error = %e, "worker cannot use its listener"),
+                    }
+                }),
+                Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
+            }
+            let _ = finished.send(());
+        });
+        match started {
+            Ok(_) => done.push(finished_rx),
+            Err(e) => tracing::error!(error = %e, "cannot start a worker thread; serving with fewer"),
+        }
+    }
+    done
+}
+
+/// A listening socket for another worker: its own `SO_REUSEPORT` socket on
+/// the same address (the kernel spreads connections evenly) when the main
+/// listener allows it, else a duplicate of the main one (shared queue).
+fn worker_socket(listener: &TcpListener) -> std::io::Result<std::net::TcpListener> {
+    let main = socket2::SockRef::from(listener);
+    let socket =
+        if main.reuse_port().unwrap_or(false) { reuse_port_socket(listener.local_addr()?)? } else { main.try_clone()? };
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn reuse_port_socket(addr: std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket)
+}
+
+/// Binds the proxy listener; with several workers, as a `SO_REUSEPORT`
+/// socket so that each worker gets its own accept queue.
+pub fn bind(addr: std::net::SocketAddr, workers: usize) -> std::io::Result<TcpListener> {
+    let socket = if workers > 1 {
+        reuse_port_socket(addr)?
+    } else {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        socket
+    };
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
 }
 
 fn connection_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
@@ -145,56 +268,55 @@ async fn accept_optional(listener: Option<&TcpListener>) -> std::io::Result<(Tcp
 /// A TLS handshake must finish within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn serve_connection(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    shared: &Arc<Shared>,
-    stream: TcpStream,
-    kind: Kind,
-    first_byte_timeout: Duration,
-) {
-    let Ok(remote) = stream.peer_addr() else { return };
-    let _ = stream.set_nodelay(true);
-    // hyper reads the first bytes (to tell HTTP/1 from HTTP/2) with no
-    // deadline of its own: a client that connects and stays silent would pin
-    // the connection forever.
-    let stream = FirstByteDeadline::new(stream, first_byte_timeout);
-    match kind {
-        Kind::Proxy { tls: None } => {
-            let conn = Arc::new(Conn::new(remote, "http"));
-            let shared = shared.clone();
-            let service = service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req));
-            let connection =
-                graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, %remote, "connection ended with an error");
-                }
-            });
-        }
-        Kind::Proxy { tls: Some(acceptor) } => {
-            let (builder, watcher, shared) = (builder.clone(), graceful.watcher(), shared.clone());
-            tokio::spawn(async move {
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream.into_inner())).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return tracing::debug!(error = %e, %remote, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
-                };
-                let stream = FirstByteDeadline::new(stream, first_byte_timeout);
-                let conn = Arc::new(Conn::new(remote, "https"));
+impl Worker {
+    fn serve_connection(&self, graceful: &GracefulShutdown, stream: TcpStream, kind: Kind) {
+        let (builder, shared, first_byte_timeout) = (&self.builder, &self.shared, self.header_read_timeout);
+        let Ok(remote) = stream.peer_addr() else { return };
+        let _ = stream.set_nodelay(true);
+        // hyper reads the first bytes (to tell HTTP/1 from HTTP/2) with no
+        // deadline of its own: a client that connects and stays silent would pin
+        // the connection forever.
+        let stream = FirstByteDeadline::new(stream, first_byte_timeout);
+        match kind {
+            Kind::Proxy { tls: None } => {
+                let conn = Arc::new(Conn::new(remote, "http"));
+                let shared = shared.clone();
                 let service = service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req));
                 let connection =
-                    watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, %remote, "connection ended with an error");
-                }
-            });
-        }
-        Kind::Redirect { port } => {
-            let service =
-                service_fn(move |req| async move { Ok::<_, std::convert::Infallible>(redirect_to_https(&req, port)) });
-            let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-            tokio::spawn(connection);
+                    graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, %remote, "connection ended with an error");
+                    }
+                });
+            }
+            Kind::Proxy { tls: Some(acceptor) } => {
+                let (builder, watcher, shared) = (builder.clone(), graceful.watcher(), shared.clone());
+                tokio::spawn(async move {
+                    let stream =
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream.into_inner())).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => return tracing::debug!(error = %e, %remote, "TLS handshake failed"),
+                            Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
+                        };
+                    let stream = FirstByteDeadline::new(stream, first_byte_timeout);
+                    let conn = Arc::new(Conn::new(remote, "https"));
+                    let service = service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req));
+                    let connection = watcher
+                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, %remote, "connection ended with an error");
+                    }
+                });
+            }
+            Kind::Redirect { port } => {
+                let service =
+                    service_fn(
+                        move |req| async move { Ok::<_, std::convert::Infallible>(redirect_to_https(&req, port)) },
+                    );
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                tokio::spawn(connection);
+            }
         }
     }
 }

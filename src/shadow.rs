@@ -20,7 +20,6 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request};
-use http_body_util::BodyExt;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -522,19 +521,17 @@ async fn fetch(
         .ok_or_else(|| FetchError::Failed(format!("upstream {} has no healthy target", upstream.name)))?;
     let mut request = Request::new(ProxyBody::full(body));
     *request.method_mut() = method;
-    *request.uri_mut() = target.uri(path_and_query);
+    *request.uri_mut() = http::Uri::from(path_and_query);
     *request.headers_mut() = headers;
     let exchange = async {
-        let response = upstream.client.request(request).await.map_err(|e| FetchError::Failed(e.to_string()))?;
+        let (response, lease) =
+            upstream.client.send(target, request).await.map_err(|e| FetchError::Failed(e.to_string()))?;
         let latency = started.elapsed();
         let (parts, mut body) = response.into_parts();
         let mut capture = Capture::new(max_body);
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| FetchError::Failed(format!("reading the body: {e}")))?;
-            if let Some(data) = frame.data_ref() {
-                capture.observe(data);
-            }
-        }
+        crate::client::read_to_end(&mut body, lease, |data| capture.observe(data))
+            .await
+            .map_err(|e| FetchError::Failed(format!("reading the body: {e}")))?;
         let captured = capture.finish();
         Ok(Fetched { status: parts.status.as_u16(), headers: parts.headers, latency, captured })
     };

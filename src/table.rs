@@ -177,6 +177,7 @@ fn build_upstreams(
         if up.targets.is_empty() {
             return Err(source.error_at(&["upstreams:", &at, "targets"], format!("upstream {name:?} has no targets")));
         }
+        let connect_timeout = up.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let targets = up
             .targets
             .iter()
@@ -185,10 +186,11 @@ fn build_upstreams(
                     .map_err(|e| source.error_at(&["upstreams:", &at, url], format!("upstream {name:?}: {e}")))?;
                 let state =
                     ctx.cache.target_state(name, url, || TargetState::new(ctx.metrics.target_healthy(name, url)));
-                Ok(Target { url: url.as_str().into(), scheme, authority, state })
+                let pool = ctx.cache.pool(connect_timeout, up.tls.as_ref(), url);
+                let address = Target::address(&scheme, &authority);
+                Ok(Target { url: url.as_str().into(), scheme, authority, address, pool, state })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
-        let connect_timeout = up.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let timeout = up.timeout.unwrap_or(DEFAULT_TIMEOUT);
         for (key, d) in [("connect_timeout", connect_timeout), ("timeout", timeout)] {
             if d.is_zero() {
@@ -233,7 +235,7 @@ fn build_upstreams(
         };
         let client = ctx
             .cache
-            .client(connect_timeout, up.tls.as_ref())
+            .connector(connect_timeout, up.tls.as_ref())
             .map_err(|e| source.error_at(&["upstreams:", &at, "tls"], format!("upstream {name:?}: {e}")))?;
         let upstream = Upstream::new(name, targets, settings, client, ctx.metrics.upstream_counters(name));
         upstreams.insert(name.clone(), Arc::new(upstream));

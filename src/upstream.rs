@@ -8,19 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::HeaderValue;
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::uri::{Authority, Scheme, Uri};
 use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 
-use crate::body::ProxyBody;
+use crate::client::{Connector, PoolId};
 use crate::config::{LoadBalancing, RawHealthCheck, RawOutlier, RawUpstreamTls};
 use crate::metrics::UpstreamErrors;
-
-/// The pooled client the proxy uses for upstream requests (http and https).
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,6 +24,11 @@ pub struct Target {
     pub url: Box<str>,
     pub scheme: Scheme,
     pub authority: Authority,
+    /// `host:port` to connect to (the scheme's port when the URL names none).
+    pub address: Box<str>,
+    /// The target's idle connections (shared by every upstream that lists
+    /// the same URL with the same connection settings).
+    pub pool: PoolId,
     pub state: Arc<TargetState>,
 }
 
@@ -95,13 +94,15 @@ impl Target {
         Ok((scheme, authority))
     }
 
-    /// The absolute URI of `path_and_query` on this target.
-    pub fn uri(&self, path_and_query: PathAndQuery) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path_and_query);
-        Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
+    /// `host:port` to connect to.
+    pub fn address(scheme: &Scheme, authority: &Authority) -> Box<str> {
+        match authority.port_u16() {
+            Some(_) => authority.as_str().into(),
+            None => {
+                let port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+                format!("{}:{port}", authority.host()).into()
+            }
+        }
     }
 }
 
@@ -114,14 +115,14 @@ pub struct UpstreamCounters {
     pub breaker_rejections: IntCounter,
 }
 
-/// A named group of targets, with the client that reaches them.
+/// A named group of targets, with the connector that reaches them.
 pub struct Upstream {
     pub name: Arc<str>,
     /// The name as a header value, for `X-Strangler-Upstream`.
     pub name_header: HeaderValue,
     pub targets: Box<[Target]>,
     pub settings: UpstreamSettings,
-    pub client: HttpClient,
+    pub client: Arc<Connector>,
     pub counters: UpstreamCounters,
     pub budget: RetryBudget,
     in_flight: AtomicUsize,
@@ -180,7 +181,7 @@ impl Upstream {
         name: &str,
         targets: Vec<Target>,
         settings: UpstreamSettings,
-        client: HttpClient,
+        client: Arc<Connector>,
         counters: UpstreamCounters,
     ) -> Self {
         Upstream {
@@ -350,30 +351,43 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base / 2 + fastrand::u64(..=base))
 }
 
-/// Clients and target states shared across config versions: the keep-alive
-/// pools stay warm and target health survives a reload.
+/// How connections to a target are made; targets with equal settings share
+/// a connector and, per URL, a pool.
+type ConnectionSettings = (Duration, Option<RawUpstreamTls>);
+
+/// Connectors, pools and target states shared across config versions: the
+/// keep-alive pools stay warm and target health survives a reload. Only
+/// config loading takes these locks.
 #[derive(Default)]
 pub struct UpstreamCache {
-    clients: Mutex<HashMap<(Duration, Option<RawUpstreamTls>), HttpClient>>,
+    connectors: Mutex<HashMap<ConnectionSettings, Arc<Connector>>>,
+    pools: Mutex<HashMap<(ConnectionSettings, String), PoolId>>,
     targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
     limiters: Mutex<HashMap<String, Arc<crate::ratelimit::RateLimiter>>>,
 }
 
 impl UpstreamCache {
-    /// The client for these settings (made once; taken only at config load).
-    pub fn client(
+    /// The connector for these settings (made once).
+    pub fn connector(
         &self,
         connect_timeout: Duration,
         tls: Option<&RawUpstreamTls>,
-    ) -> Result<HttpClient, crate::tls::TlsError> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+    ) -> Result<Arc<Connector>, crate::tls::TlsError> {
+        let mut connectors = self.connectors.lock().unwrap_or_else(|e| e.into_inner());
         let key = (connect_timeout, tls.cloned());
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
+        if let Some(connector) = connectors.get(&key) {
+            return Ok(connector.clone());
         }
-        let client = build_client(connect_timeout, tls)?;
-        clients.insert(key, client.clone());
-        Ok(client)
+        let connector = Arc::new(Connector::new(connect_timeout, crate::tls::client_config(tls)?));
+        connectors.insert(key, connector.clone());
+        Ok(connector)
+    }
+
+    /// The pool of idle connections to `url` made with these settings.
+    pub fn pool(&self, connect_timeout: Duration, tls: Option<&RawUpstreamTls>, url: &str) -> PoolId {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let next = PoolId(pools.len());
+        *pools.entry(((connect_timeout, tls.cloned()), url.to_string())).or_insert(next)
     }
 
     /// The rate limiter with this identity (route and settings), made on first sight.
@@ -393,24 +407,6 @@ impl UpstreamCache {
         let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         targets.entry((upstream.to_string(), url.to_string())).or_insert_with(|| Arc::new(make())).clone()
     }
-}
-
-fn build_client(connect_timeout: Duration, tls: Option<&RawUpstreamTls>) -> Result<HttpClient, crate::tls::TlsError> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(crate::tls::client_config(tls)?)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .set_host(false)
-        .build(connector))
 }
 
 /// One target's state as `/upstreams` shows it.
