@@ -161,7 +161,9 @@ impl Connector {
                 },
             }
         }
-        let mut sender = self.connect(target).await?;
+        // Boxed: the connect path (DNS, TCP, TLS) is rare and its future is
+        // large; inline, every client connection would carry its size.
+        let mut sender = Box::pin(self.connect(target)).await?;
         let response = sender.send_request(request).await?;
         Ok((response, Lease { sender, pool: target.pool }))
     }

@@ -202,7 +202,7 @@ async fn forward<'t>(
     let mut body = if wants_replay {
         // A client that stalls mid-body gets no longer than the upstream would.
         let deadline = route.upstreams[primary].upstream.settings.timeout;
-        match RequestBody::buffer(&parts.headers, body, route.retry_buffer, deadline).await {
+        match Box::pin(RequestBody::buffer(&parts.headers, body, route.retry_buffer, deadline)).await {
             Ok(body) => body,
             Err(e) => {
                 if let (Some(m), Some(shadow)) = (mirror.take(), route.shadow.as_ref()) {

@@ -1,15 +1,17 @@
 //! The proxy listener: accepts connections, serves HTTP/1.1 and HTTP/2
 //! (prior knowledge) on each, and drains them on shutdown.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::proxy::{self, Conn};
@@ -85,7 +87,8 @@ pub async fn run(
     }
     drop(table);
     let worker = Worker {
-        builder: connection_builder(&options),
+        http1: http1_builder(&options),
+        http2: http2_builder(&options),
         shared: shared.clone(),
         header_read_timeout: options.header_read_timeout,
         drain_timeout: options.drain_timeout,
@@ -117,7 +120,8 @@ pub async fn run(
 /// One accept loop and the connections it serves.
 #[derive(Clone)]
 struct Worker {
-    builder: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     shared: Arc<Shared>,
     header_read_timeout: Duration,
     drain_timeout: Duration,
@@ -131,7 +135,9 @@ impl Worker {
         plain: Option<(TcpListener, Kind)>,
         stop: impl Future<Output = ()>,
     ) {
-        let graceful = GracefulShutdown::new();
+        // Each connection holds a receiver: `true` asks it to finish its
+        // request and close; the sender's `closed()` is "all drained".
+        let (drain, _) = tokio::sync::watch::channel(false);
         let plain_kind = plain.as_ref().map_or(Kind::Proxy { tls: None }, |(_, k)| k.clone());
         let plain_listener = plain.map(|(l, _)| l);
         tokio::pin!(stop);
@@ -142,7 +148,7 @@ impl Worker {
                 accepted = accept_optional(plain_listener.as_ref()) => (accepted, &plain_kind),
             };
             match accepted {
-                Ok((stream, _)) => self.serve_connection(&graceful, stream, kind.clone()),
+                Ok((stream, _)) => self.serve_connection(drain.subscribe(), stream, kind.clone()),
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!(error = %e, "accept failed");
@@ -152,9 +158,10 @@ impl Worker {
         }
         drop(listener);
         drop(plain_listener);
-        tracing::info!(connections = graceful.count(), "draining");
+        tracing::info!(connections = drain.receiver_count(), "draining");
+        let _ = drain.send(true);
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("drained"),
+            _ = drain.closed() => tracing::info!("drained"),
             _ = tokio::time::sleep(self.drain_timeout) => tracing::warn!("drain timeout reached; closing the remaining connections"),
         }
     }
@@ -241,15 +248,19 @@ pub fn bind(addr: std::net::SocketAddr, workers: usize) -> std::io::Result<TcpLi
     TcpListener::from_std(socket.into())
 }
 
-fn connection_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn http1_builder(options: &ServeOptions) -> http1::Builder {
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
+        .max_header_size(options.max_header_bytes)
         .max_buf_size(options.max_header_bytes.max(8192));
     builder
-        .http2()
+}
+
+fn http2_builder(options: &ServeOptions) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .max_header_list_size(options.max_header_bytes as u32)
         .max_concurrent_streams(256)
@@ -269,56 +280,162 @@ async fn accept_optional(listener: Option<&TcpListener>) -> std::io::Result<(Tcp
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Worker {
-    fn serve_connection(&self, graceful: &GracefulShutdown, stream: TcpStream, kind: Kind) {
-        let (builder, shared, first_byte_timeout) = (&self.builder, &self.shared, self.header_read_timeout);
+    fn serve_connection(&self, drain: Drain, stream: TcpStream, kind: Kind) {
         let Ok(remote) = stream.peer_addr() else { return };
         let _ = stream.set_nodelay(true);
-        // hyper reads the first bytes (to tell HTTP/1 from HTTP/2) with no
-        // deadline of its own: a client that connects and stays silent would pin
-        // the connection forever.
-        let stream = FirstByteDeadline::new(stream, first_byte_timeout);
+        let first_byte_timeout = self.header_read_timeout;
+        let worker = self.clone();
         match kind {
             Kind::Proxy { tls: None } => {
-                let conn = Arc::new(Conn::new(remote, "http"));
-                let shared = shared.clone();
-                let service = service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req));
-                let connection =
-                    graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
                 tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, %remote, "connection ended with an error");
-                    }
+                    // Peeking leaves the bytes in the socket, so hyper reads
+                    // the whole head in one go into a buffer of its usual size.
+                    let protocol = match sniff(&stream, first_byte_timeout).await {
+                        Ok(protocol) => protocol,
+                        Err(e) => return tracing::debug!(error = %e, %remote, "connection closed before a request"),
+                    };
+                    let service = proxy_service(worker.shared.clone(), Conn::new(remote, "http"));
+                    worker.serve_http(stream, protocol, service, drain, remote).await
                 });
             }
             Kind::Proxy { tls: Some(acceptor) } => {
-                let (builder, watcher, shared) = (builder.clone(), graceful.watcher(), shared.clone());
                 tokio::spawn(async move {
-                    let stream =
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream.into_inner())).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => return tracing::debug!(error = %e, %remote, "TLS handshake failed"),
-                            Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
-                        };
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, %remote, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
+                    };
+                    let protocol = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        _ => Protocol::Http1,
+                    };
+                    // HTTP/2 has no deadline for a silent client of its own.
                     let stream = FirstByteDeadline::new(stream, first_byte_timeout);
-                    let conn = Arc::new(Conn::new(remote, "https"));
-                    let service = service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req));
-                    let connection = watcher
-                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, %remote, "connection ended with an error");
-                    }
+                    let service = proxy_service(worker.shared.clone(), Conn::new(remote, "https"));
+                    worker.serve_http(stream, protocol, service, drain, remote).await
                 });
             }
             Kind::Redirect { port } => {
-                let service =
-                    service_fn(
-                        move |req| async move { Ok::<_, std::convert::Infallible>(redirect_to_https(&req, port)) },
-                    );
-                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                tokio::spawn(connection);
+                tokio::spawn(async move {
+                    let protocol = match sniff(&stream, first_byte_timeout).await {
+                        Ok(protocol) => protocol,
+                        Err(e) => return tracing::debug!(error = %e, %remote, "connection closed before a request"),
+                    };
+                    let service = service_fn(move |req| async move {
+                        Ok::<_, std::convert::Infallible>(redirect_to_https(&req, port))
+                    });
+                    worker.serve_http(stream, protocol, service, drain, remote).await
+                });
             }
         }
     }
+
+    /// Serves one connection in the protocol it speaks, until it ends or
+    /// has drained.
+    async fn serve_http<I, S>(&self, io: I, protocol: Protocol, service: S, drain: Drain, remote: SocketAddr)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: HttpService + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        match protocol {
+            Protocol::Http1 => {
+                let connection = self.http1.serve_connection(TokioIo::new(io), service).with_upgrades();
+                until_drained(connection, |c| c.graceful_shutdown(), drain, remote).await
+            }
+            Protocol::Http2 => {
+                let connection = self.http2.serve_connection(TokioIo::new(io), service);
+                // Its own task, so that HTTP/1.1 connection tasks (the most)
+                // are not sized for HTTP/2's state.
+                tokio::spawn(until_drained(connection, |c| c.graceful_shutdown(), drain, remote));
+            }
+        }
+    }
+}
+
+/// A connection's end of the worker's drain signal.
+type Drain = tokio::sync::watch::Receiver<bool>;
+
+/// Serves a connection to its end; once draining starts, lets its
+/// in-flight request finish and then closes it.
+async fn until_drained<C, E>(connection: C, shutdown: impl FnOnce(Pin<&mut C>), mut drain: Drain, remote: SocketAddr)
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(connection);
+    // Borrowed, not moved: the receiver must live until the connection has
+    // ended, since the worker counts live receivers to know it has drained.
+    let draining = async {
+        let _ = drain.wait_for(|draining| *draining).await.is_ok();
+    };
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = draining => {
+            shutdown(connection.as_mut());
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %remote, "connection ended with an error");
+    }
+}
+
+/// The proxy as a hyper service for one client connection. Each request's
+/// future is boxed: hyper keeps a slot the size of the service's future for
+/// the connection's whole life, and the proxy's is ~4 KiB that an idle
+/// keep-alive connection would otherwise hold.
+fn proxy_service(shared: Arc<Shared>, conn: Conn) -> impl HttpService<Future = ProxyFuture> + Clone {
+    let conn = Arc::new(conn);
+    service_fn(move |req| -> ProxyFuture { Box::pin(proxy::handle(shared.clone(), conn.clone(), req)) })
+}
+
+/// A request's way through the proxy, boxed (see [`proxy_service`]).
+type ProxyFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, Infallible>> + Send>>;
+type ProxyResponse = http::Response<crate::body::ProxyBody>;
+
+/// What [`Worker::serve_http`] serves: a service that always answers.
+trait HttpService:
+    hyper::service::Service<http::Request<hyper::body::Incoming>, Response = ProxyResponse, Error = Infallible>
+{
+}
+
+impl<S> HttpService for S where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = ProxyResponse, Error = Infallible>
+{
+}
+
+/// What a plain-TCP client speaks.
+enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    Http2,
+}
+
+/// How an HTTP/2 connection preface starts (RFC 9113 §3.4).
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// Tells HTTP/1 from HTTP/2 by peeking at the first bytes, without taking
+/// them; a client that sends nothing within `timeout` is dropped.
+async fn sniff(stream: &TcpStream, timeout: Duration) -> std::io::Result<Protocol> {
+    let sniffing = async {
+        let mut buf = [0u8; H2_PREFACE_START.len()];
+        loop {
+            let n = stream.peek(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if !H2_PREFACE_START.starts_with(&buf[..n]) {
+                return Ok(Protocol::Http1);
+            }
+            if n == buf.len() {
+                return Ok(Protocol::Http2);
+            }
+            // Part of a preface: peek again once more may have arrived.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(timeout, sniffing).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// `308` to the same host and path on HTTPS.
@@ -358,10 +475,6 @@ struct FirstByteDeadline<S> {
 impl<S> FirstByteDeadline<S> {
     fn new(inner: S, timeout: Duration) -> Self {
         FirstByteDeadline { inner, deadline: Some(Box::pin(tokio::time::sleep(timeout))) }
-    }
-
-    fn into_inner(self) -> S {
-        self.inner
     }
 }
 
