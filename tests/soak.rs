@@ -392,16 +392,20 @@ async fn many_requests_leave_rss_and_file_descriptors_near_their_baseline() {
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         settled = (proc_status(pid, "VmRSS:"), fd_count(pid));
-        if settled.1 <= fds0 + 4 {
+        if settled.1 <= fds0 + 2 * 2 * workers as usize {
             break;
         }
     }
     let (rss1, fds1) = settled;
+    // Keep-alive pools are per proxy worker (2) and upstream (2), each up to
+    // the client concurrency: they may still be filling after the warm-up.
+    // A leak shows as hundreds (2,000 client connections, 20,000 requests).
+    let pool_slack = 2 * 2 * workers as usize;
     let hwm = proc_status(pid, "VmHWM:");
     eprintln!(
         "{total} requests in {took:?} ({:.0}/s): RSS {rss0} -> {rss1} KiB (peak {hwm}), fds {fds0} -> {fds1}",
         total as f64 / took.as_secs_f64()
     );
-    assert!(fds1 <= fds0 + 4, "open fds grew from {fds0} to {fds1}");
+    assert!(fds1 <= fds0 + pool_slack, "open fds grew from {fds0} to {fds1}");
     assert!(rss1 <= rss0 + rss0 / 2 + 8 * 1024, "RSS grew from {rss0} KiB to {rss1} KiB");
 }
