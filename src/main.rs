@@ -1,5 +1,10 @@
 //! The `strangler` command line: `serve`, `check`, `explain`.
 
+/// jemalloc: an idle connection's buffers cost only the pages written to
+/// (glibc's chunk headers touch both ends of each buffer).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
