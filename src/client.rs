@@ -10,6 +10,10 @@
 //! per-core runtimes a connection stays on the core that drives it), and a
 //! connection goes back to it when the response body ends.
 //!
+//! Under the work-stealing scheduler a request may end on another thread
+//! than it started on, so a connection can return to another thread's pool;
+//! the per-thread cap bounds what that costs.
+//!
 //! Idle connections are reused newest first, so surplus ones age out: one
 //! idle longer than [`IDLE_TIMEOUT`] is closed instead of reused, and each
 //! thread keeps at most [`MAX_IDLE_PER_TARGET`] per target.

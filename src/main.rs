@@ -64,6 +64,18 @@ enum Command {
     Replay(strangler::replay::ReplayArgs),
 }
 
+/// How requests are spread over worker threads.
+#[derive(Clone, Copy, ValueEnum)]
+enum Scheduler {
+    /// Each thread runs its own single-threaded runtime with its own accept
+    /// queue (`SO_REUSEPORT`): a connection, its requests and its upstream
+    /// connections stay on one core, as in nginx's workers.
+    PerCore,
+    /// One tokio runtime whose threads steal tasks from each other: evens
+    /// out uneven connections, at the cost of cross-thread bookkeeping.
+    WorkStealing,
+}
+
 /// `strangler` with no subcommand: `serve` with its defaults (and env).
 #[derive(Parser)]
 struct DefaultServe {
@@ -76,9 +88,12 @@ struct ServeArgs {
     /// The config file.
     #[arg(long, env = "STRANGLER_CONFIG", default_value = "routes.yaml")]
     config: PathBuf,
-    /// Workers, each a thread with its own runtime and accept queue (default: the number of cores).
+    /// Worker threads (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// How the worker threads share the work.
+    #[arg(long, value_enum, default_value = "per-core")]
+    scheduler: Scheduler,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -149,12 +164,19 @@ fn init_logging(format: LogFormat, level: &str) {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    // Per-core workers, each a single-threaded runtime (this one is the
-    // first): no work-stealing bookkeeping, and a connection never changes
-    // core. `server::run` starts the others.
-    let workers = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    // Per core: this thread's runtime is the first worker and `server::run`
+    // starts the others. Work stealing: one runtime, one accept loop.
+    let (mut runtime, workers) = match args.scheduler {
+        Scheduler::PerCore => (tokio::runtime::Builder::new_current_thread(), threads),
+        Scheduler::WorkStealing if threads == 1 => (tokio::runtime::Builder::new_current_thread(), 1),
+        Scheduler::WorkStealing => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            (builder, 1)
+        }
+    };
+    let runtime = runtime.enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async move {
         let shared = Shared::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (listen, admin) = {

@@ -73,3 +73,35 @@ async fn access_log_lines_are_structured_json() {
     assert!(v["duration_ms"].as_f64().is_some());
     assert!(v["bytes"].as_u64().is_some());
 }
+
+#[tokio::test]
+async fn both_schedulers_serve_every_request_and_reuse_upstream_connections() {
+    for scheduler in ["per-core", "work-stealing"] {
+        let up = TestUpstream::start("up", Behaviour::Echo).await;
+        let dir = ConfigDir::new(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"));
+        let proxy = BinaryProxy::start(&dir.path(), &["--threads", "2", "--scheduler", scheduler]).await;
+        let addr = proxy.addr;
+        let clients: Vec<_> = (0..8)
+            .map(|c| {
+                tokio::spawn(async move {
+                    let client = http1();
+                    let mut ok = 0;
+                    for i in 0..50 {
+                        let r = req(http::Method::GET, addr, &format!("/c{c}/{i}")).body(Default::default()).unwrap();
+                        ok += matches!(send(&client, r).await, Ok(r) if r.status == 200) as usize;
+                    }
+                    ok
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for c in clients {
+            ok += c.await.unwrap();
+        }
+        assert_eq!(ok, 400, "{scheduler}: every request answered");
+        assert_eq!(up.hits(), 400);
+        // At most one upstream connection per concurrent request per worker.
+        let opened = up.connections_accepted();
+        assert!(opened <= 16, "{scheduler}: {opened} upstream connections for 400 requests");
+    }
+}

@@ -119,6 +119,11 @@ impl TestUpstream {
         self.hits.load(Ordering::SeqCst)
     }
 
+    /// TCP connections accepted so far (to see keep-alive reuse).
+    pub fn connections_accepted(&self) -> usize {
+        self.connections.lock().unwrap().len()
+    }
+
     pub fn set(&self, behaviour: Behaviour) {
         *self.behaviour.lock().unwrap() = behaviour;
     }
