@@ -213,11 +213,13 @@ backend be
 
 def start_proxy(kind, workers, routes=1, shadow=False, cert=None):
     tag = f"{kind}-w{workers}"
-    if kind == "strangler":
+    if kind.startswith("strangler"):
+        # "strangler-ws": the work-stealing scheduler instead of per-core runtimes.
+        scheduler = "work-stealing" if kind == "strangler-ws" else "per-core"
         path = os.path.join(OUT, f"{tag}-r{routes}{'-shadow' if shadow else ''}{'-tls' if cert else ''}.yaml")
         open(path, "w").write(strangler_config(routes, shadow, cert))
-        return start([STRANGLER, "serve", "--config", path, "--threads", str(workers), "--log-level", "warn"],
-                     tag, P_TLS if cert else P_H1)
+        return start([STRANGLER, "serve", "--config", path, "--threads", str(workers), "--scheduler", scheduler,
+                      "--log-level", "warn"], tag, P_TLS if cert else P_H1)
     if kind == "nginx":
         path = os.path.join(OUT, f"{tag}.conf")
         open(path, "w").write(nginx_config(workers, cert))
@@ -234,7 +236,7 @@ def start_proxy(kind, workers, routes=1, shadow=False, cert=None):
 def port_of(kind, proto):
     if kind == "direct":
         return UP_PORT
-    if kind == "strangler" and proto == "h2":
+    if kind.startswith("strangler") and proto == "h2":
         return P_H1  # HTTP/1.1 and h2c prior knowledge on the same listener
     return {"h1": P_H1, "h2": P_H2, "tls": P_TLS}[proto]
 
@@ -396,9 +398,8 @@ def main():
     peak = {}
 
     for workers in (1, 2):
-        for kind in kinds:
-            if kind == "direct" and workers == 2:
-                pass
+        # With 2 workers, strangler's work-stealing scheduler too (per-core is the default).
+        for kind in kinds + (["strangler-ws"] if workers == 2 else []):
             p = upstream if kind == "direct" else start_proxy(kind, workers, cert=cert if kind != "strangler" else None)
             pids = pids_of(p)
             port = port_of(kind, "h1")
