@@ -157,11 +157,20 @@ impl Connector {
             if sender.ready().await.is_err() {
                 continue;
             }
+            // An upstream may close an idle connection just as a request is
+            // written to it (its keep-alive timeout). An idempotent request
+            // without a body is then sent again on a new connection, as
+            // nginx does; that needs a copy of its head.
+            let again = resendable_copy(&request);
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, Lease { sender, pool: target.pool })),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(SendError::Http(e.into_error())),
+                Err(mut e) => match (e.take_message(), again) {
+                    (Some(unsent), _) => request = unsent,
+                    (None, Some(copy)) if closed_before_answering(e.error()) => {
+                        request = copy;
+                        break;
+                    }
+                    (None, _) => return Err(SendError::Http(e.into_error())),
                 },
             }
         }
@@ -191,6 +200,31 @@ impl Connector {
             .await
             .unwrap_or(Err(SendError::ConnectTimeout(self.connect_timeout)))
     }
+}
+
+/// A copy of a bodiless idempotent request, to send again if a reused
+/// connection turns out to be closed.
+fn resendable_copy(request: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+    use http_body::Body as _;
+    if !request.method().is_idempotent() || !request.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(ProxyBody::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+/// The connection was closed (or reset) before any answer came back.
+fn closed_before_answering(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    e.is_incomplete_message()
+        || e.is_canceled()
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted))
 }
 
 /// Tries each address the target's name resolves to.

@@ -100,8 +100,11 @@ async fn both_schedulers_serve_every_request_and_reuse_upstream_connections() {
         }
         assert_eq!(ok, 400, "{scheduler}: every request answered");
         assert_eq!(up.hits(), 400);
-        // At most one upstream connection per concurrent request per worker.
+        // Per core: at most one upstream connection per concurrent request
+        // per worker. Work stealing: a connection may go back to another
+        // thread's pool than the one that next needs it, so a few more.
         let opened = up.connections_accepted();
-        assert!(opened <= 16, "{scheduler}: {opened} upstream connections for 400 requests");
+        let most = if scheduler == "per-core" { 16 } else { 40 };
+        assert!(opened <= most, "{scheduler}: {opened} upstream connections for 400 requests");
     }
 }

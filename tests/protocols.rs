@@ -115,3 +115,55 @@ async fn upgrade_refused_by_upstream_is_a_normal_response() {
     .await;
     assert_eq!(raw_status(&response), Some(200), "{response}");
 }
+
+/// An upstream that answers the first request on each connection and keeps
+/// it open, then closes it without answering when the next request comes:
+/// the race a keep-alive timeout causes, made certain. Counts requests seen.
+async fn closes_reused_connections() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                // The next request (if any) finds the connection closing.
+                if matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_bodiless_idempotent_request_is_resent_when_a_reused_connection_was_closed() {
+    let (url, seen) = closes_reused_connections().await;
+    let proxy = TestProxy::start(&config(&[("up", &url)], "  - {name: all, prefix: /, upstream: up}\n")).await;
+    for i in 0..5 {
+        let r = get(proxy.addr, &format!("/get/{i}")).await;
+        assert_eq!(r.status, 200, "GET {i}: {}", r.text());
+    }
+    // Each GET after the first met a closed pooled connection, then a new one.
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 9);
+    // A POST is never sent twice: it fails instead.
+    let r = send(&http1(), req(Method::POST, proxy.addr, "/post").body(Full::new(Bytes::from("x"))).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"], "upstream_failed");
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 10);
+}
