@@ -172,6 +172,8 @@ async fn forward<'t>(
     let upstream_path = if route.strip_prefix { &normalized[found.prefix_len..] } else { &normalized[..] };
     let path_and_query = upstream_path_and_query(req.uri(), upstream_path)?;
     let hdrs = req.headers_mut();
+    // Room for the headers added below, so the map grows at most once.
+    hdrs.reserve(4);
     if upgrade {
         headers::set_upgrade(hdrs);
     }
@@ -292,7 +294,7 @@ fn start_mirror(
     path_and_query: &PathAndQuery,
     request_id: &HeaderValue,
     primary: usize,
-) -> Option<MirrorHandle> {
+) -> Option<Box<MirrorHandle>> {
     let mirror = Mirror {
         route: route.name.clone(),
         request_id: request_id.to_str().unwrap_or_default().to_string(),
@@ -309,7 +311,9 @@ fn start_mirror(
         return None;
     };
     let (primary_tx, primary_rx) = oneshot::channel();
-    Some(MirrorHandle {
+    // Boxed: only mirrored requests pay for it, and every request's future
+    // stays smaller.
+    Some(Box::new(MirrorHandle {
         mirror: Some(mirror),
         body: None,
         primary_tx: Some(primary_tx),
@@ -317,7 +321,7 @@ fn start_mirror(
         permit: Some(permit),
         max_body: shadow.max_body,
         started: Instant::now(),
-    })
+    }))
 }
 
 impl MirrorHandle {
