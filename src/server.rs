@@ -86,13 +86,13 @@ pub async fn run(
         shared.shadow.start_log();
     }
     drop(table);
-    let worker = Worker {
+    let worker = Arc::new(Worker {
         http1: http1_builder(&options),
         http2: http2_builder(&options),
         shared: shared.clone(),
         header_read_timeout: options.header_read_timeout,
         drain_timeout: options.drain_timeout,
-    };
+    });
     let main_kind = Kind::Proxy { tls: options.tls.clone().map(tokio_rustls::TlsAcceptor::from) };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let extra = spawn_workers(&worker, &proxy_listener, &main_kind, options.workers.saturating_sub(1), stopped);
@@ -117,8 +117,8 @@ pub async fn run(
     let _ = admin.await;
 }
 
-/// One accept loop and the connections it serves.
-#[derive(Clone)]
+/// One accept loop and the connections it serves (shared by them through
+/// an `Arc`, so that an idle connection holds a pointer, not the builders).
 struct Worker {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
@@ -130,7 +130,7 @@ struct Worker {
 impl Worker {
     /// Accepts until `stop` resolves, then drains this worker's connections.
     async fn serve(
-        &self,
+        self: &Arc<Self>,
         (listener, kind): (TcpListener, Kind),
         plain: Option<(TcpListener, Kind)>,
         stop: impl Future<Output = ()>,
@@ -169,7 +169,7 @@ impl Worker {
 
 /// Starts `n` extra workers on the proxy port; each signals when it has drained.
 fn spawn_workers(
-    worker: &Worker,
+    worker: &Arc<Worker>,
     listener: &TcpListener,
     kind: &Kind,
     n: usize,
@@ -280,7 +280,7 @@ async fn accept_optional(listener: Option<&TcpListener>) -> std::io::Result<(Tcp
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Worker {
-    fn serve_connection(&self, drain: Drain, stream: TcpStream, kind: Kind) {
+    fn serve_connection(self: &Arc<Self>, drain: Drain, stream: TcpStream, kind: Kind) {
         let Ok(remote) = stream.peer_addr() else { return };
         let _ = stream.set_nodelay(true);
         let first_byte_timeout = self.header_read_timeout;
