@@ -276,11 +276,19 @@ impl Upstream {
             return;
         }
         target.state.consecutive_failures.store(0, Ordering::Relaxed);
+        // As Envoy's ejection cap does: passive detection never takes out the
+        // last target still taking traffic. With none left, a passing fault
+        // (a burst of connect timeouts under load) would become an outage of
+        // the whole upstream; active health checks still can.
+        let now = now_ms();
+        if !self.targets.iter().any(|t| !std::ptr::eq(t, target) && t.state.available(now)) {
+            return;
+        }
         let ejections = target.state.ejections.fetch_add(1, Ordering::Relaxed);
         let factor = 1u32 << ejections.min(16);
         let outlier = &self.settings.outlier;
         let duration = (outlier.base_ejection * factor).min(outlier.max_ejection);
-        target.state.ejected_until_ms.store(now_ms() + duration.as_millis() as u64, Ordering::Relaxed);
+        target.state.ejected_until_ms.store(now + duration.as_millis() as u64, Ordering::Relaxed);
         self.counters.ejections.inc();
         tracing::warn!(upstream = %self.name, target = %target.url, ejected_for = ?duration, "target ejected after consecutive failures");
     }

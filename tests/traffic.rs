@@ -230,6 +230,24 @@ async fn retries_move_to_another_target_and_ejection_takes_the_dead_one_out() {
 }
 
 #[tokio::test]
+async fn outlier_detection_never_ejects_the_last_available_target() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let text = upstreams_yaml(&[(
+        "svc",
+        vec![format!("http://{dead}")],
+        "outlier: { consecutive_failures: 2, base_ejection: 30s }",
+    )]) + "  - {name: all, prefix: /, upstream: svc}\n";
+    let proxy = TestProxy::start(&text).await;
+    for _ in 0..10 {
+        let r = get(proxy.addr, "/x").await;
+        // Each request is tried (and fails) rather than refused as "no healthy target".
+        assert_eq!(r.json()["error"], "upstream_unreachable", "{}", r.text());
+    }
+    let upstreams = get(proxy.admin, "/upstreams").await.json();
+    assert_eq!(upstreams["upstreams"][0]["targets"][0]["ejected"], false, "{upstreams}");
+}
+
+#[tokio::test]
 async fn health_checks_take_targets_out_and_back() {
     let a = TestUpstream::start("a", Behaviour::Echo).await;
     let b = TestUpstream::start("b", Behaviour::Echo).await;
