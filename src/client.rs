@@ -10,13 +10,17 @@
 //! per-core runtimes a connection stays on the core that drives it), and a
 //! connection goes back to it when the response body ends.
 //!
-//! Under the work-stealing scheduler a request may end on another thread
-//! than it started on, so a connection can return to another thread's pool;
-//! the per-thread cap bounds what that costs.
+//! A thread keeps at most [`MAX_IDLE_PER_TARGET`] idle connections per
+//! target; past that, connections go to a shared overflow pool (behind a
+//! lock, touched only when a thread's own pool is full, or empty and about to
+//! connect), which holds up to [`MAX_SHARED_IDLE_PER_TARGET`]. Without it,
+//! a thread that gets more connections back than it takes out (under the
+//! work-stealing scheduler a request may end on another thread than it
+//! started on) would close them while another thread opened new ones: a
+//! churn that fills the machine with `TIME_WAIT` sockets until connects fail.
 //!
 //! Idle connections are reused newest first, so surplus ones age out: one
-//! idle longer than [`IDLE_TIMEOUT`] is closed instead of reused, and each
-//! thread keeps at most [`MAX_IDLE_PER_TARGET`] per target.
+//! idle longer than [`IDLE_TIMEOUT`] is closed instead of reused.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -35,6 +39,8 @@ use crate::body::ProxyBody;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per target on each thread.
 pub const MAX_IDLE_PER_TARGET: usize = 256;
+/// Idle connections per target in the shared overflow pool.
+pub const MAX_SHARED_IDLE_PER_TARGET: usize = 1024;
 /// A pooled connection idle at least this long may have met the upstream's
 /// keep-alive timeout (node's is 5 s, gunicorn's 2 s): a bodiless idempotent
 /// request sent on it keeps a copy, to send again if it turns out closed.
@@ -88,18 +94,32 @@ impl Lease {
         if self.sender.is_closed() {
             return;
         }
-        IDLE.with(|idle| {
-            let mut idle = idle.borrow_mut();
-            if idle.len() <= self.pool.0 {
-                idle.resize_with(self.pool.0 + 1, VecDeque::new);
-            }
-            let queue = &mut idle[self.pool.0];
+        let idle = Idle { sender: self.sender, since: Instant::now() };
+        let full = IDLE.with(|local| {
+            let mut local = local.borrow_mut();
+            let queue = pool_queue(&mut local, self.pool);
             if queue.len() >= MAX_IDLE_PER_TARGET {
+                return Some(idle);
+            }
+            queue.push_back(idle);
+            None
+        });
+        if let Some(idle) = full {
+            let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+            let queue = pool_queue(&mut shared, self.pool);
+            if queue.len() >= MAX_SHARED_IDLE_PER_TARGET {
                 queue.pop_front();
             }
-            queue.push_back(Idle { sender: self.sender, since: Instant::now() });
-        });
+            queue.push_back(idle);
+        }
     }
+}
+
+fn pool_queue(pools: &mut Vec<VecDeque<Idle>>, pool: PoolId) -> &mut VecDeque<Idle> {
+    if pools.len() <= pool.0 {
+        pools.resize_with(pool.0 + 1, VecDeque::new);
+    }
+    &mut pools[pool.0]
 }
 
 struct Idle {
@@ -112,28 +132,30 @@ thread_local! {
     static IDLE: RefCell<Vec<VecDeque<Idle>>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Idle connections no thread had room for, by pool.
+static SHARED: std::sync::Mutex<Vec<VecDeque<Idle>>> = std::sync::Mutex::new(Vec::new());
+
 /// The newest idle connection of a pool that is still open and fresh, and
-/// how long it has been idle.
+/// how long it has been idle: this thread's own first, else the overflow's.
 fn checkout(pool: PoolId) -> Option<(SendRequest<ProxyBody>, Duration)> {
-    IDLE.with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let queue = idle.get_mut(pool.0)?;
-        let now = Instant::now();
-        while queue.front().is_some_and(|oldest| now.duration_since(oldest.since) > IDLE_TIMEOUT) {
-            queue.pop_front();
-        }
-        while let Some(Idle { sender, since }) = queue.pop_back() {
-            if !sender.is_closed() {
-                return Some((sender, now.duration_since(since)));
-            }
-        }
-        None
+    let now = Instant::now();
+    let local = IDLE.with(|local| local.borrow_mut().get_mut(pool.0).and_then(|queue| newest_open(queue, now)));
+    local.or_else(|| {
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        shared.get_mut(pool.0).and_then(|queue| newest_open(queue, now))
     })
 }
 
-/// Closes every idle connection this thread holds (for tests and shutdown).
-pub fn clear_idle() {
-    IDLE.with(|idle| idle.borrow_mut().clear());
+fn newest_open(queue: &mut VecDeque<Idle>, now: Instant) -> Option<(SendRequest<ProxyBody>, Duration)> {
+    while queue.front().is_some_and(|oldest| now.duration_since(oldest.since) > IDLE_TIMEOUT) {
+        queue.pop_front();
+    }
+    while let Some(Idle { sender, since }) = queue.pop_back() {
+        if !sender.is_closed() {
+            return Some((sender, now.duration_since(since)));
+        }
+    }
+    None
 }
 
 impl Connector {
