@@ -400,7 +400,9 @@ def main():
     for workers in (1, 2):
         # With 2 workers, strangler's work-stealing scheduler too (per-core is the default).
         for kind in kinds + (["strangler-ws"] if workers == 2 else []):
-            p = upstream if kind == "direct" else start_proxy(kind, workers, cert=cert if kind != "strangler" else None)
+            # strangler serves h2c on its plain listener; the others get a TLS listener for h2.
+            p = upstream if kind == "direct" else start_proxy(
+                kind, workers, cert=None if kind.startswith("strangler") else cert)
             pids = pids_of(p)
             port = port_of(kind, "h1")
             log(f"{kind} with {workers} worker(s)")
