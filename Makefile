@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 export TASKAPP_PYTHON := $(PY)
 CARGO ?= cargo
 
-.PHONY: demo test test-rust test-python test-k8s lint bench soak fuzz report venv build release clean system-deps
+.PHONY: demo test test-rust test-python test-k8s test-fuzz lint bench soak fuzz report venv build release clean system-deps
 
 ## Python virtualenv with the monolith's pinned requirements.
 venv: $(VENV)/.installed
@@ -31,16 +31,22 @@ system-deps:
 	@scripts/apt-install.sh curl openssl chromium
 
 ## Every test: fmt + clippy, Rust (unit, integration, end-to-end, short soak,
-## hostile input), the monolith's pytest suite, and the Kubernetes manifests
-## (rendered, schema-validated, checked by `strangler check`).
+## hostile input), a short fuzzing run, the monolith's pytest suite, and the
+## Kubernetes manifests (rendered, schema-validated, checked by `strangler check`).
 test: venv system-deps
 	$(MAKE) lint
 	$(MAKE) test-rust
+	$(MAKE) test-fuzz
 	$(MAKE) test-python
 	$(MAKE) test-k8s
 
 test-rust: venv build
 	$(CARGO) test --workspace
+
+## Each fuzz target for 20 s, unoptimized build (quick to build; `make fuzz`
+## runs 60 s optimized); fails on a crash.
+test-fuzz:
+	FUZZ_PROFILE=dev scripts/fuzz.sh 20
 
 test-python: venv
 	cd legacy-monolith && $(PY) -m pytest -q
