@@ -288,12 +288,7 @@ impl Worker {
         match kind {
             Kind::Proxy { tls: None } => {
                 tokio::spawn(async move {
-                    // Peeking leaves the bytes in the socket, so hyper reads
-                    // the whole head in one go into a buffer of its usual size.
-                    let protocol = match sniff(&stream, first_byte_timeout).await {
-                        Ok(protocol) => protocol,
-                        Err(e) => return tracing::debug!(error = %e, %remote, "connection closed before a request"),
-                    };
+                    let Some(protocol) = sniff(&stream, first_byte_timeout, remote).await else { return };
                     let service = proxy_service(worker.shared.clone(), Conn::new(remote, "http"));
                     worker.serve_http(stream, protocol, service, drain, remote).await
                 });
@@ -317,10 +312,7 @@ impl Worker {
             }
             Kind::Redirect { port } => {
                 tokio::spawn(async move {
-                    let protocol = match sniff(&stream, first_byte_timeout).await {
-                        Ok(protocol) => protocol,
-                        Err(e) => return tracing::debug!(error = %e, %remote, "connection closed before a request"),
-                    };
+                    let Some(protocol) = sniff(&stream, first_byte_timeout, remote).await else { return };
                     let service = service_fn(move |req| async move {
                         Ok::<_, std::convert::Infallible>(redirect_to_https(&req, port))
                     });
@@ -415,9 +407,21 @@ enum Protocol {
 /// How an HTTP/2 connection preface starts (RFC 9113 §3.4).
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
-/// Tells HTTP/1 from HTTP/2 by peeking at the first bytes, without taking
-/// them; a client that sends nothing within `timeout` is dropped.
-async fn sniff(stream: &TcpStream, timeout: Duration) -> std::io::Result<Protocol> {
+/// Tells HTTP/1 from HTTP/2 by peeking at the first bytes. Peeking leaves
+/// them in the socket, so hyper reads the whole head in one go into a buffer
+/// of its usual size. `None` (logged) for a client that closes or sends
+/// nothing within `timeout`.
+async fn sniff(stream: &TcpStream, timeout: Duration, remote: SocketAddr) -> Option<Protocol> {
+    match peek_protocol(stream, timeout).await {
+        Ok(protocol) => Some(protocol),
+        Err(e) => {
+            tracing::debug!(error = %e, %remote, "connection closed before a request");
+            None
+        }
+    }
+}
+
+async fn peek_protocol(stream: &TcpStream, timeout: Duration) -> std::io::Result<Protocol> {
     let sniffing = async {
         let mut buf = [0u8; H2_PREFACE_START.len()];
         loop {
