@@ -2,6 +2,7 @@
 
 /// jemalloc: an idle connection's buffers cost only the pages written to
 /// (glibc's chunk headers touch both ends of each buffer).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
