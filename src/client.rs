@@ -95,7 +95,8 @@ impl Lease {
             return;
         }
         let idle = Idle { sender: self.sender, since: Instant::now() };
-        let full = IDLE.with(|local| {
+        // `try_with`: a body dropped while its thread is exiting just closes.
+        let Ok(full) = IDLE.try_with(|local| {
             let mut local = local.borrow_mut();
             let queue = pool_queue(&mut local, self.pool);
             if queue.len() >= MAX_IDLE_PER_TARGET {
@@ -103,7 +104,9 @@ impl Lease {
             }
             queue.push_back(idle);
             None
-        });
+        }) else {
+            return;
+        };
         if let Some(idle) = full {
             let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
             let queue = pool_queue(&mut shared, self.pool);
@@ -139,7 +142,10 @@ static SHARED: std::sync::Mutex<Vec<VecDeque<Idle>>> = std::sync::Mutex::new(Vec
 /// how long it has been idle: this thread's own first, else the overflow's.
 fn checkout(pool: PoolId) -> Option<(SendRequest<ProxyBody>, Duration)> {
     let now = Instant::now();
-    let local = IDLE.with(|local| local.borrow_mut().get_mut(pool.0).and_then(|queue| newest_open(queue, now)));
+    let local = IDLE
+        .try_with(|local| local.borrow_mut().get_mut(pool.0).and_then(|queue| newest_open(queue, now)))
+        .ok()
+        .flatten();
     local.or_else(|| {
         let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
         shared.get_mut(pool.0).and_then(|queue| newest_open(queue, now))
