@@ -58,6 +58,8 @@ test-k8s: build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# fuzz/ is its own workspace: its lock file must follow the root's dependencies.
+	$(CARGO) metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml > /dev/null
 
 ## The whole strangler-fig migration on one machine; Ctrl-C stops everything.
 demo: venv release system-deps
