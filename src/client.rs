@@ -288,7 +288,7 @@ where
 
 /// Reads a whole (small) response body and gives the connection back, for
 /// callers that need the body in memory (health checks, shadow answers).
-pub async fn read_to_end(body: &mut Incoming, lease: Lease, mut each: impl FnMut(&[u8])) -> Result<(), hyper::Error> {
+pub async fn read_to_end(mut body: Incoming, lease: Lease, mut each: impl FnMut(&[u8])) -> Result<(), hyper::Error> {
     use http_body_util::BodyExt;
     while let Some(frame) = body.frame().await {
         if let Some(data) = frame?.data_ref() {

@@ -69,8 +69,7 @@ async fn probe(upstream: &Upstream, index: usize, path: &str, timeout: std::time
     let exchange = async {
         let (response, lease) = upstream.client.send(target, req).await.ok()?;
         let ok = response.status().is_success();
-        let mut body = response.into_body();
-        crate::client::read_to_end(&mut body, lease, |_| {}).await.ok()?;
+        crate::client::read_to_end(response.into_body(), lease, |_| {}).await.ok()?;
         Some(ok)
     };
     tokio::time::timeout(timeout, exchange).await.ok().flatten().unwrap_or(false)

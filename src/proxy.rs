@@ -172,8 +172,6 @@ async fn forward<'t>(
     let upstream_path = if route.strip_prefix { &normalized[found.prefix_len..] } else { &normalized[..] };
     let path_and_query = upstream_path_and_query(req.uri(), upstream_path)?;
     let hdrs = req.headers_mut();
-    // Room for the headers added below, so the map grows at most once.
-    hdrs.reserve(4);
     if upgrade {
         headers::set_upgrade(hdrs);
     }

@@ -527,9 +527,9 @@ async fn fetch(
         let (response, lease) =
             upstream.client.send(target, request).await.map_err(|e| FetchError::Failed(e.to_string()))?;
         let latency = started.elapsed();
-        let (parts, mut body) = response.into_parts();
+        let (parts, body) = response.into_parts();
         let mut capture = Capture::new(max_body);
-        crate::client::read_to_end(&mut body, lease, |data| capture.observe(data))
+        crate::client::read_to_end(body, lease, |data| capture.observe(data))
             .await
             .map_err(|e| FetchError::Failed(format!("reading the body: {e}")))?;
         let captured = capture.finish();

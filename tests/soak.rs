@@ -387,20 +387,20 @@ async fn many_requests_leave_rss_and_file_descriptors_near_their_baseline() {
     let failed = drive(proxy.addr, total, workers).await;
     let took = started.elapsed();
     assert_eq!(failed, 0, "{failed} of {total} requests failed");
+    // Keep-alive pools are per proxy worker (2) and upstream (2), each up to
+    // the client concurrency: they may still be filling after the warm-up.
+    // A leak shows as hundreds (2,000 client connections, 20,000 requests).
+    let pool_slack = 2 * 2 * workers as usize;
     // Client connections are closed; give the proxy a moment to notice.
     let mut settled = (0, 0);
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         settled = (proc_status(pid, "VmRSS:"), fd_count(pid));
-        if settled.1 <= fds0 + 2 * 2 * workers as usize {
+        if settled.1 <= fds0 + pool_slack {
             break;
         }
     }
     let (rss1, fds1) = settled;
-    // Keep-alive pools are per proxy worker (2) and upstream (2), each up to
-    // the client concurrency: they may still be filling after the warm-up.
-    // A leak shows as hundreds (2,000 client connections, 20,000 requests).
-    let pool_slack = 2 * 2 * workers as usize;
     let hwm = proc_status(pid, "VmHWM:");
     eprintln!(
         "{total} requests in {took:?} ({:.0}/s): RSS {rss0} -> {rss1} KiB (peak {hwm}), fds {fds0} -> {fds1}",
