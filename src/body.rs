@@ -10,6 +10,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
+/// Any body's error: the client's upload, or the upstream's answer.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A request or response body passing through the proxy.
 #[derive(Debug)]
 pub enum ProxyBody {
@@ -24,51 +27,25 @@ pub enum ProxyBody {
     Upstream(UpstreamBody),
 }
 
-/// The body of an upstream's answer with what the exchange holds: the
-/// concurrency slot and the pooled connection it came on.
+/// The body of an upstream's answer, holding the exchange's concurrency
+/// slot until it ends (its connection is the client's business).
 #[derive(Debug)]
 pub struct UpstreamBody {
-    body: Incoming,
+    body: crate::client::ResponseBody,
     permit: Option<crate::upstream::Permit>,
-    lease: Option<crate::client::Lease>,
 }
 
 impl UpstreamBody {
-    pub fn new(body: Incoming, permit: crate::upstream::Permit, lease: crate::client::Lease) -> Self {
-        UpstreamBody { body, permit: Some(permit), lease: Some(lease) }
+    pub fn new(body: crate::client::ResponseBody, permit: crate::upstream::Permit) -> Self {
+        UpstreamBody { body, permit: Some(permit) }
     }
 
-    /// The body ended cleanly: the connection can carry the next request.
-    fn finish(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release();
-        }
-        self.permit = None;
-    }
-
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.finish(),
-            Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                // A broken body leaves the connection unusable.
-                self.lease = None;
-                self.permit = None;
-            }
-            _ => {}
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) || self.body.is_end_stream() {
+            self.permit = None;
         }
         polled
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // An empty answer (HEAD, 204, 304, `Content-Length: 0`) is never
-        // polled; one dropped half-read takes its connection with it.
-        if self.body.is_end_stream() {
-            self.finish();
-        }
     }
 }
 
@@ -175,11 +152,11 @@ impl From<Incoming> for ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Streamed(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Streamed(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream(upstream) => upstream.poll_frame(cx),
             ProxyBody::Tee(tee) => {

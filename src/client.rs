@@ -1,6 +1,8 @@
-//! The upstream client: keep-alive HTTP/1.1 connections to each target,
-//! made with hyper's low-level `client::conn` and kept in per-thread idle
-//! pools.
+//! The upstream client: keep-alive HTTP/1.1 connections to each target, kept
+//! in per-thread idle pools. Requests without a body (most of the traffic)
+//! are exchanged inline by [`h1`]; requests with a body, and upgrades, by
+//! hyper's low-level `client::conn`. The two kinds of connection are pooled
+//! apart.
 //!
 //! Why not hyper-util's pooled client: it keys its pool by `(scheme,
 //! authority)` in a SipHashed map behind a mutex, builds an absolute URI per
@@ -22,18 +24,25 @@
 //! Idle connections are reused newest first, so surplus ones age out: one
 //! idle longer than [`IDLE_TIMEOUT`] is closed instead of reused.
 
+pub mod h1;
+
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
 
 /// An idle connection older than this is closed rather than reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -41,11 +50,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_IDLE_PER_TARGET: usize = 256;
 /// Idle connections per target in the shared overflow pool.
 pub const MAX_SHARED_IDLE_PER_TARGET: usize = 1024;
-/// A pooled connection idle at least this long may have met the upstream's
-/// keep-alive timeout (node's is 5 s, gunicorn's 2 s): a bodiless idempotent
-/// request sent on it keeps a copy, to send again if it turns out closed.
-/// Busier connections skip the copy (it costs ~4% of a request's CPU).
-pub const RESEND_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Where one target's idle connections live: an index into every thread's
 /// pool table, resolved when the config is loaded.
@@ -72,33 +76,138 @@ pub enum SendError {
     Tls(std::io::Error),
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    #[error(transparent)]
+    Exchange(#[from] h1::Error),
 }
 
-/// A connection on loan for one exchange. Give it back with
-/// [`Lease::release`] once the response body has ended; dropping it instead
-/// closes the connection when it is done.
-pub struct Lease {
-    sender: SendRequest<ProxyBody>,
+/// An upstream's answer body. Its connection goes back to the pool when it
+/// ends cleanly; dropped half-read, the connection closes.
+#[derive(Debug)]
+pub enum ResponseBody {
+    Inline(h1::Body),
+    Hyper(HyperBody),
+}
+
+/// A body read by hyper's connection task, with the connection it came on.
+#[derive(Debug)]
+pub struct HyperBody {
+    body: Incoming,
+    sender: Option<SendRequest<ProxyBody>>,
     pool: PoolId,
 }
 
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Lease({:?})", self.pool)
+impl HyperBody {
+    fn finish(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            if !sender.is_closed() {
+                HYPER.release(self.pool, sender);
+            }
+        }
     }
 }
 
-impl Lease {
-    /// Returns the connection to its pool for the next request.
-    pub fn release(self) {
-        if self.sender.is_closed() {
-            return;
+impl Drop for HyperBody {
+    fn drop(&mut self) {
+        // An empty answer (HEAD, 204, 304, `Content-Length: 0`) is never polled.
+        if self.body.is_end_stream() {
+            self.finish();
         }
-        let idle = Idle { sender: self.sender, since: Instant::now() };
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Inline(body) => body.poll_frame(cx).map_err(Into::into),
+            ResponseBody::Hyper(hyper) => {
+                let polled = Pin::new(&mut hyper.body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(_))) if hyper.body.is_end_stream() => hyper.finish(),
+                    Poll::Ready(None) => hyper.finish(),
+                    // A broken body leaves the connection unusable.
+                    Poll::Ready(Some(Err(_))) => hyper.sender = None,
+                    _ => {}
+                }
+                polled.map_err(Into::into)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Inline(body) => body.is_end_stream(),
+            ResponseBody::Hyper(hyper) => hyper.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Inline(body) => body.size_hint(),
+            ResponseBody::Hyper(hyper) => hyper.body.size_hint(),
+        }
+    }
+}
+
+/// Something that can wait in a pool.
+trait Pooled: Sized + Send + 'static {
+    /// Can still carry a request.
+    fn is_open(&mut self) -> bool;
+}
+
+impl Pooled for SendRequest<ProxyBody> {
+    fn is_open(&mut self) -> bool {
+        !self.is_closed()
+    }
+}
+
+impl Pooled for h1::Conn {
+    fn is_open(&mut self) -> bool {
+        self.is_reusable()
+    }
+}
+
+struct Idle<T> {
+    conn: T,
+    since: Instant,
+}
+
+type Queues<T> = Vec<VecDeque<Idle<T>>>;
+
+/// One kind of idle connection: each thread's own, and the overflow.
+struct Pool<T: 'static> {
+    local: &'static LocalKey<RefCell<Queues<T>>>,
+    shared: &'static Mutex<Queues<T>>,
+}
+
+thread_local! {
+    static INLINE_LOCAL: RefCell<Queues<h1::Conn>> = const { RefCell::new(Vec::new()) };
+    static HYPER_LOCAL: RefCell<Queues<SendRequest<ProxyBody>>> = const { RefCell::new(Vec::new()) };
+}
+static INLINE_SHARED: Mutex<Queues<h1::Conn>> = Mutex::new(Vec::new());
+static HYPER_SHARED: Mutex<Queues<SendRequest<ProxyBody>>> = Mutex::new(Vec::new());
+
+/// Connections for bodiless requests, exchanged by [`h1`].
+static INLINE: Pool<h1::Conn> = Pool { local: &INLINE_LOCAL, shared: &INLINE_SHARED };
+/// Connections driven by hyper, for requests with a body.
+static HYPER: Pool<SendRequest<ProxyBody>> = Pool { local: &HYPER_LOCAL, shared: &HYPER_SHARED };
+
+/// Gives a connection whose answer ended cleanly back to its pool.
+pub(crate) fn release_inline(pool: PoolId, conn: h1::Conn) {
+    INLINE.release(pool, conn);
+}
+
+impl<T: Pooled> Pool<T> {
+    /// Keeps `conn` for the next request: in this thread's pool, or the
+    /// overflow when that is full.
+    fn release(&self, pool: PoolId, conn: T) {
+        let idle = Idle { conn, since: Instant::now() };
         // `try_with`: a body dropped while its thread is exiting just closes.
-        let Ok(full) = IDLE.try_with(|local| {
+        let Ok(full) = self.local.try_with(|local| {
             let mut local = local.borrow_mut();
-            let queue = pool_queue(&mut local, self.pool);
+            let queue = queue(&mut local, pool);
             if queue.len() >= MAX_IDLE_PER_TARGET {
                 return Some(idle);
             }
@@ -108,57 +217,45 @@ impl Lease {
             return;
         };
         if let Some(idle) = full {
-            let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-            let queue = pool_queue(&mut shared, self.pool);
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            let queue = queue(&mut shared, pool);
             if queue.len() >= MAX_SHARED_IDLE_PER_TARGET {
                 queue.pop_front();
             }
             queue.push_back(idle);
         }
     }
+
+    /// The newest idle connection of a pool that is still open and fresh:
+    /// this thread's own first, else the overflow's.
+    fn checkout(&self, pool: PoolId) -> Option<T> {
+        let now = Instant::now();
+        let local = self
+            .local
+            .try_with(|local| local.borrow_mut().get_mut(pool.0).and_then(|queue| newest_open(queue, now)))
+            .ok()
+            .flatten();
+        local.or_else(|| {
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            shared.get_mut(pool.0).and_then(|queue| newest_open(queue, now))
+        })
+    }
 }
 
-fn pool_queue(pools: &mut Vec<VecDeque<Idle>>, pool: PoolId) -> &mut VecDeque<Idle> {
+fn queue<T>(pools: &mut Queues<T>, pool: PoolId) -> &mut VecDeque<Idle<T>> {
     if pools.len() <= pool.0 {
         pools.resize_with(pool.0 + 1, VecDeque::new);
     }
     &mut pools[pool.0]
 }
 
-struct Idle {
-    sender: SendRequest<ProxyBody>,
-    since: Instant,
-}
-
-thread_local! {
-    /// This thread's idle connections, by pool.
-    static IDLE: RefCell<Vec<VecDeque<Idle>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Idle connections no thread had room for, by pool.
-static SHARED: std::sync::Mutex<Vec<VecDeque<Idle>>> = std::sync::Mutex::new(Vec::new());
-
-/// The newest idle connection of a pool that is still open and fresh, and
-/// how long it has been idle: this thread's own first, else the overflow's.
-fn checkout(pool: PoolId) -> Option<(SendRequest<ProxyBody>, Duration)> {
-    let now = Instant::now();
-    let local = IDLE
-        .try_with(|local| local.borrow_mut().get_mut(pool.0).and_then(|queue| newest_open(queue, now)))
-        .ok()
-        .flatten();
-    local.or_else(|| {
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        shared.get_mut(pool.0).and_then(|queue| newest_open(queue, now))
-    })
-}
-
-fn newest_open(queue: &mut VecDeque<Idle>, now: Instant) -> Option<(SendRequest<ProxyBody>, Duration)> {
+fn newest_open<T: Pooled>(queue: &mut VecDeque<Idle<T>>, now: Instant) -> Option<T> {
     while queue.front().is_some_and(|oldest| now.duration_since(oldest.since) > IDLE_TIMEOUT) {
         queue.pop_front();
     }
-    while let Some(Idle { sender, since }) = queue.pop_back() {
-        if !sender.is_closed() {
-            return Some((sender, now.duration_since(since)));
+    while let Some(Idle { mut conn, .. }) = queue.pop_back() {
+        if conn.is_open() {
+            return Some(conn);
         }
     }
     None
@@ -172,63 +269,89 @@ impl Connector {
     }
 
     /// Sends `request` (origin-form URI) to the target, on an idle
-    /// connection from its pool when there is one. A pooled connection the
-    /// upstream closed meanwhile is skipped, and the request is sent on
-    /// another one; a request that was written and then failed is not resent.
-    /// A request without `Host` (HTTP/1.0 clients, health checks) is given
-    /// the target's.
+    /// connection from its pool when there is one. A request without `Host`
+    /// (HTTP/1.0 clients, health checks) is given the target's.
     pub async fn send(
         &self,
         target: &crate::upstream::Target,
         mut request: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+    ) -> Result<Response<ResponseBody>, SendError> {
         if !request.headers().contains_key(http::header::HOST) {
             if let Ok(host) = http::HeaderValue::from_str(target.authority.as_str()) {
                 request.headers_mut().insert(http::header::HOST, host);
             }
         }
-        while let Some((mut sender, idle)) = checkout(target.pool) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            // An upstream may close an idle connection just as a request is
-            // written to it (its keep-alive timeout). An idempotent request
-            // without a body is then sent again on a new connection, as
-            // nginx does; that needs a copy of its head.
-            let again = if idle >= RESEND_AFTER_IDLE { resendable_copy(&request) } else { None };
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, Lease { sender, pool: target.pool })),
-                Err(mut e) => match (e.take_message(), again) {
-                    (Some(unsent), _) => request = unsent,
-                    (None, Some(copy)) if closed_before_answering(e.error()) => {
-                        request = copy;
-                        break;
-                    }
-                    (None, _) => return Err(SendError::Http(e.into_error())),
-                },
+        if request.body().is_end_stream() && !request.headers().contains_key(http::header::UPGRADE) {
+            return self.send_inline(target, request).await;
+        }
+        // Boxed: rarer, and its future is large.
+        Box::pin(self.send_with_hyper(target, request)).await
+    }
+
+    /// A bodiless request. A pooled connection the upstream closed before
+    /// answering (its keep-alive timeout raced the request) is given up, and
+    /// an idempotent request is sent again on another one, as nginx does.
+    async fn send_inline(
+        &self,
+        target: &crate::upstream::Target,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let resendable = request.method().is_idempotent();
+        while let Some(conn) = INLINE.checkout(target.pool) {
+            match conn.exchange(&request, target.pool).await {
+                Ok(response) => return Ok(response.map(ResponseBody::Inline)),
+                Err(h1::Error::ClosedBeforeAnswer) if resendable => continue,
+                Err(e) => return Err(e.into()),
             }
         }
         // Boxed: the connect path (DNS, TCP, TLS) is rare and its future is
         // large; inline, every client connection would carry its size.
-        let mut sender = Box::pin(self.connect(target)).await?;
-        let response = sender.send_request(request).await?;
-        Ok((response, Lease { sender, pool: target.pool }))
+        let conn = h1::Conn::new(Box::pin(self.connect(target)).await?);
+        let response = conn.exchange(&request, target.pool).await?;
+        Ok(response.map(ResponseBody::Inline))
     }
 
-    /// Opens a new connection (each resolved address in turn, all within
-    /// the connect timeout) and spawns the task that drives it.
-    async fn connect(&self, target: &crate::upstream::Target) -> Result<SendRequest<ProxyBody>, SendError> {
+    /// A request with a body, or an upgrade: hyper's client streams the body
+    /// while it watches for an early answer. A pooled connection found
+    /// closed before the request was written is skipped; a request that was
+    /// written and then failed is not resent.
+    async fn send_with_hyper(
+        &self,
+        target: &crate::upstream::Target,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let mut sender = loop {
+            let Some(mut sender) = HYPER.checkout(target.pool) else {
+                break handshake(self.connect(target).await?).await?;
+            };
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(hyper_response(response, sender, target.pool)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        };
+        let response = sender.send_request(request).await?;
+        Ok(hyper_response(response, sender, target.pool))
+    }
+
+    /// Opens a connection (each resolved address in turn, TLS for `https`),
+    /// all within the connect timeout.
+    async fn connect(&self, target: &crate::upstream::Target) -> Result<h1::Io, SendError> {
         let connecting = async {
             let stream = connect_tcp(&target.address).await.map_err(SendError::Connect)?;
             let _ = stream.set_nodelay(true);
-            if target.scheme == http::uri::Scheme::HTTPS {
-                let name = rustls_pki_types::ServerName::try_from(target.authority.host().to_string())
-                    .map_err(|e| SendError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-                let stream = self.tls.connect(name, stream).await.map_err(SendError::Tls)?;
-                handshake(stream).await
-            } else {
-                handshake(stream).await
+            if target.scheme != http::uri::Scheme::HTTPS {
+                return Ok(h1::Io::Tcp(stream));
             }
+            let name = rustls_pki_types::ServerName::try_from(target.authority.host().to_string())
+                .map_err(|e| SendError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+            let stream = self.tls.connect(name, stream).await.map_err(SendError::Tls)?;
+            Ok(h1::Io::Tls(Box::new(stream)))
         };
         tokio::time::timeout(self.connect_timeout, connecting)
             .await
@@ -236,29 +359,12 @@ impl Connector {
     }
 }
 
-/// A copy of a bodiless idempotent request, to send again if a reused
-/// connection turns out to be closed.
-fn resendable_copy(request: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
-    use http_body::Body as _;
-    if !request.method().is_idempotent() || !request.body().is_end_stream() {
-        return None;
-    }
-    let mut copy = Request::new(ProxyBody::empty());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    Some(copy)
-}
-
-/// The connection was closed (or reset) before any answer came back.
-fn closed_before_answering(e: &hyper::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    e.is_incomplete_message()
-        || e.is_canceled()
-        || std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<std::io::Error>())
-            .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted))
+fn hyper_response(
+    response: Response<Incoming>,
+    sender: SendRequest<ProxyBody>,
+    pool: PoolId,
+) -> Response<ResponseBody> {
+    response.map(|body| ResponseBody::Hyper(HyperBody { body, sender: Some(sender), pool }))
 }
 
 /// Tries each address the target's name resolves to.
@@ -273,11 +379,9 @@ async fn connect_tcp(address: &str) -> std::io::Result<TcpStream> {
     Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolved to no address")))
 }
 
-async fn handshake<S>(stream: S) -> Result<SendRequest<ProxyBody>, SendError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+/// Hands a new connection to hyper and spawns the task that drives it.
+async fn handshake(io: h1::Io) -> Result<SendRequest<ProxyBody>, SendError> {
+    let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -286,15 +390,15 @@ where
     Ok(sender)
 }
 
-/// Reads a whole (small) response body and gives the connection back, for
-/// callers that need the body in memory (health checks, shadow answers).
-pub async fn read_to_end(mut body: Incoming, lease: Lease, mut each: impl FnMut(&[u8])) -> Result<(), hyper::Error> {
+/// Reads a whole (small) response body, for callers that need it in memory
+/// (health checks, shadow answers); the connection goes back to its pool.
+pub async fn read_to_end(body: ResponseBody, mut each: impl FnMut(&[u8])) -> Result<(), BoxError> {
     use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
     while let Some(frame) = body.frame().await {
         if let Some(data) = frame?.data_ref() {
             each(data);
         }
     }
-    lease.release();
     Ok(())
 }

@@ -501,12 +501,12 @@ impl Attempt<'_> {
             Ok(Ok(answer)) => Ok(answer),
         };
         match &result {
-            Ok((response, _)) if !is_gateway_error(response.status()) => upstream.record_success(permit.target()),
+            Ok(response) if !is_gateway_error(response.status()) => upstream.record_success(permit.target()),
             Err(ProxyError::BodyRead) => {}
             _ => upstream.record_failure(permit.target()),
         }
         // The slot is held until the response body ends, not just its head.
-        result.map(|(response, lease)| response.map(|body| ProxyBody::Upstream(UpstreamBody::new(body, permit, lease))))
+        result.map(|response| response.map(|body| ProxyBody::Upstream(UpstreamBody::new(body, permit))))
     }
 }
 
@@ -556,6 +556,7 @@ fn classify_upstream_error(upstream: &Upstream, e: SendError) -> ProxyError {
         // The client's upload failed (aborted, malformed): not the upstream's fault.
         SendError::Http(e) if caused_by_request_body(&e) => ProxyError::BodyRead,
         SendError::Http(e) => ProxyError::UpstreamFailed { upstream: name, detail: error_chain(&e) },
+        SendError::Exchange(e) => ProxyError::UpstreamFailed { upstream: name, detail: e.to_string() },
     }
 }
 

@@ -524,12 +524,11 @@ async fn fetch(
     *request.uri_mut() = http::Uri::from(path_and_query);
     *request.headers_mut() = headers;
     let exchange = async {
-        let (response, lease) =
-            upstream.client.send(target, request).await.map_err(|e| FetchError::Failed(e.to_string()))?;
+        let response = upstream.client.send(target, request).await.map_err(|e| FetchError::Failed(e.to_string()))?;
         let latency = started.elapsed();
         let (parts, body) = response.into_parts();
         let mut capture = Capture::new(max_body);
-        crate::client::read_to_end(body, lease, |data| capture.observe(data))
+        crate::client::read_to_end(body, |data| capture.observe(data))
             .await
             .map_err(|e| FetchError::Failed(format!("reading the body: {e}")))?;
         let captured = capture.finish();
