@@ -163,7 +163,7 @@ impl Pooled for SendRequest<ProxyBody> {
     }
 }
 
-impl Pooled for h1::Conn {
+impl Pooled for Box<h1::Conn> {
     fn is_open(&mut self) -> bool {
         self.is_reusable()
     }
@@ -183,19 +183,19 @@ struct Pool<T: 'static> {
 }
 
 thread_local! {
-    static INLINE_LOCAL: RefCell<Queues<h1::Conn>> = const { RefCell::new(Vec::new()) };
+    static INLINE_LOCAL: RefCell<Queues<Box<h1::Conn>>> = const { RefCell::new(Vec::new()) };
     static HYPER_LOCAL: RefCell<Queues<SendRequest<ProxyBody>>> = const { RefCell::new(Vec::new()) };
 }
-static INLINE_SHARED: Mutex<Queues<h1::Conn>> = Mutex::new(Vec::new());
+static INLINE_SHARED: Mutex<Queues<Box<h1::Conn>>> = Mutex::new(Vec::new());
 static HYPER_SHARED: Mutex<Queues<SendRequest<ProxyBody>>> = Mutex::new(Vec::new());
 
 /// Connections for bodiless requests, exchanged by [`h1`].
-static INLINE: Pool<h1::Conn> = Pool { local: &INLINE_LOCAL, shared: &INLINE_SHARED };
+static INLINE: Pool<Box<h1::Conn>> = Pool { local: &INLINE_LOCAL, shared: &INLINE_SHARED };
 /// Connections driven by hyper, for requests with a body.
 static HYPER: Pool<SendRequest<ProxyBody>> = Pool { local: &HYPER_LOCAL, shared: &HYPER_SHARED };
 
 /// Gives a connection whose answer ended cleanly back to its pool.
-pub(crate) fn release_inline(pool: PoolId, conn: h1::Conn) {
+pub(crate) fn release_inline(pool: PoolId, conn: Box<h1::Conn>) {
     INLINE.release(pool, conn);
 }
 

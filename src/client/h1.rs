@@ -32,6 +32,9 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// The largest trailer section of a chunked answer (trailers are dropped).
 const MAX_TRAILERS: usize = 16 * 1024;
+/// Header fields the proxy may add to an answer or to the next request
+/// (`X-Request-Id`, `X-Forwarded-*`).
+const HEADROOM: usize = 5;
 /// The longest chunk extension accepted (they are skipped).
 const MAX_CHUNK_EXT: usize = 4096;
 /// Read buffers grow by this much; a read shorter than the room it had
@@ -70,8 +73,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(io: Io) -> Self {
-        Conn { io, read_buf: BytesMut::new(), write_buf: Vec::new() }
+    /// Boxed, once per connection: answers and pools then move a pointer.
+    pub fn new(io: Io) -> Box<Self> {
+        Box::new(Conn { io, read_buf: BytesMut::new(), write_buf: Vec::new() })
     }
 
     /// Still open and silent since it went idle. Costs no system call unless
@@ -87,7 +91,7 @@ impl Conn {
     /// answer's body reads on from this connection, and gives it back to
     /// `pool` when it ends cleanly.
     pub async fn exchange(
-        mut self,
+        mut self: Box<Self>,
         request: &http::Request<crate::body::ProxyBody>,
         pool: PoolId,
     ) -> Result<Response<Body>, Error> {
@@ -128,7 +132,7 @@ impl Conn {
     }
 
     /// Gets the connection ready to wait in a pool.
-    fn into_idle(mut self) -> Self {
+    fn into_idle(mut self: Box<Self>) -> Box<Self> {
         if self.read_buf.capacity() > KEEP_BUFFER {
             self.read_buf = BytesMut::new();
         }
@@ -211,7 +215,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         (len, status, version, parsed.headers.len())
     };
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the headers the proxy adds; hyper then parses the client's
+    // next request on this connection into this same map, room included.
+    let mut headers = HeaderMap::with_capacity(count + HEADROOM);
     for &[name, name_len, value, value_len] in &spans[..count] {
         let name = &head[name as usize..(name + name_len) as usize];
         let name = HeaderName::from_bytes(name).map_err(|_| Error::Invalid("invalid header name"))?;
@@ -418,7 +424,7 @@ fn hex(byte: u8) -> Option<u8> {
 /// clean end the connection goes back to its pool; dropped before that, it
 /// closes.
 pub struct Body {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     decoder: Decoder,
     keep_alive: bool,
     pool: PoolId,
@@ -433,7 +439,7 @@ impl std::fmt::Debug for Body {
 }
 
 impl Body {
-    fn new(conn: Conn, framing: Framing, pool: PoolId) -> Self {
+    fn new(conn: Box<Conn>, framing: Framing, pool: PoolId) -> Self {
         let mut body =
             Body { conn: Some(conn), decoder: framing.decoder, keep_alive: framing.keep_alive, pool, failed: None };
         if body.decoder == Decoder::Done {
