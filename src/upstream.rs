@@ -392,10 +392,14 @@ impl UpstreamCache {
     }
 
     /// The pool of idle connections to `url` made with these settings.
+    /// Ids are unique in the process, not just in this cache: pools are
+    /// per thread, and two proxies in one process (tests) must not share.
     pub fn pool(&self, connect_timeout: Duration, tls: Option<&RawUpstreamTls>, url: &str) -> PoolId {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let next = PoolId(pools.len());
-        *pools.entry(((connect_timeout, tls.cloned()), url.to_string())).or_insert(next)
+        *pools
+            .entry(((connect_timeout, tls.cloned()), url.to_string()))
+            .or_insert_with(|| PoolId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
     }
 
     /// The rate limiter with this identity (route and settings), made on first sight.

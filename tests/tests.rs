@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod answers;
 mod cli;
 mod e2e;
 mod errors;

@@ -713,3 +713,37 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod exchange_tests {
+    use super::*;
+
+    /// One exchange with a loopback peer that answers `answer`.
+    pub(super) async fn exchange(answer: &'static [u8]) -> Result<Vec<u8>, Error> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut peer, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = peer.read(&mut buf).await;
+            peer.write_all(answer).await.unwrap();
+            let _ = peer.read(&mut buf).await;
+        });
+        let conn = Conn::new(Io::Tcp(TcpStream::connect(addr).await.unwrap()));
+        let mut request = http::Request::new(crate::body::ProxyBody::empty());
+        request.headers_mut().insert(header::HOST, HeaderValue::from_static("t"));
+        let response = conn.exchange(&request, PoolId(0)).await?;
+        let mut body = std::pin::pin!(response.into_body());
+        let mut out = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().get_mut().poll_frame(cx)).await {
+            out.extend_from_slice(frame?.data_ref().unwrap());
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_is_read_whole() {
+        let body = exchange(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n6\r\n world\r\n0\r\nX-T: t\r\n\r\n").await;
+        assert_eq!(body.unwrap(), b"hello world");
+    }
+}
