@@ -22,7 +22,8 @@
 //!   one diff record per request.
 //! - [`upstream`]: upstream groups, target choice and health, retry budget,
 //!   concurrency caps; [`client`]: connections to targets and their
-//!   per-thread keep-alive pools.
+//!   per-thread keep-alive pools, with [`client::h1`] exchanging bodiless
+//!   requests inline (hyper's client takes bodies and upgrades).
 //! - [`health`]: active health checks; [`ratelimit`]: per-route token buckets.
 //!
 //! Beside the request path:

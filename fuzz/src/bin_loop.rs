@@ -9,7 +9,7 @@ fn main() {
     let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut targets: Vec<String> = args.collect();
     if targets.is_empty() {
-        targets = vec!["config".into(), "path_router".into(), "diff".into()];
+        targets = vec!["config".into(), "path_router".into(), "diff".into(), "h1_answer".into()];
     }
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -23,6 +23,7 @@ fn main() {
             "config" => strangler_fuzz::check_config,
             "path_router" => strangler_fuzz::check_path_router,
             "diff" => strangler_fuzz::check_diff,
+            "h1_answer" => strangler_fuzz::check_h1_answer,
             other => panic!("unknown target {other}"),
         };
         let corpus = strangler_fuzz::seeds(&target);

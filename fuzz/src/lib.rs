@@ -141,6 +141,13 @@ pub fn check_diff(data: &[u8]) {
 }
 
 /// Seed inputs per target (also the corpus for the plain loop).
+/// The upstream answer codec (`client::h1`) on arbitrary bytes: the first
+/// byte picks GET or HEAD and where the body is cut in two.
+pub fn check_h1_answer(data: &[u8]) {
+    let Some((&control, answer)) = data.split_first() else { return };
+    strangler::client::h1::check_answer(answer, control & 1 == 1, usize::from(control >> 1));
+}
+
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     let text: &[&str] = match target {
         "config" => &[
@@ -161,6 +168,12 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             "\x21[1,2,[3,{\"x\":1e400}]]\x1e[2,1]",
             "\x01line one\nline two\n\x1eline one\nline 2\n",
             "\x04\x1f\x08\x00\x1egarbage",
+        ],
+        "h1_answer" => &[
+            "\x08HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            "\x10HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+            "\x01HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx",
+            "\x00HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close",
         ],
         _ => &[],
     };
