@@ -40,6 +40,8 @@ const MAX_CHUNK_EXT: usize = 4096;
 /// Read buffers grow by this much; a read shorter than the room it had
 /// lets tokio skip the next `EAGAIN` read.
 const READ_CHUNK: usize = 8 * 1024;
+/// Large bodies are read this much at a time: fewer system calls and frames.
+const BODY_READ: usize = 64 * 1024;
 /// A pooled connection keeps a read buffer no larger than this.
 const KEEP_BUFFER: usize = 32 * 1024;
 
@@ -122,7 +124,7 @@ impl Conn {
                     None => {}
                 }
             }
-            reserve_read_room(&mut self.read_buf);
+            reserve_read_room(&mut self.read_buf, READ_CHUNK);
             let n = self.io.read_buf(&mut self.read_buf).await.map_err(|e| closed_or_io(e, received))?;
             if n == 0 {
                 return Err(if received { Error::Incomplete } else { Error::ClosedBeforeAnswer });
@@ -150,9 +152,9 @@ fn closed_or_io(e: std::io::Error, received: bool) -> Error {
     }
 }
 
-fn reserve_read_room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
+fn reserve_read_room(buf: &mut BytesMut, room: usize) {
+    if buf.capacity() - buf.len() < room / 4 {
+        buf.reserve(room);
     }
 }
 
@@ -336,6 +338,15 @@ enum Step {
 }
 
 impl Decoder {
+    /// How much room the next read of the body gets: what is left of a
+    /// known length (within [`READ_CHUNK`]..[`BODY_READ`]), else the most.
+    fn read_room(&self) -> usize {
+        match *self {
+            Decoder::Length(n) => usize::try_from(n).unwrap_or(usize::MAX).clamp(READ_CHUNK, BODY_READ),
+            _ => BODY_READ,
+        }
+    }
+
     /// Decodes what `buf` holds; framing bytes are consumed, data is split
     /// off without a copy.
     fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Error> {
@@ -495,7 +506,7 @@ impl Body {
                     return Poll::Ready(Some(Err(e)));
                 }
             }
-            reserve_read_room(&mut conn.read_buf);
+            reserve_read_room(&mut conn.read_buf, self.decoder.read_room());
             let read = std::pin::pin!(conn.io.read_buf(&mut conn.read_buf));
             match ready!(std::future::Future::poll(read, cx)) {
                 Ok(0) if self.decoder == Decoder::UntilClose => {
