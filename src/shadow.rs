@@ -537,6 +537,9 @@ async fn fetch(
     tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(FetchError::Timeout(timeout)))
 }
 
+/// How long the diff-log writer lets records gather before a write.
+const LOG_GATHER: Duration = Duration::from_millis(10);
+
 /// The diff-log writer: one line per record, rotated past `max_log_size`
 /// into `log.1` … `log.N`; `-` writes to stdout.
 fn write_log(mut rx: mpsc::Receiver<String>, settings: RawShadowLog) {
@@ -556,10 +559,14 @@ fn write_log(mut rx: mpsc::Receiver<String>, settings: RawShadowLog) {
     };
     let mut written = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     while let Some(line) = rx.blocking_recv() {
+        // Let records gather for a moment: one wake-up and one write per
+        // batch, not per record (at thousands of records a second, one
+        // wake-up each competed with the proxy for the cores).
+        std::thread::sleep(LOG_GATHER);
         let mut batch = vec![line];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
-            if batch.len() >= 1024 {
+            if batch.len() >= 16_384 {
                 break;
             }
         }
