@@ -124,7 +124,8 @@ def strangler_config(routes=1, shadow=False, tls=None):
     if tls:
         lines += ["tls:", f"  cert: {tls[0]}", f"  key: {tls[1]}"]
     if shadow:
-        lines += ["shadow:", f"  log: {OUT}/shadow-diffs.jsonl", "  max_inflight: 256"]
+        # SHADOW_CAP: the shadow's in-flight cap (default 256), to see how the slow-shadow cost scales with it.
+        lines += ["shadow:", f"  log: {OUT}/shadow-diffs.jsonl", "  max_inflight: " + os.environ.get("SHADOW_CAP", "256")]
     lines += ["upstreams:", "  up:", f'    targets: ["http://127.0.0.1:{UP_PORT}"]', "    timeout: 30s"]
     if shadow:
         lines += ["  slow:", f'    targets: ["http://127.0.0.1:{SLOW_PORT}"]', "    timeout: 30s"]

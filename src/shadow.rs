@@ -131,6 +131,33 @@ pub struct ShadowRuntime {
     field_mismatches: IntCounterVec,
     /// Live summary behind the admin `/shadow` endpoint (bounded in size).
     pub summary: Mutex<crate::report::Summary>,
+    /// The shadow's own thread and runtime (see [`Lane`]).
+    lane: std::sync::OnceLock<Lane>,
+}
+
+/// A thread with its own runtime where mirrored requests are sent, read and
+/// compared, away from the workers that serve live traffic. A slow shadow
+/// answers in bursts (a whole in-flight cap at once); handled on a worker,
+/// such a burst delayed the live requests queued behind it (primary p99
+/// +17–34% in the slow-shadow benchmark, +11% with a cap of 16). Stops when
+/// the runtime that owns it is dropped and its last task is done.
+struct Lane {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Lane {
+    fn start() -> std::io::Result<Lane> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name("strangler-shadow".into()).spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+        })?;
+        Ok(Lane { handle, _stop: stop })
+    }
 }
 
 impl ShadowRuntime {
@@ -182,10 +209,12 @@ impl ShadowRuntime {
             latency,
             field_mismatches,
             summary: Mutex::default(),
+            lane: std::sync::OnceLock::new(),
         })
     }
 
-    /// Starts the diff-log writer (once; needs the runtime).
+    /// Starts the diff-log writer and the shadow's thread (once; needs the
+    /// runtime).
     pub fn start_log(&self) {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         if log.is_none() {
@@ -193,6 +222,15 @@ impl ShadowRuntime {
             let settings = self.settings.clone();
             tokio::task::spawn_blocking(move || write_log(rx, settings));
             *log = Some(tx);
+        }
+        drop(log);
+        if self.lane.get().is_none() {
+            match Lane::start() {
+                Ok(lane) => {
+                    let _ = self.lane.set(lane);
+                }
+                Err(e) => tracing::warn!(error = %e, "no thread for the shadow; mirrored requests share the workers"),
+            }
         }
     }
 
@@ -218,12 +256,16 @@ impl ShadowRuntime {
         permit: OwnedSemaphorePermit,
     ) {
         let runtime = self.clone();
-        tokio::spawn(async move {
+        let task = async move {
             let _permit = permit;
             let route = &table.router.entries()[route_index].1;
             let record = runtime.compare_one(route, mirror, body, primary).await;
             runtime.finish(record);
-        });
+        };
+        match self.lane.get() {
+            Some(lane) => drop(lane.handle.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
     }
 
     async fn compare_one(
