@@ -8,8 +8,9 @@
 # Uses the nightly toolchain (cargo-fuzz needs -Zsanitizer); installs a pinned
 # cargo-fuzz when missing. Without nightly, falls back to the same checks as a
 # plain seeded random loop on stable (fuzz/src/bin_loop.rs).
-# The corpus (fuzz/corpus/) and crashes (fuzz/artifacts/<target>/) are
-# git-ignored; copy a crash into tests/hostile.rs (`fuzz_regressions`) once
+# Seed inputs are committed in fuzz/seeds/<target>/ (the same shapes as `seeds()` in
+# fuzz/src/lib.rs, which the stable loop uses). The corpus (fuzz/corpus/) and crashes
+# (fuzz/artifacts/<target>/) are git-ignored; copy a crash into tests/hostile.rs (`fuzz_regressions`) once
 # fixed. Exits non-zero on a crash (or a failed build), zero otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
@@ -30,7 +31,9 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   pids=()
   for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
-    cargo +nightly fuzz run "$fuzz_mode" "$t" "corpus/$t" -- -max_total_time="$seconds" -print_final_stats=1 \
+    # seeds/<target>/ (committed) starts a fresh clone from known shapes; libFuzzer reads every corpus
+    # directory given and writes new inputs only into the first (git-ignored) one.
+    cargo +nightly fuzz run "$fuzz_mode" "$t" "corpus/$t" "seeds/$t" -- -max_total_time="$seconds" -print_final_stats=1 \
       >"$logs/$t" 2>&1 &
     pids+=($!)
   done
