@@ -309,7 +309,12 @@ def measure(proc_pids, fn):
         r["cpu_s"] = cpu_ticks(proc_pids) - before
         r["cpu_us_per_req"] = r["cpu_s"] / r["requests"] * 1e6 if r["requests"] else None
         results.append(r)
-    results.sort(key=lambda r: r["rps"])
+    return median_run(results)
+
+
+def median_run(results):
+    """The run with the median rate, with every run's rate, the errors summed and the median CPU."""
+    results = sorted(results, key=lambda r: r["rps"])
     med = dict(results[len(results) // 2])
     med["runs_rps"] = [round(r["rps"]) for r in results]
     med["errors"] = sum(r["errors"] for r in results)
@@ -406,14 +411,8 @@ def in_turns(workers, kinds=("strangler", "nginx", "haproxy")):
             results[kind].append(r)
             stop(p)
     for kind in kinds:
-        runs = sorted(results[kind], key=lambda r: r["rps"])
-        med = dict(runs[len(runs) // 2])
-        med["runs_rps"] = [round(r["rps"]) for r in runs]
-        med["errors"] = sum(r["errors"] for r in runs)
-        cpus = sorted(r["cpu_us_per_req"] for r in runs if r["cpu_us_per_req"])
-        med["cpu_us_per_req"] = cpus[len(cpus) // 2] if cpus else None
-        entry = row("small GET in turns, HTTP/1.1", kind, workers, med, [])
-        entry["hwm_kib"] = max(r["hwm_kib"] for r in runs)
+        entry = row("small GET in turns, HTTP/1.1", kind, workers, median_run(results[kind]), [])
+        entry["hwm_kib"] = max(r["hwm_kib"] for r in results[kind])
 
 
 # ------------------------------------------------------------------- main

@@ -109,16 +109,12 @@ impl Conn {
         Ok(response)
     }
 
-    /// Reads until a final (non-1xx, or 101) answer head has arrived;
-    /// interim answers (100 Continue, 103 Early Hints) are skipped.
+    /// Reads until a final answer head has arrived.
     async fn read_head(&mut self) -> Result<Head, Error> {
         let mut received = false;
         loop {
             if !self.read_buf.is_empty() {
-                match parse_head(&mut self.read_buf)? {
-                    Some(head) if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS => {
-                        continue
-                    }
+                match parse_final_head(&mut self.read_buf)? {
                     Some(head) => return Ok(head),
                     None if self.read_buf.len() >= MAX_HEAD => return Err(Error::Invalid("head too large")),
                     None => {}
@@ -189,6 +185,18 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+}
+
+/// Parses heads off the front of `buf` until a final one (not 1xx, or
+/// 101): interim answers (100 Continue, 103 Early Hints) are skipped.
+/// `None` until a final head is complete.
+fn parse_final_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
+    while let Some(head) = parse_head(buf)? {
+        if !head.status.is_informational() || head.status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(Some(head));
+        }
+    }
+    Ok(None)
 }
 
 /// Parses one head off the front of `buf`; `None` until it is complete.
@@ -768,13 +776,7 @@ mod exchange_tests {
 #[doc(hidden)]
 pub fn check_answer(data: &[u8], head: bool, cut: usize) {
     let mut buf = BytesMut::from(data);
-    let parsed = loop {
-        match parse_head(&mut buf) {
-            Ok(Some(h)) if h.status.is_informational() && h.status != StatusCode::SWITCHING_PROTOCOLS => continue,
-            Ok(Some(h)) => break h,
-            Ok(None) | Err(_) => return,
-        }
-    };
+    let Ok(Some(parsed)) = parse_final_head(&mut buf) else { return };
     let method = if head { Method::HEAD } else { Method::GET };
     let Ok(framing) = framing(&method, parsed.status, parsed.version, &parsed.headers) else { return };
     let limit = match framing.decoder {
