@@ -74,7 +74,7 @@ pub fn reload(path: &Path, shared: &Shared, trigger: &str) -> ReloadOutcome {
         }
     }
     if table.wants_shadow_log() {
-        shared.shadow.start_log();
+        shared.shadow.start_background();
     }
     shared.metrics.record_reload(true);
     shared.metrics.set_config_hash(&hash);

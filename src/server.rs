@@ -83,7 +83,7 @@ pub async fn run(
     let table = shared.table.load_full();
     crate::health::spawn_for(&table);
     if table.wants_shadow_log() {
-        shared.shadow.start_log();
+        shared.shadow.start_background();
     }
     drop(table);
     let worker = Arc::new(Worker {

@@ -215,7 +215,7 @@ impl ShadowRuntime {
 
     /// Starts the diff-log writer and the shadow's thread (once; needs the
     /// runtime).
-    pub fn start_log(&self) {
+    pub fn start_background(&self) {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         if log.is_none() {
             let (tx, rx) = mpsc::channel(16_384);
