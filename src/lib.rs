@@ -66,6 +66,7 @@ pub mod split;
 pub mod table;
 pub mod tls;
 pub mod upstream;
+pub mod wire;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;

@@ -77,6 +77,13 @@ enum Scheduler {
     WorkStealing,
 }
 
+/// Who serves plain-HTTP/1.1 connections.
+#[derive(Clone, Copy, ValueEnum)]
+enum Http1Engine {
+    Own,
+    Hyper,
+}
+
 /// `strangler` with no subcommand: `serve` with its defaults (and env).
 #[derive(Parser)]
 struct DefaultServe {
@@ -95,6 +102,10 @@ struct ServeArgs {
     /// How the worker threads share the work.
     #[arg(long, value_enum, default_value = "per-core")]
     scheduler: Scheduler,
+    /// Who serves plain HTTP/1.1: `own` (our loop for bodiless requests,
+    /// hyper for the rest) or `hyper` (hyper for everything; for comparison).
+    #[arg(long, value_enum, default_value = "own")]
+    http1: Http1Engine,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -205,6 +216,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tls,
             plain,
             workers,
+            inline_http1: matches!(args.http1, Http1Engine::Own),
             ..ServeOptions::default()
         };
         server::run(proxy_listener, admin_listener, shared, options, shutdown_signal()).await;

@@ -13,7 +13,6 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
@@ -58,7 +57,7 @@ impl Drop for InFlight<'_> {
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<Conn>,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     shared.metrics.in_flight.inc();
@@ -135,7 +134,7 @@ async fn forward<'t>(
     shared: &Shared,
     table: &'t Arc<Table>,
     conn: &Conn,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
     upgrade: bool,
     request_id: &HeaderValue,
     outcome: &mut Outcome<'t>,
@@ -212,7 +211,7 @@ async fn forward<'t>(
             }
         }
     } else {
-        RequestBody::Streamed(Some(ProxyBody::Streamed(body)))
+        RequestBody::Streamed(Some(body))
     };
     if let Some(m) = mirror.as_mut() {
         m.attach_request_body(&mut body);
@@ -287,7 +286,7 @@ fn start_mirror(
     shared: &Shared,
     shadow: &ShadowRoute,
     route: &Route,
-    req: &Request<Incoming>,
+    req: &Request<ProxyBody>,
     normalized: &str,
     path_and_query: &PathAndQuery,
     request_id: &HeaderValue,
@@ -400,7 +399,7 @@ impl RequestBody {
     /// Keeps the body when it is known to be at most `limit` bytes.
     async fn buffer(
         headers: &http::HeaderMap,
-        body: Incoming,
+        body: ProxyBody,
         limit: u64,
         deadline: std::time::Duration,
     ) -> Result<RequestBody, ProxyError> {
@@ -418,7 +417,7 @@ impl RequestBody {
                     .map_err(|_| ProxyError::BodyRead)?;
                 Ok(RequestBody::Buffered(collected.to_bytes()))
             }
-            _ => Ok(RequestBody::Streamed(Some(ProxyBody::Streamed(body)))),
+            _ => Ok(RequestBody::Streamed(Some(body))),
         }
     }
 
@@ -513,7 +512,7 @@ impl Attempt<'_> {
 /// The host the client addressed: the authority of an absolute-form or
 /// HTTP/2 request wins over `Host` (RFC 9112 §3.2.2), and is what the
 /// upstream is then told.
-fn client_host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
+fn client_host(req: &Request<ProxyBody>) -> Result<Option<HeaderValue>, ProxyError> {
     if let Some(authority) = req.uri().authority() {
         return HeaderValue::from_str(authority.as_str())
             .map(Some)

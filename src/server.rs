@@ -17,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::proxy::{self, Conn};
 use crate::Shared;
 
+pub mod h1;
+
 /// Listener settings that are fixed for the life of the process.
 pub struct ServeOptions {
     /// A client must send a complete request head within this time.
@@ -31,6 +33,10 @@ pub struct ServeOptions {
     pub plain: Option<PlainListener>,
     /// Accept loops, each on its own thread and single-threaded runtime.
     pub workers: usize,
+    /// Serve bodiless plain-HTTP/1.1 requests with our own loop
+    /// ([`h1`]; hyper takes a connection at its first other request).
+    /// Off: hyper serves every request.
+    pub inline_http1: bool,
 }
 
 /// A plain-HTTP listener beside the TLS one.
@@ -56,6 +62,7 @@ impl Default for ServeOptions {
             tls: None,
             plain: None,
             workers: 1,
+            inline_http1: true,
         }
     }
 }
@@ -92,6 +99,10 @@ pub async fn run(
         shared: shared.clone(),
         header_read_timeout: options.header_read_timeout,
         drain_timeout: options.drain_timeout,
+        inline_http1: options.inline_http1.then_some(h1::Limits {
+            header_read_timeout: options.header_read_timeout,
+            max_head: options.max_header_bytes,
+        }),
     });
     let main_kind = Kind::Proxy { tls: options.tls.clone().map(tokio_rustls::TlsAcceptor::from) };
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -125,6 +136,8 @@ struct Worker {
     shared: Arc<Shared>,
     header_read_timeout: Duration,
     drain_timeout: Duration,
+    /// Limits for our own HTTP/1.1 loop, when it is on.
+    inline_http1: Option<h1::Limits>,
 }
 
 impl Worker {
@@ -289,8 +302,24 @@ impl Worker {
             Kind::Proxy { tls: None } => {
                 tokio::spawn(async move {
                     let Some(protocol) = sniff(&stream, first_byte_timeout, remote).await else { return };
-                    let service = proxy_service(worker.shared.clone(), Conn::new(remote, "http"));
-                    worker.serve_http(stream, protocol, service, drain, remote).await
+                    let conn = Arc::new(Conn::new(remote, "http"));
+                    match (&protocol, &worker.inline_http1) {
+                        (Protocol::Http1, Some(limits)) => {
+                            let (mut stream, mut drain) = (stream, drain);
+                            let ended = h1::serve(&mut stream, &worker.shared, &conn, limits, &mut drain).await;
+                            if let h1::Ended::HandOff(read) = ended {
+                                let service = proxy_service(worker.shared.clone(), conn);
+                                let stream = h1::Prefixed::new(read, stream);
+                                // Boxed, so that connections that never need hyper
+                                // are not sized for its connection state.
+                                Box::pin(worker.serve_http(stream, protocol, service, drain, remote)).await
+                            }
+                        }
+                        _ => {
+                            let service = proxy_service(worker.shared.clone(), conn);
+                            worker.serve_http(stream, protocol, service, drain, remote).await
+                        }
+                    }
                 });
             }
             Kind::Proxy { tls: Some(acceptor) } => {
@@ -306,7 +335,7 @@ impl Worker {
                     };
                     // HTTP/2 has no deadline for a silent client of its own.
                     let stream = FirstByteDeadline::new(stream, first_byte_timeout);
-                    let service = proxy_service(worker.shared.clone(), Conn::new(remote, "https"));
+                    let service = proxy_service(worker.shared.clone(), Arc::new(Conn::new(remote, "https")));
                     worker.serve_http(stream, protocol, service, drain, remote).await
                 });
             }
@@ -346,7 +375,7 @@ impl Worker {
 }
 
 /// A connection's end of the worker's drain signal.
-type Drain = tokio::sync::watch::Receiver<bool>;
+pub(crate) type Drain = tokio::sync::watch::Receiver<bool>;
 
 /// Serves a connection to its end; once draining starts, lets its
 /// in-flight request finish and then closes it.
@@ -377,9 +406,10 @@ where
 /// future is boxed: hyper keeps a slot the size of the service's future for
 /// the connection's whole life, and the proxy's is ~4 KiB that an idle
 /// keep-alive connection would otherwise hold.
-fn proxy_service(shared: Arc<Shared>, conn: Conn) -> impl HttpService<Future = ProxyFuture> + Clone {
-    let conn = Arc::new(conn);
-    service_fn(move |req| -> ProxyFuture { Box::pin(proxy::handle(shared.clone(), conn.clone(), req)) })
+fn proxy_service(shared: Arc<Shared>, conn: Arc<Conn>) -> impl HttpService<Future = ProxyFuture> + Clone {
+    service_fn(move |req| -> ProxyFuture {
+        Box::pin(proxy::handle(shared.clone(), conn.clone(), req.map(crate::body::ProxyBody::Streamed)))
+    })
 }
 
 /// A request's way through the proxy, boxed (see [`proxy_service`]).

@@ -18,13 +18,14 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::PoolId;
+use crate::wire::{self, keeps_alive, parse_length, reserve_read_room};
 
 /// The largest answer head accepted (nginx's default is 4–8 KiB).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -148,12 +149,6 @@ fn closed_or_io(e: std::io::Error, received: bool) -> Error {
     }
 }
 
-fn reserve_read_room(buf: &mut BytesMut, room: usize) {
-    if buf.capacity() - buf.len() < room / 4 {
-        buf.reserve(room);
-    }
-}
-
 /// Writes the request line and headers. `Host` is already in the map; a
 /// bodiless request whose method normally carries one says so with
 /// `Content-Length: 0`.
@@ -201,8 +196,6 @@ fn parse_final_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
 
 /// Parses one head off the front of `buf`; `None` until it is complete.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
-    // Offsets of each name and value, so the values can share the buffer
-    // once the parser's borrow of it ends.
     let mut spans = [[0u32; 4]; MAX_HEADERS];
     let (len, status, version, count) = {
         // Uninitialized: filling 100 empty slots per answer showed in profiles.
@@ -218,25 +211,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         let code = parsed.code.unwrap_or_default();
         let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("invalid status code"))?;
         let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        let base = buf.as_ptr() as usize;
-        for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            *span = [name as u32, field.name.len() as u32, value as u32, field.value.len() as u32];
-        }
-        (len, status, version, parsed.headers.len())
+        (len, status, version, wire::record_spans(buf, parsed.headers, &mut spans))
     };
     let head = buf.split_to(len).freeze();
     // Room for the headers the proxy adds; hyper then parses the client's
     // next request on this connection into this same map, room included.
-    let mut headers = HeaderMap::with_capacity(count + HEADROOM);
-    for &[name, name_len, value, value_len] in &spans[..count] {
-        let name = &head[name as usize..(name + name_len) as usize];
-        let name = HeaderName::from_bytes(name).map_err(|_| Error::Invalid("invalid header name"))?;
-        let value = head.slice(value as usize..(value + value_len) as usize);
-        let value = HeaderValue::from_maybe_shared(value).map_err(|_| Error::Invalid("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let headers = wire::header_map(&head, &spans[..count], HEADROOM).ok_or(Error::Invalid("invalid header field"))?;
     Ok(Some(Head { status, version, headers }))
 }
 
@@ -279,31 +259,6 @@ fn framing(method: &Method, status: StatusCode, version: Version, headers: &Head
             None => Err(Error::Invalid("invalid Content-Length")),
         },
         None => Ok(Framing { decoder: Decoder::UntilClose, keep_alive: false }),
-    }
-}
-
-/// Digits only (no sign, no spaces, no list), at most 18 of them.
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 closes it
-/// unless told `keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    };
-    if version == Version::HTTP_10 {
-        has("keep-alive")
-    } else {
-        !has("close")
     }
 }
 
@@ -717,7 +672,7 @@ mod tests {
         let mut out = Vec::new();
         let mut request = http::Request::new(crate::body::ProxyBody::empty());
         *request.uri_mut() = http::Uri::from_static("/a?b=1");
-        request.headers_mut().insert(header::HOST, HeaderValue::from_static("up"));
+        request.headers_mut().insert(header::HOST, http::HeaderValue::from_static("up"));
         encode_head(&mut out, &request);
         assert_eq!(out, b"GET /a?b=1 HTTP/1.1\r\nhost: up\r\n\r\n");
         *request.method_mut() = Method::POST;
@@ -752,7 +707,7 @@ mod exchange_tests {
         });
         let conn = Conn::new(Io::Tcp(TcpStream::connect(addr).await.unwrap()));
         let mut request = http::Request::new(crate::body::ProxyBody::empty());
-        request.headers_mut().insert(header::HOST, HeaderValue::from_static("t"));
+        request.headers_mut().insert(header::HOST, http::HeaderValue::from_static("t"));
         let response = conn.exchange(&request, PoolId(0)).await?;
         let mut body = std::pin::pin!(response.into_body());
         let mut out = Vec::new();

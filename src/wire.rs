@@ -1,0 +1,71 @@
+//! HTTP/1.1 wire pieces that both directions share: our client's answer
+//! reader ([`crate::client::h1`]) and our server's request reader
+//! ([`crate::server::h1`]).
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+
+/// Where one header's name and value sit in a head: offsets and lengths,
+/// so that the values can share the head's memory once the parser's
+/// borrow of the buffer has ended.
+pub type Span = [u32; 4];
+
+/// Records where `fields` sit relative to `base` (the start of the buffer
+/// they were parsed from). Returns how many were recorded.
+pub fn record_spans(base: &[u8], fields: &[httparse::Header<'_>], spans: &mut [Span]) -> usize {
+    let base = base.as_ptr() as usize;
+    for (span, field) in spans.iter_mut().zip(fields) {
+        let name = field.name.as_ptr() as usize - base;
+        let value = field.value.as_ptr() as usize - base;
+        *span = [name as u32, field.name.len() as u32, value as u32, field.value.len() as u32];
+    }
+    fields.len().min(spans.len())
+}
+
+/// Builds the header map of a head split off its buffer; the values are
+/// slices of `head`, not copies. `room` extra slots are reserved for the
+/// headers the proxy adds on the way through. `None` for a name or value
+/// the `http` crate refuses.
+pub fn header_map(head: &Bytes, spans: &[Span], room: usize) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + room);
+    for &[name, name_len, value, value_len] in spans {
+        let name = HeaderName::from_bytes(&head[name as usize..(name + name_len) as usize]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value as usize..(value + value_len) as usize)).ok()?;
+        headers.append(name, value);
+    }
+    Some(headers)
+}
+
+/// Digits only (no sign, no spaces, no list), at most 18 of them.
+pub fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 closes it
+/// unless told `keep-alive`.
+pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    };
+    if version == Version::HTTP_10 {
+        has("keep-alive")
+    } else {
+        !has("close")
+    }
+}
+
+/// Makes sure a read has at least a quarter of `room` to fill, growing the
+/// buffer by `room` when it has less.
+pub fn reserve_read_room(buf: &mut BytesMut, room: usize) {
+    if buf.capacity() - buf.len() < room / 4 {
+        buf.reserve(room);
+    }
+}
