@@ -15,14 +15,14 @@ use crate::support::*;
 
 /// An upstream that answers every request head with the same bytes, and
 /// closes the connection after each answer when `close` is set.
-struct Scripted {
+pub(crate) struct Scripted {
     url: String,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
 }
 
 impl Scripted {
-    async fn start(answer: &'static [u8], close: bool) -> Scripted {
+    pub(crate) async fn start(answer: &'static [u8], close: bool) -> Scripted {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let connections = Arc::new(AtomicUsize::new(0));
@@ -63,7 +63,7 @@ impl Scripted {
     }
 }
 
-async fn proxy_to(upstream: &Scripted) -> TestProxy {
+pub(crate) async fn proxy_to(upstream: &Scripted) -> TestProxy {
     TestProxy::start(&config(&[("up", &upstream.url)], "  - {name: all, prefix: /, upstream: up}\n")).await
 }
 

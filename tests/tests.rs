@@ -8,6 +8,7 @@ mod answers;
 mod cli;
 mod e2e;
 mod errors;
+mod front;
 mod headers;
 mod hostile;
 mod lifecycle;

@@ -1,0 +1,203 @@
+//! The client side of the proxy: our own HTTP/1.1 loop serves bodiless
+//! requests and hands a connection to hyper at its first request with a
+//! body, all on one connection, in order, with HTTP/1.0 and HTTP/1.1
+//! keep-alive rules and JSON answers for refused heads.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::answers::{proxy_to, Scripted};
+use crate::support::*;
+
+async fn echo_proxy() -> (TestUpstream, TestProxy) {
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let proxy = TestProxy::start(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n")).await;
+    (up, proxy)
+}
+
+/// Sends `bytes` on a fresh connection and reads until the proxy closes it
+/// (failing if it does not within 5 s).
+async fn exchange(proxy: &TestProxy, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    read_until_closed(&mut stream).await
+}
+
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
+        .await
+        .expect("the proxy kept the connection open")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads one answer with a `Content-Length` off the stream.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut data = Vec::new();
+    let mut byte = [0u8; 1];
+    while !data.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "closed inside a head: {:?}",
+            String::from_utf8_lossy(&data)
+        );
+        data.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&data).to_ascii_lowercase();
+    let length: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length: ")).map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    data.extend_from_slice(&body);
+    String::from_utf8_lossy(&data).into_owned()
+}
+
+fn statuses(text: &str) -> Vec<&str> {
+    text.match_indices("HTTP/1.1 ").map(|(i, _)| &text[i + 9..i + 12]).collect()
+}
+
+#[tokio::test]
+async fn one_connection_moves_to_hyper_at_its_first_body_and_keeps_its_order() {
+    let (up, proxy) = echo_proxy().await;
+    let pipelined = "GET /first HTTP/1.1\r\nHost: x\r\n\r\n\
+                     POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+                     GET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let text = exchange(&proxy, pipelined.as_bytes()).await;
+    assert_eq!(statuses(&text), ["200", "200", "200"], "{text}");
+    let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle} missing: {text}"));
+    assert!(at("\"/first\"") < at("\"/second\"") && at("\"/second\"") < at("\"/third\""), "{text}");
+    assert!(text.contains("\"body_length\":5"), "the POST body arrived: {text}");
+    assert_eq!(up.hits(), 3);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let (up, proxy) = echo_proxy().await;
+    let mut requests = String::new();
+    for i in 0..20 {
+        requests.push_str(&format!("GET /p/{i} HTTP/1.1\r\nHost: x\r\n\r\n"));
+    }
+    requests.push_str("GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let text = exchange(&proxy, requests.as_bytes()).await;
+    assert_eq!(statuses(&text).len(), 21, "{text}");
+    let positions: Vec<usize> = (0..20).map(|i| text.find(&format!("\"/p/{i}\"")).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "answers out of order");
+    assert!(text.to_ascii_lowercase().contains("connection: close"));
+    assert_eq!(up.hits(), 21);
+}
+
+#[tokio::test]
+async fn http_1_0_closes_unless_asked_to_keep_alive() {
+    let (_up, proxy) = echo_proxy().await;
+    let text = exchange(&proxy, b"GET /old HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    assert_eq!(statuses(&text), ["200"], "{text}");
+
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    for i in 0..2 {
+        stream
+            .write_all(format!("GET /ka/{i} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: keep-alive"), "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_is_chunked_for_http_1_1_and_close_delimited_for_http_1_0() {
+    let up = Scripted::start(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", true).await;
+    let proxy = proxy_to(&up).await;
+    let text = exchange(&proxy, b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(text.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{text}");
+    assert!(text.ends_with("d\r\nuntil the end\r\n0\r\n\r\n"), "{text:?}");
+
+    let text = exchange(&proxy, b"GET /a HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n").await;
+    let lower = text.to_ascii_lowercase();
+    assert!(!lower.contains("transfer-encoding") && lower.contains("connection: close"), "{text}");
+    assert!(text.ends_with("\r\n\r\nuntil the end"), "{text:?}");
+}
+
+#[tokio::test]
+async fn head_answers_keep_their_length_and_carry_no_body() {
+    let up = Scripted::start(b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n", false).await;
+    let proxy = proxy_to(&up).await;
+    let text = exchange(
+        &proxy,
+        b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&text), ["200", "200"], "{text}");
+    assert_eq!(text.to_ascii_lowercase().matches("content-length: 42").count(), 2, "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "a HEAD answer carried a body: {text:?}");
+}
+
+#[tokio::test]
+async fn refused_heads_get_a_json_error_and_a_closed_connection() {
+    let (up, proxy) = echo_proxy().await;
+    let many: String = (0..150).map(|i| format!("X-{i}: v\r\n")).collect();
+    let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(70 * 1024));
+    let cases = [
+        (format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n"), "431", "header_too_large"),
+        (huge, "431", "header_too_large"),
+        ("GET / HTTP/1.2\r\nHost: x\r\n\r\n".to_string(), "505", "http_version_not_supported"),
+        ("GET / HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n".to_string(), "400", "bad_request"),
+    ];
+    for (request, status, error) in cases {
+        let text = exchange(&proxy, request.as_bytes()).await;
+        assert_eq!(statuses(&text), [status], "{text}");
+        let lower = text.to_ascii_lowercase();
+        assert!(lower.contains("content-type: application/json") && lower.contains("connection: close"), "{text}");
+        assert!(text.contains(&format!("\"error\":\"{error}\"")), "{text}");
+    }
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_head_sent_in_pieces_is_read_whole_within_the_timeout() {
+    let (_up, proxy) = echo_proxy().await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    for piece in ["GET /sl", "ow HTTP/1.1\r\nHo", "st: x\r\n", "Connection: close\r\n\r\n"] {
+        stream.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = read_until_closed(&mut stream).await;
+    assert_eq!(statuses(&text), ["200"], "{text}");
+    assert!(text.contains("\"/slow\""), "{text}");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_request_frees_it_at_once() {
+    let up = TestUpstream::start("up", Behaviour::Slow(Duration::from_secs(1))).await;
+    let proxy = TestProxy::start(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n")).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let in_flight = || proxy.shared.metrics.in_flight.get();
+    let started = Instant::now();
+    while in_flight() == 0 && started.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(in_flight(), 1, "the request never started");
+    drop(stream);
+    let left = Instant::now();
+    while in_flight() > 0 && left.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(in_flight(), 0);
+    assert!(left.elapsed() < Duration::from_millis(800), "the request outlived its client by {:?}", left.elapsed());
+}
+
+#[tokio::test]
+async fn hyper_serves_everything_when_our_loop_is_off() {
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let options = strangler::server::ServeOptions { inline_http1: false, ..Default::default() };
+    let proxy =
+        TestProxy::start_with(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"), options)
+            .await;
+    let text = exchange(&proxy, b"GET /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(statuses(&text), ["200"], "{text}");
+}
