@@ -300,6 +300,8 @@ impl Worker {
         let worker = self.clone();
         match kind {
             Kind::Proxy { tls: None } => {
+                // hyper's connection state is boxed, so that the task of a
+                // connection that never needs hyper is not sized for it.
                 tokio::spawn(async move {
                     let Some(protocol) = sniff(&stream, first_byte_timeout, remote).await else { return };
                     let conn = Arc::new(Conn::new(remote, "http"));
@@ -310,14 +312,12 @@ impl Worker {
                             if let h1::Ended::HandOff(read) = ended {
                                 let service = proxy_service(worker.shared.clone(), conn);
                                 let stream = h1::Prefixed::new(read, stream);
-                                // Boxed, so that connections that never need hyper
-                                // are not sized for its connection state.
                                 Box::pin(worker.serve_http(stream, protocol, service, drain, remote)).await
                             }
                         }
                         _ => {
                             let service = proxy_service(worker.shared.clone(), conn);
-                            worker.serve_http(stream, protocol, service, drain, remote).await
+                            Box::pin(worker.serve_http(stream, protocol, service, drain, remote)).await
                         }
                     }
                 });

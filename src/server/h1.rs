@@ -46,8 +46,11 @@ pub const MAX_HEADERS: usize = 100;
 /// Header slots reserved beyond the client's for those the proxy adds
 /// (`X-Forwarded-*`, `X-Request-Id`), so the map never grows on the way.
 const HEADROOM: usize = 5;
-/// How much a read asks for while a head comes in.
-const READ_ROOM: usize = 4096;
+/// How much a read asks for while a head comes in (nginx's
+/// `client_header_buffer_size`; a larger head grows the buffer).
+const READ_ROOM: usize = 1024;
+/// What the answer's head (and a small body) is first given.
+const OUT_ROOM: usize = 1024;
 /// Answer bodies up to this size are copied behind the head and go out in
 /// the same write; larger pieces are written from their own buffers.
 const COALESCE: usize = 16 * 1024;
@@ -83,33 +86,49 @@ pub async fn serve(
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     loop {
-        if buf.is_empty() && !next_request_arrives(stream, drain).await {
-            return Ended::Closed;
+        if buf.is_empty() {
+            // Idle: the buffers go back to the allocator (nginx does the same).
+            (buf, out) = (BytesMut::new(), Vec::new());
+            if !next_request_arrives(stream, drain).await {
+                return Ended::Closed;
+            }
+            out.reserve(OUT_ROOM);
         }
         let parsed = match read_head(stream, &mut buf, limits).await {
             Ok(Some(Head::Ours(parsed))) => parsed,
             Ok(Some(Head::Hyper)) => return Ended::HandOff(buf.freeze()),
             Ok(None) => return Ended::Closed,
             Err(refusal) => {
-                refuse(stream, &mut out, refusal).await;
+                Box::pin(refuse(stream, &mut out, refusal)).await;
                 return Ended::Closed;
             }
         };
         let keep_alive = parsed.keep_alive && !*drain.borrow();
-        let is_head = parsed.request.method() == Method::HEAD;
-        let version = parsed.request.version();
-        let Some(response) = answer(stream, shared, conn, parsed.request).await else {
-            return Ended::Closed;
-        };
-        let kept = write_response(stream, &mut out, response, is_head, version, keep_alive).await;
-        if !matches!(kept, Ok(true)) {
+        // Boxed (one allocation per request, the proxy's future included):
+        // an idle connection's task then holds only what waiting needs, not
+        // the request's state (~6 KiB).
+        let kept = Box::pin(serve_request(stream, shared, conn, parsed.request, keep_alive, &mut out)).await;
+        if !kept {
             let _ = stream.shutdown().await;
             return Ended::Closed;
         }
-        if out.capacity() > 2 * COALESCE {
-            out = Vec::new();
-        }
     }
+}
+
+/// Proxies one request and writes its answer; `true` when the connection
+/// can carry another request. `false` also when the client left first.
+async fn serve_request(
+    stream: &mut TcpStream,
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    request: Request<ProxyBody>,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    let is_head = request.method() == Method::HEAD;
+    let version = request.version();
+    let Some(response) = answer(stream, shared, conn, request).await else { return false };
+    matches!(write_response(stream, out, response, is_head, version, keep_alive).await, Ok(true))
 }
 
 /// Waits, holding no buffer, until the client sends more. `false` when the
@@ -292,9 +311,8 @@ async fn answer(
     conn: &Arc<Conn>,
     request: Request<ProxyBody>,
 ) -> Option<Response<ProxyBody>> {
-    // Boxed: the connection's task would otherwise be sized for the
-    // proxy's future (~4 KiB) for its whole life, idle or not.
-    let mut handling = Box::pin(proxy::handle(shared.clone(), conn.clone(), request));
+    // Not boxed on its own: it lives in `serve_request`'s box.
+    let mut handling = std::pin::pin!(proxy::handle(shared.clone(), conn.clone(), request));
     let mut watching = true;
     poll_fn(|cx| {
         if let Poll::Ready(Ok(response)) = handling.as_mut().poll(cx) {
@@ -525,7 +543,8 @@ async fn refuse(stream: &mut TcpStream, out: &mut Vec<u8>, refusal: Refusal) {
     }
     let _ = stream.shutdown().await;
     let linger = async {
-        let mut sink = [0u8; 4096];
+        // On the heap: an array here would size every connection's task for it.
+        let mut sink = vec![0u8; 4096];
         let mut left: usize = 64 * 1024;
         while left > 0 {
             match stream.read(&mut sink).await {
