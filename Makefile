@@ -80,7 +80,7 @@ bench:
 soak:
 	scripts/soak.sh
 
-## Coverage-guided fuzzing of the config loader, path normalizer + router, and differ (60 s each).
+## Coverage-guided fuzzing of the config loader, path normalizer + router, differ, and both HTTP/1.1 head parsers (60 s each).
 fuzz:
 	scripts/fuzz.sh 60
 

@@ -217,7 +217,11 @@ def start_proxy(kind, workers, routes=1, shadow=False, cert=None):
     if kind.startswith("strangler"):
         # "strangler-ws": the work-stealing scheduler instead of per-core runtimes.
         scheduler = "work-stealing" if kind == "strangler-ws" else "per-core"
-        path = os.path.join(OUT, f"{tag}-r{routes}{'-shadow' if shadow else ''}{'-tls' if cert else ''}.yaml")
+        # Its own directory: strangler watches the config's directory, and the
+        # load generators write their logs into OUT while it serves.
+        conf = os.path.join(OUT, "conf")
+        os.makedirs(conf, exist_ok=True)
+        path = os.path.join(conf, f"{tag}-r{routes}{'-shadow' if shadow else ''}{'-tls' if cert else ''}.yaml")
         open(path, "w").write(strangler_config(routes, shadow, cert))
         return start([STRANGLER, "serve", "--config", path, "--threads", str(workers), "--scheduler", scheduler,
                       "--log-level", "warn"], tag, P_TLS if cert else P_H1)

@@ -2,7 +2,7 @@
 # Runs the cargo-fuzz targets side by side for N seconds each (default 60):
 # `make fuzz` runs 60 s per target; `make test` 20 s with FUZZ_PROFILE=dev.
 #   [FUZZ_PROFILE=dev] scripts/fuzz.sh [seconds] [target...]
-#   targets: config path_router diff h1_answer
+#   targets: config path_router diff h1_answer h1_request
 # FUZZ_PROFILE=dev builds unoptimized, with debug assertions: about half the
 # build CPU of the default optimized build, at ~10x fewer inputs per second.
 # Uses the nightly toolchain (cargo-fuzz needs -Zsanitizer); installs a pinned
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds="${1:-60}"; shift || true
-targets=("$@"); [ ${#targets[@]} -eq 0 ] && targets=(config path_router diff h1_answer)
+targets=("$@"); [ ${#targets[@]} -eq 0 ] && targets=(config path_router diff h1_answer h1_request)
 cargo_fuzz_version=0.13.2
 case "${FUZZ_PROFILE:-release}" in
   release) fuzz_mode=-O; loop_mode=--release ;;

@@ -9,7 +9,7 @@ fn main() {
     let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut targets: Vec<String> = args.collect();
     if targets.is_empty() {
-        targets = vec!["config".into(), "path_router".into(), "diff".into(), "h1_answer".into()];
+        targets = vec!["config".into(), "path_router".into(), "diff".into(), "h1_answer".into(), "h1_request".into()];
     }
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -24,6 +24,7 @@ fn main() {
             "path_router" => strangler_fuzz::check_path_router,
             "diff" => strangler_fuzz::check_diff,
             "h1_answer" => strangler_fuzz::check_h1_answer,
+            "h1_request" => strangler_fuzz::check_h1_request,
             other => panic!("unknown target {other}"),
         };
         let corpus = strangler_fuzz::seeds(&target);

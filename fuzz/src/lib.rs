@@ -148,6 +148,13 @@ pub fn check_h1_answer(data: &[u8]) {
     strangler::client::h1::check_answer(answer, control & 1 == 1, usize::from(control >> 1));
 }
 
+/// The client-side request head parser (`server::h1`) on arbitrary bytes:
+/// the first byte says where to cut the input for the prefix check.
+pub fn check_h1_request(data: &[u8]) {
+    let Some((&control, request)) = data.split_first() else { return };
+    strangler::server::h1::check_request(request, usize::from(control) * 4);
+}
+
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     let text: &[&str] = match target {
         "config" => &[
@@ -174,6 +181,12 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             "\x10HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
             "\x01HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx",
             "\x00HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close",
+        ],
+        "h1_request" => &[
+            "\x04GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\n\r\n",
+            "\x02GET / HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            "\x01POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+            "\x08GET http://h/x HTTP/1.1\r\nUpgrade: websocket\r\nHost: h\r\n\r\n",
         ],
         _ => &[],
     };

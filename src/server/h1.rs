@@ -606,6 +606,32 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
     }
 }
 
+/// For the fuzz target `h1_request`: parses `data` as request heads,
+/// whole and cut at `cut`. Never panics; a request this loop serves has no
+/// body framing but a single `Content-Length: 0`, an origin-form target
+/// and no CONNECT; what follows its head stays in the buffer byte for
+/// byte; and a prefix is never a complete request the whole is not.
+#[doc(hidden)]
+pub fn check_request(data: &[u8], cut: usize) {
+    const LIMIT: usize = 8 * 1024;
+    let mut buf = BytesMut::from(data);
+    let whole = parse(&mut buf, LIMIT);
+    if let Ok(Some(Head::Ours(parsed))) = &whole {
+        let headers = parsed.request.headers();
+        assert!(!headers.contains_key(header::TRANSFER_ENCODING) && !headers.contains_key(header::UPGRADE));
+        assert!(headers.get_all(header::CONTENT_LENGTH).iter().all(|v| v == "0"));
+        assert!(headers.get_all(header::CONTENT_LENGTH).iter().count() <= 1);
+        assert!(parsed.request.uri().path().starts_with('/') && parsed.request.method() != Method::CONNECT);
+        assert_eq!(&buf[..], &data[data.len() - buf.len()..], "the bytes after a head changed");
+    }
+    let cut = cut.min(data.len());
+    if let Ok(Some(Head::Ours(part))) = parse(&mut BytesMut::from(&data[..cut]), LIMIT) {
+        let Ok(Some(Head::Ours(parsed))) = &whole else { panic!("a prefix is a request the whole is not") };
+        assert_eq!(part.request.uri(), parsed.request.uri());
+        assert_eq!(part.request.headers(), parsed.request.headers());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
