@@ -29,7 +29,10 @@
 //! Beside the request path:
 //!
 //! - [`tls`]: TLS termination with SNI and live certificate rotation; https upstreams.
-//! - [`server`]: listeners, HTTP/1.1 + HTTP/2, graceful drain on shutdown.
+//! - [`server`]: listeners, HTTP/1.1 + HTTP/2, graceful drain on shutdown;
+//!   [`server::h1`] serves bodiless plain-HTTP/1.1 requests in the
+//!   connection's own task (hyper takes the rest), with [`wire`] holding the
+//!   HTTP/1.1 pieces both it and [`client::h1`] use.
 //! - [`reload`]: watches the config and swaps in valid new versions.
 //! - [`metrics`]: Prometheus metrics, handles resolved per route at load.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`, `/explain`).
