@@ -292,21 +292,24 @@ fn start_mirror(
     request_id: &HeaderValue,
     primary: usize,
 ) -> Option<Box<MirrorHandle>> {
-    let mirror = Mirror {
+    let mirror = |headers| Mirror {
         route: route.name.clone(),
         request_id: request_id.to_str().unwrap_or_default().to_string(),
         method: req.method().clone(),
         path: normalized.to_string(),
         query: req.uri().query().map(str::to_string),
         path_and_query: path_and_query.clone(),
-        headers: req.headers().clone(),
+        headers,
         received: std::time::SystemTime::now(),
         primary_upstream: route.upstreams[primary].upstream.name.clone(),
     };
     let Some(permit) = shared.shadow.try_permit() else {
-        shared.shadow.record_skip(&mirror, &shadow.upstream.name, reason::INFLIGHT_CAP);
+        // At the cap every sampled request lands here: no header copy, and
+        // the record is made by the diff-log writer, off this thread.
+        shared.shadow.record_skip_later(mirror(http::HeaderMap::new()), &shadow.upstream.name, reason::INFLIGHT_CAP);
         return None;
     };
+    let mirror = mirror(req.headers().clone());
     let (primary_tx, primary_rx) = oneshot::channel();
     // Boxed: only mirrored requests pay for it, and every request's future
     // stays smaller.
