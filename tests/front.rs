@@ -201,3 +201,16 @@ async fn hyper_serves_everything_when_our_loop_is_off() {
     let text = exchange(&proxy, b"GET /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert_eq!(statuses(&text), ["200"], "{text}");
 }
+
+#[tokio::test]
+async fn a_request_in_flight_when_draining_starts_is_answered_with_connection_close() {
+    let up = TestUpstream::start("up", Behaviour::Slow(Duration::from_millis(500))).await;
+    let mut proxy = TestProxy::start(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n")).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(b"GET /draining HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    proxy.shutdown();
+    let text = read_until_closed(&mut stream).await;
+    assert_eq!(statuses(&text), ["200"], "{text}");
+    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+}

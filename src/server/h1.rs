@@ -103,11 +103,10 @@ pub async fn serve(
                 return Ended::Closed;
             }
         };
-        let keep_alive = parsed.keep_alive && !*drain.borrow();
         // Boxed (one allocation per request, the proxy's future included):
         // an idle connection's task then holds only what waiting needs, not
         // the request's state (~6 KiB).
-        let kept = Box::pin(serve_request(stream, shared, conn, parsed.request, keep_alive, &mut out)).await;
+        let kept = Box::pin(serve_request(stream, shared, conn, parsed, drain, &mut out)).await;
         if !kept {
             let _ = stream.shutdown().await;
             return Ended::Closed;
@@ -116,18 +115,21 @@ pub async fn serve(
 }
 
 /// Proxies one request and writes its answer; `true` when the connection
-/// can carry another request. `false` also when the client left first.
+/// can carry another request. `false` also when the client left first, or
+/// when the worker started draining meanwhile (the answer then says
+/// `Connection: close`).
 async fn serve_request(
     stream: &mut TcpStream,
     shared: &Arc<Shared>,
     conn: &Arc<Conn>,
-    request: Request<ProxyBody>,
-    keep_alive: bool,
+    parsed: Parsed,
+    drain: &Drain,
     out: &mut Vec<u8>,
 ) -> bool {
-    let is_head = request.method() == Method::HEAD;
-    let version = request.version();
-    let Some(response) = answer(stream, shared, conn, request).await else { return false };
+    let is_head = parsed.request.method() == Method::HEAD;
+    let version = parsed.request.version();
+    let Some(response) = answer(stream, shared, conn, parsed.request).await else { return false };
+    let keep_alive = parsed.keep_alive && !*drain.borrow();
     matches!(write_response(stream, out, response, is_head, version, keep_alive).await, Ok(true))
 }
 
