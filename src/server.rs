@@ -1,5 +1,7 @@
 //! The proxy listener: accepts connections, serves HTTP/1.1 and HTTP/2
-//! (prior knowledge) on each, and drains them on shutdown.
+//! (prior knowledge) on each, and drains them on shutdown. Plain-HTTP/1.1
+//! requests without a body are served by our own loop ([`h1`]); hyper
+//! serves the rest (bodies, upgrades, TLS, HTTP/2).
 
 use std::convert::Infallible;
 use std::future::Future;
