@@ -214,3 +214,27 @@ async fn a_request_in_flight_when_draining_starts_is_answered_with_connection_cl
     assert_eq!(statuses(&text), ["200"], "{text}");
     assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout_and_a_busy_one_is_not() {
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let options =
+        strangler::server::ServeOptions { header_read_timeout: Duration::from_millis(500), ..Default::default() };
+    let proxy =
+        TestProxy::start_with(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"), options)
+            .await;
+    // Busy for three times the timeout, never idle for long: stays open.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        stream.write_all(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then idle: closed within a little more than the timeout.
+    let idle = Instant::now();
+    let text = read_until_closed(&mut stream).await;
+    assert!(text.is_empty(), "{text}");
+    assert!(idle.elapsed() < Duration::from_secs(2), "closed only after {:?}", idle.elapsed());
+}

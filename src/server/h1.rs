@@ -85,11 +85,15 @@ pub async fn serve(
 ) -> Ended {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
+    // The idle timer is armed once and re-armed only when it fires early,
+    // not on every request (see `next_request_arrives`).
+    let mut idle_timer = std::pin::pin!(tokio::time::sleep(limits.header_read_timeout));
     loop {
         if buf.is_empty() {
             // Idle: the buffers go back to the allocator (nginx does the same).
             (buf, out) = (BytesMut::new(), Vec::new());
-            if !next_request_arrives(stream, drain).await {
+            let idle_until = tokio::time::Instant::now() + limits.header_read_timeout;
+            if !next_request_arrives(stream, drain, idle_timer.as_mut(), idle_until).await {
                 return Ended::Closed;
             }
             out.reserve(OUT_ROOM);
@@ -134,12 +138,30 @@ async fn serve_request(
 }
 
 /// Waits, holding no buffer, until the client sends more. `false` when the
-/// worker drains first (an idle connection just closes) or the socket fails.
-async fn next_request_arrives(stream: &TcpStream, drain: &mut Drain) -> bool {
-    tokio::select! {
-        biased;
-        _ = drain.wait_for(|draining| *draining) => false,
-        ready = poll_fn(|cx| stream.poll_read_ready(cx)) => ready.is_ok(),
+/// worker drains first (an idle connection just closes), the connection has
+/// idled until `idle_until` (the header timeout, as with hyper, which
+/// starts it when a connection turns idle), or the socket fails.
+///
+/// `timer` may be set for an earlier moment (it is re-armed lazily): when
+/// it fires before `idle_until`, it is set again and the wait goes on.
+async fn next_request_arrives(
+    stream: &TcpStream,
+    drain: &mut Drain,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    idle_until: tokio::time::Instant,
+) -> bool {
+    loop {
+        tokio::select! {
+            biased;
+            _ = drain.wait_for(|draining| *draining) => return false,
+            ready = poll_fn(|cx| stream.poll_read_ready(cx)) => return ready.is_ok(),
+            _ = timer.as_mut() => {
+                if tokio::time::Instant::now() >= idle_until {
+                    return false;
+                }
+                timer.as_mut().reset(idle_until);
+            }
+        }
     }
 }
 
