@@ -258,13 +258,10 @@ impl ShadowRuntime {
             drop(log);
             return self.record_skip(&mirror, shadow_upstream, why);
         };
+        let route = mirror.route.clone();
         let skip = Box::new(Skip { mirror, shadow_upstream: shadow_upstream.clone(), why });
-        if let Err(e) = tx.try_send(LogItem::Skip(skip)) {
+        if tx.try_send(LogItem::Skip(skip)).is_err() {
             drop(log);
-            let route = match e.into_inner() {
-                LogItem::Skip(skip) => skip.mirror.route,
-                LogItem::Line(_) => return,
-            };
             self.dropped.with_label_values(&[&route, "log_backpressure"]).inc();
         }
     }

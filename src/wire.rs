@@ -6,6 +6,14 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
+/// The most header fields a head may have, in either direction (hyper's
+/// limit too).
+pub const MAX_HEADERS: usize = 100;
+
+/// Header slots reserved beyond a head's own for those the proxy adds on
+/// the way through (`X-Request-Id`, `X-Forwarded-*`), so the map never grows.
+pub const HEADROOM: usize = 5;
+
 /// Where one header's name and value sit in a head: offsets and lengths,
 /// so that the values can share the head's memory once the parser's
 /// borrow of the buffer has ended.

@@ -25,17 +25,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::PoolId;
-use crate::wire::{self, keeps_alive, parse_length, reserve_read_room};
+use crate::wire::{self, keeps_alive, parse_length, reserve_read_room, HEADROOM, MAX_HEADERS};
 
 /// The largest answer head accepted (nginx's default is 4–8 KiB).
 pub const MAX_HEAD: usize = 64 * 1024;
-/// The most header fields an answer may have.
-pub const MAX_HEADERS: usize = 100;
 /// The largest trailer section of a chunked answer (trailers are dropped).
 const MAX_TRAILERS: usize = 16 * 1024;
-/// Header fields the proxy may add to an answer or to the next request
-/// (`X-Request-Id`, `X-Forwarded-*`).
-const HEADROOM: usize = 5;
 /// The longest chunk extension accepted (they are skipped).
 const MAX_CHUNK_EXT: usize = 4096;
 /// Read buffers grow by this much; a read shorter than the room it had

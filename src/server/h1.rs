@@ -15,7 +15,7 @@
 //! a single `0`, goes to hyper.
 //!
 //! A head that cannot be parsed gets a 400, a version other than 1.0/1.1 a
-//! 505, a head over the size limit or with more than [`MAX_HEADERS`] fields
+//! 505, a head over the size limit or with more than [`wire::MAX_HEADERS`] fields
 //! a 431, a target too long for a URI a 414, and a head that takes longer
 //! than the header timeout a 408. Each has a JSON body, and the connection
 //! is then closed.
@@ -38,14 +38,9 @@ use tokio::net::TcpStream;
 use super::Drain;
 use crate::body::ProxyBody;
 use crate::proxy::{self, Conn};
-use crate::wire::{self, Span};
+use crate::wire::{self, Span, HEADROOM, MAX_HEADERS};
 use crate::Shared;
 
-/// The most header fields a request may have (hyper's limit too).
-pub const MAX_HEADERS: usize = 100;
-/// Header slots reserved beyond the client's for those the proxy adds
-/// (`X-Forwarded-*`, `X-Request-Id`), so the map never grows on the way.
-const HEADROOM: usize = 5;
 /// How much a read asks for while a head comes in (nginx's
 /// `client_header_buffer_size`; a larger head grows the buffer).
 const READ_ROOM: usize = 1024;
