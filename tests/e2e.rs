@@ -697,8 +697,15 @@ async fn bad_input_gets_the_same_answer_from_both_implementations() {
         if let Some(t) = tok {
             headers.push(("Authorization", t.as_str()));
         }
-        let a = answer(mono, method, path, &headers, body.as_deref()).await;
-        let b = answer(svc, method, path, &headers, body.as_deref()).await;
+        let (a, b) = if body.as_ref().is_some_and(|b| b.len() > 1024 * 1024) {
+            // Both answer 413 and close before the body is read: a broken pipe is expected.
+            let body = body.as_deref().unwrap();
+            let a = Answer::of(&upload(mono, method, path, &headers, body).await);
+            (a, Answer::of(&upload(svc, method, path, &headers, body).await))
+        } else {
+            let a = answer(mono, method, path, &headers, body.as_deref()).await;
+            (a, answer(svc, method, path, &headers, body.as_deref()).await)
+        };
         let same = if a.status < 300 && b.status < 300 {
             // Both wrote: compare all but id and timestamps.
             let strip = |v: Option<Value>| {

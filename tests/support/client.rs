@@ -82,3 +82,74 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
 pub fn raw_status(response: &str) -> Option<u16> {
     response.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// One HTTP/1.1 request whose answer may come before its body is all sent, as
+/// servers answer an over-limit upload (413) and close. The body is written
+/// beside the read, and a write cut off by the server's close is not an error:
+/// a client such as hyper's would fail on the broken pipe, depending on how
+/// much of the body the socket buffers took first.
+pub async fn upload(
+    addr: SocketAddr,
+    method: &Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> TestResponse {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let body = body.to_vec();
+    let sending = tokio::spawn(async move {
+        let _ = writer.write_all(head.as_bytes()).await;
+        let _ = writer.write_all(&body).await;
+        writer
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut chunk = [0u8; 16 * 1024];
+        while let Ok(n @ 1..) = reader.read(&mut chunk).await {
+            answer.extend_from_slice(&chunk[..n]);
+            if let Some(response) = parse_whole(&answer) {
+                return response;
+            }
+        }
+        parse_whole(&answer)
+            .unwrap_or_else(|| panic!("{method} {path}: no whole answer in {:?}", String::from_utf8_lossy(&answer)))
+    });
+    let response = read.await.unwrap_or_else(|_| panic!("{method} {path}: no answer within 20 s"));
+    sending.abort();
+    response
+}
+
+/// A final (non-1xx) response with a `Content-Length` body, once all of it is in `bytes`.
+fn parse_whole(mut bytes: &[u8]) -> Option<TestResponse> {
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut slots);
+        let httparse::Status::Complete(head_len) = parsed.parse(bytes).ok()? else { return None };
+        let status = StatusCode::from_u16(parsed.code?).ok()?;
+        if status.is_informational() {
+            bytes = &bytes[head_len..];
+            continue;
+        }
+        let mut headers = HeaderMap::new();
+        for h in parsed.headers.iter() {
+            headers.append(
+                http::HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+                http::HeaderValue::from_bytes(h.value).ok()?,
+            );
+        }
+        let length: usize = headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()?;
+        let rest = &bytes[head_len..];
+        return (rest.len() >= length).then(|| TestResponse {
+            status,
+            headers,
+            body: Bytes::copy_from_slice(&rest[..length]),
+        });
+    }
+}
