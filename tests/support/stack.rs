@@ -203,7 +203,9 @@ impl Service {
         }
         if let Some(mut server) = self.server.take() {
             if tokio::time::timeout(Duration::from_secs(3), &mut server).await.is_err() {
+                // Cancelled, and awaited so that its listener is closed on return.
                 server.abort();
+                let _ = server.await;
             }
         }
         if let Some(sync) = self.sync.take() {
