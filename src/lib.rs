@@ -32,7 +32,8 @@
 //! - [`server`]: listeners, HTTP/1.1 + HTTP/2, graceful drain on shutdown;
 //!   [`server::h1`] serves bodiless plain-HTTP/1.1 requests in the
 //!   connection's own task (hyper takes the rest), with [`wire`] holding the
-//!   HTTP/1.1 pieces both it and [`client::h1`] use.
+//!   HTTP/1.1 pieces both it and [`client::h1`] use; `server::balance`
+//!   optionally evens out connections between per-core workers.
 //! - [`reload`]: watches the config and swaps in valid new versions.
 //! - [`metrics`]: Prometheus metrics, handles resolved per route at load.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`, `/explain`).

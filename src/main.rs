@@ -77,6 +77,15 @@ enum Scheduler {
     WorkStealing,
 }
 
+/// How new connections are spread over per-core workers.
+#[derive(Clone, Copy, ValueEnum)]
+enum ConnectionBalance {
+    /// Where the kernel's `SO_REUSEPORT` hash puts them.
+    Kernel,
+    /// To the worker with the fewest open connections (Envoy's `exact_balance`).
+    Exact,
+}
+
 /// Who serves plain-HTTP/1.1 connections.
 #[derive(Clone, Copy, ValueEnum)]
 enum Http1Engine {
@@ -106,6 +115,12 @@ struct ServeArgs {
     /// hyper for the rest) or `hyper` (hyper for everything; for comparison).
     #[arg(long, value_enum, default_value = "own")]
     http1: Http1Engine,
+    /// How new connections are spread over per-core workers: `kernel` leaves
+    /// it to the `SO_REUSEPORT` hash; `exact` hands each to the worker with
+    /// the fewest open connections (for a few long-lived connections; it costs
+    /// CPU when connections are short).
+    #[arg(long, value_enum, default_value = "kernel")]
+    connection_balance: ConnectionBalance,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -217,6 +232,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             plain,
             workers,
             inline_http1: matches!(args.http1, Http1Engine::Own),
+            balance_connections: matches!(args.connection_balance, ConnectionBalance::Exact),
             ..ServeOptions::default()
         };
         server::run(proxy_listener, admin_listener, shared, options, shutdown_signal()).await;

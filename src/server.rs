@@ -15,10 +15,12 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::proxy::{self, Conn};
 use crate::Shared;
 
+mod balance;
 pub mod h1;
 
 /// Listener settings that are fixed for the life of the process.
@@ -39,6 +41,10 @@ pub struct ServeOptions {
     /// ([`h1`]; hyper takes a connection at its first other request).
     /// Off: hyper serves every request.
     pub inline_http1: bool,
+    /// With several workers, hand a new connection to the worker with the
+    /// fewest open connections (`balance`). Off (the default): the kernel's
+    /// `SO_REUSEPORT` hash alone decides.
+    pub balance_connections: bool,
 }
 
 /// A plain-HTTP listener beside the TLS one.
@@ -65,6 +71,7 @@ impl Default for ServeOptions {
             plain: None,
             workers: 1,
             inline_http1: true,
+            balance_connections: false,
         }
     }
 }
@@ -95,6 +102,8 @@ pub async fn run(
         shared.shadow.start_background();
     }
     drop(table);
+    let workers = options.workers.max(1);
+    let (lanes, mut inboxes) = balance::lanes(workers, options.balance_connections && workers > 1);
     let worker = Arc::new(Worker {
         http1: http1_builder(&options),
         http2: http2_builder(&options),
@@ -105,10 +114,16 @@ pub async fn run(
             header_read_timeout: options.header_read_timeout,
             max_head: options.max_header_bytes,
         }),
+        lanes,
     });
+    // Registered for this run only (a registry outlives the server in tests).
+    let connections = || -> Box<dyn prometheus::core::Collector> {
+        Box::new(balance::ConnectionsCollector::new(&worker, |w: &Worker| &w.lanes))
+    };
+    let _ = shared.metrics.registry.register(connections());
     let main_kind = Kind::Proxy { tls: options.tls.clone().map(tokio_rustls::TlsAcceptor::from) };
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let extra = spawn_workers(&worker, &proxy_listener, &main_kind, options.workers.saturating_sub(1), stopped);
+    let extra = spawn_workers(&worker, &proxy_listener, &main_kind, &mut inboxes, stopped);
     let plain = options.plain.map(|p| {
         let kind = match p.redirect_to_port {
             Some(port) => Kind::Redirect { port },
@@ -117,7 +132,7 @@ pub async fn run(
         (p.listener, kind)
     });
     worker
-        .serve((proxy_listener, main_kind), plain, async {
+        .serve(0, inboxes[0].take(), (proxy_listener, main_kind), plain, async {
             shutdown.await;
             shared.draining.store(true, Ordering::SeqCst);
             let _ = stop.send(true);
@@ -126,6 +141,7 @@ pub async fn run(
     for done in extra {
         let _ = done.await;
     }
+    let _ = shared.metrics.registry.unregister(connections());
     let _ = admin_stop.send(());
     let _ = admin.await;
 }
@@ -140,41 +156,62 @@ struct Worker {
     drain_timeout: Duration,
     /// Limits for our own HTTP/1.1 loop, when it is on.
     inline_http1: Option<h1::Limits>,
+    /// Each worker's drain and inbox, by worker index.
+    lanes: Vec<balance::Lane>,
 }
 
 impl Worker {
     /// Accepts until `stop` resolves, then drains this worker's connections.
+    /// `me` is this worker's index; `inbox` brings the connections other
+    /// workers hand over.
     async fn serve(
         self: &Arc<Self>,
+        me: usize,
+        mut inbox: Option<UnboundedReceiver<balance::Handoff>>,
         (listener, kind): (TcpListener, Kind),
         plain: Option<(TcpListener, Kind)>,
         stop: impl Future<Output = ()>,
     ) {
-        // Each connection holds a receiver: `true` asks it to finish its
-        // request and close; the sender's `closed()` is "all drained".
-        let (drain, _) = tokio::sync::watch::channel(false);
+        // Each connection holds a receiver of this: `true` asks it to finish
+        // its request and close; `closed()` is "all drained".
+        let drain = &self.lanes[me].drain;
         let plain_kind = plain.as_ref().map_or(Kind::Proxy { tls: None }, |(_, k)| k.clone());
         let plain_listener = plain.map(|(l, _)| l);
         tokio::pin!(stop);
         loop {
-            let (accepted, kind) = tokio::select! {
+            tokio::select! {
                 _ = &mut stop => break,
-                accepted = listener.accept() => (accepted, &kind),
-                accepted = accept_optional(plain_listener.as_ref()) => (accepted, &plain_kind),
-            };
-            match accepted {
-                Ok((stream, _)) => self.serve_connection(drain.subscribe(), stream, kind.clone()),
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => match balance::place(&self.lanes, me, stream) {
+                        balance::Placement::Here(stream, drain) => self.serve_connection(drain, stream, kind.clone()),
+                        balance::Placement::Elsewhere => {}
+                    },
+                    Err(e) => accept_failed(e).await,
+                },
+                accepted = accept_optional(plain_listener.as_ref()) => match accepted {
+                    Ok((stream, _)) => self.serve_connection(drain.subscribe(), stream, plain_kind.clone()),
+                    Err(e) => accept_failed(e).await,
+                },
+                (stream, drain) = balance::handed_over(inbox.as_mut()) => match TcpStream::from_std(stream) {
+                    Ok(stream) => self.serve_connection(drain, stream, kind.clone()),
+                    Err(e) => tracing::warn!(error = %e, "cannot take a connection over"),
+                },
+            }
+        }
+        // Connections handed over from now on are served where they were
+        // accepted; those already on their way are served here.
+        if let Some(inbox) = &mut inbox {
+            inbox.close();
+            while let Ok((stream, drain)) = inbox.try_recv() {
+                if let Ok(stream) = TcpStream::from_std(stream) {
+                    self.serve_connection(drain, stream, kind.clone());
                 }
             }
         }
         drop(listener);
         drop(plain_listener);
         tracing::info!(connections = drain.receiver_count(), "draining");
-        let _ = drain.send(true);
+        drain.send_replace(true);
         tokio::select! {
             _ = drain.closed() => tracing::info!("drained"),
             _ = tokio::time::sleep(self.drain_timeout) => tracing::warn!("drain timeout reached; closing the remaining connections"),
@@ -182,16 +219,23 @@ impl Worker {
     }
 }
 
-/// Starts `n` extra workers on the proxy port; each signals when it has drained.
+/// Out of file descriptors and the like: back off, keep serving.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Starts a worker for each inbox after the first (the calling runtime is
+/// worker 0); each signals when it has drained.
 fn spawn_workers(
     worker: &Arc<Worker>,
     listener: &TcpListener,
     kind: &Kind,
-    n: usize,
+    inboxes: &mut [Option<UnboundedReceiver<balance::Handoff>>],
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::sync::oneshot::Receiver<()>> {
     let mut done = Vec::new();
-    for i in 1..=n {
+    for (i, inbox) in inboxes.iter_mut().enumerate().skip(1) {
         let socket = match worker_socket(listener) {
             Ok(socket) => socket,
             Err(e) => {
@@ -199,7 +243,7 @@ fn spawn_workers(
                 break;
             }
         };
-        let (worker, kind, mut stopped) = (worker.clone(), kind.clone(), stopped.clone());
+        let (worker, kind, mut stopped, inbox) = (worker.clone(), kind.clone(), stopped.clone(), inbox.take());
         let (finished, finished_rx) = tokio::sync::oneshot::channel();
         let started = std::thread::Builder::new().name(format!("strangler-worker-{i}")).spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
@@ -210,7 +254,7 @@ fn spawn_workers(
                             let stop = async move {
                                 let _ = stopped.wait_for(|stop| *stop).await;
                             };
-                            worker.serve((listener, kind), None, stop).await
+                            worker.serve(i, inbox, (listener, kind), None, stop).await
                         }
                         Err(e) => tracing::error!(error = %e, "worker cannot use its listener"),
                     }

@@ -34,28 +34,6 @@ async fn read_until_closed(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads one answer with a `Content-Length` off the stream.
-async fn read_answer(stream: &mut TcpStream) -> String {
-    let mut data = Vec::new();
-    let mut byte = [0u8; 1];
-    while !data.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            stream.read(&mut byte).await.unwrap(),
-            1,
-            "closed inside a head: {:?}",
-            String::from_utf8_lossy(&data)
-        );
-        data.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&data).to_ascii_lowercase();
-    let length: usize =
-        head.lines().find_map(|l| l.strip_prefix("content-length: ")).map_or(0, |v| v.trim().parse().unwrap());
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await.unwrap();
-    data.extend_from_slice(&body);
-    String::from_utf8_lossy(&data).into_owned()
-}
-
 fn statuses(text: &str) -> Vec<&str> {
     text.match_indices("HTTP/1.1 ").map(|(i, _)| &text[i + 9..i + 12]).collect()
 }

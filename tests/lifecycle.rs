@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use strangler::table::content_hash;
 
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
 use crate::support::*;
 
 #[tokio::test]
@@ -107,5 +110,43 @@ async fn both_schedulers_serve_every_request_and_reuse_upstream_connections() {
         let most = if scheduler == "per-core" { 16 } else { 100 };
         eprintln!("{scheduler}: {opened} upstream connections for 400 requests");
         assert!(opened <= most, "{scheduler}: {opened} upstream connections for 400 requests");
+    }
+}
+
+#[tokio::test]
+async fn exact_balance_spreads_keep_alive_connections_evenly_over_the_workers() {
+    for balance in ["exact", "kernel"] {
+        let up = TestUpstream::start("up", Behaviour::Echo).await;
+        let dir = ConfigDir::new(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"));
+        let proxy = BinaryProxy::start(&dir.path(), &["--threads", "2", "--connection-balance", balance]).await;
+        let per_worker = |text: &str| {
+            [0, 1].map(|w| metric_sum(text, "strangler_worker_connections", &[("worker", &w.to_string())]))
+        };
+        // Twenty keep-alive connections, each answered once and kept open;
+        // the split is read after each one.
+        let mut streams = Vec::new();
+        let mut widest = 0.0f64;
+        for i in 1..=20 {
+            let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+            stream.write_all(format!("GET /first/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+            let answer = read_answer(&mut stream).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{balance}: {answer}");
+            streams.push(stream);
+            let counts = per_worker(&get(proxy.admin, "/metrics").await.text());
+            assert_eq!(counts[0] + counts[1], i as f64, "{balance}: {counts:?}");
+            widest = widest.max((counts[0] - counts[1]).abs());
+        }
+        eprintln!("{balance}: the workers' connection counts were at most {widest} apart");
+        if balance == "exact" {
+            // A worker keeps a connection while it has at most one more than the other.
+            assert!(widest <= 2.0, "exact balance let the workers drift {widest} connections apart");
+        }
+        // Every connection, handed over or not, serves its next request.
+        for (i, stream) in streams.iter_mut().enumerate() {
+            stream.write_all(format!("GET /second/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+            let answer = read_answer(stream).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{balance}: {answer}");
+        }
+        assert_eq!(up.hits(), 40, "{balance}");
     }
 }
