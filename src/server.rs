@@ -131,8 +131,12 @@ pub async fn run(
         };
         (p.listener, kind)
     });
+    // Inboxes of workers that did not start are dropped here, so that no
+    // connection is handed to them.
+    let own_inbox = inboxes[0].take();
+    drop(inboxes);
     worker
-        .serve(0, inboxes[0].take(), (proxy_listener, main_kind), plain, async {
+        .serve(0, own_inbox, (proxy_listener, main_kind), plain, async {
             shutdown.await;
             shared.draining.store(true, Ordering::SeqCst);
             let _ = stop.send(true);

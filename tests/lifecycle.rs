@@ -12,24 +12,28 @@ use crate::support::*;
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
-    let up = TestUpstream::start("slow", Behaviour::Slow(Duration::from_millis(1500))).await;
-    let dir = ConfigDir::new(&config(&[("slow", &up.url())], "  - {name: all, prefix: /, upstream: slow}\n"));
-    let mut proxy = BinaryProxy::start(&dir.path(), &["--drain-timeout", "10s", "--threads", "1"]).await;
-    let addr = proxy.addr;
-    let in_flight: Vec<_> =
-        (0..5).map(|i| tokio::spawn(async move { get(addr, &format!("/drain/{i}")).await })).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let ready =
-        send(&http1(), req(http::Method::GET, proxy.admin, "/readyz").body(Default::default()).unwrap()).await.unwrap();
-    assert_eq!(ready.status, 503, "readiness goes false while draining");
-    for r in in_flight {
-        assert_eq!(r.await.unwrap().status, 200, "an in-flight request was lost");
+    // One worker; and two, with connections handed between them.
+    for workers in [&["--threads", "1"][..], &["--threads", "2", "--connection-balance", "exact"]] {
+        let up = TestUpstream::start("slow", Behaviour::Slow(Duration::from_millis(1500))).await;
+        let dir = ConfigDir::new(&config(&[("slow", &up.url())], "  - {name: all, prefix: /, upstream: slow}\n"));
+        let mut proxy = BinaryProxy::start(&dir.path(), &[&["--drain-timeout", "10s"][..], workers].concat()).await;
+        let addr = proxy.addr;
+        let in_flight: Vec<_> =
+            (0..8).map(|i| tokio::spawn(async move { get(addr, &format!("/drain/{i}")).await })).collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.signal("TERM");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let ready = send(&http1(), req(http::Method::GET, proxy.admin, "/readyz").body(Default::default()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(ready.status, 503, "{workers:?}: readiness goes false while draining");
+        for r in in_flight {
+            assert_eq!(r.await.unwrap().status, 200, "{workers:?}: an in-flight request was lost");
+        }
+        let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "{workers:?}: exit status {status:?}");
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "{workers:?}: the listener is closed");
     }
-    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "exit status {status:?}");
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
 }
 
 #[tokio::test]

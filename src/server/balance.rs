@@ -94,12 +94,19 @@ pub(crate) fn place(lanes: &[Lane], me: usize, stream: TcpStream) -> Placement {
     }
 }
 
-/// The lane with the fewest live connections, if it has at least two fewer
-/// than `me` (a difference of one is not worth a hand-off); else `me`.
+/// The lane with the fewest live connections among the workers still
+/// taking hand-offs, if it has at least two fewer than `me` (a difference of
+/// one is not worth a hand-off); else `me`.
 fn least_loaded(lanes: &[Lane], me: usize) -> usize {
     let mine = lanes[me].drain.receiver_count();
-    let (fewest, lane) =
-        lanes.iter().enumerate().map(|(i, lane)| (lane.drain.receiver_count(), i)).min().unwrap_or((mine, me));
+    let open = |lane: &Lane| lane.inbox.as_ref().is_some_and(|inbox| !inbox.is_closed());
+    let (fewest, lane) = lanes
+        .iter()
+        .enumerate()
+        .filter(|(i, lane)| *i == me || open(lane))
+        .map(|(i, lane)| (lane.drain.receiver_count(), i))
+        .min()
+        .unwrap_or((mine, me));
     if fewest + 1 < mine {
         lane
     } else {
