@@ -127,6 +127,10 @@ struct ServeArgs {
     /// A client must send its request head within this time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
+    /// A plain-HTTP/1.1 connection idle between requests is closed after this
+    /// time (keep it above the idle timeout of any load balancer in front).
+    #[arg(long, default_value = "75s", value_parser = humantime::parse_duration)]
+    keepalive_timeout: Duration,
     /// How often the config's content hash is compared, as a safety net for missed file events.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
@@ -227,6 +231,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         spawn_sighup(watcher.trigger.clone());
         let options = ServeOptions {
             header_read_timeout: args.header_read_timeout,
+            keepalive_timeout: args.keepalive_timeout,
             drain_timeout: args.drain_timeout,
             tls,
             plain,

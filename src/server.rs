@@ -25,8 +25,15 @@ pub mod h1;
 
 /// Listener settings that are fixed for the life of the process.
 pub struct ServeOptions {
-    /// A client must send a complete request head within this time.
+    /// A client must send a complete request head within this time. hyper
+    /// (TLS, and connections after a request with a body) also closes a
+    /// connection idle for this long: it does not tell the two apart.
     pub header_read_timeout: Duration,
+    /// Our HTTP/1.1 loop closes a connection idle between requests for this
+    /// long (nginx's `keepalive_timeout`, 75 s by default; keep it above the
+    /// idle timeout of a load balancer in front, or it may send a request on
+    /// a connection just as it is closed).
+    pub keepalive_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_timeout: Duration,
     /// Largest request head accepted; larger ones get 431.
@@ -65,6 +72,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(75),
             drain_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             tls: None,
@@ -112,6 +120,7 @@ pub async fn run(
         drain_timeout: options.drain_timeout,
         inline_http1: options.inline_http1.then_some(h1::Limits {
             header_read_timeout: options.header_read_timeout,
+            keepalive_timeout: options.keepalive_timeout,
             max_head: options.max_header_bytes,
         }),
         lanes,

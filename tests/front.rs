@@ -194,25 +194,36 @@ async fn a_request_in_flight_when_draining_starts_is_answered_with_connection_cl
 }
 
 #[tokio::test]
-async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout_and_a_busy_one_is_not() {
+async fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout_and_a_busy_one_is_not() {
     let up = TestUpstream::start("up", Behaviour::Echo).await;
-    let options =
-        strangler::server::ServeOptions { header_read_timeout: Duration::from_millis(500), ..Default::default() };
+    let options = strangler::server::ServeOptions {
+        header_read_timeout: Duration::from_millis(300),
+        keepalive_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
     let proxy =
         TestProxy::start_with(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"), options)
             .await;
-    // Busy for three times the timeout, never idle for long: stays open.
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let ask = async |stream: &mut TcpStream| {
+        stream.write_all(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let answer = read_answer(stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    };
+    // Busy for longer than the keep-alive timeout, never idle for long: stays open.
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(1500) {
-        stream.write_all(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-        let answer = read_answer(&mut stream).await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        ask(&mut stream).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Then idle: closed within a little more than the timeout.
+    // Idle for twice the header timeout: that is not the idle limit.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    ask(&mut stream).await;
+    // Then idle: closed after the keep-alive timeout.
     let idle = Instant::now();
     let text = read_until_closed(&mut stream).await;
     assert!(text.is_empty(), "{text}");
-    assert!(idle.elapsed() < Duration::from_secs(2), "closed only after {:?}", idle.elapsed());
+    let after = idle.elapsed();
+    assert!(after >= Duration::from_millis(900), "closed after {after:?}, before the keep-alive timeout");
+    assert!(after < Duration::from_millis(2500), "closed only after {after:?}");
 }

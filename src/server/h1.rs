@@ -56,6 +56,8 @@ const MAX_URI: usize = u16::MAX as usize - 1;
 pub struct Limits {
     /// A head must arrive whole within this time of its first read.
     pub header_read_timeout: Duration,
+    /// A connection idle between requests for this long is closed.
+    pub keepalive_timeout: Duration,
     /// Largest head accepted.
     pub max_head: usize,
 }
@@ -82,12 +84,12 @@ pub async fn serve(
     let mut out = Vec::new();
     // The idle timer is armed once and re-armed only when it fires early,
     // not on every request (see `next_request_arrives`).
-    let mut idle_timer = std::pin::pin!(tokio::time::sleep(limits.header_read_timeout));
+    let mut idle_timer = std::pin::pin!(tokio::time::sleep(limits.keepalive_timeout));
     loop {
         if buf.is_empty() {
             // Idle: the buffers go back to the allocator (nginx does the same).
             (buf, out) = (BytesMut::new(), Vec::new());
-            let idle_until = tokio::time::Instant::now() + limits.header_read_timeout;
+            let idle_until = tokio::time::Instant::now() + limits.keepalive_timeout;
             if !next_request_arrives(stream, drain, idle_timer.as_mut(), idle_until).await {
                 return Ended::Closed;
             }
