@@ -118,7 +118,7 @@ struct ServeArgs {
     /// How new connections are spread over per-core workers: `kernel` leaves
     /// it to the `SO_REUSEPORT` hash; `exact` hands each to the worker with
     /// the fewest open connections (for a few long-lived connections; it costs
-    /// CPU when connections are short).
+    /// CPU when connections are short). Per-core with 2+ threads only.
     #[arg(long, value_enum, default_value = "kernel")]
     connection_balance: ConnectionBalance,
     /// How long in-flight requests may take to finish after SIGTERM.

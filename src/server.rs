@@ -123,13 +123,10 @@ pub async fn run(
             keepalive_timeout: options.keepalive_timeout,
             max_head: options.max_header_bytes,
         }),
-        lanes,
+        lanes: Arc::new(lanes),
     });
-    // Registered for this run only (a registry outlives the server in tests).
-    let connections = || -> Box<dyn prometheus::core::Collector> {
-        Box::new(balance::ConnectionsCollector::new(&worker, |w: &Worker| &w.lanes))
-    };
-    let _ = shared.metrics.registry.register(connections());
+    // For this run only: a registry outlives the server in tests.
+    let _connections = balance::ConnectionsMetric::register(&shared.metrics.registry, &worker.lanes);
     let main_kind = Kind::Proxy { tls: options.tls.clone().map(tokio_rustls::TlsAcceptor::from) };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let extra = spawn_workers(&worker, &proxy_listener, &main_kind, &mut inboxes, stopped);
@@ -154,7 +151,6 @@ pub async fn run(
     for done in extra {
         let _ = done.await;
     }
-    let _ = shared.metrics.registry.unregister(connections());
     let _ = admin_stop.send(());
     let _ = admin.await;
 }
@@ -170,7 +166,7 @@ struct Worker {
     /// Limits for our own HTTP/1.1 loop, when it is on.
     inline_http1: Option<h1::Limits>,
     /// Each worker's drain and inbox, by worker index.
-    lanes: Vec<balance::Lane>,
+    lanes: Arc<Vec<balance::Lane>>,
 }
 
 impl Worker {
@@ -187,7 +183,9 @@ impl Worker {
     ) {
         // Each connection holds a receiver of this: `true` asks it to finish
         // its request and close; `closed()` is "all drained".
-        let drain = &self.lanes[me].drain;
+        let lane = &self.lanes[me];
+        let drain = &lane.drain;
+        lane.start();
         let plain_kind = plain.as_ref().map_or(Kind::Proxy { tls: None }, |(_, k)| k.clone());
         let plain_listener = plain.map(|(l, _)| l);
         tokio::pin!(stop);
@@ -205,20 +203,16 @@ impl Worker {
                     Ok((stream, _)) => self.serve_connection(drain.subscribe(), stream, plain_kind.clone()),
                     Err(e) => accept_failed(e).await,
                 },
-                (stream, drain) = balance::handed_over(inbox.as_mut()) => match TcpStream::from_std(stream) {
-                    Ok(stream) => self.serve_connection(drain, stream, kind.clone()),
-                    Err(e) => tracing::warn!(error = %e, "cannot take a connection over"),
-                },
+                handoff = balance::handed_over(inbox.as_mut()) => self.take_over(handoff, &kind),
             }
         }
         // Connections handed over from now on are served where they were
-        // accepted; those already on their way are served here.
+        // accepted; those already on their way (sends in progress included:
+        // `recv` waits for them) are served here.
         if let Some(inbox) = &mut inbox {
             inbox.close();
-            while let Ok((stream, drain)) = inbox.try_recv() {
-                if let Ok(stream) = TcpStream::from_std(stream) {
-                    self.serve_connection(drain, stream, kind.clone());
-                }
+            while let Some(handoff) = inbox.recv().await {
+                self.take_over(handoff, &kind);
             }
         }
         drop(listener);
@@ -228,6 +222,16 @@ impl Worker {
         tokio::select! {
             _ = drain.closed() => tracing::info!("drained"),
             _ = tokio::time::sleep(self.drain_timeout) => tracing::warn!("drain timeout reached; closing the remaining connections"),
+        }
+    }
+}
+
+impl Worker {
+    /// Serves a connection another worker handed over, in this worker's reactor.
+    fn take_over(self: &Arc<Self>, (stream, drain): balance::Handoff, kind: &Kind) {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => self.serve_connection(drain, stream, kind.clone()),
+            Err(e) => tracing::warn!(error = %e, "cannot take a connection over; closing it"),
         }
     }
 }

@@ -472,13 +472,14 @@ async fn stopping_a_service_mid_run_loses_no_request() {
     let at_stop = done.load(Ordering::SeqCst);
     let stopping = Instant::now();
     tokio::join!(stack.users.stop(), stack.comments.stop());
+    let stop_took = stopping.elapsed();
     let stopped_at = done.load(Ordering::SeqCst);
     // Connections are now refused. (Checked for a moment: on a busy machine,
     // another test may bind the freed port; a refusal at any try is proof.)
     for addr in [stack.users.addr, stack.comments.addr] {
         wait_for(
             Duration::from_secs(2),
-            &format!("{addr} refusing connections ({:?} after stop)", stopping.elapsed()),
+            &format!("{addr} refusing connections (stopping took {stop_took:?})"),
             || async move { tokio::net::TcpStream::connect(addr).await.is_err() },
         )
         .await;

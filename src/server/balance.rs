@@ -13,17 +13,21 @@
 //! thread, and with one request per connection that cost 16% of the
 //! throughput here, while on 2 cores the even split did not change p99.
 //! It pays where a few long-lived connections meet many cores. Either way,
-//! `strangler_worker_connections` ([`ConnectionsCollector`]) shows how the
-//! connections are spread.
+//! `strangler_worker_connections` ([`ConnectionsMetric`]) shows how the
+//! connections are spread. Worker 0's count includes the connections of the
+//! plain listener beside a TLS one, which are never handed over.
 //!
 //! A worker's count is the number of its connections' drain receivers
 //! ([`Drain`]): each connection holds one for exactly its life, and the
 //! receiver is made before the hand-off, so a burst of accepts sees the
 //! connections still on their way.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntGaugeVec, Opts};
+use prometheus::{IntGaugeVec, Opts, Registry};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
@@ -40,6 +44,25 @@ pub(crate) struct Lane {
     pub drain: watch::Sender<bool>,
     /// Where other workers hand connections to this one (`None`: no balancing).
     inbox: Option<mpsc::UnboundedSender<Handoff>>,
+    /// Set when the worker starts serving: a worker whose thread never
+    /// started takes no hand-offs and is not in the metric.
+    started: AtomicBool,
+}
+
+impl Lane {
+    /// Called by the worker as it starts serving.
+    pub fn start(&self) {
+        self.started.store(true, Ordering::Release);
+    }
+
+    fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Started, balancing, and its inbox not yet closed.
+    fn takes_handoffs(&self) -> bool {
+        self.started() && self.inbox.as_ref().is_some_and(|inbox| !inbox.is_closed())
+    }
 }
 
 /// The lanes of `workers` workers, and the inboxes each worker reads
@@ -54,7 +77,7 @@ pub(crate) fn lanes(workers: usize, balance: bool) -> (Vec<Lane>, Vec<Option<mps
             } else {
                 (None, None)
             };
-            (Lane { drain, inbox }, receiver)
+            (Lane { drain, inbox, started: AtomicBool::new(false) }, receiver)
         })
         .unzip()
 }
@@ -70,6 +93,10 @@ pub(crate) enum Placement {
 /// Places a connection that worker `me` accepted: on the worker with the
 /// fewest live connections, unless this one has about as few.
 pub(crate) fn place(lanes: &[Lane], me: usize, stream: TcpStream) -> Placement {
+    if lanes[me].inbox.is_none() {
+        // Not balancing: no counting either.
+        return Placement::Here(stream, lanes[me].drain.subscribe());
+    }
     let target = least_loaded(lanes, me);
     let inbox = match &lanes[target].inbox {
         Some(inbox) if target != me => inbox,
@@ -89,7 +116,10 @@ pub(crate) fn place(lanes: &[Lane], me: usize, stream: TcpStream) -> Placement {
         // That worker has stopped: serve it here.
         Err(mpsc::error::SendError((std, _))) => match TcpStream::from_std(std) {
             Ok(stream) => Placement::Here(stream, lanes[me].drain.subscribe()),
-            Err(_) => Placement::Elsewhere,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take a connection back; closing it");
+                Placement::Elsewhere
+            }
         },
     }
 }
@@ -99,11 +129,10 @@ pub(crate) fn place(lanes: &[Lane], me: usize, stream: TcpStream) -> Placement {
 /// one is not worth a hand-off); else `me`.
 fn least_loaded(lanes: &[Lane], me: usize) -> usize {
     let mine = lanes[me].drain.receiver_count();
-    let open = |lane: &Lane| lane.inbox.as_ref().is_some_and(|inbox| !inbox.is_closed());
     let (fewest, lane) = lanes
         .iter()
         .enumerate()
-        .filter(|(i, lane)| *i == me || open(lane))
+        .filter(|(i, lane)| *i == me || lane.takes_handoffs())
         .map(|(i, lane)| (lane.drain.receiver_count(), i))
         .min()
         .unwrap_or((mine, me));
@@ -125,35 +154,56 @@ pub(crate) async fn handed_over(inbox: Option<&mut mpsc::UnboundedReceiver<Hando
     }
 }
 
-/// `strangler_worker_connections{worker}`: each worker's open connections,
-/// read when the metrics are scraped (one atomic load per worker), so that
-/// ops can see whether the workers share the load.
-pub(crate) struct ConnectionsCollector<W> {
-    worker: std::sync::Weak<W>,
-    lanes: fn(&W) -> &[Lane],
+/// `strangler_worker_connections{worker}`: each started worker's open
+/// connections, read when the metrics are scraped (one atomic load per
+/// worker), so that ops can see whether the workers share the load.
+struct ConnectionsCollector {
+    /// Weak: the registry outlives a server run.
+    lanes: Weak<Vec<Lane>>,
     gauges: IntGaugeVec,
 }
 
-impl<W: Send + Sync> ConnectionsCollector<W> {
-    /// Weak, so that the registry (which outlives a server run) does not
-    /// keep the workers alive.
-    pub fn new(worker: &std::sync::Arc<W>, lanes: fn(&W) -> &[Lane]) -> Self {
+impl ConnectionsCollector {
+    fn new(lanes: Weak<Vec<Lane>>) -> Self {
         let opts = Opts::new("strangler_worker_connections", "Open client connections by worker thread.");
-        let gauges = IntGaugeVec::new(opts, &["worker"]).expect("a valid metric");
-        ConnectionsCollector { worker: std::sync::Arc::downgrade(worker), lanes, gauges }
+        ConnectionsCollector { lanes, gauges: IntGaugeVec::new(opts, &["worker"]).expect("a valid metric") }
     }
 }
 
-impl<W: Send + Sync> Collector for ConnectionsCollector<W> {
+impl Collector for ConnectionsCollector {
     fn desc(&self) -> Vec<&Desc> {
         self.gauges.desc()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let Some(worker) = self.worker.upgrade() else { return Vec::new() };
-        for (i, lane) in (self.lanes)(&worker).iter().enumerate() {
+        let Some(lanes) = self.lanes.upgrade() else { return Vec::new() };
+        for (i, lane) in lanes.iter().enumerate().filter(|(_, lane)| lane.started()) {
             self.gauges.with_label_values(&[&i.to_string()]).set(lane.drain.receiver_count() as i64);
         }
         self.gauges.collect()
+    }
+}
+
+/// `strangler_worker_connections`, registered for as long as this lives.
+pub(crate) struct ConnectionsMetric {
+    registry: Registry,
+}
+
+impl ConnectionsMetric {
+    pub fn register(registry: &Registry, lanes: &Arc<Vec<Lane>>) -> Option<Self> {
+        match registry.register(Box::new(ConnectionsCollector::new(Arc::downgrade(lanes)))) {
+            Ok(()) => Some(ConnectionsMetric { registry: registry.clone() }),
+            Err(e) => {
+                tracing::warn!(error = %e, "strangler_worker_connections is not exported");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for ConnectionsMetric {
+    fn drop(&mut self) {
+        // Unregistered by its description, which any instance shares.
+        let _ = self.registry.unregister(Box::new(ConnectionsCollector::new(Weak::new())));
     }
 }

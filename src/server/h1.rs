@@ -136,8 +136,7 @@ async fn serve_request(
 
 /// Waits, holding no buffer, until the client sends more. `false` when the
 /// worker drains first (an idle connection just closes), the connection has
-/// idled until `idle_until` (the header timeout, as with hyper, which
-/// starts it when a connection turns idle), or the socket fails.
+/// idled until `idle_until` (the keep-alive timeout), or the socket fails.
 ///
 /// `timer` may be set for an earlier moment (it is re-armed lazily): when
 /// it fires before `idle_until`, it is set again and the wait goes on.
