@@ -127,7 +127,7 @@ struct ServeArgs {
     /// A client must send its request head within this time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
-    /// A plain-HTTP/1.1 connection idle between requests is closed after this
+    /// An HTTP/1.1 connection idle between requests is closed after this
     /// time (keep it above the idle timeout of any load balancer in front).
     #[arg(long, default_value = "75s", value_parser = humantime::parse_duration)]
     keepalive_timeout: Duration,

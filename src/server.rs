@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,14 +25,15 @@ pub mod h1;
 
 /// Listener settings that are fixed for the life of the process.
 pub struct ServeOptions {
-    /// A client must send a complete request head within this time. hyper
-    /// (TLS, and connections after a request with a body) also closes a
-    /// connection idle for this long: it does not tell the two apart.
+    /// A client must send a complete request head within this time. On
+    /// connections hyper serves, this holds for the first head; later ones
+    /// may take up to the longer of this and `keepalive_timeout` (hyper has
+    /// one timer for heads and idling).
     pub header_read_timeout: Duration,
-    /// Our HTTP/1.1 loop closes a connection idle between requests for this
-    /// long (nginx's `keepalive_timeout`, 75 s by default; keep it above the
-    /// idle timeout of a load balancer in front, or it may send a request on
-    /// a connection just as it is closed).
+    /// An HTTP/1.1 connection idle between requests for this long is closed
+    /// (nginx's `keepalive_timeout`, 75 s by default; keep it above the idle
+    /// timeout of a load balancer in front, or it may send a request on a
+    /// connection just as it is closed).
     pub keepalive_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_timeout: Duration,
@@ -328,7 +329,9 @@ fn http1_builder(options: &ServeOptions) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
+        // hyper's header timer runs while a connection idles too, so it is
+        // also the idle limit (see `FirstHeadDeadline`).
+        .header_read_timeout(options.header_read_timeout.max(options.keepalive_timeout))
         .max_header_size(options.max_header_bytes)
         .max_buf_size(options.max_header_bytes.max(8192));
     builder
@@ -359,27 +362,29 @@ impl Worker {
     fn serve_connection(self: &Arc<Self>, drain: Drain, stream: TcpStream, kind: Kind) {
         let Ok(remote) = stream.peer_addr() else { return };
         let _ = stream.set_nodelay(true);
-        let first_byte_timeout = self.header_read_timeout;
+        let head_timeout = self.header_read_timeout;
         let worker = self.clone();
         match kind {
             Kind::Proxy { tls: None } => {
                 // hyper's connection state is boxed, so that the task of a
                 // connection that never needs hyper is not sized for it.
                 tokio::spawn(async move {
-                    let Some(protocol) = sniff(&stream, first_byte_timeout, remote).await else { return };
+                    let Some(protocol) = sniff(&stream, head_timeout, remote).await else { return };
                     let conn = Arc::new(Conn::new(remote, "http"));
                     match (&protocol, &worker.inline_http1) {
                         (Protocol::Http1, Some(limits)) => {
                             let (mut stream, mut drain) = (stream, drain);
                             let ended = h1::serve(&mut stream, &worker.shared, &conn, limits, &mut drain).await;
                             if let h1::Ended::HandOff(read) = ended {
-                                let service = proxy_service(worker.shared.clone(), conn);
+                                let service = proxy_service(worker.shared.clone(), conn, None);
                                 let stream = h1::Prefixed::new(read, stream);
                                 Box::pin(worker.serve_http(stream, protocol, service, drain, remote)).await
                             }
                         }
                         _ => {
-                            let service = proxy_service(worker.shared.clone(), conn);
+                            let head_seen = first_head_signal(&protocol);
+                            let stream = FirstHeadDeadline::new(stream, head_timeout, head_seen.clone());
+                            let service = proxy_service(worker.shared.clone(), conn, head_seen);
                             Box::pin(worker.serve_http(stream, protocol, service, drain, remote)).await
                         }
                     }
@@ -397,16 +402,23 @@ impl Worker {
                         _ => Protocol::Http1,
                     };
                     // HTTP/2 has no deadline for a silent client of its own.
-                    let stream = FirstByteDeadline::new(stream, first_byte_timeout);
-                    let service = proxy_service(worker.shared.clone(), Arc::new(Conn::new(remote, "https")));
+                    let head_seen = first_head_signal(&protocol);
+                    let stream = FirstHeadDeadline::new(stream, head_timeout, head_seen.clone());
+                    let conn = Arc::new(Conn::new(remote, "https"));
+                    let service = proxy_service(worker.shared.clone(), conn, head_seen);
                     worker.serve_http(stream, protocol, service, drain, remote).await
                 });
             }
             Kind::Redirect { port } => {
                 tokio::spawn(async move {
-                    let Some(protocol) = sniff(&stream, first_byte_timeout, remote).await else { return };
-                    let service = service_fn(move |req| async move {
-                        Ok::<_, std::convert::Infallible>(redirect_to_https(&req, port))
+                    let Some(protocol) = sniff(&stream, head_timeout, remote).await else { return };
+                    let head_seen = first_head_signal(&protocol);
+                    let stream = FirstHeadDeadline::new(stream, head_timeout, head_seen.clone());
+                    let service = service_fn(move |req| {
+                        if let Some(seen) = &head_seen {
+                            seen.store(true, Ordering::Relaxed);
+                        }
+                        async move { Ok::<_, std::convert::Infallible>(redirect_to_https(&req, port)) }
                     });
                     worker.serve_http(stream, protocol, service, drain, remote).await
                 });
@@ -469,8 +481,17 @@ where
 /// future is boxed: hyper keeps a slot the size of the service's future for
 /// the connection's whole life, and the proxy's is ~4 KiB that an idle
 /// keep-alive connection would otherwise hold.
-fn proxy_service(shared: Arc<Shared>, conn: Arc<Conn>) -> impl HttpService<Future = ProxyFuture> + Clone {
+///
+/// `head_seen`, when given, is set at each request: its head is complete.
+fn proxy_service(
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    head_seen: Option<Arc<AtomicBool>>,
+) -> impl HttpService<Future = ProxyFuture> + Clone {
     service_fn(move |req| -> ProxyFuture {
+        if let Some(seen) = &head_seen {
+            seen.store(true, Ordering::Relaxed);
+        }
         Box::pin(proxy::handle(shared.clone(), conn.clone(), req.map(crate::body::ProxyBody::Streamed)))
     })
 }
@@ -563,19 +584,38 @@ fn redirect_to_https<B>(req: &http::Request<B>, port: u16) -> http::Response<cra
     response
 }
 
-/// Fails the first read of a connection that sends nothing within the deadline.
-struct FirstByteDeadline<S> {
-    inner: S,
-    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+/// For HTTP/1.1, the flag the service sets when a head is complete; `None`
+/// for HTTP/2 (no heads of its own to wait for: its first byte will do).
+fn first_head_signal(protocol: &Protocol) -> Option<Arc<AtomicBool>> {
+    matches!(protocol, Protocol::Http1).then(|| Arc::new(AtomicBool::new(false)))
 }
 
-impl<S> FirstByteDeadline<S> {
-    fn new(inner: S, timeout: Duration) -> Self {
-        FirstByteDeadline { inner, deadline: Some(Box::pin(tokio::time::sleep(timeout))) }
+/// Fails a connection's reads once its deadline passes before its first
+/// request head is complete (HTTP/1.1: the service was called, which
+/// `head_seen` records) or, without `head_seen` (HTTP/2), before its first
+/// byte. hyper's own header timer is set to the keep-alive timeout when that
+/// is longer (hyper starts it when a connection turns idle, so it is also the
+/// idle limit); this keeps the first head to the shorter header timeout.
+struct FirstHeadDeadline<S> {
+    inner: S,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    head_seen: Option<Arc<AtomicBool>>,
+}
+
+impl<S> FirstHeadDeadline<S> {
+    fn new(inner: S, timeout: Duration, head_seen: Option<Arc<AtomicBool>>) -> Self {
+        FirstHeadDeadline { inner, deadline: Some(Box::pin(tokio::time::sleep(timeout))), head_seen }
+    }
+
+    fn first_head_done(&self, read_bytes: bool) -> bool {
+        match &self.head_seen {
+            Some(seen) => seen.load(Ordering::Relaxed),
+            None => read_bytes,
+        }
     }
 }
 
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<S> {
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstHeadDeadline<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -583,20 +623,19 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Some(deadline) = self.deadline.as_mut() {
-            match &polled {
-                std::task::Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
-                std::task::Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
-                    return std::task::Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
-                }
-                _ => {}
+        if self.deadline.is_some() {
+            let read_bytes = matches!(polled, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before;
+            if self.first_head_done(read_bytes) {
+                self.deadline = None;
+            } else if polled.is_pending() && self.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready()) {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
             }
         }
         polled
     }
 }
 
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<S> {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstHeadDeadline<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

@@ -228,3 +228,31 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout_and
     assert!(after >= Duration::from_secs(1), "closed after {after:?}, before the keep-alive timeout");
     assert!(after < Duration::from_millis(2500), "closed only after {after:?}");
 }
+
+#[tokio::test]
+async fn after_the_hand_off_to_hyper_the_idle_limit_is_still_the_keepalive_timeout() {
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let options = strangler::server::ServeOptions {
+        header_read_timeout: Duration::from_millis(300),
+        keepalive_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let proxy =
+        TestProxy::start_with(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"), options)
+            .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    // A body: hyper serves this connection from here on.
+    stream.write_all(b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
+    assert!(read_answer(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // Idle for twice the header timeout: still open.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let idle = Instant::now();
+    stream.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Then closed once idle for the keep-alive timeout.
+    let text = read_until_closed(&mut stream).await;
+    assert!(text.is_empty(), "{text}");
+    assert!(idle.elapsed() >= Duration::from_secs(1), "closed after {:?}", idle.elapsed());
+    assert_eq!(up.hits(), 2);
+}

@@ -6,13 +6,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::*;
@@ -63,20 +64,7 @@ async fn tls_get(
     path: &str,
     h2: bool,
 ) -> Result<(u16, String, CertificateDer<'static>), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_like(ca_pem) {
-        roots.add(cert).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = if h2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let tls =
-        connector.connect(ServerName::try_from(name.to_string()).unwrap(), tcp).await.map_err(|e| e.to_string())?;
+    let tls = tls_connect(addr, name, ca_pem, h2).await?;
     let (_, session) = tls.get_ref();
     let leaf = session.peer_certificates().unwrap()[0].clone().into_owned();
     assert_eq!(session.alpn_protocol(), Some(if h2 { &b"h2"[..] } else { &b"http/1.1"[..] }));
@@ -98,6 +86,28 @@ async fn tls_get(
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned(), leaf))
+}
+
+/// A TLS connection trusting `ca_pem`, with SNI `name`, offering h2 or http/1.1.
+async fn tls_connect(
+    addr: SocketAddr,
+    name: &str,
+    ca_pem: &str,
+    h2: bool,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_like(ca_pem) {
+        roots.add(cert).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = if h2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    connector.connect(ServerName::try_from(name.to_string()).unwrap(), tcp).await.map_err(|e| e.to_string())
 }
 
 fn rustls_pemfile_like(pem: &str) -> Vec<CertificateDer<'static>> {
@@ -317,4 +327,46 @@ async fn rsa_certificates_are_served_too() {
     let (status, _, leaf) = tls_get(proxy.addr, "rsa.test", &pem, "/", false).await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(leaf, der_of(&pem));
+}
+
+#[tokio::test]
+async fn tls_connections_idle_until_the_keepalive_timeout_but_a_slow_first_head_is_cut_off() {
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.write(dir.path(), "a", &ca.leaf(&["a.test"], false));
+    let config = ConfigDir::new(&tls_config(&up, &cert, &key, ""));
+    let timeouts = ["--header-read-timeout", "500ms", "--keepalive-timeout", "2s"];
+    let proxy = BinaryProxy::start(&config.path(), &timeouts).await;
+    let ask = async |tls: &mut tokio_rustls::client::TlsStream<TcpStream>| {
+        tls.write_all(b"GET /kept HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+        let answer = read_answer(tls).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    };
+
+    // Idle between requests for twice the header timeout: still open.
+    let mut kept = tls_connect(proxy.addr, "a.test", &ca.pem(), false).await.unwrap();
+    ask(&mut kept).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let idle = Instant::now();
+    ask(&mut kept).await;
+    // Idle past the keep-alive timeout: closed.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), kept.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle TLS connection outlived the keep-alive timeout");
+    assert!(
+        idle.elapsed() >= Duration::from_secs(2),
+        "closed after {:?}, before the keep-alive timeout",
+        idle.elapsed()
+    );
+
+    // A first head that never completes: cut off at the header timeout,
+    // long before the keep-alive timeout.
+    let mut slow = tls_connect(proxy.addr, "a.test", &ca.pem(), false).await.unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: a.test\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    assert!(started.elapsed() < Duration::from_millis(1500), "a half-sent head held on for {:?}", started.elapsed());
+    assert_eq!(up.hits(), 2);
 }

@@ -79,7 +79,7 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
 }
 
 /// Reads one answer with a `Content-Length` off the stream.
-pub async fn read_answer(stream: &mut TcpStream) -> String {
+pub async fn read_answer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
     let mut data = Vec::new();
     let mut byte = [0u8; 1];
     while !data.ends_with(b"\r\n\r\n") {
