@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use strangler::server::ServeOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -12,9 +13,24 @@ use crate::answers::{proxy_to, Scripted};
 use crate::support::*;
 
 async fn echo_proxy() -> (TestUpstream, TestProxy) {
+    echo_proxy_with(ServeOptions::default()).await
+}
+
+async fn echo_proxy_with(options: ServeOptions) -> (TestUpstream, TestProxy) {
     let up = TestUpstream::start("up", Behaviour::Echo).await;
-    let proxy = TestProxy::start(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n")).await;
+    let proxy =
+        TestProxy::start_with(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"), options)
+            .await;
     (up, proxy)
+}
+
+/// A 300 ms header timeout and a 1 s keep-alive timeout.
+fn short_timeouts() -> ServeOptions {
+    ServeOptions {
+        header_read_timeout: Duration::from_millis(300),
+        keepalive_timeout: Duration::from_secs(1),
+        ..Default::default()
+    }
 }
 
 /// Sends `bytes` on a fresh connection and reads until the proxy closes it
@@ -171,11 +187,7 @@ async fn a_client_that_leaves_mid_request_frees_it_at_once() {
 
 #[tokio::test]
 async fn hyper_serves_everything_when_our_loop_is_off() {
-    let up = TestUpstream::start("up", Behaviour::Echo).await;
-    let options = strangler::server::ServeOptions { inline_http1: false, ..Default::default() };
-    let proxy =
-        TestProxy::start_with(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"), options)
-            .await;
+    let (_up, proxy) = echo_proxy_with(ServeOptions { inline_http1: false, ..Default::default() }).await;
     let text = exchange(&proxy, b"GET /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert_eq!(statuses(&text), ["200"], "{text}");
 }
@@ -195,15 +207,7 @@ async fn a_request_in_flight_when_draining_starts_is_answered_with_connection_cl
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout_and_a_busy_one_is_not() {
-    let up = TestUpstream::start("up", Behaviour::Echo).await;
-    let options = strangler::server::ServeOptions {
-        header_read_timeout: Duration::from_millis(300),
-        keepalive_timeout: Duration::from_secs(1),
-        ..Default::default()
-    };
-    let proxy =
-        TestProxy::start_with(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"), options)
-            .await;
+    let (_up, proxy) = echo_proxy_with(short_timeouts()).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     let ask = async |stream: &mut TcpStream| {
         stream.write_all(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
@@ -231,15 +235,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout_and
 
 #[tokio::test]
 async fn after_the_hand_off_to_hyper_the_idle_limit_is_still_the_keepalive_timeout() {
-    let up = TestUpstream::start("up", Behaviour::Echo).await;
-    let options = strangler::server::ServeOptions {
-        header_read_timeout: Duration::from_millis(300),
-        keepalive_timeout: Duration::from_secs(1),
-        ..Default::default()
-    };
-    let proxy =
-        TestProxy::start_with(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"), options)
-            .await;
+    let (up, proxy) = echo_proxy_with(short_timeouts()).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     // A body: hyper serves this connection from here on.
     stream.write_all(b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
