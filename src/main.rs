@@ -127,8 +127,9 @@ struct ServeArgs {
     /// A client must send its request head within this time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
-    /// An HTTP/1.1 connection idle between requests is closed after this
-    /// time (keep it above the idle timeout of any load balancer in front).
+    /// A connection idle between requests (HTTP/2: no new stream) is closed
+    /// after this time (keep it above the idle timeout of any load balancer
+    /// in front).
     #[arg(long, default_value = "75s", value_parser = humantime::parse_duration)]
     keepalive_timeout: Duration,
     /// How often the config's content hash is compared, as a safety net for missed file events.

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,10 +30,10 @@ pub struct ServeOptions {
     /// may take up to the longer of this and `keepalive_timeout` (hyper has
     /// one timer for heads and idling).
     pub header_read_timeout: Duration,
-    /// An HTTP/1.1 connection idle between requests for this long is closed
-    /// (nginx's `keepalive_timeout`, 75 s by default; keep it above the idle
-    /// timeout of a load balancer in front, or it may send a request on a
-    /// connection just as it is closed).
+    /// A connection idle between requests for this long is closed (nginx's
+    /// `keepalive_timeout`, 75 s by default; keep it above the idle timeout
+    /// of a load balancer in front, or it may send a request on a connection
+    /// just as it is closed). HTTP/2: no new stream for this long.
     pub keepalive_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_timeout: Duration,
@@ -118,6 +118,7 @@ pub async fn run(
         http2: http2_builder(&options),
         shared: shared.clone(),
         header_read_timeout: options.header_read_timeout,
+        keepalive_timeout: options.keepalive_timeout,
         drain_timeout: options.drain_timeout,
         inline_http1: options.inline_http1.then_some(h1::Limits {
             header_read_timeout: options.header_read_timeout,
@@ -163,6 +164,8 @@ struct Worker {
     http2: http2::Builder<TokioExecutor>,
     shared: Arc<Shared>,
     header_read_timeout: Duration,
+    /// HTTP/2 connections that start no request for this long are closed.
+    keepalive_timeout: Duration,
     drain_timeout: Duration,
     /// Limits for our own HTTP/1.1 loop, when it is on.
     inline_http1: Option<h1::Limits>,
@@ -378,14 +381,14 @@ impl Worker {
                             if let h1::Ended::HandOff(read) = ended {
                                 let service = proxy_service(worker.shared.clone(), conn, None);
                                 let stream = h1::Prefixed::new(read, stream);
-                                Box::pin(worker.serve_http(stream, protocol, service, drain, remote)).await
+                                Box::pin(worker.serve_http(stream, protocol, service, drain, remote, None)).await
                             }
                         }
                         _ => {
-                            let head_seen = first_head_signal(&protocol);
-                            let stream = FirstHeadDeadline::new(stream, head_timeout, head_seen.clone());
-                            let service = proxy_service(worker.shared.clone(), conn, head_seen);
-                            Box::pin(worker.serve_http(stream, protocol, service, drain, remote)).await
+                            let requests = Arc::new(RequestCount::default());
+                            let stream = FirstHeadDeadline::new(stream, head_timeout, protocol.heads(&requests));
+                            let service = proxy_service(worker.shared.clone(), conn, Some(requests.clone()));
+                            Box::pin(worker.serve_http(stream, protocol, service, drain, remote, Some(requests))).await
                         }
                     }
                 });
@@ -402,48 +405,57 @@ impl Worker {
                         _ => Protocol::Http1,
                     };
                     // HTTP/2 has no deadline for a silent client of its own.
-                    let head_seen = first_head_signal(&protocol);
-                    let stream = FirstHeadDeadline::new(stream, head_timeout, head_seen.clone());
+                    let requests = Arc::new(RequestCount::default());
+                    let stream = FirstHeadDeadline::new(stream, head_timeout, protocol.heads(&requests));
                     let conn = Arc::new(Conn::new(remote, "https"));
-                    let service = proxy_service(worker.shared.clone(), conn, head_seen);
-                    worker.serve_http(stream, protocol, service, drain, remote).await
+                    let service = proxy_service(worker.shared.clone(), conn, Some(requests.clone()));
+                    worker.serve_http(stream, protocol, service, drain, remote, Some(requests)).await
                 });
             }
             Kind::Redirect { port } => {
                 tokio::spawn(async move {
                     let Some(protocol) = sniff(&stream, head_timeout, remote).await else { return };
-                    let head_seen = first_head_signal(&protocol);
-                    let stream = FirstHeadDeadline::new(stream, head_timeout, head_seen.clone());
+                    let requests = Arc::new(RequestCount::default());
+                    let stream = FirstHeadDeadline::new(stream, head_timeout, protocol.heads(&requests));
+                    let counted = requests.clone();
                     let service = service_fn(move |req| {
-                        if let Some(seen) = &head_seen {
-                            seen.store(true, Ordering::Relaxed);
-                        }
+                        counted.started();
                         async move { Ok::<_, std::convert::Infallible>(redirect_to_https(&req, port)) }
                     });
-                    worker.serve_http(stream, protocol, service, drain, remote).await
+                    worker.serve_http(stream, protocol, service, drain, remote, Some(requests)).await
                 });
             }
         }
     }
 
     /// Serves one connection in the protocol it speaks, until it ends or
-    /// has drained.
-    async fn serve_http<I, S>(&self, io: I, protocol: Protocol, service: S, drain: Drain, remote: SocketAddr)
-    where
+    /// has drained, or (HTTP/2) has started no request for the keep-alive
+    /// timeout (`requests` counts them).
+    async fn serve_http<I, S>(
+        &self,
+        io: I,
+        protocol: Protocol,
+        service: S,
+        drain: Drain,
+        remote: SocketAddr,
+        requests: Option<Arc<RequestCount>>,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: HttpService + Clone + Send + 'static,
         S::Future: Send + 'static,
     {
         match protocol {
             Protocol::Http1 => {
+                // hyper's header timer closes idle HTTP/1.1 connections.
                 let connection = self.http1.serve_connection(TokioIo::new(io), service).with_upgrades();
-                until_drained(connection, |c| c.graceful_shutdown(), drain, remote).await
+                until_drained(connection, |c| c.graceful_shutdown(), drain, remote, None).await
             }
             Protocol::Http2 => {
                 let connection = self.http2.serve_connection(TokioIo::new(io), service);
                 // Its own task, so that HTTP/1.1 connection tasks (the most)
                 // are not sized for HTTP/2's state.
-                tokio::spawn(until_drained(connection, |c| c.graceful_shutdown(), drain, remote));
+                let idle = requests.map(|r| (r, self.keepalive_timeout));
+                tokio::spawn(until_drained(connection, |c| c.graceful_shutdown(), drain, remote, idle));
             }
         }
     }
@@ -454,8 +466,13 @@ pub(crate) type Drain = tokio::sync::watch::Receiver<bool>;
 
 /// Serves a connection to its end; once draining starts, lets its
 /// in-flight request finish and then closes it.
-async fn until_drained<C, E>(connection: C, shutdown: impl FnOnce(Pin<&mut C>), mut drain: Drain, remote: SocketAddr)
-where
+async fn until_drained<C, E>(
+    connection: C,
+    shutdown: impl FnOnce(Pin<&mut C>),
+    mut drain: Drain,
+    remote: SocketAddr,
+    idle: Option<(Arc<RequestCount>, Duration)>,
+) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
@@ -471,6 +488,12 @@ where
             shutdown(connection.as_mut());
             connection.await
         }
+        _ = idle_for(idle) => {
+            // In-flight streams finish; the client opens a new connection.
+            tracing::debug!(%remote, "closing an idle HTTP/2 connection");
+            shutdown(connection.as_mut());
+            connection.await
+        }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, %remote, "connection ended with an error");
@@ -482,15 +505,15 @@ where
 /// the connection's whole life, and the proxy's is ~4 KiB that an idle
 /// keep-alive connection would otherwise hold.
 ///
-/// `head_seen`, when given, is set at each request: its head is complete.
+/// `requests`, when given, counts each request as its head completes.
 fn proxy_service(
     shared: Arc<Shared>,
     conn: Arc<Conn>,
-    head_seen: Option<Arc<AtomicBool>>,
+    requests: Option<Arc<RequestCount>>,
 ) -> impl HttpService<Future = ProxyFuture> + Clone {
     service_fn(move |req| -> ProxyFuture {
-        if let Some(seen) = &head_seen {
-            seen.store(true, Ordering::Relaxed);
+        if let Some(requests) = &requests {
+            requests.started();
         }
         Box::pin(proxy::handle(shared.clone(), conn.clone(), req.map(crate::body::ProxyBody::Streamed)))
     })
@@ -584,10 +607,48 @@ fn redirect_to_https<B>(req: &http::Request<B>, port: u16) -> http::Response<cra
     response
 }
 
-/// For HTTP/1.1, the flag the service sets when a head is complete; `None`
-/// for HTTP/2 (no heads of its own to wait for: its first byte will do).
-fn first_head_signal(protocol: &Protocol) -> Option<Arc<AtomicBool>> {
-    matches!(protocol, Protocol::Http1).then(|| Arc::new(AtomicBool::new(false)))
+/// Requests a hyper-served connection has started, counted by its service
+/// as each head completes. The first ends the first-head deadline
+/// (HTTP/1.1), and a count that stops moving is an idle connection (HTTP/2,
+/// whose connections hyper never closes for idling).
+#[derive(Default)]
+struct RequestCount(AtomicU64);
+
+impl RequestCount {
+    fn started(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Protocol {
+    /// What ends a connection's first-head deadline: its first request for
+    /// HTTP/1.1; `None` (its first byte) for HTTP/2, which has no heads of
+    /// its own to wait for.
+    fn heads(&self, requests: &Arc<RequestCount>) -> Option<Arc<RequestCount>> {
+        matches!(self, Protocol::Http1).then(|| requests.clone())
+    }
+}
+
+/// Resolves once no request has started for `timeout` (checked every half
+/// of it, so after between 1 and 1.5 times it); never without `idle`.
+async fn idle_for(idle: Option<(Arc<RequestCount>, Duration)>) {
+    let Some((requests, timeout)) = idle else { return std::future::pending().await };
+    let half = (timeout / 2).max(Duration::from_millis(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+    // The counts seen one and two ticks ago.
+    let mut seen = [requests.get(), requests.get()];
+    loop {
+        tick.tick().await;
+        let now = requests.get();
+        if now == seen[0] && now == seen[1] {
+            return;
+        }
+        seen = [now, seen[0]];
+    }
 }
 
 /// Fails a connection's reads once its deadline passes before its first
@@ -599,17 +660,17 @@ fn first_head_signal(protocol: &Protocol) -> Option<Arc<AtomicBool>> {
 struct FirstHeadDeadline<S> {
     inner: S,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    head_seen: Option<Arc<AtomicBool>>,
+    head_seen: Option<Arc<RequestCount>>,
 }
 
 impl<S> FirstHeadDeadline<S> {
-    fn new(inner: S, timeout: Duration, head_seen: Option<Arc<AtomicBool>>) -> Self {
+    fn new(inner: S, timeout: Duration, head_seen: Option<Arc<RequestCount>>) -> Self {
         FirstHeadDeadline { inner, deadline: Some(Box::pin(tokio::time::sleep(timeout))), head_seen }
     }
 
     fn first_head_done(&self, read_bytes: bool) -> bool {
         match &self.head_seen {
-            Some(seen) => seen.load(Ordering::Relaxed),
+            Some(requests) => requests.get() > 0,
             None => read_bytes,
         }
     }

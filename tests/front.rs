@@ -252,3 +252,33 @@ async fn after_the_hand_off_to_hyper_the_idle_limit_is_still_the_keepalive_timeo
     assert!(idle.elapsed() >= Duration::from_secs(1), "closed after {:?}", idle.elapsed());
     assert_eq!(up.hits(), 2);
 }
+
+#[tokio::test]
+async fn an_http2_connection_that_starts_no_request_for_the_keepalive_timeout_is_closed() {
+    let (up, proxy) = echo_proxy_with(short_timeouts()).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let mut connection = tokio::spawn(connection);
+    // Busy for twice the keep-alive timeout: stays open.
+    let started = Instant::now();
+    let (mut sent, mut last_sent) = (0, Instant::now());
+    while started.elapsed() < Duration::from_secs(2) {
+        last_sent = Instant::now();
+        let request = http::Request::get("http://x/h2").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        let response = sender.send_request(request).await.expect("the busy connection stayed open");
+        assert_eq!(response.status(), 200);
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!connection.is_finished(), "a busy HTTP/2 connection was closed");
+    // Idle: closed (GOAWAY, then the end of the connection) after 1 to 1.5
+    // times the timeout from the last request.
+    let ended = tokio::time::timeout(Duration::from_secs(3), &mut connection).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection was still open after 3 s");
+    let after = last_sent.elapsed();
+    assert!(after >= Duration::from_secs(1), "closed {after:?} after the last request");
+    assert_eq!(up.hits(), sent);
+}
