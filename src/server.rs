@@ -385,8 +385,7 @@ impl Worker {
                             }
                         }
                         _ => {
-                            let requests = Arc::new(RequestCount::default());
-                            let stream = FirstHeadDeadline::new(stream, head_timeout, protocol.heads(&requests));
+                            let (stream, requests) = FirstHeadDeadline::counted(stream, &protocol, head_timeout);
                             let service = proxy_service(worker.shared.clone(), conn, Some(requests.clone()));
                             Box::pin(worker.serve_http(stream, protocol, service, drain, remote, Some(requests))).await
                         }
@@ -405,8 +404,7 @@ impl Worker {
                         _ => Protocol::Http1,
                     };
                     // HTTP/2 has no deadline for a silent client of its own.
-                    let requests = Arc::new(RequestCount::default());
-                    let stream = FirstHeadDeadline::new(stream, head_timeout, protocol.heads(&requests));
+                    let (stream, requests) = FirstHeadDeadline::counted(stream, &protocol, head_timeout);
                     let conn = Arc::new(Conn::new(remote, "https"));
                     let service = proxy_service(worker.shared.clone(), conn, Some(requests.clone()));
                     worker.serve_http(stream, protocol, service, drain, remote, Some(requests)).await
@@ -415,8 +413,7 @@ impl Worker {
             Kind::Redirect { port } => {
                 tokio::spawn(async move {
                     let Some(protocol) = sniff(&stream, head_timeout, remote).await else { return };
-                    let requests = Arc::new(RequestCount::default());
-                    let stream = FirstHeadDeadline::new(stream, head_timeout, protocol.heads(&requests));
+                    let (stream, requests) = FirstHeadDeadline::counted(stream, &protocol, head_timeout);
                     let counted = requests.clone();
                     let service = service_fn(move |req| {
                         counted.started();
@@ -624,15 +621,6 @@ impl RequestCount {
     }
 }
 
-impl Protocol {
-    /// What ends a connection's first-head deadline: its first request for
-    /// HTTP/1.1; `None` (its first byte) for HTTP/2, which has no heads of
-    /// its own to wait for.
-    fn heads(&self, requests: &Arc<RequestCount>) -> Option<Arc<RequestCount>> {
-        matches!(self, Protocol::Http1).then(|| requests.clone())
-    }
-}
-
 /// Resolves once no request has started for `timeout` (checked every half
 /// of it, so after between 1 and 1.5 times it); never without `idle`.
 async fn idle_for(idle: Option<(Arc<RequestCount>, Duration)>) {
@@ -664,8 +652,14 @@ struct FirstHeadDeadline<S> {
 }
 
 impl<S> FirstHeadDeadline<S> {
-    fn new(inner: S, timeout: Duration, head_seen: Option<Arc<RequestCount>>) -> Self {
-        FirstHeadDeadline { inner, deadline: Some(Box::pin(tokio::time::sleep(timeout))), head_seen }
+    /// `inner` under the deadline, and the count its service is to keep:
+    /// HTTP/1.1's first head ends when the count moves; HTTP/2, which has no
+    /// heads of its own to wait for, needs only a first byte.
+    fn counted(inner: S, protocol: &Protocol, timeout: Duration) -> (Self, Arc<RequestCount>) {
+        let requests = Arc::new(RequestCount::default());
+        let head_seen = matches!(protocol, Protocol::Http1).then(|| requests.clone());
+        let deadline = Some(Box::pin(tokio::time::sleep(timeout)));
+        (FirstHeadDeadline { inner, deadline, head_seen }, requests)
     }
 
     fn first_head_done(&self, read_bytes: bool) -> bool {
