@@ -86,7 +86,8 @@ pub(crate) fn lanes(workers: usize, balance: bool) -> (Vec<Lane>, Vec<Option<mps
 pub(crate) enum Placement {
     /// Here, with its place in this worker's drain.
     Here(TcpStream, Drain),
-    /// Handed to another worker.
+    /// Handed to another worker; or closed, when the socket could not be
+    /// moved between reactors (logged).
     Elsewhere,
 }
 
