@@ -53,8 +53,18 @@ pub const MAX_SHARED_IDLE_PER_TARGET: usize = 1024;
 
 /// Where one target's idle connections live: an index into every thread's
 /// pool table, resolved when the config is loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PoolId(pub usize);
+
+impl PoolId {
+    /// A pool id never handed out before. Ids are unique in the process, not
+    /// just in one config: pools are per thread, and two proxies in one
+    /// process (tests) must not share.
+    pub fn fresh() -> PoolId {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        PoolId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
 
 /// Makes connections to targets: TCP (with a connect timeout) and, for
 /// `https` targets, TLS.
@@ -199,7 +209,63 @@ pub(crate) fn release_inline(pool: PoolId, conn: Box<h1::Conn>) {
     INLINE.release(pool, conn);
 }
 
+/// Pools of targets that left the config, in the order they were retired.
+static RETIRED: Mutex<Vec<PoolId>> = Mutex::new(Vec::new());
+
+/// Counts retirements, so that each thread's sweeper wakes for them.
+fn retirements() -> &'static tokio::sync::watch::Sender<usize> {
+    static SENDER: std::sync::OnceLock<tokio::sync::watch::Sender<usize>> = std::sync::OnceLock::new();
+    SENDER.get_or_init(|| tokio::sync::watch::Sender::new(0))
+}
+
+/// Closes the idle connections of targets that left the config: the
+/// overflow pools at once, each thread's own pools by the sweeper that
+/// thread runs ([`close_retired_pools`]). Ids are never handed out again.
+pub fn retire_pools(pools: &[PoolId]) {
+    if pools.is_empty() {
+        return;
+    }
+    INLINE.forget_shared(pools);
+    HYPER.forget_shared(pools);
+    let mut retired = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
+    retired.extend_from_slice(pools);
+    let count = retired.len();
+    drop(retired);
+    retirements().send_replace(count);
+}
+
+/// Runs for the life of a runtime thread (a per-core worker spawns it):
+/// whenever pools are retired, closes this thread's idle connections in
+/// them. Pools are thread-local, so only a task on this thread can. The hot
+/// path pays nothing for it.
+pub async fn close_retired_pools() {
+    let mut changed = retirements().subscribe();
+    let mut done = 0;
+    loop {
+        let retired: Vec<PoolId> = {
+            let retired = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
+            retired[done.min(retired.len())..].to_vec()
+        };
+        done += retired.len();
+        INLINE.forget_local(&retired);
+        HYPER.forget_local(&retired);
+        if changed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 impl<T: Pooled> Pool<T> {
+    /// Drops this thread's idle connections of `pools`.
+    fn forget_local(&self, pools: &[PoolId]) {
+        let _ = self.local.try_with(|local| forget(&mut local.borrow_mut(), pools));
+    }
+
+    /// Drops the overflow's idle connections of `pools`.
+    fn forget_shared(&self, pools: &[PoolId]) {
+        forget(&mut self.shared.lock().unwrap_or_else(|e| e.into_inner()), pools);
+    }
+
     /// Keeps `conn` for the next request: in this thread's pool, or the
     /// overflow when that is full.
     fn release(&self, pool: PoolId, conn: T) {
@@ -239,6 +305,14 @@ impl<T: Pooled> Pool<T> {
             let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             shared.get_mut(pool.0).and_then(|queue| newest_open(queue, now))
         })
+    }
+}
+
+fn forget<T>(queues: &mut Queues<T>, pools: &[PoolId]) {
+    for pool in pools {
+        if let Some(queue) = queues.get_mut(pool.0) {
+            *queue = VecDeque::new();
+        }
     }
 }
 

@@ -81,15 +81,12 @@ use arc_swap::ArcSwap;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::table::{Context, Table};
-use crate::upstream::UpstreamCache;
 
 /// State shared by every connection, the admin API and the reloader.
 pub struct Shared {
     /// The route table in force; swapped whole on reload, read without locks.
     pub table: ArcSwap<Table>,
     pub metrics: Arc<Metrics>,
-    /// Upstream clients and target health, kept across reloads.
-    pub cache: UpstreamCache,
     /// Set on shutdown: readiness turns false.
     pub draining: AtomicBool,
     /// Shadow comparison state: in-flight cap, diff log, learned noise.
@@ -106,17 +103,10 @@ impl Shared {
     /// Builds the shared state from config text (`file` names it in errors).
     pub fn from_text(file: &str, text: &str) -> Result<Arc<Shared>, ConfigError> {
         let metrics = Metrics::new();
-        let cache = UpstreamCache::default();
-        let table = Table::build(file, text, &Context { metrics: &metrics, cache: &cache })?;
+        let table = Table::build(file, text, &Context { metrics: &metrics, previous: None })?;
         metrics.record_reload(true);
         metrics.set_config_hash(&table.hash);
         let shadow = shadow::ShadowRuntime::new(table.raw.shadow.clone(), &metrics);
-        Ok(Arc::new(Shared {
-            shadow,
-            table: ArcSwap::from_pointee(table),
-            metrics,
-            cache,
-            draining: AtomicBool::new(false),
-        }))
+        Ok(Arc::new(Shared { shadow, table: ArcSwap::from_pointee(table), metrics, draining: AtomicBool::new(false) }))
     }
 }

@@ -152,14 +152,19 @@ impl Metrics {
         }
     }
 
-    /// Counters an upstream updates, resolved at config load.
-    pub fn upstream_counters(&self, upstream: &str) -> crate::upstream::UpstreamCounters {
-        crate::upstream::UpstreamCounters {
-            errors: self.upstream_errors(upstream),
-            retries: self.retries.with_label_values(&[upstream]),
-            ejections: self.ejections.with_label_values(&[upstream]),
-            breaker_rejections: self.breaker_rejections.with_label_values(&[upstream]),
-        }
+    /// Retried attempts to one upstream.
+    pub fn retries(&self, upstream: &str) -> IntCounter {
+        self.retries.with_label_values(&[upstream])
+    }
+
+    /// Targets of one upstream ejected by outlier detection.
+    pub fn ejections(&self, upstream: &str) -> IntCounter {
+        self.ejections.with_label_values(&[upstream])
+    }
+
+    /// Requests refused at one upstream's concurrency cap.
+    pub fn breaker_rejections(&self, upstream: &str) -> IntCounter {
+        self.breaker_rejections.with_label_values(&[upstream])
     }
 
     pub fn target_healthy(&self, upstream: &str, target: &str) -> IntGauge {
@@ -176,6 +181,38 @@ impl Metrics {
 
     pub fn rate_limited(&self, route: &str) -> IntCounter {
         self.rate_limited.with_label_values(&[route])
+    }
+
+    /// Deletes the series of a (route, upstream) pair that left the config.
+    pub fn forget_route_upstream(&self, route: &str, upstream: &str) {
+        for (_, method) in METHOD_LABELS {
+            for class in STATUS_CLASS_LABELS {
+                let _ = self.requests.remove_label_values(&[route, upstream, method, class]);
+            }
+        }
+        let _ = self.duration.remove_label_values(&[route, upstream]);
+        let _ = self.split_decisions.remove_label_values(&[route, upstream]);
+    }
+
+    /// Deletes the series of a route that left the config.
+    pub fn forget_route(&self, route: &str) {
+        let _ = self.fallbacks.remove_label_values(&[route]);
+        let _ = self.rate_limited.remove_label_values(&[route]);
+    }
+
+    /// Deletes the series of an upstream that left the config.
+    pub fn forget_upstream(&self, upstream: &str) {
+        for kind in ["connect", "timeout"] {
+            let _ = self.upstream_errors.remove_label_values(&[upstream, kind]);
+        }
+        for vec in [&self.retries, &self.ejections, &self.breaker_rejections] {
+            let _ = vec.remove_label_values(&[upstream]);
+        }
+    }
+
+    /// Deletes the health series of a target that left the config.
+    pub fn forget_target(&self, upstream: &str, target: &str) {
+        let _ = self.target_healthy.remove_label_values(&[upstream, target]);
     }
 
     pub fn record_reload(&self, ok: bool) {
@@ -234,15 +271,20 @@ impl RouteStats {
 
 const STATUS_CLASS_LABELS: [&str; STATUS_CLASSES] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// The method label of each slot.
+const METHOD_LABELS: [(usize, &str); METHOD_SLOTS] =
+    [(0, "GET"), (1, "HEAD"), (2, "POST"), (3, "PUT"), (4, "DELETE"), (5, "PATCH"), (6, "OPTIONS"), (7, "OTHER")];
+
 fn method_slot(method: &Method) -> (usize, &'static str) {
-    match *method {
-        Method::GET => (0, "GET"),
-        Method::HEAD => (1, "HEAD"),
-        Method::POST => (2, "POST"),
-        Method::PUT => (3, "PUT"),
-        Method::DELETE => (4, "DELETE"),
-        Method::PATCH => (5, "PATCH"),
-        Method::OPTIONS => (6, "OPTIONS"),
-        _ => (7, "OTHER"),
-    }
+    let slot = match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    };
+    METHOD_LABELS[slot]
 }

@@ -17,7 +17,7 @@ use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 use tokio::sync::Notify;
 
 use crate::config::{self, ConfigError};
-use crate::table::{content_hash, Context, Table};
+use crate::table::{self, content_hash, Context, Table};
 use crate::Shared;
 
 /// What a reload attempt did.
@@ -31,13 +31,6 @@ pub enum ReloadOutcome {
     Rejected(ConfigError),
 }
 
-/// Reads, validates and builds a table from a config file.
-pub fn load(path: &Path, shared: &Shared) -> Result<Table, ConfigError> {
-    let text = config::read(path)?;
-    let ctx = Context { metrics: &shared.metrics, cache: &shared.cache };
-    Table::build(&path.display().to_string(), &text, &ctx)
-}
-
 /// Re-reads the config now and swaps it in if it changed and is valid.
 pub fn reload(path: &Path, shared: &Shared, trigger: &str) -> ReloadOutcome {
     let text = match config::read(path) {
@@ -48,7 +41,7 @@ pub fn reload(path: &Path, shared: &Shared, trigger: &str) -> ReloadOutcome {
     if content_hash(&text) == current.hash {
         return ReloadOutcome::Unchanged;
     }
-    let ctx = Context { metrics: &shared.metrics, cache: &shared.cache };
+    let ctx = Context { metrics: &shared.metrics, previous: Some(&current) };
     let table = match Table::build(&path.display().to_string(), &text, &ctx) {
         Ok(table) => table,
         Err(e) => return reject(shared, e, trigger),
@@ -66,6 +59,7 @@ pub fn reload(path: &Path, shared: &Shared, trigger: &str) -> ReloadOutcome {
     }
     let table = Arc::new(table);
     shared.table.store(table.clone());
+    table::retire(&current, &table, &shared.metrics);
     crate::health::spawn_for(&table);
     // Targets whose health check was removed: nothing would ever clear an old verdict.
     for upstream in table.upstreams.values().filter(|u| u.settings.health_check.is_none()) {

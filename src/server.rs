@@ -190,6 +190,9 @@ impl Worker {
         let lane = &self.lanes[me];
         let drain = &lane.drain;
         lane.start();
+        // Pools are per thread: this worker's own sweeper closes its idle
+        // connections to targets that left the config.
+        let sweeper = tokio::spawn(crate::client::close_retired_pools());
         let plain_kind = plain.as_ref().map_or(Kind::Proxy { tls: None }, |(_, k)| k.clone());
         let plain_listener = plain.map(|(l, _)| l);
         tokio::pin!(stop);
@@ -227,6 +230,7 @@ impl Worker {
             _ = drain.closed() => tracing::info!("drained"),
             _ = tokio::time::sleep(self.drain_timeout) => tracing::warn!("drain timeout reached; closing the remaining connections"),
         }
+        sweeper.abort();
     }
 }
 

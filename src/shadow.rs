@@ -84,6 +84,101 @@ impl ShadowRoute {
     }
 }
 
+/// A route's shadow settings, validated, before upstream names are resolved.
+pub struct ShadowPlan {
+    pub upstream: String,
+    pub noise: Option<String>,
+    pub sample: f64,
+    pub sample_key: Option<SampleKey>,
+    pub methods: Vec<Method>,
+    pub max_body: usize,
+    pub timeout: Duration,
+    pub compare: CompareOptions,
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    pub remove_headers: Vec<HeaderName>,
+}
+
+/// Checks a route's `shadow:` block; errors carry (offending value, message).
+pub fn validate(raw: &crate::config::RawShadow) -> Result<ShadowPlan, (String, String)> {
+    if !(0.0..=1.0).contains(&raw.sample) {
+        return Err(("sample".into(), format!("shadow.sample must be between 0.0 and 1.0, not {}", raw.sample)));
+    }
+    let methods = match &raw.methods {
+        Some(list) => crate::table::parse_methods(list).map_err(|m| ("methods".to_string(), m))?,
+        None => vec![Method::GET, Method::HEAD],
+    };
+    if !raw.unsafe_writes {
+        if let Some(write) = methods.iter().find(|m| !matches!(**m, Method::GET | Method::HEAD | Method::OPTIONS)) {
+            return Err((
+                write.to_string(),
+                format!("shadow would mirror {write} requests, which write: set `unsafe_writes: true` only if the shadow has its own scratch database"),
+            ));
+        }
+    }
+    let patterns = |list: &[String]| {
+        list.iter().map(|p| crate::diff::Pattern::parse(p).map_err(|m| (p.clone(), m))).collect::<Result<Vec<_>, _>>()
+    };
+    let header_name = |h: &str| {
+        HeaderName::from_bytes(h.as_bytes()).map_err(|_| (h.to_string(), format!("invalid header name {h:?}")))
+    };
+    let sample_key = match raw.sample_key.as_deref() {
+        None => None,
+        Some(k) => Some(match k.split_once(':') {
+            Some(("header", name)) => SampleKey::Header(header_name(name)?),
+            Some(("cookie", name)) if !name.is_empty() => SampleKey::Cookie(name.to_string()),
+            _ => return Err((k.to_string(), format!("sample_key {k:?} must be header:NAME or cookie:NAME"))),
+        }),
+    };
+    let edits = raw.headers.clone().unwrap_or_default();
+    let set_headers = edits
+        .set
+        .iter()
+        .map(|(k, v)| {
+            let value =
+                http::HeaderValue::from_str(v).map_err(|_| (v.clone(), format!("invalid header value {v:?}")))?;
+            Ok((header_name(k)?, value))
+        })
+        .collect::<Result<Vec<_>, (String, String)>>()?;
+    let remove_headers = edits.remove.iter().map(|h| header_name(h)).collect::<Result<Vec<_>, _>>()?;
+    let compare = crate::diff::CompareOptions {
+        ignore_headers: raw.ignore_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        ignore: patterns(&raw.ignore)?,
+        unordered: patterns(&raw.unordered)?,
+        redact: patterns(&raw.redact)?,
+        max_body: raw.max_body.0 as usize,
+    };
+    Ok(ShadowPlan {
+        upstream: raw.upstream.clone(),
+        noise: raw.noise.clone(),
+        sample: raw.sample,
+        sample_key,
+        methods,
+        max_body: raw.max_body.0 as usize,
+        timeout: raw.timeout,
+        compare,
+        set_headers,
+        remove_headers,
+    })
+}
+
+impl ShadowRoute {
+    /// The live form of a plan, with its upstreams resolved.
+    pub fn instantiate(plan: ShadowPlan, upstream: Arc<Upstream>, noise: Option<Arc<Upstream>>) -> ShadowRoute {
+        ShadowRoute {
+            upstream,
+            noise,
+            sample: plan.sample,
+            sample_key: plan.sample_key,
+            methods: plan.methods,
+            max_body: plan.max_body,
+            timeout: plan.timeout,
+            compare: plan.compare,
+            set_headers: plan.set_headers,
+            remove_headers: plan.remove_headers,
+        }
+    }
+}
+
 const SAMPLE_SEED: u64 = 0x5a4d_91e0;
 
 /// What the proxy hands to a shadow task when it mirrors a request.

@@ -2,9 +2,8 @@
 //! target (round robin or least request), the concurrency cap (circuit
 //! breaker), the retry budget, and the pooled client that reaches them.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::HeaderValue;
@@ -13,8 +12,8 @@ use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 
 use crate::client::{Connector, PoolId};
-use crate::config::{LoadBalancing, RawHealthCheck, RawOutlier, RawUpstreamTls};
-use crate::metrics::UpstreamErrors;
+use crate::config::{LoadBalancing, RawHealthCheck, RawOutlier};
+use crate::metrics::{Metrics, UpstreamErrors};
 
 /// Envoy's default. Not 1 s: a SYN dropped by a full accept queue (a burst
 /// of new connections) is sent again after exactly 1 s, and a 1 s timeout
@@ -118,6 +117,18 @@ pub struct UpstreamCounters {
     pub breaker_rejections: IntCounter,
 }
 
+impl UpstreamCounters {
+    /// The handles of upstream `name`'s series.
+    pub fn new(metrics: &Metrics, name: &str) -> Self {
+        UpstreamCounters {
+            errors: metrics.upstream_errors(name),
+            retries: metrics.retries(name),
+            ejections: metrics.ejections(name),
+            breaker_rejections: metrics.breaker_rejections(name),
+        }
+    }
+}
+
 /// A named group of targets, with the connector that reaches them.
 pub struct Upstream {
     pub name: Arc<str>,
@@ -168,6 +179,7 @@ impl Drop for Permit {
 }
 
 /// The settings of an upstream besides its name and targets.
+#[derive(Clone)]
 pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// Deadline for the whole response head of one attempt.
@@ -360,68 +372,6 @@ fn window_sum(buckets: &[AtomicU64; WINDOW_SECS as usize], now: u64) -> u64 {
 pub fn backoff(attempt: u32) -> Duration {
     let base = 25u64 << attempt.min(6);
     Duration::from_millis(base / 2 + fastrand::u64(..=base))
-}
-
-/// How connections to a target are made; targets with equal settings share
-/// a connector and, per URL, a pool.
-type ConnectionSettings = (Duration, Option<RawUpstreamTls>);
-
-/// Connectors, pools and target states shared across config versions: the
-/// keep-alive pools stay warm and target health survives a reload. Only
-/// config loading takes these locks.
-#[derive(Default)]
-pub struct UpstreamCache {
-    connectors: Mutex<HashMap<ConnectionSettings, Arc<Connector>>>,
-    pools: Mutex<HashMap<(ConnectionSettings, String), PoolId>>,
-    targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
-    limiters: Mutex<HashMap<String, Arc<crate::ratelimit::RateLimiter>>>,
-}
-
-impl UpstreamCache {
-    /// The connector for these settings (made once).
-    pub fn connector(
-        &self,
-        connect_timeout: Duration,
-        tls: Option<&RawUpstreamTls>,
-    ) -> Result<Arc<Connector>, crate::tls::TlsError> {
-        let mut connectors = self.connectors.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (connect_timeout, tls.cloned());
-        if let Some(connector) = connectors.get(&key) {
-            return Ok(connector.clone());
-        }
-        let connector = Arc::new(Connector::new(connect_timeout, crate::tls::client_config(tls)?));
-        connectors.insert(key, connector.clone());
-        Ok(connector)
-    }
-
-    /// The pool of idle connections to `url` made with these settings.
-    /// Ids are unique in the process, not just in this cache: pools are
-    /// per thread, and two proxies in one process (tests) must not share.
-    pub fn pool(&self, connect_timeout: Duration, tls: Option<&RawUpstreamTls>, url: &str) -> PoolId {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        *pools
-            .entry(((connect_timeout, tls.cloned()), url.to_string()))
-            .or_insert_with(|| PoolId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
-    }
-
-    /// The rate limiter with this identity (route and settings), made on first sight.
-    /// Limiters of routes that are gone are dropped.
-    pub fn rate_limiter(
-        &self,
-        identity: String,
-        make: impl FnOnce() -> crate::ratelimit::RateLimiter,
-    ) -> Arc<crate::ratelimit::RateLimiter> {
-        let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
-        limiters.retain(|_, l| Arc::strong_count(l) > 1);
-        limiters.entry(identity).or_insert_with(|| Arc::new(make())).clone()
-    }
-
-    /// The live state of a target, made on first sight.
-    pub fn target_state(&self, upstream: &str, url: &str, make: impl FnOnce() -> TargetState) -> Arc<TargetState> {
-        let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
-        targets.entry((upstream.to_string(), url.to_string())).or_insert_with(|| Arc::new(make())).clone()
-    }
 }
 
 /// One target's state as `/upstreams` shows it.

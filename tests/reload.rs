@@ -112,3 +112,81 @@ async fn in_flight_requests_finish_on_the_table_they_started_with() {
     assert_eq!(r.json()["upstream"], "a");
     assert_eq!(get(proxy.addr, "/").await.json()["upstream"], "b");
 }
+
+/// The metrics page without the reload counters (which a rejected version moves).
+fn metrics_but_reloads(text: &str) -> String {
+    text.lines().filter(|l| !l.contains("strangler_config_reloads_total")).collect::<Vec<_>>().join("\n")
+}
+
+/// Established TCP connections whose far end is `port` on this host: the
+/// proxy's connections to an upstream listening there.
+fn connections_to(port: u16) -> usize {
+    let mut count = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(remote), Some(state)) = (fields.get(2), fields.get(3)) else { continue };
+            let remote_port = remote.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if remote_port == Some(port) && *state == "01" {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+#[tokio::test]
+async fn a_rejected_version_leaves_the_metrics_as_they_were_apart_from_the_reload_counters() {
+    let a = TestUpstream::start("a", Behaviour::Echo).await;
+    let b = TestUpstream::start("b", Behaviour::Echo).await;
+    let proxy = TestProxy::start(&routed_to(&a, &b, "a")).await;
+    assert_eq!(get(proxy.addr, "/x").await.status, 200);
+    let before = get(proxy.admin, "/metrics").await.text();
+    // A new upstream, then a route naming one that does not exist: the
+    // version is refused after its upstreams were read.
+    let bad = config(
+        &[("a", &a.url()), ("b", &b.url()), ("fresh", "http://127.0.0.1:9")],
+        "  - {name: all, prefix: /, upstream: nope}\n",
+    );
+    proxy.config.write_in_place(&bad);
+    wait_for(Duration::from_secs(10), "the rejection to be counted", || async {
+        let text = get(proxy.admin, "/metrics").await.text();
+        metric_sum(&text, "strangler_config_reloads_total", &[("result", "failure")]) >= 1.0
+    })
+    .await;
+    let after = get(proxy.admin, "/metrics").await.text();
+    assert_eq!(metrics_but_reloads(&after), metrics_but_reloads(&before));
+    assert!(!after.contains("fresh"), "{after}");
+}
+
+#[tokio::test]
+async fn removing_an_upstream_removes_its_series_and_closes_its_connections() {
+    let a = TestUpstream::start("a", Behaviour::Echo).await;
+    let b = TestUpstream::start("b", Behaviour::Echo).await;
+    let both = config(
+        &[("a", &a.url()), ("b", &b.url())],
+        "  - {name: first, prefix: /a, upstream: a}\n  - {name: second, prefix: /b, upstream: b}\n",
+    );
+    let proxy = TestProxy::start(&both).await;
+    for _ in 0..3 {
+        assert_eq!(get(proxy.addr, "/b/x").await.status, 200);
+        assert_eq!(get(proxy.addr, "/a/x").await.status, 200);
+    }
+    let b_port = addr_of(&b.url()).port();
+    assert!(connections_to(b_port) >= 1, "the proxy keeps an idle connection to b");
+    let metrics = get(proxy.admin, "/metrics").await.text();
+    assert!(metrics.contains("upstream=\"b\"") && metrics.contains("route=\"second\""), "{metrics}");
+
+    let only_a = config(&[("a", &a.url())], "  - {name: first, prefix: /a, upstream: a}\n");
+    proxy.config.write_in_place(&only_a);
+    proxy.wait_for_hash(&content_hash(&only_a)).await;
+    let metrics = get(proxy.admin, "/metrics").await.text();
+    assert!(!metrics.contains("upstream=\"b\""), "series of the removed upstream remain:\n{metrics}");
+    assert!(!metrics.contains("route=\"second\""), "series of the removed route remain:\n{metrics}");
+    assert!(metrics.contains("upstream=\"a\""), "{metrics}");
+    wait_for(Duration::from_secs(5), "the idle connections to b to close", || async { connections_to(b_port) == 0 })
+        .await;
+    // The kept upstream's pool is still in use.
+    assert_eq!(get(proxy.addr, "/a/x").await.status, 200);
+}

@@ -5,32 +5,25 @@ use std::borrow::Cow;
 
 use http::{HeaderMap, HeaderValue, Method};
 use strangler::diff::{compare, sha256, Answer, CompareOptions, Pattern};
-use strangler::metrics::Metrics;
 use strangler::path::normalize;
 use strangler::router::{RouteKey, Router};
-use strangler::table::{Context, Table};
-use strangler::upstream::UpstreamCache;
 
-/// The config loader on arbitrary text: errors, never panics; an accepted
-/// config parses the same way twice and its hash is stable.
+/// The config validator on arbitrary text (pure: no metrics, no shared
+/// state): errors, never panics; an accepted config parses the same way
+/// twice and its hash is stable.
 pub fn check_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let source = strangler::config::Source { file: "fuzz.yaml", text };
     let parsed = source.parse();
-    thread_local! {
-        static METRICS: std::sync::Arc<Metrics> = Metrics::new();
-    }
-    let cache = UpstreamCache::default();
-    METRICS.with(|metrics| {
-        let built = Table::build("fuzz.yaml", text, &Context { metrics, cache: &cache });
-        if let Ok(table) = &built {
-            assert!(parsed.is_ok(), "Table::build accepted what Source::parse refused");
-            assert_eq!(table.hash, strangler::table::content_hash(text));
+    match strangler::table::validate("fuzz.yaml", text) {
+        Ok(plan) => {
+            assert!(parsed.is_ok(), "validate accepted what Source::parse refused");
+            assert_eq!(plan.hash, strangler::table::content_hash(text));
         }
-        if let Err(e) = &built {
+        Err(e) => {
             let _ = e.to_string();
         }
-    });
+    }
 }
 
 /// Splits an input into a path (first line), an optional host (second) and

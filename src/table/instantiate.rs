@@ -1,0 +1,216 @@
+//! Step three of a config load, the only one with side effects: turns a
+//! checked [`Plan`] into a live [`Table`] — connectors, pools, target
+//! states, rate limiters and metric handles — reusing whatever the version
+//! in force already has for the same settings, so pools stay warm, target
+//! health survives an edit and no client gets a fresh rate-limit burst.
+//!
+//! Everything that can still fail (reading an upstream's CA file) is done
+//! before anything is registered, so a rejected version leaves nothing
+//! behind. After a swap, [`retire`] releases what the old version had and
+//! the new one lacks: metric series deleted, pools closed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::client::{Connector, PoolId};
+use crate::config::{ConfigError, Source};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::router::Router;
+use crate::shadow::ShadowRoute;
+use crate::upstream::{Target, TargetState, Upstream, UpstreamCounters};
+
+use super::validate::{ConnectionSettings, Plan, RoutePlan, TargetPlan};
+use super::{Backend, Route, RouteUpstream, Table};
+
+/// What instantiating needs besides the plan.
+pub struct Context<'a> {
+    /// Where metric handles are registered.
+    pub metrics: &'a Metrics,
+    /// The version in force, whose connectors, pools, target states and
+    /// rate limiters are reused where the settings are the same.
+    pub previous: Option<&'a Table>,
+}
+
+/// The long-lived parts of a table, keyed by what makes them the same
+/// across versions.
+#[derive(Default)]
+pub struct Resources {
+    connectors: HashMap<ConnectionSettings, Arc<Connector>>,
+    pools: HashMap<(ConnectionSettings, String), PoolId>,
+    /// By (upstream name, target URL).
+    targets: HashMap<(String, String), Arc<TargetState>>,
+    /// By route and settings (see [`super::validate::RateLimitPlan::identity`]).
+    limiters: HashMap<String, Arc<RateLimiter>>,
+}
+
+/// Builds the live table for `plan`. Fails only on what the text alone
+/// cannot tell (an unreadable CA file), before any side effect.
+pub fn instantiate(plan: Plan, ctx: &Context<'_>) -> Result<Table, ConfigError> {
+    let previous = ctx.previous.map(|t| &t.resources);
+    let connectors = connectors(&plan, previous)?;
+    // From here on nothing fails: handles and states may be registered.
+    let mut resources = Resources { connectors, ..Resources::default() };
+    let upstreams = plan
+        .upstreams
+        .iter()
+        .map(|(name, up)| {
+            let connection = up.connection();
+            let targets =
+                up.targets.iter().map(|t| target(name, t, &connection, ctx, previous, &mut resources)).collect();
+            let client = resources.connectors[&connection].clone();
+            let counters = UpstreamCounters::new(ctx.metrics, name);
+            let upstream = Upstream::new(name, targets, up.settings.clone(), client, counters);
+            (name.clone(), Arc::new(upstream))
+        })
+        .collect::<BTreeMap<_, _>>();
+    let routes =
+        plan.routes.into_iter().map(|r| (r.key.clone(), route(r, &upstreams, ctx, previous, &mut resources))).collect();
+    let router = Router::new(routes).map_err(|_| {
+        // validate() refused duplicates already; kept as an error, never a panic.
+        ConfigError { file: plan.file.clone(), line: None, column: None, message: "duplicate routes".into() }
+    })?;
+    Ok(Table {
+        router,
+        upstreams,
+        listen: plan.listen,
+        admin: plan.admin,
+        raw: plan.raw,
+        hash: plan.hash,
+        file: plan.file,
+        loaded_at: SystemTime::now(),
+        upstream_header: plan.upstream_header,
+        resources,
+    })
+}
+
+/// One connector per distinct connection settings: the previous version's,
+/// or a new one (which reads CA files, and so may fail).
+fn connectors(
+    plan: &Plan,
+    previous: Option<&Resources>,
+) -> Result<HashMap<ConnectionSettings, Arc<Connector>>, ConfigError> {
+    let source = Source { file: &plan.file, text: &plan.text };
+    let mut connectors = HashMap::new();
+    for (name, up) in &plan.upstreams {
+        let connection = up.connection();
+        if connectors.contains_key(&connection) {
+            continue;
+        }
+        let connector = match previous.and_then(|p| p.connectors.get(&connection)) {
+            Some(connector) => connector.clone(),
+            None => {
+                let tls = crate::tls::client_config(up.tls.as_ref()).map_err(|e| {
+                    source.error_at(&["upstreams:", &format!("{name}:"), "tls"], format!("upstream {name:?}: {e}"))
+                })?;
+                Arc::new(Connector::new(connection.0, tls))
+            }
+        };
+        connectors.insert(connection, connector);
+    }
+    Ok(connectors)
+}
+
+fn target(
+    upstream: &str,
+    plan: &TargetPlan,
+    connection: &ConnectionSettings,
+    ctx: &Context<'_>,
+    previous: Option<&Resources>,
+    resources: &mut Resources,
+) -> Target {
+    let url = plan.url.as_str();
+    let key = (upstream.to_string(), url.to_string());
+    let state = match previous.and_then(|p| p.targets.get(&key)) {
+        Some(state) => state.clone(),
+        None => Arc::new(TargetState::new(ctx.metrics.target_healthy(upstream, url))),
+    };
+    resources.targets.insert(key, state.clone());
+    let pool_key = (connection.clone(), url.to_string());
+    let pool = *resources
+        .pools
+        .entry(pool_key.clone())
+        .or_insert_with(|| previous.and_then(|p| p.pools.get(&pool_key).copied()).unwrap_or_else(PoolId::fresh));
+    let (scheme, authority) = (plan.scheme.clone(), plan.authority.clone());
+    let address = Target::address(&scheme, &authority);
+    Target { url: url.into(), scheme, authority, address, pool, state }
+}
+
+fn route(
+    r: RoutePlan,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    ctx: &Context<'_>,
+    previous: Option<&Resources>,
+    resources: &mut Resources,
+) -> Route {
+    let metrics = ctx.metrics;
+    let members = r
+        .members
+        .iter()
+        .map(|name| {
+            let upstream = upstreams[name].clone();
+            RouteUpstream {
+                stats: metrics.route_stats(&r.name, name),
+                split_decisions: metrics.split_decisions(&r.name, name),
+                upstream,
+            }
+        })
+        .collect();
+    let rate_limit = r.rate_limit.map(|rl| {
+        let limiter = previous
+            .and_then(|p| p.limiters.get(&rl.identity).cloned())
+            .unwrap_or_else(|| Arc::new(RateLimiter::new(rl.rps, rl.burst, rl.key)));
+        resources.limiters.insert(rl.identity, limiter.clone());
+        limiter
+    });
+    let shadow = r.shadow.map(|plan| {
+        let upstream = upstreams[&plan.upstream].clone();
+        let noise = plan.noise.as_ref().map(|n| upstreams[n].clone());
+        Arc::new(ShadowRoute::instantiate(plan, upstream, noise))
+    });
+    Route {
+        fallbacks: metrics.fallbacks(&r.name),
+        rate_limited: metrics.rate_limited(&r.name),
+        name: r.name.into(),
+        upstreams: members,
+        backend: r.split.map_or(Backend::Single, Backend::Split),
+        fallback: r.fallback,
+        fallback_methods: r.fallback_methods,
+        retry_buffer: r.retry_buffer,
+        rate_limit,
+        strip_prefix: r.strip_prefix,
+        shadow,
+    }
+}
+
+/// Releases what `old` had and `new` lacks, once `new` is in force: the
+/// metric series of removed routes, upstreams and targets are deleted (an
+/// alert on a removed upstream stops firing) and the idle connections of
+/// removed targets are closed.
+pub fn retire(old: &Table, new: &Table, metrics: &Metrics) {
+    let pairs = |t: &Table| -> HashSet<(Arc<str>, Arc<str>)> {
+        t.router
+            .entries()
+            .iter()
+            .flat_map(|(_, r)| r.upstreams.iter().map(|u| (r.name.clone(), u.upstream.name.clone())))
+            .collect()
+    };
+    let new_pairs = pairs(new);
+    for (route, upstream) in pairs(old).difference(&new_pairs) {
+        metrics.forget_route_upstream(route, upstream);
+    }
+    let new_routes: HashSet<&str> = new.router.entries().iter().map(|(_, r)| &*r.name).collect();
+    for (_, route) in old.router.entries().iter().filter(|(_, r)| !new_routes.contains(&*r.name)) {
+        metrics.forget_route(&route.name);
+    }
+    for name in old.upstreams.keys().filter(|n| !new.upstreams.contains_key(*n)) {
+        metrics.forget_upstream(name);
+    }
+    for (upstream, url) in old.resources.targets.keys().filter(|k| !new.resources.targets.contains_key(*k)) {
+        metrics.forget_target(upstream, url);
+    }
+    let kept: HashSet<PoolId> = new.resources.pools.values().copied().collect();
+    let gone: Vec<PoolId> = old.resources.pools.values().copied().filter(|p| !kept.contains(p)).collect();
+    crate::client::retire_pools(&gone);
+}
