@@ -73,7 +73,7 @@ report: build
 ## strangler vs nginx vs HAProxy on loopback (installs them); writes bench/RESULTS.md.
 ## Also the criterion benchmarks of the route lookup and the report reader.
 bench:
-	$(CARGO) bench --bench router --bench report
+	$(CARGO) bench -p strangler -p strangler-offline --bench router --bench report
 	scripts/bench.sh
 
 ## Long fault-and-load runs (release build); the short versions are in `make test`.

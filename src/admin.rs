@@ -85,7 +85,7 @@ struct ShadowQuery {
 }
 
 async fn shadow(State(shared): State<Arc<Shared>>, Query(q): Query<ShadowQuery>) -> Json<serde_json::Value> {
-    let mut options = crate::report::ViewOptions::default();
+    let mut options = crate::summary::ViewOptions::default();
     options.min_match = q.min_match.unwrap_or(options.min_match);
     options.min_samples = q.min_samples.unwrap_or(options.min_samples);
     let summary = shared.shadow.summary.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -17,9 +17,12 @@
 //! - [`proxy`] (+ [`headers`], [`body`], [`error`]): forwards the request to the
 //!   upstream and streams the answer back.
 //! - [`split`]: canary splits and sticky assignment.
-//! - [`shadow`] (+ [`diff`], [`record`]): mirrors sampled requests to a
-//!   candidate upstream, compares its answer with the primary's, and writes
-//!   one diff record per request.
+//! - [`shadow`] (+ [`diff`], [`record`], [`summary`]): mirrors sampled
+//!   requests to a candidate upstream, compares its answer with the
+//!   primary's, writes one diff record per request and keeps the live
+//!   summary behind the admin `/shadow` endpoint. `diff`, `record` and
+//!   `summary` live in the socket-free crate `strangler-evidence`
+//!   (`crates/evidence`), shared with the offline tools.
 //! - [`upstream`]: upstream groups, target choice and health, retry budget,
 //!   concurrency caps; [`client`]: connections to targets and their
 //!   per-thread keep-alive pools, with [`client::h1`] exchanging bodiless
@@ -38,19 +41,19 @@
 //! - [`metrics`]: Prometheus metrics, handles resolved per route at load.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`, `/explain`).
 //! - [`explain`]: why a request takes the route it takes.
-//! - [`report`]: cutover reports from shadow-diff logs (`strangler report`) and
-//!   the live summary behind the admin `/shadow` endpoint.
-//! - [`replay`]: re-sends logged mismatches to a new build (`strangler replay`).
 //!
 //! `main.rs` is a thin CLI over [`server::run`], which takes already-bound
 //! listeners and a shutdown future so tests can run the real server on
-//! `127.0.0.1:0` and stop it when they like.
+//! `127.0.0.1:0` and stop it when they like. Its offline commands,
+//! `strangler report` (cutover reports from shadow-diff logs) and
+//! `strangler replay` (re-sends logged mismatches to a new build), live in
+//! the crate `strangler-offline` (`crates/offline`), which this library
+//! does not compile.
 
 pub mod admin;
 pub mod body;
 pub mod client;
 pub mod config;
-pub mod diff;
 pub mod error;
 pub mod explain;
 pub mod headers;
@@ -59,10 +62,7 @@ pub mod metrics;
 pub mod path;
 pub mod proxy;
 pub mod ratelimit;
-pub mod record;
 pub mod reload;
-pub mod replay;
-pub mod report;
 pub mod router;
 pub mod server;
 pub mod shadow;
@@ -71,6 +71,10 @@ pub mod table;
 pub mod tls;
 pub mod upstream;
 pub mod wire;
+
+/// Shadow evidence (diff records, answer comparison, the summary and its
+/// verdict), kept at these paths from the socket-free `strangler-evidence`.
+pub use strangler_evidence::{diff, record, summary};
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;

@@ -1,4 +1,5 @@
-//! The `strangler` command line: `serve`, `check`, `explain`.
+//! The `strangler` command line: `serve`, `check`, `explain`, and the offline
+//! `report` and `replay` (from the `strangler-offline` crate).
 
 /// jemalloc: an idle connection's buffers cost only the pages written to
 /// (glibc's chunk headers touch both ends of each buffer).
@@ -60,9 +61,9 @@ enum Command {
         path: String,
     },
     /// Summarize shadow-diff logs into a cutover report (HTML, Markdown or JSON).
-    Report(strangler::report::cli::ReportArgs),
+    Report(strangler_offline::report::cli::ReportArgs),
     /// Re-send logged mismatches to a new build and show which are fixed.
-    Replay(strangler::replay::ReplayArgs),
+    Replay(strangler_offline::replay::ReplayArgs),
 }
 
 /// How requests are spread over worker threads.
@@ -154,8 +155,8 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Report(args) => std::process::exit(strangler::report::cli::run(args)?),
-        Command::Replay(args) => std::process::exit(strangler::replay::run(args)?),
+        Command::Report(args) => std::process::exit(strangler_offline::report::cli::run(args)?),
+        Command::Replay(args) => std::process::exit(strangler_offline::replay::run(args)?),
     }
 }
 

@@ -225,7 +225,7 @@ pub struct ShadowRuntime {
     latency: HistogramVec,
     field_mismatches: IntCounterVec,
     /// Live summary behind the admin `/shadow` endpoint (bounded in size).
-    pub summary: Mutex<crate::report::Summary>,
+    pub summary: Mutex<crate::summary::Summary>,
     /// The shadow's own thread and runtime (see [`Lane`]).
     lane: std::sync::OnceLock<Lane>,
 }

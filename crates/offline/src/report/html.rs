@@ -4,10 +4,10 @@
 use std::fmt::Write;
 
 use serde_json::Value;
+use strangler_evidence::summary::stats::Quantiles;
+use strangler_evidence::summary::{fmt_pct, Report, RouteView, StatsView, TimelineView};
 
 use super::markdown::field_name;
-use super::{fmt_pct, Report, RouteView, StatsView, TimelineView};
-use crate::report::stats::Quantiles;
 
 /// Escapes text for HTML element content and attribute values.
 pub fn esc(s: &str) -> String {

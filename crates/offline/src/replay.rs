@@ -12,7 +12,7 @@
 //! A whole-body text or binary difference cannot be checked that way and
 //! stays "still different" (use `--primary`). With `--primary URL`, the
 //! request also goes to the primary and the two answers are compared in full
-//! with [`crate::diff::compare`], ignoring the record's noise fields.
+//! with [`diff::compare`], ignoring the record's noise fields.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -28,10 +28,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::Value;
+use strangler_evidence::diff::{self, Answer, CompareOptions, Pattern};
+use strangler_evidence::record::{DiffKind, DiffRecord, Outcome};
+use strangler_evidence::summary::field_label;
 
-use crate::diff::{self, Answer, CompareOptions, Pattern};
-use crate::record::{DiffKind, DiffRecord, Outcome};
-use crate::report::field_label;
+use crate::report::input;
 
 /// The largest answer body read (larger ones are an error).
 pub const MAX_BODY: usize = 16 << 20;
@@ -181,7 +182,7 @@ pub async fn replay(args: &ReplayArgs) -> anyhow::Result<ReplayReport> {
     let (path, route, limit) = (args.file.clone(), args.route.clone(), args.limit.unwrap_or(usize::MAX));
     let reader = std::thread::spawn(move || -> anyhow::Result<(u64, BTreeMap<String, u64>, u64)> {
         let name = path.display().to_string();
-        let mut input = crate::report::input::open(&path, None).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let mut input = input::open(&path, None).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         let (mut mismatches, mut unsafe_methods, mut corrupt, mut sent) = (0u64, BTreeMap::new(), 0u64, 0usize);
         let mut buf = Vec::new();
         let mut line_no = 0u64;
@@ -496,8 +497,8 @@ pub fn render(r: &ReplayReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Difference, PrimarySide, ShadowSide};
     use serde_json::json;
+    use strangler_evidence::record::{Difference, PrimarySide, ShadowSide};
 
     fn record(diffs: Vec<Difference>) -> DiffRecord {
         DiffRecord {

@@ -1,4 +1,4 @@
-//! Cutover reports from shadow-diff logs.
+//! Cutover summaries of shadow-diff records.
 //!
 //! [`Summary`] is a streaming, mergeable aggregate of [`DiffRecord`]s with
 //! bounded memory: the proxy feeds it live (`Summary::add`) for its admin
@@ -15,10 +15,6 @@
 //! per route, 50 distinct error messages, 480 latency buckets, 512 time
 //! buckets per route.
 
-pub mod cli;
-pub mod html;
-pub mod input;
-pub mod markdown;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -68,7 +64,8 @@ impl Default for ViewOptions {
     }
 }
 
-/// Where the records came from (filled in by [`input`]).
+/// Where the records came from (filled in by the log reader of `strangler report`;
+/// empty in the live summary).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Inputs {
     pub files: Vec<String>,

@@ -3,8 +3,7 @@
 use std::fmt::Write;
 
 use serde_json::Value;
-
-use super::{fmt_pct, Report, StatsView};
+use strangler_evidence::summary::{fmt_pct, Report, StatsView};
 
 /// Text safe inside a Markdown table cell: pipes, backticks, angle brackets
 /// and newlines escaped (values come from live traffic).

@@ -2,8 +2,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
-use strangler::record::{DiffKind, DiffRecord, Difference, Outcome, PrimarySide, ShadowSide};
-use strangler::report::{input, Summary, ViewOptions};
+use strangler_evidence::record::{DiffKind, DiffRecord, Difference, Outcome, PrimarySide, ShadowSide};
+use strangler_evidence::summary::{Summary, ViewOptions};
+use strangler_offline::report::{html, input};
 
 /// A realistic log: 95% matches, mismatches on a few fields, noise, skips, errors.
 fn log(n: usize) -> Vec<u8> {
@@ -92,9 +93,7 @@ fn bench(c: &mut Criterion) {
     let mut summary = Summary::new();
     input::read_log("bench", &mut &data[..], &input::Filter::default(), &mut summary, &mut |_| {}).unwrap();
     group.throughput(Throughput::Elements(1));
-    group.bench_function("view_html", |b| {
-        b.iter(|| strangler::report::html::render(&summary.view(&ViewOptions::default())).len())
-    });
+    group.bench_function("view_html", |b| b.iter(|| html::render(&summary.view(&ViewOptions::default())).len()));
     group.finish();
 }
 

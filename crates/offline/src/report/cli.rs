@@ -4,9 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use strangler_evidence::summary::ViewOptions;
 
 use super::input::{self, Filter};
-use super::{html, markdown, ViewOptions};
+use super::{html, markdown};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {

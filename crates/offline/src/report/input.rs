@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use indicatif::{ProgressBar, ProgressStyle};
-
-use super::stats::parse_rfc3339_ms;
-use super::Summary;
-use crate::record::DiffRecord;
+use strangler_evidence::record::DiffRecord;
+use strangler_evidence::summary::stats::parse_rfc3339_ms;
+use strangler_evidence::summary::Summary;
 
 /// Corrupt lines reported one by one on stderr, per file; the rest are only counted.
 pub const MAX_REPORTED_CORRUPT: u64 = 50;
