@@ -8,63 +8,35 @@
 //! authority)` in a SipHashed map behind a mutex, builds an absolute URI per
 //! request and spawns a task to return each connection; profiling showed it
 //! as a quarter of the proxy's CPU. Here a target's pool is found by index
-//! (resolved at config load), lives in a thread-local (no lock, and with
-//! per-core runtimes a connection stays on the core that drives it), and a
+//! (resolved at config load), lives in a thread-local ([`pool`]), and a
 //! connection goes back to it when the response body ends.
 //!
-//! A thread keeps at most [`MAX_IDLE_PER_TARGET`] idle connections per
-//! target; past that, connections go to a shared overflow pool (behind a
-//! lock, touched only when a thread's own pool is full, or empty and about to
-//! connect), which holds up to [`MAX_SHARED_IDLE_PER_TARGET`]. Without it,
-//! a thread that gets more connections back than it takes out (under the
-//! work-stealing scheduler a request may end on another thread than it
-//! started on) would close them while another thread opened new ones: a
-//! churn that fills the machine with `TIME_WAIT` sockets until connects fail.
-//!
-//! Idle connections are reused newest first, so surplus ones age out: one
-//! idle longer than [`IDLE_TIMEOUT`] is closed instead of reused.
+//! Layout: [`pool`] keeps idle connections per thread; [`h1`] is the inline
+//! exchange; [`body`] holds the body type both directions use, including an
+//! upstream's answer, which gives its connection and its concurrency slot
+//! back when it ends; [`target`] is what a request is sent to, with its live
+//! state and the permit a request holds.
 
 pub mod h1;
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::thread::LocalKey;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::{BoxError, ProxyBody};
+pub mod body;
+pub mod pool;
+pub mod target;
 
-/// An idle connection older than this is closed rather than reused.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle connections kept per target on each thread.
-pub const MAX_IDLE_PER_TARGET: usize = 256;
-/// Idle connections per target in the shared overflow pool.
-pub const MAX_SHARED_IDLE_PER_TARGET: usize = 1024;
-
-/// Where one target's idle connections live: an index into every thread's
-/// pool table, resolved when the config is loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PoolId(pub usize);
-
-impl PoolId {
-    /// A pool id never handed out before. Ids are unique in the process, not
-    /// just in one config: pools are per thread, and two proxies in one
-    /// process (tests) must not share.
-    pub fn fresh() -> PoolId {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        PoolId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-    }
-}
+use body::{BoxError, HyperBody, ProxyBody, ResponseBody};
+use pool::{Pool, PoolId, Pooled, Queues};
+use target::Target;
 
 /// Makes connections to targets: TCP (with a connect timeout) and, for
 /// `https` targets, TLS.
@@ -90,88 +62,13 @@ pub enum SendError {
     Exchange(#[from] h1::Error),
 }
 
-/// An upstream's answer body. Its connection goes back to the pool when it
-/// ends cleanly; dropped half-read, the connection closes.
-#[derive(Debug)]
-pub enum ResponseBody {
-    Inline(h1::Body),
-    Hyper(HyperBody),
+thread_local! {
+    static INLINE_LOCAL: RefCell<Queues<Box<h1::Conn>>> = const { RefCell::new(Vec::new()) };
 }
+static INLINE_SHARED: Mutex<Queues<Box<h1::Conn>>> = Mutex::new(Vec::new());
 
-/// A body read by hyper's connection task, with the connection it came on.
-#[derive(Debug)]
-pub struct HyperBody {
-    body: Incoming,
-    sender: Option<SendRequest<ProxyBody>>,
-    pool: PoolId,
-}
-
-impl HyperBody {
-    fn finish(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            if !sender.is_closed() {
-                HYPER.release(self.pool, sender);
-            }
-        }
-    }
-}
-
-impl Drop for HyperBody {
-    fn drop(&mut self) {
-        // An empty answer (HEAD, 204, 304, `Content-Length: 0`) is never polled.
-        if self.body.is_end_stream() {
-            self.finish();
-        }
-    }
-}
-
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ResponseBody::Inline(body) => body.poll_frame(cx).map_err(Into::into),
-            ResponseBody::Hyper(hyper) => {
-                let polled = Pin::new(&mut hyper.body).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(Some(Ok(_))) if hyper.body.is_end_stream() => hyper.finish(),
-                    Poll::Ready(None) => hyper.finish(),
-                    // A broken body leaves the connection unusable.
-                    Poll::Ready(Some(Err(_))) => hyper.sender = None,
-                    _ => {}
-                }
-                polled.map_err(Into::into)
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Inline(body) => body.is_end_stream(),
-            ResponseBody::Hyper(hyper) => hyper.body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Inline(body) => body.size_hint(),
-            ResponseBody::Hyper(hyper) => hyper.body.size_hint(),
-        }
-    }
-}
-
-/// Something that can wait in a pool.
-trait Pooled: Sized + Send + 'static {
-    /// Can still carry a request.
-    fn is_open(&mut self) -> bool;
-}
-
-impl Pooled for SendRequest<ProxyBody> {
-    fn is_open(&mut self) -> bool {
-        !self.is_closed()
-    }
-}
+/// Connections for bodiless requests, exchanged by [`h1`].
+static INLINE: Pool<Box<h1::Conn>> = Pool { local: &INLINE_LOCAL, shared: &INLINE_SHARED };
 
 impl Pooled for Box<h1::Conn> {
     fn is_open(&mut self) -> bool {
@@ -179,160 +76,9 @@ impl Pooled for Box<h1::Conn> {
     }
 }
 
-struct Idle<T> {
-    conn: T,
-    since: Instant,
-}
-
-type Queues<T> = Vec<VecDeque<Idle<T>>>;
-
-/// One kind of idle connection: each thread's own, and the overflow.
-struct Pool<T: 'static> {
-    local: &'static LocalKey<RefCell<Queues<T>>>,
-    shared: &'static Mutex<Queues<T>>,
-}
-
-thread_local! {
-    static INLINE_LOCAL: RefCell<Queues<Box<h1::Conn>>> = const { RefCell::new(Vec::new()) };
-    static HYPER_LOCAL: RefCell<Queues<SendRequest<ProxyBody>>> = const { RefCell::new(Vec::new()) };
-}
-static INLINE_SHARED: Mutex<Queues<Box<h1::Conn>>> = Mutex::new(Vec::new());
-static HYPER_SHARED: Mutex<Queues<SendRequest<ProxyBody>>> = Mutex::new(Vec::new());
-
-/// Connections for bodiless requests, exchanged by [`h1`].
-static INLINE: Pool<Box<h1::Conn>> = Pool { local: &INLINE_LOCAL, shared: &INLINE_SHARED };
-/// Connections driven by hyper, for requests with a body.
-static HYPER: Pool<SendRequest<ProxyBody>> = Pool { local: &HYPER_LOCAL, shared: &HYPER_SHARED };
-
 /// Gives a connection whose answer ended cleanly back to its pool.
 pub(crate) fn release_inline(pool: PoolId, conn: Box<h1::Conn>) {
     INLINE.release(pool, conn);
-}
-
-/// Pools of targets that left the config, in the order they were retired.
-static RETIRED: Mutex<Vec<PoolId>> = Mutex::new(Vec::new());
-
-/// Counts retirements, so that each thread's sweeper wakes for them.
-fn retirements() -> &'static tokio::sync::watch::Sender<usize> {
-    static SENDER: std::sync::OnceLock<tokio::sync::watch::Sender<usize>> = std::sync::OnceLock::new();
-    SENDER.get_or_init(|| tokio::sync::watch::Sender::new(0))
-}
-
-/// Closes the idle connections of targets that left the config: the
-/// overflow pools at once, each thread's own pools by the sweeper that
-/// thread runs ([`close_retired_pools`]). Ids are never handed out again.
-pub fn retire_pools(pools: &[PoolId]) {
-    if pools.is_empty() {
-        return;
-    }
-    INLINE.forget_shared(pools);
-    HYPER.forget_shared(pools);
-    let mut retired = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
-    retired.extend_from_slice(pools);
-    let count = retired.len();
-    drop(retired);
-    retirements().send_replace(count);
-}
-
-/// Runs for the life of a runtime thread (a per-core worker spawns it):
-/// whenever pools are retired, closes this thread's idle connections in
-/// them. Pools are thread-local, so only a task on this thread can. The hot
-/// path pays nothing for it.
-pub async fn close_retired_pools() {
-    let mut changed = retirements().subscribe();
-    let mut done = 0;
-    loop {
-        let retired: Vec<PoolId> = {
-            let retired = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
-            retired[done.min(retired.len())..].to_vec()
-        };
-        done += retired.len();
-        INLINE.forget_local(&retired);
-        HYPER.forget_local(&retired);
-        if changed.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-impl<T: Pooled> Pool<T> {
-    /// Drops this thread's idle connections of `pools`.
-    fn forget_local(&self, pools: &[PoolId]) {
-        let _ = self.local.try_with(|local| forget(&mut local.borrow_mut(), pools));
-    }
-
-    /// Drops the overflow's idle connections of `pools`.
-    fn forget_shared(&self, pools: &[PoolId]) {
-        forget(&mut self.shared.lock().unwrap_or_else(|e| e.into_inner()), pools);
-    }
-
-    /// Keeps `conn` for the next request: in this thread's pool, or the
-    /// overflow when that is full.
-    fn release(&self, pool: PoolId, conn: T) {
-        let idle = Idle { conn, since: Instant::now() };
-        // `try_with`: a body dropped while its thread is exiting just closes.
-        let Ok(full) = self.local.try_with(|local| {
-            let mut local = local.borrow_mut();
-            let queue = queue(&mut local, pool);
-            if queue.len() >= MAX_IDLE_PER_TARGET {
-                return Some(idle);
-            }
-            queue.push_back(idle);
-            None
-        }) else {
-            return;
-        };
-        if let Some(idle) = full {
-            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            let queue = queue(&mut shared, pool);
-            if queue.len() >= MAX_SHARED_IDLE_PER_TARGET {
-                queue.pop_front();
-            }
-            queue.push_back(idle);
-        }
-    }
-
-    /// The newest idle connection of a pool that is still open and fresh:
-    /// this thread's own first, else the overflow's.
-    fn checkout(&self, pool: PoolId) -> Option<T> {
-        let now = Instant::now();
-        let local = self
-            .local
-            .try_with(|local| local.borrow_mut().get_mut(pool.0).and_then(|queue| newest_open(queue, now)))
-            .ok()
-            .flatten();
-        local.or_else(|| {
-            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            shared.get_mut(pool.0).and_then(|queue| newest_open(queue, now))
-        })
-    }
-}
-
-fn forget<T>(queues: &mut Queues<T>, pools: &[PoolId]) {
-    for pool in pools {
-        if let Some(queue) = queues.get_mut(pool.0) {
-            *queue = VecDeque::new();
-        }
-    }
-}
-
-fn queue<T>(pools: &mut Queues<T>, pool: PoolId) -> &mut VecDeque<Idle<T>> {
-    if pools.len() <= pool.0 {
-        pools.resize_with(pool.0 + 1, VecDeque::new);
-    }
-    &mut pools[pool.0]
-}
-
-fn newest_open<T: Pooled>(queue: &mut VecDeque<Idle<T>>, now: Instant) -> Option<T> {
-    while queue.front().is_some_and(|oldest| now.duration_since(oldest.since) > IDLE_TIMEOUT) {
-        queue.pop_front();
-    }
-    while let Some(Idle { mut conn, .. }) = queue.pop_back() {
-        if conn.is_open() {
-            return Some(conn);
-        }
-    }
-    None
 }
 
 impl Connector {
@@ -347,7 +93,7 @@ impl Connector {
     /// (HTTP/1.0 clients, health checks) is given the target's.
     pub async fn send(
         &self,
-        target: &crate::upstream::Target,
+        target: &Target,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<ResponseBody>, SendError> {
         if !request.headers().contains_key(http::header::HOST) {
@@ -367,7 +113,7 @@ impl Connector {
     /// an idempotent request is sent again on another one, as nginx does.
     async fn send_inline(
         &self,
-        target: &crate::upstream::Target,
+        target: &Target,
         request: Request<ProxyBody>,
     ) -> Result<Response<ResponseBody>, SendError> {
         let resendable = request.method().is_idempotent();
@@ -391,11 +137,11 @@ impl Connector {
     /// written and then failed is not resent.
     async fn send_with_hyper(
         &self,
-        target: &crate::upstream::Target,
+        target: &Target,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<ResponseBody>, SendError> {
         let mut sender = loop {
-            let Some(mut sender) = HYPER.checkout(target.pool) else {
+            let Some(mut sender) = body::HYPER.checkout(target.pool) else {
                 break handshake(self.connect(target).await?).await?;
             };
             if sender.ready().await.is_err() {
@@ -415,7 +161,7 @@ impl Connector {
 
     /// Opens a connection (each resolved address in turn, TLS for `https`),
     /// all within the connect timeout.
-    async fn connect(&self, target: &crate::upstream::Target) -> Result<h1::Io, SendError> {
+    async fn connect(&self, target: &Target) -> Result<h1::Io, SendError> {
         let connecting = async {
             let stream = connect_tcp(&target.address).await.map_err(SendError::Connect)?;
             let _ = stream.set_nodelay(true);
@@ -438,7 +184,7 @@ fn hyper_response(
     sender: SendRequest<ProxyBody>,
     pool: PoolId,
 ) -> Response<ResponseBody> {
-    response.map(|body| ResponseBody::Hyper(HyperBody { body, sender: Some(sender), pool }))
+    response.map(|body| ResponseBody::Hyper(HyperBody::new(body, sender, pool)))
 }
 
 /// Tries each address the target's name resolves to.
@@ -475,4 +221,28 @@ pub async fn read_to_end(body: ResponseBody, mut each: impl FnMut(&[u8])) -> Res
         }
     }
     Ok(())
+}
+
+/// Closes the idle connections of targets that left the config: the
+/// overflow pools at once, each thread's own pools by the sweeper that
+/// thread runs ([`close_retired_pools`]). Ids are never handed out again.
+pub fn retire_pools(pools: &[PoolId]) {
+    if pools.is_empty() {
+        return;
+    }
+    INLINE.forget_shared(pools);
+    body::HYPER.forget_shared(pools);
+    pool::announce_retired(pools);
+}
+
+/// Runs for the life of a runtime thread (each per-core worker spawns it):
+/// whenever pools are retired, closes this thread's idle connections in
+/// them. Pools are thread-local, so only a task on this thread can. The hot
+/// path pays nothing for it.
+pub async fn close_retired_pools() {
+    pool::on_retired(|pools| {
+        INLINE.forget_local(pools);
+        body::HYPER.forget_local(pools);
+    })
+    .await
 }

@@ -6,7 +6,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use serde::Serialize;
 
-use crate::body::ProxyBody;
+use crate::client::body::ProxyBody;
 use crate::path::PathError;
 
 /// A request the proxy could not complete.

@@ -10,7 +10,7 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request};
 
-use crate::body::ProxyBody;
+use crate::client::body::ProxyBody;
 use crate::table::Table;
 use crate::upstream::Upstream;
 

@@ -14,7 +14,7 @@
 //! - [`path`]: normalizes the request path once, before matching.
 //! - [`router`]: the segment trie that picks a route; cost depends on path
 //!   depth, not table size.
-//! - [`proxy`] (+ [`headers`], [`body`], [`error`]): forwards the request to the
+//! - [`proxy`] (+ [`headers`], [`client::body`], [`error`]): forwards the request to the
 //!   upstream and streams the answer back.
 //! - [`split`]: canary splits and sticky assignment.
 //! - [`shadow`] (+ [`diff`], [`record`], [`summary`]): mirrors sampled
@@ -51,7 +51,6 @@
 //! does not compile.
 
 pub mod admin;
-pub mod body;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
-use crate::body::{Captured, OnEnd, ProxyBody, Tee, UpstreamBody};
+use crate::client::body::{Captured, OnEnd, ProxyBody, Tee, UpstreamBody};
 use crate::client::SendError;
 use crate::error::ProxyError;
 use crate::headers;

@@ -516,13 +516,13 @@ fn proxy_service(
         if let Some(requests) = &requests {
             requests.started();
         }
-        Box::pin(proxy::handle(shared.clone(), conn.clone(), req.map(crate::body::ProxyBody::Streamed)))
+        Box::pin(proxy::handle(shared.clone(), conn.clone(), req.map(crate::client::body::ProxyBody::Streamed)))
     })
 }
 
 /// A request's way through the proxy, boxed (see [`proxy_service`]).
 type ProxyFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, Infallible>> + Send>>;
-type ProxyResponse = http::Response<crate::body::ProxyBody>;
+type ProxyResponse = http::Response<crate::client::body::ProxyBody>;
 
 /// What [`Worker::serve_http`] serves: a service that always answers.
 trait HttpService:
@@ -581,7 +581,7 @@ async fn peek_protocol(stream: &TcpStream, timeout: Duration) -> std::io::Result
 }
 
 /// `308` to the same host and path on HTTPS.
-fn redirect_to_https<B>(req: &http::Request<B>, port: u16) -> http::Response<crate::body::ProxyBody> {
+fn redirect_to_https<B>(req: &http::Request<B>, port: u16) -> http::Response<crate::client::body::ProxyBody> {
     let host = req.uri().authority().map(|a| a.host().to_string()).or_else(|| {
         req.headers()
             .get(http::header::HOST)
@@ -600,7 +600,7 @@ fn redirect_to_https<B>(req: &http::Request<B>, port: u16) -> http::Response<cra
     };
     let authority = if port == 443 { host } else { format!("{host}:{port}") };
     let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let mut response = http::Response::new(crate::body::ProxyBody::empty());
+    let mut response = http::Response::new(crate::client::body::ProxyBody::empty());
     *response.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
     if let Ok(location) = http::HeaderValue::from_str(&format!("https://{authority}{path}")) {
         response.headers_mut().insert(http::header::LOCATION, location);

@@ -23,7 +23,7 @@ use http::{Method, Request};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{Capture, Captured, ProxyBody};
+use crate::client::body::{Capture, Captured, ProxyBody};
 use crate::config::RawShadowLog;
 use crate::diff::{self, Answer, CompareOptions};
 use crate::metrics::Metrics;

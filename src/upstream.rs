@@ -2,16 +2,16 @@
 //! target (round robin or least request), the concurrency cap (circuit
 //! breaker), the retry budget, and the pooled client that reaches them.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use http::header::HeaderValue;
-use http::uri::{Authority, Scheme, Uri};
-use prometheus::{IntCounter, IntGauge};
+use prometheus::IntCounter;
 use serde::Serialize;
 
-use crate::client::{Connector, PoolId};
+use crate::client::target::{now_ms, Permit, Target, Targets};
+use crate::client::Connector;
 use crate::config::{LoadBalancing, RawHealthCheck, RawOutlier};
 use crate::metrics::{Metrics, UpstreamErrors};
 
@@ -20,93 +20,6 @@ use crate::metrics::{Metrics, UpstreamErrors};
 /// turned that ordinary retransmission into 504s in the benchmark.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One address requests can be sent to, with its live state.
-pub struct Target {
-    pub url: Box<str>,
-    pub scheme: Scheme,
-    pub authority: Authority,
-    /// `host:port` to connect to (the scheme's port when the URL names none).
-    pub address: Box<str>,
-    /// The target's idle connections (shared by every upstream that lists
-    /// the same URL with the same connection settings).
-    pub pool: PoolId,
-    pub state: Arc<TargetState>,
-}
-
-/// Health and load of one target; kept across config reloads (keyed by
-/// upstream name and URL) so a reload does not forget an outage.
-pub struct TargetState {
-    /// Verdict of the active health check (true until a check says otherwise).
-    pub healthy: AtomicBool,
-    /// Until when (ms since the epoch) passive outlier detection keeps it out.
-    pub ejected_until_ms: AtomicU64,
-    pub ejections: AtomicU32,
-    pub consecutive_failures: AtomicU32,
-    pub in_flight: AtomicUsize,
-    pub healthy_gauge: IntGauge,
-}
-
-impl TargetState {
-    pub fn new(healthy_gauge: IntGauge) -> Self {
-        healthy_gauge.set(1);
-        TargetState {
-            healthy: AtomicBool::new(true),
-            ejected_until_ms: AtomicU64::new(0),
-            ejections: AtomicU32::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            in_flight: AtomicUsize::new(0),
-            healthy_gauge,
-        }
-    }
-
-    /// Takes traffic: passing active checks and not ejected.
-    pub fn available(&self, now_ms: u64) -> bool {
-        self.healthy.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
-    }
-
-    /// Sets the active-check verdict; returns true when it changed.
-    pub fn set_healthy(&self, healthy: bool) -> bool {
-        let changed = self.healthy.swap(healthy, Ordering::Relaxed) != healthy;
-        self.healthy_gauge.set(healthy as i64);
-        changed
-    }
-}
-
-/// Milliseconds since the Unix epoch (for ejection deadlines shared across threads).
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-impl Target {
-    /// Parses `http://host:port`; a path, query or credentials are refused.
-    pub fn parse(url: &str) -> Result<(Scheme, Authority), String> {
-        let uri: Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-        let scheme = uri.scheme().cloned().ok_or_else(|| format!("URL {url:?} has no scheme"))?;
-        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-            return Err(format!("URL {url:?}: only http:// and https:// targets are supported"));
-        }
-        let authority = uri.authority().cloned().ok_or_else(|| format!("URL {url:?} has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!("URL {url:?}: credentials in target URLs are not allowed"));
-        }
-        if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
-            return Err(format!("URL {url:?}: a target must not have a path or query"));
-        }
-        Ok((scheme, authority))
-    }
-
-    /// `host:port` to connect to.
-    pub fn address(scheme: &Scheme, authority: &Authority) -> Box<str> {
-        match authority.port_u16() {
-            Some(_) => authority.as_str().into(),
-            None => {
-                let port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
-                format!("{}:{port}", authority.host()).into()
-            }
-        }
-    }
-}
 
 /// Counters an upstream updates as traffic flows; resolved at config load.
 #[derive(Clone)]
@@ -134,12 +47,11 @@ pub struct Upstream {
     pub name: Arc<str>,
     /// The name as a header value, for `X-Strangler-Upstream`.
     pub name_header: HeaderValue,
-    pub targets: Box<[Target]>,
+    pub targets: Arc<Targets>,
     pub settings: UpstreamSettings,
     pub client: Arc<Connector>,
     pub counters: UpstreamCounters,
     pub budget: RetryBudget,
-    in_flight: AtomicUsize,
     next: AtomicUsize,
 }
 
@@ -150,32 +62,6 @@ pub enum Unavailable {
     AllUnhealthy,
     /// `max_concurrent` requests are already in flight.
     Overloaded,
-}
-
-/// Holds one concurrency slot of an upstream and one of a target, for as
-/// long as the exchange lasts (it travels with the response body).
-pub struct Permit {
-    upstream: Arc<Upstream>,
-    target: usize,
-}
-
-impl Permit {
-    pub fn target(&self) -> &Target {
-        &self.upstream.targets[self.target]
-    }
-}
-
-impl std::fmt::Debug for Permit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Permit({}, {})", self.upstream.name, self.target().url)
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.target().state.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// The settings of an upstream besides its name and targets.
@@ -202,19 +88,18 @@ impl Upstream {
         Upstream {
             name: name.into(),
             name_header: HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
-            targets: targets.into(),
+            targets: Arc::new(Targets::new(targets)),
             settings,
             client,
             counters,
             budget: RetryBudget::default(),
-            in_flight: AtomicUsize::new(0),
             next: AtomicUsize::new(fastrand::usize(..)),
         }
     }
 
     /// Requests in flight to this upstream now.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.targets.in_flight()
     }
 
     /// True when at least one target takes traffic.
@@ -227,14 +112,10 @@ impl Upstream {
     pub fn acquire(self: &Arc<Self>) -> Result<Permit, Unavailable> {
         let target = self.pick().ok_or(Unavailable::AllUnhealthy)?;
         let index = self.targets.iter().position(|t| std::ptr::eq(t, target)).unwrap_or(0);
-        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        if self.settings.max_concurrent.is_some_and(|max| before >= max) {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.targets.try_acquire(index, self.settings.max_concurrent).ok_or_else(|| {
             self.counters.breaker_rejections.inc();
-            return Err(Unavailable::Overloaded);
-        }
-        target.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        Ok(Permit { upstream: self.clone(), target: index })
+            Unavailable::Overloaded
+        })
     }
 
     /// An available target, chosen as for a request, without taking a
@@ -429,18 +310,6 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn target_parsing() {
-        assert!(Target::parse("http://127.0.0.1:5000").is_ok());
-        assert!(Target::parse("http://127.0.0.1:5000/").is_ok());
-        assert!(Target::parse("127.0.0.1:5000").is_err());
-        assert!(Target::parse("http://h:1/base").is_err());
-        assert!(Target::parse("ftp://h").is_err());
-        assert!(Target::parse("https://h:8443").is_ok());
-        assert!(Target::parse("http://u:p@h").is_err());
-        assert!(Target::parse("not a url").is_err());
-    }
 
     #[test]
     fn retry_budget_caps_retries_at_a_fifth_of_requests() {

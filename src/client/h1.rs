@@ -24,7 +24,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::PoolId;
+use super::pool::PoolId;
 use crate::wire::{self, keeps_alive, parse_length, reserve_read_room, HEADROOM, MAX_HEADERS};
 
 /// The largest answer head accepted (nginx's default is 4–8 KiB).
@@ -90,7 +90,7 @@ impl Conn {
     /// `pool` when it ends cleanly.
     pub async fn exchange(
         mut self: Box<Self>,
-        request: &http::Request<crate::body::ProxyBody>,
+        request: &http::Request<crate::client::body::ProxyBody>,
         pool: PoolId,
     ) -> Result<Response<Body>, Error> {
         encode_head(&mut self.write_buf, request);
@@ -147,7 +147,7 @@ fn closed_or_io(e: std::io::Error, received: bool) -> Error {
 /// Writes the request line and headers. `Host` is already in the map; a
 /// bodiless request whose method normally carries one says so with
 /// `Content-Length: 0`.
-fn encode_head(out: &mut Vec<u8>, request: &http::Request<crate::body::ProxyBody>) {
+fn encode_head(out: &mut Vec<u8>, request: &http::Request<crate::client::body::ProxyBody>) {
     out.clear();
     out.extend_from_slice(request.method().as_str().as_bytes());
     out.push(b' ');
@@ -665,7 +665,7 @@ mod tests {
     #[test]
     fn request_heads_are_origin_form_with_a_length_only_where_a_body_is_expected() {
         let mut out = Vec::new();
-        let mut request = http::Request::new(crate::body::ProxyBody::empty());
+        let mut request = http::Request::new(crate::client::body::ProxyBody::empty());
         *request.uri_mut() = http::Uri::from_static("/a?b=1");
         request.headers_mut().insert(header::HOST, http::HeaderValue::from_static("up"));
         encode_head(&mut out, &request);
@@ -701,7 +701,7 @@ mod exchange_tests {
             let _ = peer.read(&mut buf).await;
         });
         let conn = Conn::new(Io::Tcp(TcpStream::connect(addr).await.unwrap()));
-        let mut request = http::Request::new(crate::body::ProxyBody::empty());
+        let mut request = http::Request::new(crate::client::body::ProxyBody::empty());
         request.headers_mut().insert(header::HOST, http::HeaderValue::from_static("t"));
         let response = conn.exchange(&request, PoolId(0)).await?;
         let mut body = std::pin::pin!(response.into_body());

@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Drain;
-use crate::body::ProxyBody;
+use crate::client::body::ProxyBody;
 use crate::proxy::{self, Conn};
 use crate::wire::{self, Span, HEADROOM, MAX_HEADERS};
 use crate::Shared;
@@ -458,7 +458,7 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// A body frame as polled: `Pending` when none was ready.
-type Polled = Poll<Option<Result<http_body::Frame<Bytes>, crate::body::BoxError>>>;
+type Polled = Poll<Option<Result<http_body::Frame<Bytes>, crate::client::body::BoxError>>>;
 
 /// Streams the body after the head already in `out`, starting with `first`;
 /// `Ok(false)` if it failed or did not match its declared length (the

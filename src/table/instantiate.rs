@@ -13,13 +13,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::client::{Connector, PoolId};
+use crate::client::pool::PoolId;
+use crate::client::target::{Target, TargetState};
+use crate::client::Connector;
 use crate::config::{ConfigError, Source};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::router::Router;
 use crate::shadow::ShadowRoute;
-use crate::upstream::{Target, TargetState, Upstream, UpstreamCounters};
+use crate::upstream::{Upstream, UpstreamCounters};
 
 use super::validate::{ConnectionSettings, Plan, RoutePlan, TargetPlan};
 use super::{Backend, Route, RouteUpstream, Table};

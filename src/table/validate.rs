@@ -12,13 +12,14 @@ use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
 use http::Method;
 
+use crate::client::target::Target;
 use crate::config::{ConfigError, RawConfig, RawRoute, RawUpstream, RawUpstreamTls, Source};
 use crate::path;
 use crate::ratelimit::RateKey;
 use crate::router::{RouteKey, Router};
 use crate::shadow::ShadowPlan;
 use crate::split::{Split, StickyKey};
-use crate::upstream::{Target, UpstreamSettings, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT};
+use crate::upstream::{UpstreamSettings, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT};
 
 /// Default `retry_buffer`: request bodies up to this size are kept for a replay.
 pub const DEFAULT_RETRY_BUFFER: u64 = 64 * 1024;

@@ -1,14 +1,27 @@
 //! The one body type the proxy sends in both directions: a streamed body from
 //! the other side, or a small body the proxy made itself (errors, admin).
 //! An enum rather than a boxed trait object, so no allocation per request.
+//!
+//! It lives with the connections because an upstream's answer body is one
+//! of its kinds, and such a body gives its connection back to the pool
+//! ([`ResponseBody`]) and its concurrency slot back to the upstream
+//! ([`UpstreamBody`]) when it ends.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::cell::RefCell;
+use std::sync::Mutex;
+
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use sha2::{Digest, Sha256};
+
+use super::h1;
+use super::pool::{Pool, PoolId, Pooled, Queues};
+use super::target::Permit;
 
 /// Any body's error: the client's upload, or the upstream's answer.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -31,12 +44,12 @@ pub enum ProxyBody {
 /// slot until it ends (its connection is the client's business).
 #[derive(Debug)]
 pub struct UpstreamBody {
-    body: crate::client::ResponseBody,
-    permit: Option<crate::upstream::Permit>,
+    body: ResponseBody,
+    permit: Option<Permit>,
 }
 
 impl UpstreamBody {
-    pub fn new(body: crate::client::ResponseBody, permit: crate::upstream::Permit) -> Self {
+    pub fn new(body: ResponseBody, permit: Permit) -> Self {
         UpstreamBody { body, permit: Some(permit) }
     }
 
@@ -194,6 +207,96 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Tee(tee) => tee.inner.size_hint(),
             ProxyBody::Upstream(upstream) => upstream.body.size_hint(),
+        }
+    }
+}
+
+/// An upstream's answer body. Its connection goes back to the pool when it
+/// ends cleanly; dropped half-read, the connection closes.
+#[derive(Debug)]
+pub enum ResponseBody {
+    Inline(h1::Body),
+    Hyper(HyperBody),
+}
+
+/// A body read by hyper's connection task, with the connection it came on.
+#[derive(Debug)]
+pub struct HyperBody {
+    body: Incoming,
+    sender: Option<SendRequest<ProxyBody>>,
+    pool: PoolId,
+}
+
+/// Connections driven by hyper, for requests with a body.
+pub static HYPER: Pool<SendRequest<ProxyBody>> = Pool { local: &HYPER_LOCAL, shared: &HYPER_SHARED };
+
+thread_local! {
+    static HYPER_LOCAL: RefCell<Queues<SendRequest<ProxyBody>>> = const { RefCell::new(Vec::new()) };
+}
+static HYPER_SHARED: Mutex<Queues<SendRequest<ProxyBody>>> = Mutex::new(Vec::new());
+
+impl Pooled for SendRequest<ProxyBody> {
+    fn is_open(&mut self) -> bool {
+        !self.is_closed()
+    }
+}
+
+impl HyperBody {
+    /// An answer's body and the connection to pool when it ends.
+    pub fn new(body: Incoming, sender: SendRequest<ProxyBody>, pool: PoolId) -> Self {
+        HyperBody { body, sender: Some(sender), pool }
+    }
+
+    fn finish(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            if !sender.is_closed() {
+                HYPER.release(self.pool, sender);
+            }
+        }
+    }
+}
+
+impl Drop for HyperBody {
+    fn drop(&mut self) {
+        // An empty answer (HEAD, 204, 304, `Content-Length: 0`) is never polled.
+        if self.body.is_end_stream() {
+            self.finish();
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Inline(body) => body.poll_frame(cx).map_err(Into::into),
+            ResponseBody::Hyper(hyper) => {
+                let polled = Pin::new(&mut hyper.body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(_))) if hyper.body.is_end_stream() => hyper.finish(),
+                    Poll::Ready(None) => hyper.finish(),
+                    // A broken body leaves the connection unusable.
+                    Poll::Ready(Some(Err(_))) => hyper.sender = None,
+                    _ => {}
+                }
+                polled.map_err(Into::into)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Inline(body) => body.is_end_stream(),
+            ResponseBody::Hyper(hyper) => hyper.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Inline(body) => body.size_hint(),
+            ResponseBody::Hyper(hyper) => hyper.body.size_hint(),
         }
     }
 }
