@@ -701,7 +701,8 @@ def report():
     if os.path.exists(extra):
         md += [open(extra).read()]
     text = "\n".join(md)
-    dirs = [OUT] + ([os.path.join(KEPT, STAMP)] if kept else [])
+    # bench/results/ only ever gets a clean commit's run, also when --report re-renders a kept one.
+    dirs = [os.path.join(RAW, STAMP)] + ([os.path.join(KEPT, STAMP)] if kept else [])
     for d in dict.fromkeys(os.path.realpath(d) for d in dirs):
         os.makedirs(d, exist_ok=True)
         open(os.path.join(d, "RESULTS.md"), "w").write(text)
@@ -715,7 +716,8 @@ def report():
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--report":
     # Re-render RESULTS.md from a finished run's summary.json (bench/raw/<timestamp> or
-    # bench/results/<timestamp>); kept again only if the run was of a clean commit.
+    # bench/results/<timestamp>) into bench/raw/<timestamp>/, and kept again only if the run
+    # was of a clean commit.
     OUT = os.path.abspath(sys.argv[2])
     STAMP = os.path.basename(OUT)
     SUMMARY.update(json.load(open(os.path.join(OUT, "summary.json"))))
