@@ -8,8 +8,11 @@ of workers/threads. Load: wrk for duration runs (HTTP/1.1 keep-alive), h2load
 for HTTP/2 (h2c prior knowledge), fixed-rate latency runs (`--rps`, per-request
 log) and TLS. Each measurement: a warm-up run, then the median of 3 runs.
 
-Writes bench/results/<timestamp>/ (raw tool output, configs, summary.json)
-and bench/RESULTS.md.
+Writes everything a run makes (tool output, configs, logs, RESULTS.md,
+summary.json) to bench/raw/<timestamp>/, which git ignores. A run of a clean
+commit also keeps its RESULTS.md and summary.json in bench/results/<timestamp>/
+and renders bench/RESULTS.md; a run of a working tree with changes is written
+to bench/raw/ only, since its numbers belong to no commit anyone can check out.
 """
 
 import json
@@ -25,8 +28,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STRANGLER = os.environ.get("STRANGLER_BIN", os.path.join(ROOT, "target/release/strangler"))
-UPSTREAM = os.path.join(ROOT, "bench/upstream/target/release/bench-upstream")
+RAW = os.path.join(ROOT, "bench/raw")  # git-ignored: all a run writes
+KEPT = os.path.join(ROOT, "bench/results")  # in git: RESULTS.md + summary.json of clean runs
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 RUN_S = int(os.environ.get("BENCH_SECONDS", "3" if QUICK else "5"))
 RUNS = 1 if QUICK else 3
@@ -35,17 +38,46 @@ CONNS = 32
 UP_PORT, SLOW_PORT = 28000, 28001
 P_H1, P_H2, P_TLS, P_ADMIN = 28080, 28082, 28443, 28081
 STAMP = time.strftime("%Y%m%d-%H%M%S")
-# The commit the binary was built from (scripts/bench.sh builds just before).
-COMMIT = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
-                        text=True).stdout.strip()
-OUT = os.path.join(ROOT, "bench/results", STAMP)
-os.makedirs(OUT, exist_ok=True)
+OUT = os.path.join(RAW, STAMP)
+STRANGLER = UPSTREAM = None  # the binaries, set by binaries() before a run
 PROCS = []  # processes this script started (killed by pid at the end)
 SUMMARY = {"rows": [], "targets": []}
 
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
+
+
+def target_dir(crate_dir):
+    """Where `cargo build` run in `crate_dir` puts its output, as scripts/bench.sh builds there:
+    CARGO_TARGET_DIR and Cargo's config included, so that a shared target directory is found too."""
+    out = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=crate_dir,
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["target_directory"]
+
+
+def binaries():
+    """strangler (STRANGLER_BIN, or the release build of this tree) and the bench upstream."""
+    strangler = os.environ.get("STRANGLER_BIN") or os.path.join(target_dir(ROOT), "release", "strangler")
+    upstream = os.path.join(target_dir(os.path.join(ROOT, "bench/upstream")), "release", "bench-upstream")
+    return strangler, upstream
+
+
+def git(*args):
+    return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def source():
+    """The commit the binaries were built from (scripts/bench.sh builds just before), and whether the
+    working tree is exactly that commit: no change, staged or not, and no untracked file. Only then is
+    a run kept: a "-dirty" id names code nobody can check out again."""
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=normal")
+    if changes:
+        return {"commit": commit, "clean": False, "why": "the working tree has uncommitted changes"}
+    if os.environ.get("STRANGLER_BIN"):
+        return {"commit": commit, "clean": False, "why": "strangler is STRANGLER_BIN, not a build of this tree"}
+    return {"commit": commit, "clean": True}
 
 
 def sh(cmd, **kw):
@@ -618,8 +650,11 @@ def report():
     # Read when the run ends, and kept: a later `--report` re-render shows the run's load, not its own.
     load = SUMMARY.setdefault("load", open("/proc/loadavg").read().split()[:3])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    src = SUMMARY.get("source", {"commit": "unknown", "clean": False, "why": "the run recorded no commit"})
+    kept = src["clean"]
+    commit = src["commit"] if kept else f"{src['commit']}, not a clean commit: {src['why']}"
     versions = {
-        "strangler": COMMIT,
+        "strangler": commit,
         "nginx": sh("nginx -v 2>&1").stdout.strip() or sh("nginx -v").stderr.strip(),
         "haproxy": sh("haproxy -v").stdout.splitlines()[0],
         "wrk": sh("wrk -v 2>&1").stdout.splitlines()[0] if sh("wrk -v 2>&1").stdout else "wrk",
@@ -629,8 +664,10 @@ def report():
     md = [
         "# strangler benchmark results",
         "",
-        f"Run `{STAMP}` by `make bench` (`scripts/bench.sh` → `python3 bench/run.py`); raw output in "
-        f"`bench/results/{STAMP}/`.",
+        f"Run `{STAMP}` by `make bench` (`scripts/bench.sh` → `python3 bench/run.py`). "
+        + (f"This report and `summary.json` are kept in `bench/results/{STAMP}/`; the raw output (tool output,"
+           f" configs, logs) stays in `bench/raw/{STAMP}/` on the machine that ran it (not in git)."
+           if kept else f"**Not a clean commit**: {src['why']}. Written to `bench/raw/{STAMP}/` only, not kept."),
         "",
         f"- machine: {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}, load average at the end {' '.join(load)}",
         f"- versions: " + "; ".join(f"{k} {v}" for k, v in versions.items()),
@@ -664,23 +701,35 @@ def report():
     if os.path.exists(extra):
         md += [open(extra).read()]
     text = "\n".join(md)
-    open(os.path.join(ROOT, "bench/RESULTS.md"), "w").write(text)
-    open(os.path.join(OUT, "RESULTS.md"), "w").write(text)
-    json.dump(SUMMARY, open(os.path.join(OUT, "summary.json"), "w"), indent=1)
+    # bench/results/ only ever gets a clean commit's run, also when --report re-renders a kept one.
+    dirs = [os.path.join(RAW, STAMP)] + ([os.path.join(KEPT, STAMP)] if kept else [])
+    for d in dict.fromkeys(os.path.realpath(d) for d in dirs):
+        os.makedirs(d, exist_ok=True)
+        open(os.path.join(d, "RESULTS.md"), "w").write(text)
+        json.dump(SUMMARY, open(os.path.join(d, "summary.json"), "w"), indent=1)
+    if kept:
+        open(os.path.join(ROOT, "bench/RESULTS.md"), "w").write(text)
+    log(f"wrote {' and '.join(dict.fromkeys(os.path.relpath(d, ROOT) for d in dirs))}"
+        + (" and bench/RESULTS.md" if kept else f"; not kept: {src['why']}"))
     print("\n".join(["## Targets", ""] + tl + ["", "## All measurements", ""] + lines))
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--report":
-    # Re-render RESULTS.md from a finished run: run.py --report bench/results/<timestamp>
+    # Re-render RESULTS.md from a finished run's summary.json (bench/raw/<timestamp> or
+    # bench/results/<timestamp>) into bench/raw/<timestamp>/, and kept again only if the run
+    # was of a clean commit.
     OUT = os.path.abspath(sys.argv[2])
     STAMP = os.path.basename(OUT)
     SUMMARY.update(json.load(open(os.path.join(OUT, "summary.json"))))
-    COMMIT = open(os.path.join(OUT, "commit")).read().strip() if os.path.exists(os.path.join(OUT, "commit")) else COMMIT
     report()
     sys.exit(0)
 
 if __name__ == "__main__":
-    open(os.path.join(OUT, "commit"), "w").write(COMMIT + "\n")
+    os.makedirs(OUT, exist_ok=True)
+    STRANGLER, UPSTREAM = binaries()
+    SUMMARY["source"] = before = source()
+    if not before["clean"]:
+        log(f"not a clean commit ({before['why']}): the results go to {os.path.relpath(OUT, ROOT)} only")
     try:
         main()
     finally:
@@ -689,4 +738,7 @@ if __name__ == "__main__":
                 stop(p)
             except Exception:
                 pass
+        if before["clean"] and source() != before:
+            SUMMARY["source"] = {"commit": before["commit"], "clean": False,
+                                 "why": "the working tree changed during the run"}
         report()

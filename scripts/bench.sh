@@ -2,7 +2,11 @@
 # `make bench`: strangler vs nginx vs HAProxy vs the upstream alone, on loopback.
 # Installs nginx, haproxy, wrk and h2load (nghttp2-client) when missing, builds
 # strangler (release) and the benchmark upstream, then runs bench/run.py, which
-# prints one Markdown table and writes bench/RESULTS.md and bench/results/<timestamp>/.
+# prints one Markdown table and writes its raw output to bench/raw/<timestamp>/
+# (git-ignored). From a clean commit it also keeps RESULTS.md + summary.json in
+# bench/results/<timestamp>/ and renders bench/RESULTS.md; from a working tree
+# with changes, nothing outside bench/raw/. The binaries are found through
+# `cargo metadata`, so CARGO_TARGET_DIR is honoured.
 # BENCH_QUICK=1 (one short run per measurement) for a smoke test; BENCH_SECONDS=N per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

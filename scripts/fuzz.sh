@@ -8,14 +8,21 @@
 # Uses the nightly toolchain (cargo-fuzz needs -Zsanitizer); installs a pinned
 # cargo-fuzz when missing. Without nightly, falls back to the same checks as a
 # plain seeded random loop on stable (fuzz/src/bin_loop.rs).
-# Seed inputs are committed in fuzz/seeds/<target>/ (the same shapes as `seeds()` in
-# fuzz/src/lib.rs, which the stable loop uses). The corpus (fuzz/corpus/) and crashes
+# Seed inputs (both runners start from the same ones, listed once, in seeds_of below):
+# the files in fuzz/seeds/<target>/, and for the config loader the repo's own configs
+# (routes.yaml, k8s/base/routes.yaml) as they are now, not copies. The corpus (fuzz/corpus/) and crashes
 # (fuzz/artifacts/<target>/) are git-ignored; copy a crash into tests/hostile.rs (`fuzz_regressions`) once
 # fixed. Exits non-zero on a crash (or a failed build), zero otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds="${1:-60}"; shift || true
 targets=("$@"); [ ${#targets[@]} -eq 0 ] && targets=(config path_router diff h1_answer h1_request)
+root=$(cd .. && pwd)
+# Seed files and directories of target $1, one a line.
+seeds_of() {
+  echo "seeds/$1"
+  if [ "$1" = config ]; then echo "$root/routes.yaml"; echo "$root/k8s/base/routes.yaml"; fi
+}
 cargo_fuzz_version=0.13.2
 case "${FUZZ_PROFILE:-release}" in
   release) fuzz_mode=-O; loop_mode=--release ;;
@@ -31,10 +38,14 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   pids=()
   for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
-    # seeds/<target>/ (committed) starts a fresh clone from known shapes; libFuzzer reads every corpus
-    # directory given and writes new inputs only into the first (git-ignored) one.
-    cargo +nightly fuzz run "$fuzz_mode" "$t" "corpus/$t" "seeds/$t" -- -max_total_time="$seconds" -print_final_stats=1 \
-      >"$logs/$t" 2>&1 &
+    # The seeds start a fresh clone from known shapes; libFuzzer reads every corpus directory given
+    # and writes new inputs only into the first (git-ignored) one; single files go in -seed_inputs.
+    mapfile -t seeds < <(seeds_of "$t")
+    dirs=(); files=()
+    for s in "${seeds[@]}"; do if [ -d "$s" ]; then dirs+=("$s"); else files+=("$s"); fi; done
+    extra=(); [ ${#files[@]} -gt 0 ] && extra=("-seed_inputs=$(IFS=,; echo "${files[*]}")")
+    cargo +nightly fuzz run "$fuzz_mode" "$t" "corpus/$t" "${dirs[@]}" -- "${extra[@]}" \
+      -max_total_time="$seconds" -print_final_stats=1 >"$logs/$t" 2>&1 &
     pids+=($!)
   done
   failed=0
@@ -53,5 +64,8 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   exit "$failed"
 else
   echo "no nightly toolchain: running the checks as a plain random loop (stable)" >&2
-  cargo run $loop_mode --no-default-features --bin loop -- "$seconds" "${targets[@]}"
+  for t in "${targets[@]}"; do
+    mapfile -t seeds < <(seeds_of "$t")
+    cargo run $loop_mode --no-default-features --bin loop -- "$seconds" "$t" "${seeds[@]}"
+  done
 fi

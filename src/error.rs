@@ -24,8 +24,6 @@ pub enum ProxyError {
     UpstreamTimeout { upstream: String },
     #[error("upstream {upstream} failed: {detail}")]
     UpstreamFailed { upstream: String, detail: String },
-    #[error("the proxy is shutting down")]
-    Draining,
     #[error("the request body could not be read")]
     BodyRead,
     #[error("rate limit exceeded; retry after {retry_after} s")]
@@ -57,7 +55,6 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -70,7 +67,6 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
-            ProxyError::Draining => "draining",
             ProxyError::BodyRead => "body_read_failed",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::NoHealthyTarget { .. } => "no_healthy_target",
@@ -90,7 +86,6 @@ impl ProxyError {
             | ProxyError::UpstreamFailed { .. }
             | ProxyError::NoHealthyTarget { .. }
             | ProxyError::Overloaded { .. } => "upstream",
-            ProxyError::Draining => "internal",
         }
     }
 

@@ -133,7 +133,6 @@ pub fn check_diff(data: &[u8]) {
     assert!(same.diffs.is_empty(), "compare(b, b) found differences: {:?}", same.diffs);
 }
 
-/// Seed inputs per target (also the corpus for the plain loop).
 /// The upstream answer codec (`client::h1`) on arbitrary bytes: the first
 /// byte picks GET or HEAD and where the body is cut in two.
 pub fn check_h1_answer(data: &[u8]) {
@@ -146,42 +145,4 @@ pub fn check_h1_answer(data: &[u8]) {
 pub fn check_h1_request(data: &[u8]) {
     let Some((&control, request)) = data.split_first() else { return };
     strangler::server::h1::check_request(request, usize::from(control) * 4);
-}
-
-pub fn seeds(target: &str) -> Vec<Vec<u8>> {
-    let text: &[&str] = match target {
-        "config" => &[
-            include_str!("../../routes.yaml"),
-            "listen: \"127.0.0.1:0\"\nupstreams:\n  a:\n    targets: [\"http://127.0.0.1:1\"]\nroutes:\n  - {name: r, prefix: /a/*/b, upstream: a, host: x.example.com, methods: [GET]}\n",
-            "listen: \"127.0.0.1:0\"\nupstreams:\n  a: {targets: [\"http://127.0.0.1:1\"], retry_buffer: 1KiB}\nroutes: []\n",
-            "listen: \"127.0.0.1:0\"\nupstreams:\n  a: {targets: [\"http://127.0.0.1:1\"]}\nroutes:\n  - {name: s, prefix: /, split: [{upstream: a, weight: 1}], sticky: {header: X-U}, rate_limit: {rps: 1, burst: 2, key: client_ip}}\n",
-        ],
-        "path_router" => &[
-            "/api/users/7\napi.example.com\n/api\n/api/users\n/api/*/7\n/\n",
-            "/a/%2e%2e/b//c/./d\n\n/a\n/b/c\n/*/*\n",
-            "/%41%7e/%C3%A9/x\nH\n/%41~\n/*\n",
-            "/a/b/c/d/e/f/g\nx\n/a/b\n/a/*/c\n/a/b/*/d\n/a/b/c/d/e/f/g/h\n",
-        ],
-        "diff" => &[
-            "\x00{\"a\":1,\"b\":[1,2,3],\"c\":{\"d\":null}}\x1e{\"a\":2,\"b\":[3,2,1],\"c\":{}}",
-            "\x10{\"id\":1,\"items\":[{\"nonce\":1}]}\x1e{\"id\":2,\"items\":[{\"nonce\":2}]}",
-            "\x21[1,2,[3,{\"x\":1e400}]]\x1e[2,1]",
-            "\x01line one\nline two\n\x1eline one\nline 2\n",
-            "\x04\x1f\x08\x00\x1egarbage",
-        ],
-        "h1_answer" => &[
-            "\x08HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
-            "\x10HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
-            "\x01HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx",
-            "\x00HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close",
-        ],
-        "h1_request" => &[
-            "\x04GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\n\r\n",
-            "\x02GET / HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
-            "\x01POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
-            "\x08GET http://h/x HTTP/1.1\r\nUpgrade: websocket\r\nHost: h\r\n\r\n",
-        ],
-        _ => &[],
-    };
-    text.iter().map(|t| t.as_bytes().to_vec()).collect()
 }

@@ -1,8 +1,6 @@
 //! Test support: real upstream servers, the real proxy (in-process or as the
 //! binary) on ephemeral loopback ports, and small HTTP clients.
 
-#![allow(dead_code)]
-
 pub mod client;
 pub mod proxy;
 pub mod stack;

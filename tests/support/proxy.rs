@@ -79,7 +79,6 @@ pub struct TestProxy {
     pub shared: Arc<Shared>,
     pub config: ConfigDir,
     stop: Option<oneshot::Sender<()>>,
-    pub done: tokio::task::JoinHandle<()>,
     _watcher: reload::Watcher,
 }
 
@@ -96,10 +95,10 @@ impl TestProxy {
         let (addr, admin_addr) = (proxy.local_addr().unwrap(), admin.local_addr().unwrap());
         let watcher = reload::spawn(config.path(), shared.clone(), Duration::from_millis(500));
         let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(server::run(proxy, admin, shared.clone(), options, async {
+        tokio::spawn(server::run(proxy, admin, shared.clone(), options, async {
             let _ = stopped.await;
         }));
-        TestProxy { addr, admin: admin_addr, shared, config, stop: Some(stop), done, _watcher: watcher }
+        TestProxy { addr, admin: admin_addr, shared, config, stop: Some(stop), _watcher: watcher }
     }
 
     /// Starts draining, as SIGTERM does.

@@ -171,7 +171,6 @@ impl Drop for Monolith {
 
 /// An extracted service running in-process.
 pub struct Service {
-    pub name: &'static str,
     pub url: String,
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -180,11 +179,7 @@ pub struct Service {
 }
 
 impl Service {
-    async fn spawn<F>(
-        name: &'static str,
-        sync: SyncHandle,
-        serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F,
-    ) -> Service
+    async fn spawn<F>(sync: SyncHandle, serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F) -> Service
     where
         F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
     {
@@ -192,7 +187,7 @@ impl Service {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel();
         let server = tokio::spawn(serve(listener, stopped));
-        Service { name, url: format!("http://{addr}"), addr, stop: Some(stop), server: Some(server), sync: Some(sync) }
+        Service { url: format!("http://{addr}"), addr, stop: Some(stop), server: Some(server), sync: Some(sync) }
     }
 
     /// Stops serving: graceful shutdown (the listener is closed at once, so
@@ -235,7 +230,7 @@ pub async fn start_users(monolith: &Monolith, dir: &Path) -> Service {
     assert!(n > 0 && cursor > 0, "users backfill copied nothing ({n} users, cursor {cursor})");
     let state = users::AppState::new(conn, E2E_SECRET);
     let sync = users::spawn_sync(&state, SyncConfig::new(&monolith.url, None, SYNC_INTERVAL));
-    Service::spawn("users", sync, move |l, stopped| {
+    Service::spawn(sync, move |l, stopped| {
         users::run(l, state, async move {
             let _ = stopped.await;
         })
@@ -249,7 +244,7 @@ pub async fn start_comments(monolith: &Monolith, dir: &Path) -> Service {
     assert!(stats.comments > 0 && stats.tasks > 0, "comments backfill copied nothing: {stats:?}");
     let state = comments::AppState::new(conn, E2E_SECRET);
     let sync = comments::spawn_sync(&state, SyncConfig::new(&monolith.url, None, SYNC_INTERVAL));
-    Service::spawn("comments", sync, move |l, stopped| {
+    Service::spawn(sync, move |l, stopped| {
         comments::run(l, state, async move {
             let _ = stopped.await;
         })
@@ -460,8 +455,4 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             ok.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
-}
-
-pub fn addr_of(url: &str) -> SocketAddr {
-    url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap()
 }

@@ -53,7 +53,6 @@ impl Behaviour {
 /// A running test upstream; stops when dropped.
 pub struct TestUpstream {
     pub addr: SocketAddr,
-    pub name: String,
     behaviour: Arc<Mutex<Behaviour>>,
     hits: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -65,7 +64,6 @@ pub struct TestUpstream {
 /// One request as the upstream received it.
 #[derive(Clone, Debug)]
 pub struct Seen {
-    pub method: String,
     pub uri: String,
     pub headers: http::HeaderMap,
 }
@@ -108,7 +106,7 @@ impl TestUpstream {
                 conns.lock().unwrap().push(handle.abort_handle());
             }
         });
-        TestUpstream { addr, name: name.to_string(), behaviour, hits, seen, body_bytes, task, connections }
+        TestUpstream { addr, behaviour, hits, seen, body_bytes, task, connections }
     }
 
     pub fn url(&self) -> String {
@@ -160,11 +158,7 @@ impl State {
     async fn answer(&self, mut req: Request<Incoming>) -> Response<BoxBody> {
         self.hits.fetch_add(1, Ordering::SeqCst);
         let behaviour = self.behaviour.lock().unwrap().clone();
-        self.seen.lock().unwrap().push(Seen {
-            method: req.method().to_string(),
-            uri: req.uri().to_string(),
-            headers: req.headers().clone(),
-        });
+        self.seen.lock().unwrap().push(Seen { uri: req.uri().to_string(), headers: req.headers().clone() });
         if let Behaviour::UpgradeEcho = behaviour {
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
