@@ -14,16 +14,15 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
 
-use crate::body::{Captured, OnEnd, ProxyBody, Tee, UpstreamBody};
+use crate::body::{ProxyBody, UpstreamBody};
 use crate::client::SendError;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::path;
 use crate::record::reason;
 use crate::router::host_for_matching;
-use crate::shadow::{Mirror, MirrorBody, PrimaryAnswer, ShadowRoute};
+use crate::shadow::{PendingMirror, RequestFacts, ResponseTap};
 use crate::table::{Route, RouteUpstream, Table};
 use crate::upstream::{Unavailable, Upstream};
 use crate::Shared;
@@ -132,7 +131,7 @@ fn access_log(
 
 async fn forward<'t>(
     shared: &Shared,
-    table: &'t Arc<Table>,
+    table: &'t Table,
     conn: &Conn,
     mut req: Request<ProxyBody>,
     upgrade: bool,
@@ -188,13 +187,25 @@ async fn forward<'t>(
     let replayable = !upgrade && route.may_replay(req.method());
     let wants_replay =
         replayable && (fallback.is_some() || route.upstreams.iter().any(|u| u.upstream.settings.retries > 0));
-    let mut mirror = route
+    let mirror = route
         .shadow
         .as_ref()
         // A split may have picked the shadow itself as the primary: nothing to compare then.
         .filter(|s| !upgrade && !Arc::ptr_eq(&s.upstream, &route.upstreams[primary].upstream))
         .filter(|s| s.wants(req.method(), req.headers()))
-        .and_then(|s| start_mirror(shared, s, route, &req, &normalized, &path_and_query, request_id, primary));
+        .and_then(|s| {
+            let facts = RequestFacts {
+                route: &route.name,
+                request_id,
+                method: req.method(),
+                path: &normalized,
+                query: req.uri().query(),
+                path_and_query: &path_and_query,
+                headers: req.headers(),
+                primary_upstream: &route.upstreams[primary].upstream.name,
+            };
+            PendingMirror::start(&shared.shadow, s, facts)
+        });
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
@@ -204,8 +215,8 @@ async fn forward<'t>(
         match Box::pin(RequestBody::buffer(&parts.headers, body, route.retry_buffer, deadline)).await {
             Ok(body) => body,
             Err(e) => {
-                if let (Some(m), Some(shadow)) = (mirror.take(), route.shadow.as_ref()) {
-                    m.skip(shared, &shadow.upstream.name, reason::NOT_COMPARABLE);
+                if let Some(mirror) = mirror {
+                    mirror.skip(reason::NOT_COMPARABLE);
                 }
                 return Err(e);
             }
@@ -213,17 +224,7 @@ async fn forward<'t>(
     } else {
         RequestBody::Streamed(Some(body))
     };
-    if let Some(m) = mirror.as_mut() {
-        m.attach_request_body(&mut body);
-        shared.shadow.spawn(
-            table.clone(),
-            found.index,
-            m.take_mirror(),
-            m.take_body(),
-            m.take_primary_rx(),
-            m.take_permit(),
-        );
-    }
+    let tap = mirror.map(|mirror| body.mirror_to(mirror));
     let mut attempt = Attempt { parts: &mut parts, path_and_query: &path_and_query, body: &mut body, replayable };
 
     let mut result = attempt.send_to(&route.upstreams[primary].upstream).await;
@@ -261,128 +262,9 @@ async fn forward<'t>(
     hdrs.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
     // Answer in the client's protocol version, whatever the upstream spoke.
     *response.version_mut() = client_version;
-    match mirror {
-        Some(m) => {
-            Ok(m.tee_response(response, outcome.used().map_or_else(|| Arc::from(""), |u| u.upstream.name.clone())))
-        }
+    match tap {
+        Some(tap) => Ok(tap.tee(response, outcome.used().map_or_else(|| Arc::from(""), |u| u.upstream.name.clone()))),
         None => Ok(response),
-    }
-}
-
-/// A mirrored request on the proxy's side: what the shadow task still needs
-/// from the primary exchange.
-struct MirrorHandle {
-    mirror: Option<Mirror>,
-    body: Option<MirrorBody>,
-    primary_tx: Option<oneshot::Sender<PrimaryAnswer>>,
-    primary_rx: Option<oneshot::Receiver<PrimaryAnswer>>,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    max_body: usize,
-    started: Instant,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn start_mirror(
-    shared: &Shared,
-    shadow: &ShadowRoute,
-    route: &Route,
-    req: &Request<ProxyBody>,
-    normalized: &str,
-    path_and_query: &PathAndQuery,
-    request_id: &HeaderValue,
-    primary: usize,
-) -> Option<Box<MirrorHandle>> {
-    let mirror = |headers| Mirror {
-        route: route.name.clone(),
-        request_id: request_id.to_str().unwrap_or_default().to_string(),
-        method: req.method().clone(),
-        path: normalized.to_string(),
-        query: req.uri().query().map(str::to_string),
-        path_and_query: path_and_query.clone(),
-        headers,
-        received: std::time::SystemTime::now(),
-        primary_upstream: route.upstreams[primary].upstream.name.clone(),
-    };
-    let Some(permit) = shared.shadow.try_permit() else {
-        // At the cap every sampled request lands here: no header copy, and
-        // the record is made by the diff-log writer, off this thread.
-        shared.shadow.record_skip_later(mirror(http::HeaderMap::new()), &shadow.upstream.name, reason::INFLIGHT_CAP);
-        return None;
-    };
-    let mirror = mirror(req.headers().clone());
-    let (primary_tx, primary_rx) = oneshot::channel();
-    // Boxed: only mirrored requests pay for it, and every request's future
-    // stays smaller.
-    Some(Box::new(MirrorHandle {
-        mirror: Some(mirror),
-        body: None,
-        primary_tx: Some(primary_tx),
-        primary_rx: Some(primary_rx),
-        permit: Some(permit),
-        max_body: shadow.max_body,
-        started: Instant::now(),
-    }))
-}
-
-impl MirrorHandle {
-    /// Gives up on mirroring this request, with a recorded reason.
-    fn skip(mut self, shared: &Shared, shadow_upstream: &str, why: &str) {
-        shared.shadow.record_skip(&self.take_mirror(), shadow_upstream, why);
-    }
-
-    /// Takes the request body for the shadow: a copy of a buffered body, or
-    /// a tee on the streamed one (the primary still gets it streamed).
-    fn attach_request_body(&mut self, body: &mut RequestBody) {
-        self.body = Some(match body {
-            RequestBody::Buffered(bytes) => MirrorBody::Ready(bytes.clone()),
-            RequestBody::Streamed(slot) => match slot.take() {
-                Some(ProxyBody::Streamed(incoming)) if !incoming.is_end_stream() => {
-                    let (tx, rx) = oneshot::channel();
-                    let on_end: OnEnd = Box::new(move |captured| {
-                        let _ = tx.send(captured);
-                    });
-                    *slot = Some(Tee::wrap(ProxyBody::Streamed(incoming), self.max_body, on_end));
-                    MirrorBody::Pending(rx)
-                }
-                other => {
-                    *slot = other;
-                    MirrorBody::Ready(Bytes::new())
-                }
-            },
-        });
-    }
-
-    fn take_mirror(&mut self) -> Mirror {
-        self.mirror.take().expect("taken once")
-    }
-    fn take_body(&mut self) -> MirrorBody {
-        self.body.take().expect("attached before spawning")
-    }
-    fn take_primary_rx(&mut self) -> oneshot::Receiver<PrimaryAnswer> {
-        self.primary_rx.take().expect("taken once")
-    }
-    fn take_permit(&mut self) -> tokio::sync::OwnedSemaphorePermit {
-        self.permit.take().expect("taken once")
-    }
-
-    /// Streams the primary's answer to the client while keeping a copy for
-    /// the comparison; the copy is handed over when the body ends.
-    fn tee_response(mut self, response: Response<ProxyBody>, upstream: Arc<str>) -> Response<ProxyBody> {
-        let Some(tx) = self.primary_tx.take() else { return response };
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let latency = self.started.elapsed();
-        if response.body().is_end_stream() {
-            let captured =
-                Captured { body: Bytes::new(), len: 0, sha256: crate::diff::sha256(b""), within_limit: true };
-            let _ = tx.send(PrimaryAnswer { upstream, status, headers, latency, captured: Some(captured) });
-            return response;
-        }
-        let on_end: OnEnd = Box::new(move |captured| {
-            let _ = tx.send(PrimaryAnswer { upstream, status, headers, latency, captured });
-        });
-        let max_body = self.max_body;
-        response.map(|body| Tee::wrap(body, max_body, on_end))
     }
 }
 
@@ -421,6 +303,16 @@ impl RequestBody {
                 Ok(RequestBody::Buffered(collected.to_bytes()))
             }
             _ => Ok(RequestBody::Streamed(Some(body))),
+        }
+    }
+
+    /// Starts the mirror with this body: a copy of a kept body, or a tee on
+    /// the streamed one (the primary still gets it streamed).
+    fn mirror_to(&mut self, mirror: PendingMirror) -> ResponseTap {
+        match self {
+            RequestBody::Buffered(bytes) => mirror.spawn_with_copy(bytes),
+            RequestBody::Streamed(Some(body)) => mirror.spawn_with_tee(body),
+            RequestBody::Streamed(None) => mirror.spawn_with_copy(&Bytes::new()),
         }
     }
 

@@ -16,7 +16,7 @@ use crate::metrics::{Metrics, RouteStats};
 use crate::path;
 use crate::ratelimit::{RateKey, RateLimiter};
 use crate::router::{RouteKey, Router};
-use crate::shadow::{SampleKey, ShadowRoute};
+use crate::shadow::{self, ShadowRoute};
 use crate::split::{Split, StickyKey};
 use crate::upstream::{
     Target, TargetState, Upstream, UpstreamCache, UpstreamSettings, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT,
@@ -58,7 +58,7 @@ pub struct Route {
     pub fallbacks: IntCounter,
     pub rate_limited: IntCounter,
     /// Mirroring to a candidate upstream for comparison.
-    pub shadow: Option<ShadowRoute>,
+    pub shadow: Option<Arc<ShadowRoute>>,
 }
 
 /// One upstream as a route uses it, with the route's metric handles for it.
@@ -389,68 +389,12 @@ fn build_route(
 
 type Lookup<'a> = dyn Fn(&str) -> Result<Arc<Upstream>, (String, String)> + 'a;
 
-fn build_shadow(raw: &crate::config::RawShadow, lookup: &Lookup<'_>) -> Result<ShadowRoute, (String, String)> {
+fn build_shadow(raw: &crate::config::RawShadow, lookup: &Lookup<'_>) -> Result<Arc<ShadowRoute>, (String, String)> {
+    let plan = shadow::validate(raw);
+    // Unknown upstreams are reported before the rest of the block.
     let upstream = lookup(&raw.upstream)?;
     let noise = raw.noise.as_deref().map(lookup).transpose()?;
-    if !(0.0..=1.0).contains(&raw.sample) {
-        return Err(("sample".into(), format!("shadow.sample must be between 0.0 and 1.0, not {}", raw.sample)));
-    }
-    let methods = match &raw.methods {
-        Some(list) => parse_methods(list).map_err(|m| ("methods".to_string(), m))?,
-        None => vec![Method::GET, Method::HEAD],
-    };
-    if !raw.unsafe_writes {
-        if let Some(write) = methods.iter().find(|m| !matches!(**m, Method::GET | Method::HEAD | Method::OPTIONS)) {
-            return Err((
-                write.to_string(),
-                format!("shadow would mirror {write} requests, which write: set `unsafe_writes: true` only if the shadow has its own scratch database"),
-            ));
-        }
-    }
-    let patterns = |list: &[String]| {
-        list.iter().map(|p| crate::diff::Pattern::parse(p).map_err(|m| (p.clone(), m))).collect::<Result<Vec<_>, _>>()
-    };
-    let header_name = |h: &str| {
-        HeaderName::from_bytes(h.as_bytes()).map_err(|_| (h.to_string(), format!("invalid header name {h:?}")))
-    };
-    let sample_key = match raw.sample_key.as_deref() {
-        None => None,
-        Some(k) => Some(match k.split_once(':') {
-            Some(("header", name)) => SampleKey::Header(header_name(name)?),
-            Some(("cookie", name)) if !name.is_empty() => SampleKey::Cookie(name.to_string()),
-            _ => return Err((k.to_string(), format!("sample_key {k:?} must be header:NAME or cookie:NAME"))),
-        }),
-    };
-    let edits = raw.headers.clone().unwrap_or_default();
-    let set_headers = edits
-        .set
-        .iter()
-        .map(|(k, v)| {
-            let value =
-                http::HeaderValue::from_str(v).map_err(|_| (v.clone(), format!("invalid header value {v:?}")))?;
-            Ok((header_name(k)?, value))
-        })
-        .collect::<Result<Vec<_>, (String, String)>>()?;
-    let remove_headers = edits.remove.iter().map(|h| header_name(h)).collect::<Result<Vec<_>, _>>()?;
-    let compare = crate::diff::CompareOptions {
-        ignore_headers: raw.ignore_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
-        ignore: patterns(&raw.ignore)?,
-        unordered: patterns(&raw.unordered)?,
-        redact: patterns(&raw.redact)?,
-        max_body: raw.max_body.0 as usize,
-    };
-    Ok(ShadowRoute {
-        upstream,
-        noise,
-        sample: raw.sample,
-        sample_key,
-        methods,
-        max_body: raw.max_body.0 as usize,
-        timeout: raw.timeout,
-        compare,
-        set_headers,
-        remove_headers,
-    })
+    Ok(Arc::new(ShadowRoute::instantiate(plan?, upstream, noise)))
 }
 
 fn parse_methods(list: &[String]) -> Result<Vec<Method>, String> {
