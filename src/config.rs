@@ -400,6 +400,15 @@ pub struct RawRoute {
     pub strip_prefix: bool,
 }
 
+/// Method names as routes write them (any case), as `http` methods.
+pub fn parse_methods(list: &[String]) -> Result<Vec<http::Method>, String> {
+    list.iter()
+        .map(|m| {
+            http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| format!("invalid method {m:?}"))
+        })
+        .collect()
+}
+
 /// A config that cannot be used, with where the fault is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {

@@ -19,12 +19,13 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request};
+use http::{Method, Request, Response};
+use http_body::Body as _;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::client::body::{Capture, Captured, ProxyBody};
-use crate::config::RawShadowLog;
+use crate::client::body::{Capture, Captured, OnEnd, ProxyBody, Tee};
+use crate::config::{RawShadow, RawShadowLog};
 use crate::diff::{self, Answer, CompareOptions};
 use crate::metrics::Metrics;
 use crate::record::{reason, DiffKind, DiffRecord, Difference, Outcome, PrimarySide, ShadowSide};
@@ -46,7 +47,90 @@ pub enum SampleKey {
     Cookie(String),
 }
 
-/// A route's shadow settings, validated.
+/// A route's shadow settings, validated, before upstream names are resolved.
+/// What [`validate`] makes of a `shadow:` block; [`ShadowRoute::instantiate`]
+/// turns it into the route's [`ShadowRoute`] once the upstreams exist.
+pub struct ShadowPlan {
+    /// The candidate upstream, by name.
+    pub upstream: String,
+    /// The upstream asked a second time to learn noise, by name.
+    pub noise: Option<String>,
+    pub sample: f64,
+    pub sample_key: Option<SampleKey>,
+    pub methods: Vec<Method>,
+    pub max_body: usize,
+    pub timeout: Duration,
+    pub compare: CompareOptions,
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    pub remove_headers: Vec<HeaderName>,
+}
+
+/// Checks a route's `shadow:` block; errors carry (offending value, message)
+/// so the caller can point at the value in the file. Pure: no I/O, no
+/// metrics, no shared state, and upstream names are left to the caller.
+pub fn validate(raw: &RawShadow) -> Result<ShadowPlan, (String, String)> {
+    if !(0.0..=1.0).contains(&raw.sample) {
+        return Err(("sample".into(), format!("shadow.sample must be between 0.0 and 1.0, not {}", raw.sample)));
+    }
+    let methods = match &raw.methods {
+        Some(list) => crate::config::parse_methods(list).map_err(|m| ("methods".to_string(), m))?,
+        None => vec![Method::GET, Method::HEAD],
+    };
+    if !raw.unsafe_writes {
+        if let Some(write) = methods.iter().find(|m| !matches!(**m, Method::GET | Method::HEAD | Method::OPTIONS)) {
+            return Err((
+                write.to_string(),
+                format!("shadow would mirror {write} requests, which write: set `unsafe_writes: true` only if the shadow has its own scratch database"),
+            ));
+        }
+    }
+    let patterns = |list: &[String]| {
+        list.iter().map(|p| diff::Pattern::parse(p).map_err(|m| (p.clone(), m))).collect::<Result<Vec<_>, _>>()
+    };
+    let header_name = |h: &str| {
+        HeaderName::from_bytes(h.as_bytes()).map_err(|_| (h.to_string(), format!("invalid header name {h:?}")))
+    };
+    let sample_key = match raw.sample_key.as_deref() {
+        None => None,
+        Some(k) => Some(match k.split_once(':') {
+            Some(("header", name)) => SampleKey::Header(header_name(name)?),
+            Some(("cookie", name)) if !name.is_empty() => SampleKey::Cookie(name.to_string()),
+            _ => return Err((k.to_string(), format!("sample_key {k:?} must be header:NAME or cookie:NAME"))),
+        }),
+    };
+    let edits = raw.headers.clone().unwrap_or_default();
+    let set_headers = edits
+        .set
+        .iter()
+        .map(|(k, v)| {
+            let value = HeaderValue::from_str(v).map_err(|_| (v.clone(), format!("invalid header value {v:?}")))?;
+            Ok((header_name(k)?, value))
+        })
+        .collect::<Result<Vec<_>, (String, String)>>()?;
+    let remove_headers = edits.remove.iter().map(|h| header_name(h)).collect::<Result<Vec<_>, _>>()?;
+    let compare = CompareOptions {
+        ignore_headers: raw.ignore_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        ignore: patterns(&raw.ignore)?,
+        unordered: patterns(&raw.unordered)?,
+        redact: patterns(&raw.redact)?,
+        max_body: raw.max_body.0 as usize,
+    };
+    Ok(ShadowPlan {
+        upstream: raw.upstream.clone(),
+        noise: raw.noise.clone(),
+        sample: raw.sample,
+        sample_key,
+        methods,
+        max_body: raw.max_body.0 as usize,
+        timeout: raw.timeout,
+        compare,
+        set_headers,
+        remove_headers,
+    })
+}
+
+/// A route's shadow settings, ready to serve: what the proxy asks whether a
+/// request is mirrored, and what the shadow task sends and compares with.
 pub struct ShadowRoute {
     pub upstream: Arc<Upstream>,
     pub noise: Option<Arc<Upstream>>,
@@ -61,6 +145,23 @@ pub struct ShadowRoute {
 }
 
 impl ShadowRoute {
+    /// A validated plan with its upstreams resolved (`upstream` and `noise`
+    /// are the ones `plan` names).
+    pub fn instantiate(plan: ShadowPlan, upstream: Arc<Upstream>, noise: Option<Arc<Upstream>>) -> ShadowRoute {
+        ShadowRoute {
+            upstream,
+            noise,
+            sample: plan.sample,
+            sample_key: plan.sample_key,
+            methods: plan.methods,
+            max_body: plan.max_body,
+            timeout: plan.timeout,
+            compare: plan.compare,
+            set_headers: plan.set_headers,
+            remove_headers: plan.remove_headers,
+        }
+    }
+
     /// Whether this request is mirrored: method allowed, not itself a
     /// mirrored request, and sampled.
     pub fn wants(&self, method: &Method, headers: &HeaderMap) -> bool {
@@ -84,132 +185,185 @@ impl ShadowRoute {
     }
 }
 
-/// A route's shadow settings, validated, before upstream names are resolved.
-pub struct ShadowPlan {
-    pub upstream: String,
-    pub noise: Option<String>,
-    pub sample: f64,
-    pub sample_key: Option<SampleKey>,
-    pub methods: Vec<Method>,
-    pub max_body: usize,
-    pub timeout: Duration,
-    pub compare: CompareOptions,
-    pub set_headers: Vec<(HeaderName, HeaderValue)>,
-    pub remove_headers: Vec<HeaderName>,
-}
-
-/// Checks a route's `shadow:` block; errors carry (offending value, message).
-pub fn validate(raw: &crate::config::RawShadow) -> Result<ShadowPlan, (String, String)> {
-    if !(0.0..=1.0).contains(&raw.sample) {
-        return Err(("sample".into(), format!("shadow.sample must be between 0.0 and 1.0, not {}", raw.sample)));
-    }
-    let methods = match &raw.methods {
-        Some(list) => crate::table::parse_methods(list).map_err(|m| ("methods".to_string(), m))?,
-        None => vec![Method::GET, Method::HEAD],
-    };
-    if !raw.unsafe_writes {
-        if let Some(write) = methods.iter().find(|m| !matches!(**m, Method::GET | Method::HEAD | Method::OPTIONS)) {
-            return Err((
-                write.to_string(),
-                format!("shadow would mirror {write} requests, which write: set `unsafe_writes: true` only if the shadow has its own scratch database"),
-            ));
-        }
-    }
-    let patterns = |list: &[String]| {
-        list.iter().map(|p| crate::diff::Pattern::parse(p).map_err(|m| (p.clone(), m))).collect::<Result<Vec<_>, _>>()
-    };
-    let header_name = |h: &str| {
-        HeaderName::from_bytes(h.as_bytes()).map_err(|_| (h.to_string(), format!("invalid header name {h:?}")))
-    };
-    let sample_key = match raw.sample_key.as_deref() {
-        None => None,
-        Some(k) => Some(match k.split_once(':') {
-            Some(("header", name)) => SampleKey::Header(header_name(name)?),
-            Some(("cookie", name)) if !name.is_empty() => SampleKey::Cookie(name.to_string()),
-            _ => return Err((k.to_string(), format!("sample_key {k:?} must be header:NAME or cookie:NAME"))),
-        }),
-    };
-    let edits = raw.headers.clone().unwrap_or_default();
-    let set_headers = edits
-        .set
-        .iter()
-        .map(|(k, v)| {
-            let value =
-                http::HeaderValue::from_str(v).map_err(|_| (v.clone(), format!("invalid header value {v:?}")))?;
-            Ok((header_name(k)?, value))
-        })
-        .collect::<Result<Vec<_>, (String, String)>>()?;
-    let remove_headers = edits.remove.iter().map(|h| header_name(h)).collect::<Result<Vec<_>, _>>()?;
-    let compare = crate::diff::CompareOptions {
-        ignore_headers: raw.ignore_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
-        ignore: patterns(&raw.ignore)?,
-        unordered: patterns(&raw.unordered)?,
-        redact: patterns(&raw.redact)?,
-        max_body: raw.max_body.0 as usize,
-    };
-    Ok(ShadowPlan {
-        upstream: raw.upstream.clone(),
-        noise: raw.noise.clone(),
-        sample: raw.sample,
-        sample_key,
-        methods,
-        max_body: raw.max_body.0 as usize,
-        timeout: raw.timeout,
-        compare,
-        set_headers,
-        remove_headers,
-    })
-}
-
-impl ShadowRoute {
-    /// The live form of a plan, with its upstreams resolved.
-    pub fn instantiate(plan: ShadowPlan, upstream: Arc<Upstream>, noise: Option<Arc<Upstream>>) -> ShadowRoute {
-        ShadowRoute {
-            upstream,
-            noise,
-            sample: plan.sample,
-            sample_key: plan.sample_key,
-            methods: plan.methods,
-            max_body: plan.max_body,
-            timeout: plan.timeout,
-            compare: plan.compare,
-            set_headers: plan.set_headers,
-            remove_headers: plan.remove_headers,
-        }
-    }
-}
-
 const SAMPLE_SEED: u64 = 0x5a4d_91e0;
 
-/// What the proxy hands to a shadow task when it mirrors a request.
-pub struct Mirror {
-    pub route: Arc<str>,
-    pub request_id: String,
-    pub method: Method,
-    pub path: String,
-    pub query: Option<String>,
-    pub path_and_query: PathAndQuery,
+/// What the proxy tells the shadow about a request it may mirror, borrowed
+/// for as long as [`PendingMirror::start`] looks at it.
+pub struct RequestFacts<'a> {
+    pub route: &'a Arc<str>,
+    pub request_id: &'a HeaderValue,
+    pub method: &'a Method,
+    /// The normalized path.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// What the primary is sent (after `strip_prefix`).
+    pub path_and_query: &'a PathAndQuery,
+    /// The request's headers after the proxy's edits.
+    pub headers: &'a HeaderMap,
+    pub primary_upstream: &'a Arc<str>,
+}
+
+/// A mirrored request as the shadow task sends it and records it.
+struct MirroredRequest {
+    route: Arc<str>,
+    request_id: String,
+    method: Method,
+    path: String,
+    query: Option<String>,
+    path_and_query: PathAndQuery,
     /// The primary request's headers after the proxy's edits.
-    pub headers: HeaderMap,
-    pub received: SystemTime,
-    pub primary_upstream: Arc<str>,
+    headers: HeaderMap,
+    received: SystemTime,
+    primary_upstream: Arc<str>,
+}
+
+impl MirroredRequest {
+    /// An owned copy of the facts, with `headers` (empty for a request that
+    /// is only recorded as skipped).
+    fn new(facts: &RequestFacts<'_>, headers: HeaderMap) -> Self {
+        MirroredRequest {
+            route: facts.route.clone(),
+            request_id: facts.request_id.to_str().unwrap_or_default().to_string(),
+            method: facts.method.clone(),
+            path: facts.path.to_string(),
+            query: facts.query.map(str::to_string),
+            path_and_query: facts.path_and_query.clone(),
+            headers,
+            received: SystemTime::now(),
+            primary_upstream: facts.primary_upstream.clone(),
+        }
+    }
+}
+
+/// A mirror started for one request, not yet running: it holds an in-flight
+/// slot and waits for the request body. Exactly one of [`Self::skip`],
+/// [`Self::spawn_with_copy`] or [`Self::spawn_with_tee`] consumes it.
+/// Boxed: only mirrored requests pay for it, and every request's future
+/// stays smaller.
+#[must_use = "a started mirror is spawned or skipped, or the sampled request goes unrecorded"]
+pub struct PendingMirror(Box<Pending>);
+
+struct Pending {
+    runtime: Arc<ShadowRuntime>,
+    shadow: Arc<ShadowRoute>,
+    request: MirroredRequest,
+    primary_tx: oneshot::Sender<PrimaryAnswer>,
+    primary_rx: oneshot::Receiver<PrimaryAnswer>,
+    permit: OwnedSemaphorePermit,
+    started: Instant,
+}
+
+impl PendingMirror {
+    /// Starts mirroring a request its route samples, or records it as
+    /// skipped at the in-flight cap (`None`). At the cap every sampled
+    /// request lands here: no header copy, and the record is made by the
+    /// diff-log writer, off this thread.
+    pub fn start(runtime: &Arc<ShadowRuntime>, shadow: &Arc<ShadowRoute>, facts: RequestFacts<'_>) -> Option<Self> {
+        let Some(permit) = runtime.try_permit() else {
+            let request = MirroredRequest::new(&facts, HeaderMap::new());
+            runtime.record_skip_later(request, &shadow.upstream.name, reason::INFLIGHT_CAP);
+            return None;
+        };
+        let request = MirroredRequest::new(&facts, facts.headers.clone());
+        let (primary_tx, primary_rx) = oneshot::channel();
+        Some(PendingMirror(Box::new(Pending {
+            runtime: runtime.clone(),
+            shadow: shadow.clone(),
+            request,
+            primary_tx,
+            primary_rx,
+            permit,
+            started: Instant::now(),
+        })))
+    }
+
+    /// Gives up on mirroring this request, with a recorded reason.
+    pub fn skip(self, why: &str) {
+        let pending = *self.0;
+        pending.runtime.record_skip(&pending.request, &pending.shadow.upstream.name, why);
+    }
+
+    /// Starts the shadow task with a copy of a request body the proxy holds
+    /// whole (kept for a replay).
+    pub fn spawn_with_copy(self, body: &Bytes) -> ResponseTap {
+        self.spawn(MirrorBody::Ready(body.clone()))
+    }
+
+    /// Starts the shadow task with the body the client is still sending:
+    /// `body` is wrapped in a tee that streams it on to the primary and
+    /// hands the shadow a copy when it ends. A body that is not streamed
+    /// from the client, or is already over, mirrors as empty.
+    pub fn spawn_with_tee(self, body: &mut ProxyBody) -> ResponseTap {
+        let streaming = matches!(body, ProxyBody::Streamed(incoming) if !incoming.is_end_stream());
+        if !streaming {
+            return self.spawn(MirrorBody::Ready(Bytes::new()));
+        }
+        let (tx, rx) = oneshot::channel();
+        let on_end: OnEnd = Box::new(move |captured| {
+            let _ = tx.send(captured);
+        });
+        let streamed = std::mem::replace(body, ProxyBody::empty());
+        *body = Tee::wrap(streamed, self.0.shadow.max_body, on_end);
+        self.spawn(MirrorBody::Pending(rx))
+    }
+
+    fn spawn(self, body: MirrorBody) -> ResponseTap {
+        let Pending { runtime, shadow, request, primary_tx, primary_rx, permit, started } = *self.0;
+        let max_body = shadow.max_body;
+        runtime.spawn(shadow, request, body, primary_rx, permit);
+        ResponseTap(Box::new(Tap { primary_tx, max_body, started }))
+    }
+}
+
+/// The running mirror's hold on the primary's answer: [`Self::tee`] hands
+/// the shadow task a copy of the response the client gets. Dropped instead
+/// (the primary failed), the comparison is recorded as `primary_error`.
+/// Boxed, as [`PendingMirror`] is.
+#[must_use = "the shadow task waits for the primary's answer"]
+pub struct ResponseTap(Box<Tap>);
+
+struct Tap {
+    primary_tx: oneshot::Sender<PrimaryAnswer>,
+    max_body: usize,
+    started: Instant,
+}
+
+impl ResponseTap {
+    /// Streams the primary's answer to the client while keeping a copy for
+    /// the comparison; the copy is handed over when the body ends.
+    /// `upstream` is the one that answered (the fallback's name if it did).
+    pub fn tee(self, response: Response<ProxyBody>, upstream: Arc<str>) -> Response<ProxyBody> {
+        let Tap { primary_tx: tx, max_body, started } = *self.0;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let latency = started.elapsed();
+        if response.body().is_end_stream() {
+            let captured = Captured { body: Bytes::new(), len: 0, sha256: diff::sha256(b""), within_limit: true };
+            let _ = tx.send(PrimaryAnswer { upstream, status, headers, latency, captured: Some(captured) });
+            return response;
+        }
+        let on_end: OnEnd = Box::new(move |captured| {
+            let _ = tx.send(PrimaryAnswer { upstream, status, headers, latency, captured });
+        });
+        response.map(|body| Tee::wrap(body, max_body, on_end))
+    }
 }
 
 /// The request body for the shadow: known now, or when the client's body
 /// (teed to the primary) ends.
-pub enum MirrorBody {
+enum MirrorBody {
     Ready(Bytes),
     Pending(oneshot::Receiver<Option<Captured>>),
 }
 
 /// The primary's answer, sent once its body has ended.
-pub struct PrimaryAnswer {
+struct PrimaryAnswer {
     /// The upstream that answered (the fallback's name if it did).
-    pub upstream: Arc<str>,
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub latency: Duration,
-    pub captured: Option<Captured>,
+    upstream: Arc<str>,
+    status: u16,
+    headers: HeaderMap,
+    latency: Duration,
+    captured: Option<Captured>,
 }
 
 /// Shadow state shared by all config versions: the in-flight cap, the log
@@ -333,13 +487,13 @@ impl ShadowRuntime {
     }
 
     /// A slot for one shadow request, or `None` at the in-flight cap.
-    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+    fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.inflight.clone().try_acquire_owned().ok()
     }
 
     /// Records a sampled request that was not mirrored at all.
-    pub fn record_skip(&self, mirror: &Mirror, shadow_upstream: &str, why: &str) {
-        let record = base_record(mirror, shadow_upstream, Outcome::Skipped, Some(why));
+    fn record_skip(&self, request: &MirroredRequest, shadow_upstream: &str, why: &str) {
+        let record = base_record(request, shadow_upstream, Outcome::Skipped, Some(why));
         self.finish(record);
     }
 
@@ -347,14 +501,14 @@ impl ShadowRuntime {
     /// written by the diff-log writer's thread when there is one: at the
     /// in-flight cap every sampled request is skipped, and doing that work
     /// on a worker cost live requests ~3.5 µs each.
-    pub fn record_skip_later(&self, mirror: Mirror, shadow_upstream: &Arc<str>, why: &'static str) {
+    fn record_skip_later(&self, request: MirroredRequest, shadow_upstream: &Arc<str>, why: &'static str) {
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = log.as_ref() else {
             drop(log);
-            return self.record_skip(&mirror, shadow_upstream, why);
+            return self.record_skip(&request, shadow_upstream, why);
         };
-        let route = mirror.route.clone();
-        let skip = Box::new(Skip { mirror, shadow_upstream: shadow_upstream.clone(), why });
+        let route = request.route.clone();
+        let skip = Box::new(Skip { request, shadow_upstream: shadow_upstream.clone(), why });
         if tx.try_send(LogItem::Skip(skip)).is_err() {
             drop(log);
             self.dropped.with_label_values(&[&route, "log_backpressure"]).inc();
@@ -362,11 +516,10 @@ impl ShadowRuntime {
     }
 
     /// Mirrors one request and compares the answers, in a task of its own.
-    pub fn spawn(
+    fn spawn(
         self: &Arc<Self>,
-        table: Arc<crate::table::Table>,
-        route_index: usize,
-        mirror: Mirror,
+        shadow: Arc<ShadowRoute>,
+        request: MirroredRequest,
         body: MirrorBody,
         primary: oneshot::Receiver<PrimaryAnswer>,
         permit: OwnedSemaphorePermit,
@@ -374,8 +527,7 @@ impl ShadowRuntime {
         let runtime = self.clone();
         let task = async move {
             let _permit = permit;
-            let route = &table.router.entries()[route_index].1;
-            let record = runtime.compare_one(route, mirror, body, primary).await;
+            let record = runtime.compare_one(&shadow, request, body, primary).await;
             runtime.finish(record);
         };
         match self.lane.get() {
@@ -386,22 +538,21 @@ impl ShadowRuntime {
 
     async fn compare_one(
         &self,
-        route: &crate::table::Route,
-        mirror: Mirror,
+        shadow: &ShadowRoute,
+        request: MirroredRequest,
         body: MirrorBody,
         primary: oneshot::Receiver<PrimaryAnswer>,
     ) -> DiffRecord {
-        let shadow = route.shadow.as_ref().expect("a shadowing route");
         let shadow_name = shadow.upstream.name.to_string();
         let body = match body {
             MirrorBody::Ready(bytes) => bytes,
             MirrorBody::Pending(rx) => match rx.await {
                 Ok(Some(c)) if c.within_limit => c.body,
-                Ok(Some(_)) => return base_record(&mirror, &shadow_name, Outcome::Skipped, Some(reason::TOO_LARGE)),
-                _ => return base_record(&mirror, &shadow_name, Outcome::Skipped, Some(reason::PRIMARY_ERROR)),
+                Ok(Some(_)) => return base_record(&request, &shadow_name, Outcome::Skipped, Some(reason::TOO_LARGE)),
+                _ => return base_record(&request, &shadow_name, Outcome::Skipped, Some(reason::PRIMARY_ERROR)),
             },
         };
-        let mut headers = mirror.headers.clone();
+        let mut headers = request.headers.clone();
         for name in &shadow.remove_headers {
             headers.remove(name);
         }
@@ -412,8 +563,8 @@ impl ShadowRuntime {
         let ask = |upstream: Arc<Upstream>| {
             fetch(
                 upstream,
-                mirror.method.clone(),
-                mirror.path_and_query.clone(),
+                request.method.clone(),
+                request.path_and_query.clone(),
                 headers.clone(),
                 body.clone(),
                 shadow.timeout,
@@ -432,27 +583,26 @@ impl ShadowRuntime {
         let wait = shadow.timeout.max(Duration::from_secs(30));
         let primary = match tokio::time::timeout(wait, primary).await {
             Ok(Ok(answer)) => answer,
-            _ => return base_record(&mirror, &shadow_name, Outcome::Skipped, Some(reason::PRIMARY_ERROR)),
+            _ => return base_record(&request, &shadow_name, Outcome::Skipped, Some(reason::PRIMARY_ERROR)),
         };
-        self.judge(route, shadow, &mirror, primary, shadow_answer, noise_answer)
+        self.judge(shadow, &request, primary, shadow_answer, noise_answer)
     }
 
     fn judge(
         &self,
-        route: &crate::table::Route,
         shadow: &ShadowRoute,
-        mirror: &Mirror,
+        request: &MirroredRequest,
         primary: PrimaryAnswer,
         shadow_answer: Result<Fetched, FetchError>,
         noise_answer: Option<Result<Fetched, FetchError>>,
     ) -> DiffRecord {
         let shadow_name = shadow.upstream.name.to_string();
-        let mut record = base_record(mirror, &shadow_name, Outcome::Match, None);
+        let mut record = base_record(request, &shadow_name, Outcome::Match, None);
         record.primary.upstream = primary.upstream.to_string();
         record.primary.status = Some(primary.status);
         record.primary.latency_ms = Some(primary.latency.as_secs_f64() * 1000.0);
         record.primary.body_bytes = primary.captured.as_ref().map(|c| c.len);
-        self.latency.with_label_values(&[&route.name, "primary"]).observe(primary.latency.as_secs_f64());
+        self.latency.with_label_values(&[&request.route, "primary"]).observe(primary.latency.as_secs_f64());
         let fetched = match shadow_answer {
             Ok(f) => f,
             Err(e) => {
@@ -465,7 +615,7 @@ impl ShadowRuntime {
         record.shadow.status = Some(fetched.status);
         record.shadow.latency_ms = Some(fetched.latency.as_secs_f64() * 1000.0);
         record.shadow.body_bytes = Some(fetched.captured.len);
-        self.latency.with_label_values(&[&route.name, "shadow"]).observe(fetched.latency.as_secs_f64());
+        self.latency.with_label_values(&[&request.route, "shadow"]).observe(fetched.latency.as_secs_f64());
         let Some(primary_body) = &primary.captured else {
             record.result = Outcome::Skipped;
             record.reason = Some(reason::NOT_COMPARABLE.into());
@@ -491,7 +641,7 @@ impl ShadowRuntime {
             }
             _ => BTreeSet::new(),
         };
-        let learned = self.learn_noise(&route.name, &noisy_now);
+        let learned = self.learn_noise(&request.route, &noisy_now);
         let mut excluded = BTreeSet::new();
         comparison.diffs.retain(|d| {
             let key = field_key(d);
@@ -558,17 +708,6 @@ impl ShadowRuntime {
 
 /// The name a differing field is counted under: `status`, `header:NAME`, or
 /// a body pointer with array indexes folded (`/items/*/id`).
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn credentials_in_queries_are_redacted() {
-        assert_eq!(
-            super::redact_query("page=2&access_token=abc&api_key=k&sig=s&q=monkey"),
-            "page=2&access_token=[redacted]&api_key=[redacted]&sig=[redacted]&q=monkey"
-        );
-    }
-}
-
 fn field_key(d: &Difference) -> String {
     match d.kind {
         DiffKind::Status => "status".to_string(),
@@ -588,17 +727,17 @@ fn answer_view<'a>(status: u16, headers: &'a HeaderMap, captured: &'a Captured) 
     }
 }
 
-fn base_record(mirror: &Mirror, shadow_upstream: &str, result: Outcome, why: Option<&str>) -> DiffRecord {
+fn base_record(request: &MirroredRequest, shadow_upstream: &str, result: Outcome, why: Option<&str>) -> DiffRecord {
     DiffRecord {
-        ts: humantime::format_rfc3339_millis(mirror.received).to_string(),
-        request_id: mirror.request_id.clone(),
-        route: mirror.route.to_string(),
-        endpoint: diff::endpoint_template(&mirror.path),
-        method: mirror.method.to_string(),
-        path: mirror.path.clone(),
-        query: mirror.query.as_deref().map(redact_query),
+        ts: humantime::format_rfc3339_millis(request.received).to_string(),
+        request_id: request.request_id.clone(),
+        route: request.route.to_string(),
+        endpoint: diff::endpoint_template(&request.path),
+        method: request.method.to_string(),
+        path: request.path.clone(),
+        query: request.query.as_deref().map(redact_query),
         primary: PrimarySide {
-            upstream: mirror.primary_upstream.to_string(),
+            upstream: request.primary_upstream.to_string(),
             status: None,
             latency_ms: None,
             body_bytes: None,
@@ -709,7 +848,7 @@ enum LogItem {
 }
 
 struct Skip {
-    mirror: Mirror,
+    request: MirroredRequest,
     shadow_upstream: Arc<str>,
     why: &'static str,
 }
@@ -720,7 +859,7 @@ impl LogItem {
         match self {
             LogItem::Line(line) => Some(line),
             LogItem::Skip(skip) => {
-                let record = base_record(&skip.mirror, &skip.shadow_upstream, Outcome::Skipped, Some(skip.why));
+                let record = base_record(&skip.request, &skip.shadow_upstream, Outcome::Skipped, Some(skip.why));
                 runtime.upgrade()?.account(&record)
             }
         }
@@ -791,4 +930,47 @@ fn rotate(path: &std::path::Path, keep: u32) {
         let _ = std::fs::rename(numbered(n), numbered(n + 1));
     }
     let _ = std::fs::rename(path, numbered(1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validated(yaml: &str) -> Result<ShadowPlan, (String, String)> {
+        validate(&serde_yaml::from_str::<RawShadow>(yaml).expect("a shadow block"))
+    }
+
+    #[test]
+    fn validation_keeps_upstream_names_for_the_caller_to_resolve() {
+        let plan = validated("{upstream: no-such-upstream, noise: nor-this-one}").expect("valid");
+        assert_eq!((plan.upstream.as_str(), plan.noise.as_deref()), ("no-such-upstream", Some("nor-this-one")));
+        assert_eq!(plan.methods, [Method::GET, Method::HEAD], "reads only, by default");
+        assert_eq!(plan.sample, 1.0);
+    }
+
+    #[test]
+    fn validation_names_the_offending_value() {
+        let refused = |yaml| validated(yaml).err().expect("refused");
+        assert_eq!(refused("{upstream: c, sample: 1.5}").0, "sample");
+        assert_eq!(refused("{upstream: c, sample_key: ip}").0, "ip");
+        assert_eq!(refused("{upstream: c, ignore: [no-slash]}").0, "no-slash");
+        assert_eq!(refused("{upstream: c, headers: {set: {\"bad name\": x}}}").0, "bad name");
+    }
+
+    #[test]
+    fn mirroring_writes_needs_unsafe_writes() {
+        let (value, message) = validated("{upstream: c, methods: [get, post]}").err().expect("refused");
+        assert_eq!(value, "POST");
+        assert!(message.contains("unsafe_writes: true"), "{message}");
+        let plan = validated("{upstream: c, methods: [get, post], unsafe_writes: true}").expect("allowed");
+        assert_eq!(plan.methods, [Method::GET, Method::POST]);
+    }
+
+    #[test]
+    fn credentials_in_queries_are_redacted() {
+        assert_eq!(
+            super::redact_query("page=2&access_token=abc&api_key=k&sig=s&q=monkey"),
+            "page=2&access_token=[redacted]&api_key=[redacted]&sig=[redacted]&q=monkey"
+        );
+    }
 }

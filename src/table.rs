@@ -15,7 +15,7 @@ mod instantiate;
 mod validate;
 
 pub use instantiate::{instantiate, retire, Context, Resources};
-pub use validate::{content_hash, parse_methods, validate, Plan, DEFAULT_RETRY_BUFFER};
+pub use validate::{content_hash, validate, Plan, DEFAULT_RETRY_BUFFER};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -13,7 +13,7 @@ use http::uri::{Authority, Scheme};
 use http::Method;
 
 use crate::client::target::Target;
-use crate::config::{ConfigError, RawConfig, RawRoute, RawUpstream, RawUpstreamTls, Source};
+use crate::config::{parse_methods, ConfigError, RawConfig, RawRoute, RawUpstream, RawUpstreamTls, Source};
 use crate::path;
 use crate::ratelimit::RateKey;
 use crate::router::{RouteKey, Router};
@@ -326,13 +326,6 @@ fn rate_limit(r: &RawRoute) -> Result<Option<RateLimitPlan>, RouteError> {
     // edit of routes.yaml never hands every client a fresh burst.
     let identity = format!("{}|{}|{}|{}", r.name, rl.rps, burst, rl.key);
     Ok(Some(RateLimitPlan { identity, rps: rl.rps, burst, key }))
-}
-
-/// Methods as written (any case), checked.
-pub fn parse_methods(list: &[String]) -> Result<Vec<Method>, String> {
-    list.iter()
-        .map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| format!("invalid method {m:?}")))
-        .collect()
 }
 
 /// The match key of a route, with its prefix normalized like request paths.

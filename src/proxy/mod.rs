@@ -1,0 +1,146 @@
+//! The request path through the proxy. [`handle`] serves one downstream
+//! request; `forward` takes it through five stages, one file each, in the
+//! order a request meets them:
+//!
+//! 1. `route.rs`, `route()`: normalize the path and pick the route on the
+//!    host the upstream will read (400 for what cannot be routed, 404).
+//! 2. `admit.rs`, `admit()`: the route's rate limit (429).
+//! 3. `prepare.rs`, `prepare()`: the path and headers the upstream gets,
+//!    primary and fallback; then `start_mirror()` and `RequestBody::keep()`,
+//!    which keeps the body whole when the request may be sent twice.
+//! 4. `send.rs`, `send()`: attempts to the primary (retries within its
+//!    budget, a concurrency slot each), then the fallback.
+//! 5. `finish.rs`, `finish()`: the upstream's answer made the client's
+//!    (headers, version, upgrade tunnel, the mirror's copy); then
+//!    `record()` counts the request and writes the access log.
+//!
+//! Every stage edits the request or answer in place and streams bodies;
+//! errors are [`ProxyError`]s, answered as JSON by [`handle`]. Mirroring
+//! itself lives in [`crate::shadow`].
+
+mod admit;
+mod finish;
+mod prepare;
+mod route;
+mod send;
+#[cfg(test)]
+mod testing;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::HeaderValue;
+use http::{Request, Response};
+
+use crate::client::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::headers;
+use crate::table::{Route, RouteUpstream, Table};
+use crate::Shared;
+
+use admit::admit;
+use finish::finish;
+use prepare::{prepare, start_mirror, RequestBody};
+use route::route;
+use send::send;
+
+/// What the proxy knows about the downstream connection (the client's
+/// side), computed once per connection.
+pub struct Downstream {
+    pub remote: SocketAddr,
+    /// The client's IP as a ready header value, for `X-Forwarded-For`.
+    pub ip: HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+}
+
+impl Downstream {
+    /// Facts about a connection accepted from `remote` over `proto`.
+    pub fn new(remote: SocketAddr, proto: &'static str) -> Self {
+        let ip = HeaderValue::from_str(&remote.ip().to_string()).expect("an IP is a valid header value");
+        Downstream { remote, ip, proto }
+    }
+}
+
+/// The old name of [`Downstream`], kept while `server` still uses it.
+pub use self::Downstream as Conn;
+
+/// Counts a request as in flight until dropped.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Serves one downstream request. Never fails: every error becomes a JSON answer.
+pub async fn handle(
+    shared: Arc<Shared>,
+    downstream: Arc<Downstream>,
+    mut req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    shared.metrics.in_flight.inc();
+    let _in_flight = InFlight(&shared.metrics.in_flight);
+    // Hop-by-hop headers go before anything is read or added.
+    let upgrade = headers::is_upgrade_request(req.headers());
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    let request_id = headers::request_id(req.headers());
+    let table = shared.table.load_full();
+    let method = req.method().clone();
+    let mut outcome = Outcome::default();
+    let response = match forward(&shared, &table, &downstream, req, upgrade, &request_id, &mut outcome).await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::debug!(request_id = ?request_id, error = %err, "request failed");
+            err.into_response(Some(&request_id))
+        }
+    };
+    Ok(finish::record(response, &table, &method, &outcome, &request_id, start))
+}
+
+/// What the access log and metrics need to know about how a request went;
+/// the stages fill it in as they get that far.
+#[derive(Default)]
+struct Outcome<'t> {
+    path: Option<Box<str>>,
+    route: Option<&'t Route>,
+    /// Index into `route.upstreams` of the upstream that answered (or was
+    /// last tried); `None` when the request never got that far (a 429, say).
+    upstream: Option<usize>,
+}
+
+impl<'t> Outcome<'t> {
+    fn used(&self) -> Option<&'t RouteUpstream> {
+        Some(&self.route?.upstreams[self.upstream?])
+    }
+}
+
+/// One request through the stages, each a function of its own.
+async fn forward<'t>(
+    shared: &Shared,
+    table: &'t Table,
+    downstream: &Downstream,
+    mut req: Request<ProxyBody>,
+    upgrade: bool,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome<'t>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    // A cheap clone (shared bytes): the normalized path may borrow from it
+    // while the request's headers are edited.
+    let uri = req.uri().clone();
+    let routed = route(table, req.method(), &uri, req.headers(), outcome)?;
+    admit(routed.route, req.headers(), downstream)?;
+    let plan = prepare(routed, &mut req, downstream, upgrade, request_id)?;
+    outcome.upstream = Some(plan.primary);
+    let mirror = start_mirror(&shared.shadow, &plan, &req, request_id, upgrade);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let downstream_version = req.version();
+    let (mut parts, body) = req.into_parts();
+    let (mut body, tap) = RequestBody::keep(&plan, &parts.headers, body, mirror).await?;
+    let response = send(&plan, &mut parts, &mut body, outcome).await?;
+    finish(response, downstream_upgrade, downstream_version, request_id, tap, outcome)
+}
