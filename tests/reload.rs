@@ -173,7 +173,7 @@ async fn removing_an_upstream_removes_its_series_and_closes_its_connections() {
         assert_eq!(get(proxy.addr, "/b/x").await.status, 200);
         assert_eq!(get(proxy.addr, "/a/x").await.status, 200);
     }
-    let b_port = addr_of(&b.url()).port();
+    let b_port = b.addr.port();
     assert!(connections_to(b_port) >= 1, "the proxy keeps an idle connection to b");
     let metrics = get(proxy.admin, "/metrics").await.text();
     assert!(metrics.contains("upstream=\"b\"") && metrics.contains("route=\"second\""), "{metrics}");

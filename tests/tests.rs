@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod answers;
+mod architecture;
 mod cli;
 mod e2e;
 mod errors;

@@ -276,12 +276,11 @@ fn validate_route(
     let shadow = match &r.shadow {
         None => None,
         Some(raw) => {
-            let plan = crate::shadow::validate(raw)?;
-            known(&plan.upstream)?;
-            if let Some(noise) = &plan.noise {
+            known(&raw.upstream)?;
+            if let Some(noise) = &raw.noise {
                 known(noise)?;
             }
-            Some(plan)
+            Some(crate::shadow::validate(raw)?)
         }
     };
     Ok(RoutePlan {
