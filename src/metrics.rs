@@ -233,6 +233,26 @@ impl Metrics {
     }
 }
 
+/// Deletes every series of `vec` whose label `name` has `value`. The
+/// prometheus crate removes only by the full label set, so the series are
+/// read from a collection first (reload time only, never per request).
+pub fn remove_where<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    name: &str,
+    value: &str,
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> =
+                metric.get_label().iter().map(|l| (l.name(), l.value())).collect();
+            if labels.get(name) == Some(&value) {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
 /// Failure counters of one upstream.
 #[derive(Clone)]
 pub struct UpstreamErrors {
@@ -287,4 +307,26 @@ fn method_slot(method: &Method) -> (usize, &'static str) {
         _ => 7,
     };
     METHOD_LABELS[slot]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_where_deletes_only_the_series_with_that_label_value() {
+        let vec = counter_vec("t_total", "test", &["route", "result"]);
+        for (route, result) in [("gone", "match"), ("gone", "mismatch"), ("kept", "match")] {
+            vec.with_label_values(&[route, result]).inc();
+        }
+        remove_where(&vec, "route", "gone");
+        let left: Vec<String> = prometheus::core::Collector::collect(&vec)
+            .iter()
+            .flat_map(|f| f.get_metric().to_vec())
+            .flat_map(|m| {
+                m.get_label().iter().filter(|l| l.name() == "route").map(|l| l.value().to_string()).collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(left, ["kept"]);
+    }
 }

@@ -59,7 +59,9 @@ pub fn reload(path: &Path, shared: &Shared, trigger: &str) -> ReloadOutcome {
     }
     let table = Arc::new(table);
     shared.table.store(table.clone());
-    table::retire(&current, &table, &shared.metrics);
+    for route in table::retire(&current, &table, &shared.metrics) {
+        shared.shadow.forget_route(&route);
+    }
     crate::health::spawn_for(&table);
     // Targets whose health check was removed: nothing would ever clear an old verdict.
     for upstream in table.upstreams.values().filter(|u| u.settings.health_check.is_none()) {

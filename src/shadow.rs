@@ -380,8 +380,8 @@ pub struct ShadowRuntime {
     field_mismatches: IntCounterVec,
     /// Live summary behind the admin `/shadow` endpoint (bounded in size).
     pub summary: Mutex<crate::summary::Summary>,
-    /// The shadow's own thread and runtime (see [`Lane`]).
-    lane: std::sync::OnceLock<Lane>,
+    /// The shadow's own thread and runtime (see [`ShadowThread`]).
+    thread: std::sync::OnceLock<ShadowThread>,
 }
 
 /// A thread with its own runtime where mirrored requests are sent, read and
@@ -390,13 +390,13 @@ pub struct ShadowRuntime {
 /// such a burst delayed the live requests queued behind it (primary p99
 /// +17–34% in the slow-shadow benchmark, +11% with a cap of 16). Stops when
 /// the runtime that owns it is dropped and its last task is done.
-struct Lane {
+struct ShadowThread {
     handle: tokio::runtime::Handle,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-impl Lane {
-    fn start() -> std::io::Result<Lane> {
+impl ShadowThread {
+    fn start() -> std::io::Result<ShadowThread> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -405,11 +405,22 @@ impl Lane {
                 let _ = stopped.await;
             });
         })?;
-        Ok(Lane { handle, _stop: stop })
+        Ok(ShadowThread { handle, _stop: stop })
     }
 }
 
 impl ShadowRuntime {
+    /// Forgets a route that left the config: its metric series and what
+    /// was learned of its noise (the live summary keeps its history).
+    pub fn forget_route(&self, route: &str) {
+        for vec in [&self.requests, &self.dropped, &self.field_mismatches] {
+            crate::metrics::remove_where(vec, "route", route);
+        }
+        crate::metrics::remove_where(&self.latency, "route", route);
+        self.noise.lock().unwrap_or_else(|e| e.into_inner()).remove(route);
+        self.pointer_labels.lock().unwrap_or_else(|e| e.into_inner()).remove(route);
+    }
+
     pub fn new(settings: Option<RawShadowLog>, metrics: &Metrics) -> Arc<Self> {
         let settings = settings.unwrap_or_default();
         let requests = metrics.register(
@@ -458,7 +469,7 @@ impl ShadowRuntime {
             latency,
             field_mismatches,
             summary: Mutex::default(),
-            lane: std::sync::OnceLock::new(),
+            thread: std::sync::OnceLock::new(),
         })
     }
 
@@ -476,10 +487,10 @@ impl ShadowRuntime {
             *log = Some(tx);
         }
         drop(log);
-        if self.lane.get().is_none() {
-            match Lane::start() {
+        if self.thread.get().is_none() {
+            match ShadowThread::start() {
                 Ok(lane) => {
-                    let _ = self.lane.set(lane);
+                    let _ = self.thread.set(lane);
                 }
                 Err(e) => tracing::warn!(error = %e, "no thread for the shadow; mirrored requests share the workers"),
             }
@@ -530,7 +541,7 @@ impl ShadowRuntime {
             let record = runtime.compare_one(&shadow, request, body, primary).await;
             runtime.finish(record);
         };
-        match self.lane.get() {
+        match self.thread.get() {
             Some(lane) => drop(lane.handle.spawn(task)),
             None => drop(tokio::spawn(task)),
         }

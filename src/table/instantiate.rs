@@ -189,8 +189,9 @@ fn route(
 /// Releases what `old` had and `new` lacks, once `new` is in force: the
 /// metric series of removed routes, upstreams and targets are deleted (an
 /// alert on a removed upstream stops firing) and the idle connections of
-/// removed targets are closed.
-pub fn retire(old: &Table, new: &Table, metrics: &Metrics) {
+/// removed targets are closed. Returns the names of the routes that left,
+/// for the state other parts keep per route.
+pub fn retire(old: &Table, new: &Table, metrics: &Metrics) -> Vec<Arc<str>> {
     let pairs = |t: &Table| -> HashSet<(Arc<str>, Arc<str>)> {
         t.router
             .entries()
@@ -203,8 +204,15 @@ pub fn retire(old: &Table, new: &Table, metrics: &Metrics) {
         metrics.forget_route_upstream(route, upstream);
     }
     let new_routes: HashSet<&str> = new.router.entries().iter().map(|(_, r)| &*r.name).collect();
-    for (_, route) in old.router.entries().iter().filter(|(_, r)| !new_routes.contains(&*r.name)) {
-        metrics.forget_route(&route.name);
+    let gone_routes: Vec<Arc<str>> = old
+        .router
+        .entries()
+        .iter()
+        .filter(|(_, r)| !new_routes.contains(&*r.name))
+        .map(|(_, r)| r.name.clone())
+        .collect();
+    for route in &gone_routes {
+        metrics.forget_route(route);
     }
     for name in old.upstreams.keys().filter(|n| !new.upstreams.contains_key(*n)) {
         metrics.forget_upstream(name);
@@ -215,4 +223,5 @@ pub fn retire(old: &Table, new: &Table, metrics: &Metrics) {
     let kept: HashSet<PoolId> = new.resources.pools.values().copied().collect();
     let gone: Vec<PoolId> = old.resources.pools.values().copied().filter(|p| !kept.contains(p)).collect();
     crate::client::retire_pools(&gone);
+    gone_routes
 }
