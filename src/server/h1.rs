@@ -32,10 +32,11 @@ use http::header;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::Drain;
+use super::deadline::Deadlines;
+use super::worker::Drain;
 use crate::body::ProxyBody;
 use crate::proxy::{self, Conn};
 use crate::wire::{self, Span, HEADROOM, MAX_HEADERS};
@@ -52,18 +53,8 @@ const COALESCE: usize = 16 * 1024;
 /// The longest target the `http` crate takes into a `Uri`.
 const MAX_URI: usize = u16::MAX as usize - 1;
 
-/// The limits a connection's heads are read under.
-pub struct Limits {
-    /// A head must arrive whole within this time of its first read.
-    pub header_read_timeout: Duration,
-    /// A connection idle between requests for this long is closed.
-    pub keepalive_timeout: Duration,
-    /// Largest head accepted.
-    pub max_head: usize,
-}
-
 /// How a connection's time with this loop ended.
-pub enum Ended {
+pub(crate) enum Ended {
     /// Nothing more to serve: the connection is done.
     Closed,
     /// A request this loop does not serve: hyper takes the connection,
@@ -72,35 +63,38 @@ pub enum Ended {
 }
 
 /// Serves requests on `stream` until the client closes, a request asks to
-/// close, the worker drains, or a request needs hyper.
-pub async fn serve(
+/// close, the worker drains, or a request needs hyper. Heads are read under
+/// `deadlines` (header read, keep-alive, refusal linger) and up to
+/// `max_head` bytes.
+pub(crate) async fn serve(
     stream: &mut TcpStream,
     shared: &Arc<Shared>,
     conn: &Arc<Conn>,
-    limits: &Limits,
+    deadlines: &Deadlines,
+    max_head: usize,
     drain: &mut Drain,
 ) -> Ended {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     // The idle timer is armed once and re-armed only when it fires early,
     // not on every request (see `next_request_arrives`).
-    let mut idle_timer = std::pin::pin!(tokio::time::sleep(limits.keepalive_timeout));
+    let mut idle_timer = std::pin::pin!(tokio::time::sleep(deadlines.keepalive));
     loop {
         if buf.is_empty() {
             // Idle: the buffers go back to the allocator (nginx does the same).
             (buf, out) = (BytesMut::new(), Vec::new());
-            let idle_until = tokio::time::Instant::now() + limits.keepalive_timeout;
+            let idle_until = tokio::time::Instant::now() + deadlines.keepalive;
             if !next_request_arrives(stream, drain, idle_timer.as_mut(), idle_until).await {
                 return Ended::Closed;
             }
             out.reserve(OUT_ROOM);
         }
-        let parsed = match read_head(stream, &mut buf, limits).await {
+        let parsed = match read_head(stream, &mut buf, deadlines.header_read, max_head).await {
             Ok(Some(Head::Ours(parsed))) => parsed,
             Ok(Some(Head::Hyper)) => return Ended::HandOff(buf.freeze()),
             Ok(None) => return Ended::Closed,
             Err(refusal) => {
-                Box::pin(refuse(stream, &mut out, refusal)).await;
+                Box::pin(refuse(stream, &mut out, refusal, deadlines.refusal_linger)).await;
                 return Ended::Closed;
             }
         };
@@ -207,13 +201,18 @@ impl Refusal {
 }
 
 /// Reads until a whole head is in `buf`; `None` when the client closes
-/// first. The timer starts only if the first read leaves the head
+/// first. The `timeout` starts only if the first read leaves the head
 /// incomplete: almost every head arrives in one read.
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, Refusal> {
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    timeout: Duration,
+    max_head: usize,
+) -> Result<Option<Head>, Refusal> {
     let mut deadline = None;
     loop {
         if !buf.is_empty() {
-            if let Some(head) = parse(buf, limits.max_head)? {
+            if let Some(head) = parse(buf, max_head)? {
                 return Ok(Some(head));
             }
         }
@@ -222,7 +221,7 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut, limits: &Limits) 
             None => match poll_once(std::pin::pin!(stream.read_buf(buf))) {
                 Poll::Ready(read) => read,
                 Poll::Pending => {
-                    deadline = Some(tokio::time::Instant::now() + limits.header_read_timeout);
+                    deadline = Some(tokio::time::Instant::now() + timeout);
                     continue;
                 }
             },
@@ -552,9 +551,9 @@ fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
 }
 
 /// Answers a refused head with its JSON error and closes the connection,
-/// reading what the client still sends for a moment first, so that the
-/// close does not turn into a reset that could destroy the answer.
-async fn refuse(stream: &mut TcpStream, out: &mut Vec<u8>, refusal: Refusal) {
+/// reading what the client still sends for a moment (`linger`) first, so
+/// that the close does not turn into a reset that could destroy the answer.
+async fn refuse(stream: &mut TcpStream, out: &mut Vec<u8>, refusal: Refusal, linger_for: Duration) {
     let (status, code, message) = refusal.describe();
     tracing::debug!(status = status.as_u16(), reason = message, "request head refused");
     let response = crate::error::json_error(status, code, "downstream", message.into(), None, None);
@@ -573,57 +572,7 @@ async fn refuse(stream: &mut TcpStream, out: &mut Vec<u8>, refusal: Refusal) {
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
-}
-
-/// A connection handed to hyper: the bytes this loop already read come
-/// first, then the socket.
-pub struct Prefixed<I> {
-    prefix: Bytes,
-    io: I,
-}
-
-impl<I> Prefixed<I> {
-    pub fn new(prefix: Bytes, io: I) -> Self {
-        Prefixed { prefix, io }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        if self.prefix.is_empty() {
-            return Pin::new(&mut self.io).poll_read(cx, buf);
-        }
-        let n = self.prefix.len().min(buf.remaining());
-        buf.put_slice(&self.prefix.split_to(n));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
+    let _ = tokio::time::timeout(linger_for, linger).await;
 }
 
 /// For the fuzz target `h1_request`: parses `data` as request heads,
