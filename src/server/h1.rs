@@ -91,7 +91,7 @@ pub(crate) async fn serve(
             }
             out.reserve(OUT_ROOM);
         }
-        let parsed = match read_head(stream, &mut buf, deadlines.header_read, max_head).await {
+        let parsed = match read_head(stream, &mut buf, deadlines, max_head).await {
             Ok(Some(Head::Inline(parsed))) => parsed,
             Ok(Some(Head::HandOff)) => return Ended::HandOff(buf.freeze()),
             Ok(None) => return Ended::Closed,
@@ -159,12 +159,12 @@ async fn next_request_arrives(
 }
 
 /// Reads until a whole head is in `buf`; `None` when the client closes
-/// first. The `timeout` starts only if the first read leaves the head
+/// first. The header timeout starts only if the first read leaves the head
 /// incomplete: almost every head arrives in one read.
 async fn read_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    timeout: Duration,
+    deadlines: &Deadlines,
     max_head: usize,
 ) -> Result<Option<Head<ProxyBody>>, Refusal> {
     let mut deadline = None;
@@ -179,7 +179,7 @@ async fn read_head(
             None => match poll_once(std::pin::pin!(stream.read_buf(buf))) {
                 Poll::Ready(read) => read,
                 Poll::Pending => {
-                    deadline = Some(tokio::time::Instant::now() + timeout);
+                    deadline = Some(tokio::time::Instant::now() + deadlines.header_read);
                     continue;
                 }
             },
