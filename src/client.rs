@@ -19,8 +19,7 @@
 
 pub mod h1;
 
-use std::cell::RefCell;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -35,7 +34,7 @@ pub mod pool;
 pub mod target;
 
 use body::{BoxError, HyperBody, ProxyBody, ResponseBody};
-use pool::{Pool, PoolId, Pooled, Queues};
+use pool::PoolId;
 use target::Target;
 
 /// Makes connections to targets: TCP (with a connect timeout) and, for
@@ -60,25 +59,6 @@ pub enum SendError {
     Http(#[from] hyper::Error),
     #[error(transparent)]
     Exchange(#[from] h1::Error),
-}
-
-thread_local! {
-    static INLINE_LOCAL: RefCell<Queues<Box<h1::Conn>>> = const { RefCell::new(Vec::new()) };
-}
-static INLINE_SHARED: Mutex<Queues<Box<h1::Conn>>> = Mutex::new(Vec::new());
-
-/// Connections for bodiless requests, exchanged by [`h1`].
-static INLINE: Pool<Box<h1::Conn>> = Pool { local: &INLINE_LOCAL, shared: &INLINE_SHARED };
-
-impl Pooled for Box<h1::Conn> {
-    fn is_open(&mut self) -> bool {
-        self.is_reusable()
-    }
-}
-
-/// Gives a connection whose answer ended cleanly back to its pool.
-pub(crate) fn release_inline(pool: PoolId, conn: Box<h1::Conn>) {
-    INLINE.release(pool, conn);
 }
 
 impl Connector {
@@ -117,7 +97,7 @@ impl Connector {
         request: Request<ProxyBody>,
     ) -> Result<Response<ResponseBody>, SendError> {
         let resendable = request.method().is_idempotent();
-        while let Some(conn) = INLINE.checkout(target.pool) {
+        while let Some(conn) = h1::POOL.checkout(target.pool) {
             match conn.exchange(&request, target.pool).await {
                 Ok(response) => return Ok(response.map(ResponseBody::Inline)),
                 Err(h1::Error::ClosedBeforeAnswer) if resendable => continue,
@@ -230,7 +210,7 @@ pub fn retire_pools(pools: &[PoolId]) {
     if pools.is_empty() {
         return;
     }
-    INLINE.forget_shared(pools);
+    h1::POOL.forget_shared(pools);
     body::HYPER.forget_shared(pools);
     pool::announce_retired(pools);
 }
@@ -241,7 +221,7 @@ pub fn retire_pools(pools: &[PoolId]) {
 /// path pays nothing for it.
 pub async fn close_retired_pools() {
     pool::on_retired(|pools| {
-        INLINE.forget_local(pools);
+        h1::POOL.forget_local(pools);
         body::HYPER.forget_local(pools);
     })
     .await

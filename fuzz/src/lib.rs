@@ -133,16 +133,16 @@ pub fn check_diff(data: &[u8]) {
     assert!(same.diffs.is_empty(), "compare(b, b) found differences: {:?}", same.diffs);
 }
 
-/// The upstream answer codec (`client::h1`) on arbitrary bytes: the first
+/// The upstream answer codec (`wire::response`, `wire::body`) on arbitrary bytes: the first
 /// byte picks GET or HEAD and where the body is cut in two.
 pub fn check_h1_answer(data: &[u8]) {
     let Some((&control, answer)) = data.split_first() else { return };
-    strangler::client::h1::check_answer(answer, control & 1 == 1, usize::from(control >> 1));
+    strangler::wire::fuzz::check_answer(answer, control & 1 == 1, usize::from(control >> 1));
 }
 
-/// The client-side request head parser (`server::h1`) on arbitrary bytes:
+/// The downstream request head parser (`wire::request`) on arbitrary bytes:
 /// the first byte says where to cut the input for the prefix check.
 pub fn check_h1_request(data: &[u8]) {
     let Some((&control, request)) = data.split_first() else { return };
-    strangler::server::h1::check_request(request, usize::from(control) * 4);
+    strangler::wire::fuzz::check_request(request, usize::from(control) * 4);
 }

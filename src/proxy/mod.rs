@@ -64,9 +64,6 @@ impl Downstream {
     }
 }
 
-/// The old name of [`Downstream`], kept while `server` still uses it.
-pub use self::Downstream as Conn;
-
 /// Counts a request as in flight until dropped.
 struct InFlight<'a>(&'a prometheus::IntGauge);
 

@@ -31,7 +31,7 @@ use prometheus::{IntGaugeVec, Opts, Registry};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use super::Drain;
+use super::worker::Drain;
 
 /// A connection on its way to another worker, with its place in that
 /// worker's drain.

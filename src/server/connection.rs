@@ -1,0 +1,389 @@
+//! One downstream connection's life: TLS or a peek at its first bytes to
+//! tell HTTP/1.1 from HTTP/2, then our own HTTP/1.1 loop ([`super::h1`]) or
+//! hyper, the hand-off from our loop to hyper (with the bytes already read),
+//! and the end: closed, drained, or idle for too long. A plain listener
+//! beside a TLS one may instead answer everything with a redirect to HTTPS.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::deadline::{idle_for, Deadlines, FirstRequest, RequestCount};
+use super::h1;
+use super::worker::Drain;
+use super::ServeOptions;
+use crate::proxy::{self, Downstream};
+use crate::Shared;
+
+/// How a connection is served.
+#[derive(Clone)]
+pub(super) enum Kind {
+    Proxy { tls: Option<tokio_rustls::TlsAcceptor> },
+    Redirect { port: u16 },
+}
+
+/// What every connection of a run shares: the hyper builders, the proxy's
+/// state, the timeout policy.
+pub(super) struct Connections {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    pub deadlines: Deadlines,
+    /// Serve bodiless plain-HTTP/1.1 requests with our own loop.
+    inline_http1: bool,
+    /// Largest request head accepted (our loop; hyper's builders have it too).
+    max_head: usize,
+}
+
+impl Connections {
+    pub fn new(options: &ServeOptions, shared: Arc<Shared>) -> Self {
+        let deadlines = Deadlines::new(options);
+        Connections {
+            http1: http1_builder(options, &deadlines),
+            http2: http2_builder(options),
+            shared,
+            deadlines,
+            inline_http1: options.inline_http1,
+            max_head: options.max_header_bytes,
+        }
+    }
+
+    /// Serves `stream` in a task of its own, until it ends or has drained.
+    pub fn serve(self: &Arc<Self>, drain: Drain, stream: TcpStream, kind: Kind) {
+        let Ok(remote) = stream.peer_addr() else { return };
+        let _ = stream.set_nodelay(true);
+        let this = self.clone();
+        match kind {
+            Kind::Proxy { tls: None } => {
+                // hyper's connection state is boxed, so that the task of a
+                // connection that never needs hyper is not sized for it.
+                tokio::spawn(async move {
+                    let Some(protocol) = sniff(&stream, this.deadlines.header_read, remote).await else { return };
+                    let downstream = Arc::new(Downstream::new(remote, "http"));
+                    match protocol {
+                        Protocol::Http1 if this.inline_http1 => {
+                            let (mut stream, mut drain) = (stream, drain);
+                            let ended = h1::serve(
+                                &mut stream,
+                                &this.shared,
+                                &downstream,
+                                &this.deadlines,
+                                this.max_head,
+                                &mut drain,
+                            )
+                            .await;
+                            if let h1::Ended::HandOff(read) = ended {
+                                let service = proxy_service(this.shared.clone(), downstream, None);
+                                let stream = Prefixed::new(read, stream);
+                                Box::pin(this.serve_http(stream, protocol, service, drain, remote, None)).await
+                            }
+                        }
+                        _ => {
+                            let (stream, requests) = this.deadlines.first_head(stream, protocol.first_request());
+                            let service = proxy_service(this.shared.clone(), downstream, Some(requests.clone()));
+                            Box::pin(this.serve_http(stream, protocol, service, drain, remote, Some(requests))).await
+                        }
+                    }
+                });
+            }
+            Kind::Proxy { tls: Some(acceptor) } => {
+                tokio::spawn(async move {
+                    let handshake = acceptor.accept(stream);
+                    let stream = match tokio::time::timeout(this.deadlines.tls_handshake, handshake).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, %remote, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
+                    };
+                    let protocol = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        _ => Protocol::Http1,
+                    };
+                    // HTTP/2 has no deadline for a silent client of its own.
+                    let (stream, requests) = this.deadlines.first_head(stream, protocol.first_request());
+                    let downstream = Arc::new(Downstream::new(remote, "https"));
+                    let service = proxy_service(this.shared.clone(), downstream, Some(requests.clone()));
+                    this.serve_http(stream, protocol, service, drain, remote, Some(requests)).await
+                });
+            }
+            Kind::Redirect { port } => {
+                tokio::spawn(async move {
+                    let Some(protocol) = sniff(&stream, this.deadlines.header_read, remote).await else { return };
+                    let (stream, requests) = this.deadlines.first_head(stream, protocol.first_request());
+                    let counted = requests.clone();
+                    let service = service_fn(move |req| {
+                        counted.started();
+                        async move { Ok::<_, std::convert::Infallible>(redirect_to_https(&req, port)) }
+                    });
+                    this.serve_http(stream, protocol, service, drain, remote, Some(requests)).await
+                });
+            }
+        }
+    }
+
+    /// Serves one connection in the protocol it speaks, until it ends or
+    /// has drained, or (HTTP/2) has started no request for the keep-alive
+    /// timeout (`requests` counts them).
+    async fn serve_http<I, S>(
+        &self,
+        io: I,
+        protocol: Protocol,
+        service: S,
+        drain: Drain,
+        remote: SocketAddr,
+        requests: Option<Arc<RequestCount>>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: HttpService + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        match protocol {
+            Protocol::Http1 => {
+                // hyper's header timer closes idle HTTP/1.1 connections.
+                let connection = self.http1.serve_connection(TokioIo::new(io), service).with_upgrades();
+                until_drained(connection, |c| c.graceful_shutdown(), drain, remote, None).await
+            }
+            Protocol::Http2 => {
+                let connection = self.http2.serve_connection(TokioIo::new(io), service);
+                // Its own task, so that HTTP/1.1 connection tasks (the most)
+                // are not sized for HTTP/2's state.
+                let idle = requests.map(|r| (r, self.deadlines.keepalive));
+                tokio::spawn(until_drained(connection, |c| c.graceful_shutdown(), drain, remote, idle));
+            }
+        }
+    }
+}
+
+fn http1_builder(options: &ServeOptions, deadlines: &Deadlines) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(deadlines.hyper_header_timer())
+        .max_header_size(options.max_header_bytes)
+        .max_buf_size(options.max_header_bytes.max(8192));
+    builder
+}
+
+fn http2_builder(options: &ServeOptions) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(options.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(256);
+    builder
+}
+
+/// Serves a connection to its end; once draining starts, lets its
+/// in-flight request finish and then closes it.
+async fn until_drained<C, E>(
+    connection: C,
+    shutdown: impl FnOnce(Pin<&mut C>),
+    mut drain: Drain,
+    remote: SocketAddr,
+    idle: Option<(Arc<RequestCount>, Duration)>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(connection);
+    // Borrowed, not moved: the receiver must live until the connection has
+    // ended, since the worker counts live receivers to know it has drained.
+    let draining = async {
+        let _ = drain.wait_for(|draining| *draining).await.is_ok();
+    };
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = draining => {
+            shutdown(connection.as_mut());
+            connection.await
+        }
+        _ = idle_for(idle) => {
+            // In-flight streams finish; the client opens a new connection.
+            tracing::debug!(%remote, "closing an idle HTTP/2 connection");
+            shutdown(connection.as_mut());
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %remote, "connection ended with an error");
+    }
+}
+
+/// The proxy as a hyper service for one client connection. Each request's
+/// future is boxed: hyper keeps a slot the size of the service's future for
+/// the connection's whole life, and the proxy's is ~4 KiB that an idle
+/// keep-alive connection would otherwise hold.
+///
+/// `requests`, when given, counts each request as its head completes.
+fn proxy_service(
+    shared: Arc<Shared>,
+    downstream: Arc<Downstream>,
+    requests: Option<Arc<RequestCount>>,
+) -> impl HttpService<Future = ProxyFuture> + Clone {
+    service_fn(move |req| -> ProxyFuture {
+        if let Some(requests) = &requests {
+            requests.started();
+        }
+        Box::pin(proxy::handle(shared.clone(), downstream.clone(), req.map(crate::client::body::ProxyBody::Streamed)))
+    })
+}
+
+/// A request's way through the proxy, boxed (see [`proxy_service`]).
+type ProxyFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, Infallible>> + Send>>;
+type ProxyResponse = http::Response<crate::client::body::ProxyBody>;
+
+/// What [`Connections::serve_http`] serves: a service that always answers.
+trait HttpService:
+    hyper::service::Service<http::Request<hyper::body::Incoming>, Response = ProxyResponse, Error = Infallible>
+{
+}
+
+impl<S> HttpService for S where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = ProxyResponse, Error = Infallible>
+{
+}
+
+/// What a plain-TCP client speaks.
+enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    Http2,
+}
+
+impl Protocol {
+    /// What ends the wait for this connection's first request.
+    fn first_request(&self) -> FirstRequest {
+        match self {
+            Protocol::Http1 => FirstRequest::Head,
+            Protocol::Http2 => FirstRequest::Byte,
+        }
+    }
+}
+
+/// How an HTTP/2 connection preface starts (RFC 9113 §3.4).
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// Tells HTTP/1 from HTTP/2 by peeking at the first bytes. Peeking leaves
+/// them in the socket, so hyper reads the whole head in one go into a buffer
+/// of its usual size. `None` (logged) for a client that closes or sends
+/// nothing within `timeout`.
+async fn sniff(stream: &TcpStream, timeout: Duration, remote: SocketAddr) -> Option<Protocol> {
+    match peek_protocol(stream, timeout).await {
+        Ok(protocol) => Some(protocol),
+        Err(e) => {
+            tracing::debug!(error = %e, %remote, "connection closed before a request");
+            None
+        }
+    }
+}
+
+async fn peek_protocol(stream: &TcpStream, timeout: Duration) -> std::io::Result<Protocol> {
+    let sniffing = async {
+        let mut buf = [0u8; H2_PREFACE_START.len()];
+        loop {
+            let n = stream.peek(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if !H2_PREFACE_START.starts_with(&buf[..n]) {
+                return Ok(Protocol::Http1);
+            }
+            if n == buf.len() {
+                return Ok(Protocol::Http2);
+            }
+            // Part of a preface: peek again once more may have arrived.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(timeout, sniffing).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// `308` to the same host and path on HTTPS.
+fn redirect_to_https<B>(req: &http::Request<B>, port: u16) -> http::Response<crate::client::body::ProxyBody> {
+    let host = req.uri().authority().map(|a| a.host().to_string()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| crate::router::host_without_port(h).to_string())
+    });
+    let Some(host) = host.filter(|h| !h.is_empty() && !h.contains(['/', '@', ' '])) else {
+        return crate::error::json_error(
+            http::StatusCode::BAD_REQUEST,
+            "bad_request",
+            "downstream",
+            "a Host header is needed to redirect to HTTPS".into(),
+            None,
+            None,
+        );
+    };
+    let authority = if port == 443 { host } else { format!("{host}:{port}") };
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut response = http::Response::new(crate::client::body::ProxyBody::empty());
+    *response.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(location) = http::HeaderValue::from_str(&format!("https://{authority}{path}")) {
+        response.headers_mut().insert(http::header::LOCATION, location);
+    }
+    response
+}
+
+/// A connection our loop hands to hyper: the bytes the loop already read
+/// come first, then the socket.
+struct Prefixed<I> {
+    prefix: Bytes,
+    io: I,
+}
+
+impl<I> Prefixed<I> {
+    fn new(prefix: Bytes, io: I) -> Self {
+        Prefixed { prefix, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}

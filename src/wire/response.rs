@@ -1,0 +1,354 @@
+//! Answer heads: those upstreams send (parsed, and their body's framing
+//! decided), and those our server loop writes downstream.
+//!
+//! Upstream answers are parsed strictly, as nginx does, because framing is
+//! where response splitting and desync live: both `Content-Length` and
+//! `Transfer-Encoding`, more than one `Content-Length`, a transfer coding
+//! other than `chunked`, obsolete line folding, or a head over [`MAX_HEAD`]
+//! is an error (the client gets a 502 and the upstream connection is closed).
+//! The body itself is decoded by [`super::body::Decoder`].
+
+use std::io::Write as _;
+use std::time::SystemTime;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap};
+use http::{Method, StatusCode, Version};
+
+use super::body::{Chunked, Decoder};
+use super::{keeps_alive, parse_length, Invalid, Span, HEADROOM, MAX_HEADERS};
+
+/// The largest answer head accepted (nginx's default is 4–8 KiB).
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// An answer's head, its header values sharing the read buffer's memory.
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// Parses heads off the front of `buf` until a final one (not 1xx, or
+/// 101): interim answers (100 Continue, 103 Early Hints) are skipped.
+/// `None` until a final head is complete; an error once [`MAX_HEAD`] bytes
+/// are buffered without one.
+pub fn parse_final_head(buf: &mut BytesMut) -> Result<Option<Head>, Invalid> {
+    while let Some(head) = parse_head(buf)? {
+        if !head.status.is_informational() || head.status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(Some(head));
+        }
+    }
+    if buf.len() >= MAX_HEAD {
+        return Err(Invalid("head too large"));
+    }
+    Ok(None)
+}
+
+/// Parses one head off the front of `buf`; `None` until it is complete.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Invalid> {
+    let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
+    let (len, status, version, count) = {
+        // Uninitialized: filling 100 empty slots per answer showed in profiles.
+        let mut slots = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len =
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => return Err(Invalid("too many header fields")),
+                Err(_) => return Err(Invalid("malformed head")),
+            };
+        let code = parsed.code.unwrap_or_default();
+        let status = StatusCode::from_u16(code).map_err(|_| Invalid("invalid status code"))?;
+        let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+        (len, status, version, super::record_spans(buf, parsed.headers, &mut spans))
+    };
+    let head = buf.split_to(len).freeze();
+    // Room for the headers the proxy adds; hyper then parses the client's
+    // next request on this connection into this same map, room included.
+    let headers = super::header_map(&head, &spans[..count], HEADROOM).ok_or(Invalid("invalid header field"))?;
+    Ok(Some(Head { status, version, headers }))
+}
+
+/// How an answer's body is delimited (RFC 9112 §6.3), and whether the
+/// connection can carry another request after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    pub decoder: Decoder,
+    pub keep_alive: bool,
+}
+
+/// The framing of an answer to a `method` request with this head; an
+/// error for framing that is ambiguous or not ours to decode.
+pub fn framing(method: &Method, status: StatusCode, version: Version, headers: &HeaderMap) -> Result<Framing, Invalid> {
+    let keep_alive = keeps_alive(version, headers) && status != StatusCode::SWITCHING_PROTOCOLS;
+    let no_body = *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if no_body {
+        return Ok(Framing { decoder: Decoder::Done, keep_alive });
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let length = lengths.next();
+    if lengths.next().is_some() {
+        return Err(Invalid("more than one Content-Length"));
+    }
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(coding) = codings.next() {
+        if length.is_some() {
+            return Err(Invalid("both Content-Length and Transfer-Encoding"));
+        }
+        if codings.next().is_some() || !coding.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Err(Invalid("a transfer coding other than chunked"));
+        }
+        return Ok(Framing { decoder: Decoder::Chunked(Chunked::default()), keep_alive });
+    }
+    match length {
+        Some(value) => match parse_length(value.as_bytes()) {
+            Some(0) => Ok(Framing { decoder: Decoder::Done, keep_alive }),
+            Some(n) => Ok(Framing { decoder: Decoder::Length(n), keep_alive }),
+            None => Err(Invalid("invalid Content-Length")),
+        },
+        None => Ok(Framing { decoder: Decoder::UntilClose, keep_alive: false }),
+    }
+}
+
+/// The downstream request an answer is written for: what it decides about
+/// the answer's head.
+#[derive(Debug, Clone, Copy)]
+pub struct Answering {
+    /// A HEAD request: the head says what the body would be, and none follows.
+    pub is_head: bool,
+    pub version: Version,
+    /// Whether the connection may stay open after the answer.
+    pub keep_alive: bool,
+}
+
+impl Answering {
+    /// Whether an answer with `status` sends a body (not to HEAD, not 1xx,
+    /// 204 or 304).
+    pub fn carries_body(&self, status: StatusCode) -> bool {
+        !(self.is_head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED)
+    }
+}
+
+/// How the body of an answer written downstream is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delimited {
+    /// HEAD, 1xx, 204, 304: a head alone.
+    HeadOnly,
+    Length(u64),
+    Chunked,
+    /// An HTTP/1.0 client and a body of unknown length: ends with the connection.
+    UntilClose,
+}
+
+/// What [`encode_head`] wrote about the body and the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodedHead {
+    pub body: Delimited,
+    /// The connection stays open after the body (the head says so).
+    pub keep_alive: bool,
+}
+
+/// Writes an answer's head for a downstream client into `out` (cleared
+/// first). Its own framing fields are dropped and written afresh: the
+/// answer's `Content-Length` when it is a valid one (else `exact_length`,
+/// the body's known size), otherwise chunked on HTTP/1.1 or until close on
+/// HTTP/1.0; `Connection` from `to`; `Date` when missing.
+pub fn encode_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    exact_length: Option<u64>,
+    to: Answering,
+) -> EncodedHead {
+    let bodiless = to.is_head || status.is_informational() || status == StatusCode::NOT_MODIFIED;
+    let no_length = status.is_informational() || status == StatusCode::NO_CONTENT;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut length = None;
+    let mut has_date = false;
+    for (name, value) in headers {
+        if *name == header::CONTENT_LENGTH {
+            length = parse_length(value.as_bytes());
+            if no_length || length.is_none() {
+                continue;
+            }
+        } else if *name == header::TRANSFER_ENCODING || *name == header::CONNECTION {
+            continue;
+        } else if *name == header::DATE {
+            has_date = true;
+        }
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let body = if bodiless || no_length {
+        Delimited::HeadOnly
+    } else if let Some(n) = length {
+        Delimited::Length(n)
+    } else if let Some(n) = exact_length {
+        let _ = write!(out, "content-length: {n}\r\n");
+        Delimited::Length(n)
+    } else if to.version == Version::HTTP_11 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Delimited::Chunked
+    } else {
+        Delimited::UntilClose
+    };
+    if !has_date {
+        with_date(|date| put_field(out, b"date", date));
+    }
+    let keep_alive = to.keep_alive && body != Delimited::UntilClose;
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if to.version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    EncodedHead { body, keep_alive }
+}
+
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Calls `f` with the current `Date` value, formatted at most once a second
+/// per thread.
+fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second || text.is_empty() {
+            *at = second;
+            *text = httpdate::fmt_http_date(now).into_bytes();
+        }
+        f(text)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Head {
+        let mut buf = BytesMut::from(text.as_bytes());
+        parse_head(&mut buf).unwrap().expect("complete")
+    }
+
+    fn framing_of(text: &str) -> Result<Framing, Invalid> {
+        let h = head(text);
+        framing(&Method::GET, h.status, h.version, &h.headers)
+    }
+
+    #[test]
+    fn a_head_shares_the_buffer_and_leaves_the_body_in_it() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\nx-a: 2\r\n\r\nok"[..]);
+        let h = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(&buf[..], b"ok");
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Le"[..]);
+        assert!(parse_head(&mut partial).unwrap().is_none());
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_an_endless_head_is_refused() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"[..]);
+        assert_eq!(parse_final_head(&mut buf).unwrap().unwrap().status, 204);
+        let mut endless = BytesMut::from(format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_HEAD)).as_str());
+        assert_eq!(parse_final_head(&mut endless).err(), Some(Invalid("head too large")));
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for text in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(framing_of(text).is_err(), "{text:?}");
+        }
+        // (A bare LF ending a head line is accepted, as RFC 9112 §2.2
+        // allows: the head is written afresh to the client, so it cannot
+        // split anything.)
+        for text in
+            ["HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", "HTTP/1.1 2000 OK\r\n\r\n", "HTTP/1.1 200 OK\r\nX\0: a\r\n\r\n"]
+        {
+            let mut buf = BytesMut::from(text.as_bytes());
+            assert!(parse_head(&mut buf).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let length = framing_of("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert_eq!(length, Framing { decoder: Decoder::Length(5), keep_alive: true });
+        let close = framing_of("HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        assert_eq!(close, Framing { decoder: Decoder::UntilClose, keep_alive: false });
+        let told = framing_of("HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 1\r\n\r\n").unwrap();
+        assert!(!told.keep_alive);
+        let old = framing_of("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").unwrap();
+        assert!(!old.keep_alive);
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(framing(&Method::HEAD, h.status, h.version, &h.headers).unwrap().decoder, Decoder::Done);
+        assert_eq!(
+            framing_of("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n").unwrap().decoder,
+            Decoder::Done
+        );
+        let upgrade = framing_of("HTTP/1.1 101 Switching Protocols\r\n\r\n").unwrap();
+        assert!(!upgrade.keep_alive);
+    }
+
+    /// The head `encode_head` writes, without its `date` line.
+    fn encoded(status: u16, fields: &[(&str, &str)], exact: Option<u64>, to: Answering) -> (String, EncodedHead) {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            headers.append(header::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        let mut out = Vec::new();
+        let head = encode_head(&mut out, StatusCode::from_u16(status).unwrap(), &headers, exact, to);
+        let text = String::from_utf8(out).unwrap();
+        (text.lines().filter(|l| !l.starts_with("date: ")).collect::<Vec<_>>().join("\n"), head)
+    }
+
+    #[test]
+    fn an_answer_head_is_framed_afresh_for_the_downstream_client() {
+        let get = Answering { is_head: false, version: Version::HTTP_11, keep_alive: true };
+        let (text, head) = encoded(200, &[("content-length", "5"), ("connection", "x")], None, get);
+        assert_eq!(text, "HTTP/1.1 200 OK\ncontent-length: 5\n");
+        assert_eq!(head, EncodedHead { body: Delimited::Length(5), keep_alive: true });
+        let (text, head) = encoded(200, &[("transfer-encoding", "chunked")], None, get);
+        assert_eq!(text, "HTTP/1.1 200 OK\ntransfer-encoding: chunked\n");
+        assert_eq!(head.body, Delimited::Chunked);
+        let (text, _) = encoded(200, &[], Some(3), Answering { keep_alive: false, ..get });
+        assert_eq!(text, "HTTP/1.1 200 OK\ncontent-length: 3\nconnection: close\n");
+        let old = Answering { is_head: false, version: Version::HTTP_10, keep_alive: true };
+        assert_eq!(encoded(200, &[], None, old).1, EncodedHead { body: Delimited::UntilClose, keep_alive: false });
+        let (text, head) = encoded(204, &[("content-length", "0")], None, get);
+        assert_eq!((text.as_str(), head.body), ("HTTP/1.1 204 No Content\n", Delimited::HeadOnly));
+        let to_head = Answering { is_head: true, ..get };
+        assert_eq!(encoded(200, &[("content-length", "9")], None, to_head).1.body, Delimited::HeadOnly);
+        assert!(!to_head.carries_body(StatusCode::OK) && !get.carries_body(StatusCode::NOT_MODIFIED));
+        assert!(get.carries_body(StatusCode::OK));
+        let mut out = Vec::new();
+        encode_head(&mut out, StatusCode::OK, &HeaderMap::new(), None, get);
+        assert!(String::from_utf8(out).unwrap().contains("\r\ndate: "), "a missing Date is added");
+    }
+}
