@@ -5,42 +5,41 @@
 //!
 //! # Layout
 //!
-//! A request's path through the proxy, module by module:
+//! A request's path, one stage per file, in the order it meets them
+//! (`docs/architecture.md` draws it):
 //!
-//! - [`config`]: `routes.yaml` as written (raw serde types, unknown keys refused)
-//!   and config errors with file, line and column.
-//! - [`table`]: the validated, typed route table built from a config; the hot
-//!   path reads it through one `ArcSwap` in [`Shared`].
-//! - [`path`]: normalizes the request path once, before matching.
-//! - [`router`]: the segment trie that picks a route; cost depends on path
-//!   depth, not table size.
-//! - [`proxy`] (+ [`headers`], [`client::body`], [`error`]): forwards the request to the
-//!   upstream and streams the answer back.
-//! - [`split`]: canary splits and sticky assignment.
-//! - [`shadow`] (+ [`diff`], [`record`], [`summary`]): mirrors sampled
-//!   requests to a candidate upstream, compares its answer with the
-//!   primary's, writes one diff record per request and keeps the live
-//!   summary behind the admin `/shadow` endpoint. `diff`, `record` and
-//!   `summary` live in the socket-free crate `strangler-evidence`
-//!   (`crates/evidence`), shared with the offline tools.
-//! - [`upstream`]: upstream groups, target choice and health, retry budget,
-//!   concurrency caps; [`client`]: connections to targets and their
-//!   per-thread keep-alive pools, with [`client::h1`] exchanging bodiless
-//!   requests inline (hyper's client takes bodies and upgrades).
-//! - [`health`]: active health checks; [`ratelimit`]: per-route token buckets.
+//! 1. [`server`]: accepts the downstream connection — `server/listen.rs`
+//!    (sockets), `server/worker.rs` (per-core accept loops, drain),
+//!    `server/connection.rs` (sniff, TLS, our loop or hyper),
+//!    `server/deadline.rs` (one timeout policy), [`server::h1`] (our own
+//!    HTTP/1.1 loop for bodiless requests).
+//! 2. [`wire`]: the HTTP/1.1 codec, the one place untrusted bytes are parsed
+//!    (request heads, answer heads, answer bodies).
+//! 3. [`proxy`]: one request, in stages — `proxy/route.rs` ([`path`]
+//!    normalizes, [`router`] matches), `proxy/admit.rs` ([`ratelimit`]),
+//!    `proxy/prepare.rs` ([`headers`], body buffering, the mirror's start),
+//!    `proxy/send.rs` (retries, fallback; [`split`] chose the primary),
+//!    `proxy/finish.rs` (answer edits, [`metrics`], access log); failures
+//!    become [`error`]s answered as JSON.
+//! 4. [`upstream`]: upstream groups — target choice, outlier ejection,
+//!    retry budget, concurrency cap — over [`client`]: connections to
+//!    targets (`client/target.rs`), per-thread idle pools
+//!    (`client/pool.rs`), the inline exchange ([`client::h1`]) or hyper's,
+//!    and the body type both directions use (`client/body.rs`).
+//! 5. [`shadow`]: a sampled copy of the request to a candidate, compared
+//!    with the primary's answer off the request path; [`diff`], [`record`]
+//!    and [`summary`] come from the socket-free crate `strangler-evidence`
+//!    (`crates/evidence`), shared with the offline tools.
 //!
-//! Beside the request path:
+//! A reload's path: [`reload`] (watch, read) → [`config`] (parse: raw serde
+//! types, file:line:column errors) → [`table`] (`table/validate.rs`: pure
+//! checks into a plan; `table/instantiate.rs`: the only step with side
+//! effects, then `retire` of what the old version had) → the [`Shared`]
+//! `ArcSwap` the hot path reads; [`health`] starts the new version's checks.
 //!
-//! - [`tls`]: TLS termination with SNI and live certificate rotation; https upstreams.
-//! - [`server`]: listeners, HTTP/1.1 + HTTP/2, graceful drain on shutdown;
-//!   [`server::h1`] serves bodiless plain-HTTP/1.1 requests in the
-//!   connection's own task (hyper takes the rest), with [`wire`] holding the
-//!   HTTP/1.1 pieces both it and [`client::h1`] use; `server::balance`
-//!   optionally evens out connections between per-core workers.
-//! - [`reload`]: watches the config and swaps in valid new versions.
-//! - [`metrics`]: Prometheus metrics, handles resolved per route at load.
-//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`, `/explain`).
-//! - [`explain`]: why a request takes the route it takes.
+//! Beside both: [`tls`] (termination, SNI, live certificate rotation, https
+//! upstreams), [`admin`] (`/healthz`, `/readyz`, `/metrics`, `/config`,
+//! `/explain`, `/shadow`) and [`explain`] (why a request takes its route).
 //!
 //! `main.rs` is a thin CLI over [`server::run`], which takes already-bound
 //! listeners and a shutdown future so tests can run the real server on
@@ -48,7 +47,8 @@
 //! `strangler report` (cutover reports from shadow-diff logs) and
 //! `strangler replay` (re-sends logged mismatches to a new build), live in
 //! the crate `strangler-offline` (`crates/offline`), which this library
-//! does not compile.
+//! does not use. Imports between these modules run one way only
+//! (`tests/architecture.rs` checks it).
 
 pub mod admin;
 pub mod client;

@@ -133,3 +133,13 @@ fn the_cycle_finder_finds_a_cycle() {
     graph.get_mut("c").unwrap().clear();
     assert_eq!(find_cycle(&graph), None);
 }
+
+#[test]
+fn the_evidence_crate_depends_on_nothing_that_does_networking() {
+    let manifest = std::fs::read_to_string(repo_root().join("crates/evidence/Cargo.toml")).unwrap();
+    let dependencies = manifest.split("[dependencies]").nth(1).unwrap_or("");
+    let dependencies = dependencies.split("\n[").next().unwrap_or("");
+    for networking in ["tokio", "hyper", "socket2", "rustls", "strangler ="] {
+        assert!(!dependencies.contains(networking), "crates/evidence depends on {networking}");
+    }
+}
