@@ -10,6 +10,8 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export TASKAPP_PYTHON := $(PY)
 CARGO ?= cargo
+# Where cargo puts binaries: honours CARGO_TARGET_DIR (relative or absolute) and .cargo/config.
+TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo $(CURDIR)/target)
 
 .PHONY: demo test test-rust test-python test-k8s test-fuzz lint bench soak fuzz report venv build release clean system-deps
 
@@ -53,7 +55,7 @@ test-python: venv
 
 test-k8s: build
 	@command -v kubectl >/dev/null || scripts/apt-install.sh kubectl || true
-	STRANGLER_BIN=$(CURDIR)/target/debug/strangler bash k8s/validate.sh
+	STRANGLER_BIN=$(TARGET_DIR)/debug/strangler bash k8s/validate.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -63,11 +65,11 @@ lint:
 
 ## The whole strangler-fig migration on one machine; Ctrl-C stops everything.
 demo: venv release system-deps
-	scripts/demo.sh
+	STRANGLER_BIN_DIR=$(TARGET_DIR)/release scripts/demo.sh
 
 ## The shadow-diff report of the demo's traffic (HTML, one self-contained file).
 report: build
-	target/debug/strangler report demo-data/shadow-diffs.jsonl --format html -o demo-data/shadow-report.html
+	$(TARGET_DIR)/debug/strangler report demo-data/shadow-diffs.jsonl --format html -o demo-data/shadow-report.html
 	@echo "wrote demo-data/shadow-report.html"
 
 ## strangler vs nginx vs HAProxy on loopback (installs them); writes bench/RESULTS.md.

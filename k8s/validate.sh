@@ -2,7 +2,7 @@
 # Offline validation of the Kubernetes manifests in k8s/.
 #
 #   bash k8s/validate.sh                  # all checks
-#   STRANGLER_BIN=target/release/strangler bash k8s/validate.sh
+#   STRANGLER_BIN=${CARGO_TARGET_DIR:-target}/release/strangler bash k8s/validate.sh
 #                                         # ... plus `strangler check` on the
 #                                         #     routes.yaml of each overlay
 #   VENV=/path/to/venv bash k8s/validate.sh   # reuse an existing venv

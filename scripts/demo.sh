@@ -8,7 +8,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 DATA="$ROOT/demo-data"
-BIN="${STRANGLER_BIN_DIR:-$ROOT/target/release}"
+BIN="${STRANGLER_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}"
 PY="${TASKAPP_PYTHON:-$ROOT/.venv/bin/python}"
 export TASKAPP_PYTHON="$PY"
 mkdir -p "$DATA/attachments" "$DATA/mail"
