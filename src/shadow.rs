@@ -55,6 +55,11 @@ pub struct ShadowPlan {
     pub upstream: String,
     /// The upstream asked a second time to learn noise, by name.
     pub noise: Option<String>,
+    pub settings: ShadowSettings,
+}
+
+/// What a route's shadow does, besides which upstreams it asks.
+pub struct ShadowSettings {
     pub sample: f64,
     pub sample_key: Option<SampleKey>,
     pub methods: Vec<Method>,
@@ -70,7 +75,10 @@ pub struct ShadowPlan {
 /// metrics, no shared state, and upstream names are left to the caller.
 pub fn validate(raw: &RawShadow) -> Result<ShadowPlan, (String, String)> {
     if !(0.0..=1.0).contains(&raw.sample) {
-        return Err(("sample".into(), format!("shadow.sample must be between 0.0 and 1.0, not {}", raw.sample)));
+        return Err((
+            "sample".into(),
+            format!("shadow.settings.sample must be between 0.0 and 1.0, not {}", raw.sample),
+        ));
     }
     let methods = match &raw.methods {
         Some(list) => crate::config::parse_methods(list).map_err(|m| ("methods".to_string(), m))?,
@@ -118,14 +126,16 @@ pub fn validate(raw: &RawShadow) -> Result<ShadowPlan, (String, String)> {
     Ok(ShadowPlan {
         upstream: raw.upstream.clone(),
         noise: raw.noise.clone(),
-        sample: raw.sample,
-        sample_key,
-        methods,
-        max_body: raw.max_body.0 as usize,
-        timeout: raw.timeout,
-        compare,
-        set_headers,
-        remove_headers,
+        settings: ShadowSettings {
+            sample: raw.sample,
+            sample_key,
+            methods,
+            max_body: raw.max_body.0 as usize,
+            timeout: raw.timeout,
+            compare,
+            set_headers,
+            remove_headers,
+        },
     })
 }
 
@@ -134,44 +144,26 @@ pub fn validate(raw: &RawShadow) -> Result<ShadowPlan, (String, String)> {
 pub struct ShadowRoute {
     pub upstream: Arc<Upstream>,
     pub noise: Option<Arc<Upstream>>,
-    pub sample: f64,
-    pub sample_key: Option<SampleKey>,
-    pub methods: Vec<Method>,
-    pub max_body: usize,
-    pub timeout: Duration,
-    pub compare: CompareOptions,
-    pub set_headers: Vec<(HeaderName, HeaderValue)>,
-    pub remove_headers: Vec<HeaderName>,
+    pub settings: ShadowSettings,
 }
 
 impl ShadowRoute {
     /// A validated plan with its upstreams resolved (`upstream` and `noise`
     /// are the ones `plan` names).
     pub fn instantiate(plan: ShadowPlan, upstream: Arc<Upstream>, noise: Option<Arc<Upstream>>) -> ShadowRoute {
-        ShadowRoute {
-            upstream,
-            noise,
-            sample: plan.sample,
-            sample_key: plan.sample_key,
-            methods: plan.methods,
-            max_body: plan.max_body,
-            timeout: plan.timeout,
-            compare: plan.compare,
-            set_headers: plan.set_headers,
-            remove_headers: plan.remove_headers,
-        }
+        ShadowRoute { upstream, noise, settings: plan.settings }
     }
 
     /// Whether this request is mirrored: method allowed, not itself a
     /// mirrored request, and sampled.
     pub fn wants(&self, method: &Method, headers: &HeaderMap) -> bool {
-        if !self.methods.contains(method) || headers.contains_key(&X_STRANGLER_SHADOW) {
+        if !self.settings.methods.contains(method) || headers.contains_key(&X_STRANGLER_SHADOW) {
             return false;
         }
-        if self.sample >= 1.0 {
+        if self.settings.sample >= 1.0 {
             return true;
         }
-        let key = self.sample_key.as_ref().and_then(|k| match k {
+        let key = self.settings.sample_key.as_ref().and_then(|k| match k {
             SampleKey::Header(name) => headers.get(name).map(|v| v.as_bytes().to_vec()),
             SampleKey::Cookie(name) => {
                 crate::split::StickyKey::Cookie(name.as_str().into()).extract(headers).map(|v| v.to_vec())
@@ -181,7 +173,7 @@ impl ShadowRoute {
             Some(key) => stable_hash(&key, SAMPLE_SEED) as f64 / u64::MAX as f64,
             None => fastrand::f64(),
         };
-        point < self.sample
+        point < self.settings.sample
     }
 }
 
@@ -303,13 +295,13 @@ impl PendingMirror {
             let _ = tx.send(captured);
         });
         let streamed = std::mem::replace(body, ProxyBody::empty());
-        *body = Tee::wrap(streamed, self.0.shadow.max_body, on_end);
+        *body = Tee::wrap(streamed, self.0.shadow.settings.max_body, on_end);
         self.spawn(MirrorBody::Pending(rx))
     }
 
     fn spawn(self, body: MirrorBody) -> ResponseTap {
         let Pending { runtime, shadow, request, primary_tx, primary_rx, permit, started } = *self.0;
-        let max_body = shadow.max_body;
+        let max_body = shadow.settings.max_body;
         runtime.spawn(shadow, request, body, primary_rx, permit);
         ResponseTap(Box::new(Tap { primary_tx, max_body, started }))
     }
@@ -564,10 +556,10 @@ impl ShadowRuntime {
             },
         };
         let mut headers = request.headers.clone();
-        for name in &shadow.remove_headers {
+        for name in &shadow.settings.remove_headers {
             headers.remove(name);
         }
-        for (name, value) in &shadow.set_headers {
+        for (name, value) in &shadow.settings.set_headers {
             headers.insert(name.clone(), value.clone());
         }
         headers.insert(X_STRANGLER_SHADOW.clone(), HeaderValue::from_static("1"));
@@ -578,8 +570,8 @@ impl ShadowRuntime {
                 request.path_and_query.clone(),
                 headers.clone(),
                 body.clone(),
-                shadow.timeout,
-                shadow.max_body,
+                shadow.settings.timeout,
+                shadow.settings.max_body,
             )
         };
         let noise_fut = async {
@@ -591,7 +583,7 @@ impl ShadowRuntime {
         let (shadow_answer, noise_answer) = tokio::join!(ask(shadow.upstream.clone()), noise_fut);
         // The primary's body may still be streaming to the client: wait for
         // it, but not forever.
-        let wait = shadow.timeout.max(Duration::from_secs(30));
+        let wait = shadow.settings.timeout.max(Duration::from_secs(30));
         let primary = match tokio::time::timeout(wait, primary).await {
             Ok(Ok(answer)) => answer,
             _ => return base_record(&request, &shadow_name, Outcome::Skipped, Some(reason::PRIMARY_ERROR)),
@@ -634,7 +626,7 @@ impl ShadowRuntime {
         };
         let primary_view = answer_view(primary.status, &primary.headers, primary_body);
         let shadow_view = answer_view(fetched.status, &fetched.headers, &fetched.captured);
-        let mut comparison = diff::compare(&primary_view, &shadow_view, &shadow.compare);
+        let mut comparison = diff::compare(&primary_view, &shadow_view, &shadow.settings.compare);
 
         let noisy_now: BTreeSet<String> = match noise_answer {
             // Only a second answer of the same kind teaches noise: an error
@@ -643,7 +635,7 @@ impl ShadowRuntime {
                 if noise.status == primary.status && noise.captured.within_limit && primary_body.within_limit =>
             {
                 let noise_view = answer_view(noise.status, &noise.headers, &noise.captured);
-                diff::compare(&primary_view, &noise_view, &shadow.compare)
+                diff::compare(&primary_view, &noise_view, &shadow.settings.compare)
                     .diffs
                     .iter()
                     .filter(|d| d.kind != DiffKind::Status)
@@ -955,8 +947,8 @@ mod tests {
     fn validation_keeps_upstream_names_for_the_caller_to_resolve() {
         let plan = validated("{upstream: no-such-upstream, noise: nor-this-one}").expect("valid");
         assert_eq!((plan.upstream.as_str(), plan.noise.as_deref()), ("no-such-upstream", Some("nor-this-one")));
-        assert_eq!(plan.methods, [Method::GET, Method::HEAD], "reads only, by default");
-        assert_eq!(plan.sample, 1.0);
+        assert_eq!(plan.settings.methods, [Method::GET, Method::HEAD], "reads only, by default");
+        assert_eq!(plan.settings.sample, 1.0);
     }
 
     #[test]
@@ -974,7 +966,7 @@ mod tests {
         assert_eq!(value, "POST");
         assert!(message.contains("unsafe_writes: true"), "{message}");
         let plan = validated("{upstream: c, methods: [get, post], unsafe_writes: true}").expect("allowed");
-        assert_eq!(plan.methods, [Method::GET, Method::POST]);
+        assert_eq!(plan.settings.methods, [Method::GET, Method::POST]);
     }
 
     #[test]

@@ -17,3 +17,5 @@
 pub mod diff;
 pub mod record;
 pub mod summary;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

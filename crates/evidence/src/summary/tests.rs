@@ -1,39 +1,8 @@
 use serde_json::json;
 
 use super::*;
-use crate::record::{Difference, PrimarySide, ShadowSide};
-
-pub(crate) fn record(i: u64, route: &str, result: Outcome, diffs: Vec<(DiffKind, &str, Value, Value)>) -> DiffRecord {
-    DiffRecord {
-        ts: stats::format_ms(1_795_000_000_000 + i as i64 * 1000),
-        request_id: format!("req-{i}"),
-        route: route.into(),
-        endpoint: "/api/users/{id}".into(),
-        method: "GET".into(),
-        path: format!("/api/users/{i}"),
-        query: None,
-        primary: PrimarySide {
-            upstream: "legacy".into(),
-            status: Some(200),
-            latency_ms: Some(10.0),
-            body_bytes: Some(100),
-        },
-        shadow: ShadowSide {
-            upstream: "users".into(),
-            status: Some(200),
-            latency_ms: Some(20.0),
-            body_bytes: Some(100),
-            error: None,
-        },
-        result,
-        reason: None,
-        diffs: diffs
-            .into_iter()
-            .map(|(kind, pointer, primary, shadow)| Difference { kind, pointer: pointer.into(), primary, shadow })
-            .collect(),
-        noise: vec![],
-    }
-}
+use crate::record::Difference;
+use crate::testkit::record;
 
 #[test]
 fn counts_rates_groups_and_verdicts() {
