@@ -67,7 +67,7 @@ async fn probe(upstream: &Upstream, index: usize, path: &str, timeout: std::time
     *req.uri_mut() = http::Uri::from(pq);
     req.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static("strangler-health-check"));
     let exchange = async {
-        let response = upstream.client.send(target, req).await.ok()?;
+        let response = upstream.connector.send(target, req).await.ok()?;
         let ok = response.status().is_success();
         crate::client::read_to_end(response.into_body(), |_| {}).await.ok()?;
         Some(ok)

@@ -826,7 +826,7 @@ async fn fetch(
     *request.uri_mut() = http::Uri::from(path_and_query);
     *request.headers_mut() = headers;
     let exchange = async {
-        let response = upstream.client.send(target, request).await.map_err(|e| FetchError::Failed(e.to_string()))?;
+        let response = upstream.connector.send(target, request).await.map_err(|e| FetchError::Failed(e.to_string()))?;
         let latency = started.elapsed();
         let (parts, body) = response.into_parts();
         let mut capture = Capture::new(max_body);

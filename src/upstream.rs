@@ -49,7 +49,7 @@ pub struct Upstream {
     pub name_header: HeaderValue,
     pub targets: Arc<Targets>,
     pub settings: UpstreamSettings,
-    pub client: Arc<Connector>,
+    pub connector: Arc<Connector>,
     pub counters: UpstreamCounters,
     pub budget: RetryBudget,
     next: AtomicUsize,
@@ -82,7 +82,7 @@ impl Upstream {
         name: &str,
         targets: Vec<Target>,
         settings: UpstreamSettings,
-        client: Arc<Connector>,
+        connector: Arc<Connector>,
         counters: UpstreamCounters,
     ) -> Self {
         Upstream {
@@ -90,7 +90,7 @@ impl Upstream {
             name_header: HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
             targets: Arc::new(Targets::new(targets)),
             settings,
-            client,
+            connector,
             counters,
             budget: RetryBudget::default(),
             next: AtomicUsize::new(fastrand::usize(..)),

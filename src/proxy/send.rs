@@ -105,7 +105,7 @@ impl Attempt<'_> {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() =
             if self.body.available() { self.parts.headers.clone() } else { std::mem::take(&mut self.parts.headers) };
-        let sent = upstream.client.send(permit.target(), request);
+        let sent = upstream.connector.send(permit.target(), request);
         let result = match tokio::time::timeout(upstream.settings.timeout, sent).await {
             Err(_) => {
                 upstream.counters.errors.timeout.inc();

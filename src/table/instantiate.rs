@@ -61,9 +61,9 @@ pub fn instantiate(plan: Plan, ctx: &Context<'_>) -> Result<Table, ConfigError> 
             let connection = up.connection();
             let targets =
                 up.targets.iter().map(|t| target(name, t, &connection, ctx, previous, &mut resources)).collect();
-            let client = resources.connectors[&connection].clone();
+            let connector = resources.connectors[&connection].clone();
             let counters = UpstreamCounters::new(ctx.metrics, name);
-            let upstream = Upstream::new(name, targets, up.settings.clone(), client, counters);
+            let upstream = Upstream::new(name, targets, up.settings.clone(), connector, counters);
             (name.clone(), Arc::new(upstream))
         })
         .collect::<BTreeMap<_, _>>();
