@@ -60,7 +60,22 @@ pub struct Idle<T> {
 }
 
 /// Idle connections of each pool, indexed by [`PoolId`].
-pub type Queues<T> = Vec<VecDeque<Idle<T>>>;
+pub type Queues<T> = Vec<Slot<T>>;
+
+/// One pool's idle connections on one thread (or in the overflow). Once
+/// its target has left the config the slot is retired: a connection given
+/// back to it afterwards (an answer that was still streaming when the
+/// sweeper ran) is closed instead of kept where nothing would take it out.
+pub struct Slot<T> {
+    idle: VecDeque<Idle<T>>,
+    retired: bool,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot { idle: VecDeque::new(), retired: false }
+    }
+}
 
 /// One kind of idle connection: each thread's own, and the overflow.
 pub struct Pool<T: 'static> {
@@ -122,22 +137,28 @@ impl<T: Pooled> Pool<T> {
         // `try_with`: a body dropped while its thread is exiting just closes.
         let Ok(full) = self.local.try_with(|local| {
             let mut local = local.borrow_mut();
-            let queue = queue(&mut local, pool);
-            if queue.len() >= MAX_IDLE_PER_TARGET {
+            let slot = slot(&mut local, pool);
+            if slot.retired {
+                return None;
+            }
+            if slot.idle.len() >= MAX_IDLE_PER_TARGET {
                 return Some(idle);
             }
-            queue.push_back(idle);
+            slot.idle.push_back(idle);
             None
         }) else {
             return;
         };
         if let Some(idle) = full {
             let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            let queue = queue(&mut shared, pool);
-            if queue.len() >= MAX_SHARED_IDLE_PER_TARGET {
-                queue.pop_front();
+            let slot = slot(&mut shared, pool);
+            if slot.retired {
+                return;
             }
-            queue.push_back(idle);
+            if slot.idle.len() >= MAX_SHARED_IDLE_PER_TARGET {
+                slot.idle.pop_front();
+            }
+            slot.idle.push_back(idle);
         }
     }
 
@@ -147,27 +168,26 @@ impl<T: Pooled> Pool<T> {
         let now = Instant::now();
         let local = self
             .local
-            .try_with(|local| local.borrow_mut().get_mut(pool.0).and_then(|queue| newest_open(queue, now)))
+            .try_with(|local| local.borrow_mut().get_mut(pool.0).and_then(|slot| newest_open(&mut slot.idle, now)))
             .ok()
             .flatten();
         local.or_else(|| {
             let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            shared.get_mut(pool.0).and_then(|queue| newest_open(queue, now))
+            shared.get_mut(pool.0).and_then(|slot| newest_open(&mut slot.idle, now))
         })
     }
 }
 
+/// Closes the idle connections of `pools` and retires their slots.
 fn forget<T>(queues: &mut Queues<T>, pools: &[PoolId]) {
-    for pool in pools {
-        if let Some(queue) = queues.get_mut(pool.0) {
-            *queue = VecDeque::new();
-        }
+    for &pool in pools {
+        *slot(queues, pool) = Slot { idle: VecDeque::new(), retired: true };
     }
 }
 
-fn queue<T>(pools: &mut Queues<T>, pool: PoolId) -> &mut VecDeque<Idle<T>> {
+fn slot<T>(pools: &mut Queues<T>, pool: PoolId) -> &mut Slot<T> {
     if pools.len() <= pool.0 {
-        pools.resize_with(pool.0 + 1, VecDeque::new);
+        pools.resize_with(pool.0 + 1, Slot::default);
     }
     &mut pools[pool.0]
 }
@@ -182,4 +202,35 @@ fn newest_open<T: Pooled>(queue: &mut VecDeque<Idle<T>>, now: Instant) -> Option
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake;
+
+    impl Pooled for Fake {
+        fn is_open(&mut self) -> bool {
+            true
+        }
+    }
+
+    thread_local! {
+        static LOCAL: RefCell<Queues<Fake>> = const { RefCell::new(Vec::new()) };
+    }
+    static SHARED: Mutex<Queues<Fake>> = Mutex::new(Vec::new());
+    static POOL: Pool<Fake> = Pool { local: &LOCAL, shared: &SHARED };
+
+    #[test]
+    fn a_connection_given_back_to_a_retired_pool_is_closed_not_kept() {
+        let (kept, retired) = (PoolId::fresh(), PoolId::fresh());
+        POOL.release(kept, Fake);
+        POOL.forget_local(&[retired]);
+        POOL.forget_shared(&[retired]);
+        // An answer that was still streaming when the sweeper ran ends now.
+        POOL.release(retired, Fake);
+        assert!(POOL.checkout(retired).is_none());
+        assert!(POOL.checkout(kept).is_some());
+    }
 }
