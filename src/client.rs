@@ -204,25 +204,25 @@ pub async fn read_to_end(body: ResponseBody, mut each: impl FnMut(&[u8])) -> Res
 }
 
 /// Closes the idle connections of targets that left the config: the
-/// overflow pools at once, each thread's own pools by the sweeper that
-/// thread runs ([`close_retired_pools`]). Ids are never handed out again.
+/// overflow pools at once, each thread's own at its next release of a
+/// connection, or at once where it runs [`close_retired_pools`]. Ids are
+/// never handed out again.
 pub fn retire_pools(pools: &[PoolId]) {
     if pools.is_empty() {
         return;
     }
-    h1::POOL.forget_shared(pools);
-    body::HYPER.forget_shared(pools);
     pool::announce_retired(pools);
+    h1::POOL.catch_up_shared();
+    body::HYPER.catch_up_shared();
 }
 
-/// Runs for the life of a runtime thread (each per-core worker spawns it):
-/// whenever pools are retired, closes this thread's idle connections in
-/// them. Pools are thread-local, so only a task on this thread can. The hot
-/// path pays nothing for it.
+/// Runs for the life of a runtime thread (each per-core worker, and the
+/// shadow's thread, spawn it): whenever pools are retired, closes this
+/// thread's idle connections in them, even with no traffic to notice.
 pub async fn close_retired_pools() {
-    pool::on_retired(|pools| {
-        h1::POOL.forget_local(pools);
-        body::HYPER.forget_local(pools);
+    pool::on_retired(|| {
+        h1::POOL.catch_up_local();
+        body::HYPER.catch_up_local();
     })
     .await
 }

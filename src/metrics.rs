@@ -141,6 +141,7 @@ impl Metrics {
             duration_vec: self.duration.clone(),
             counts: Default::default(),
             duration: OnceLock::new(),
+            retired: Default::default(),
         }
     }
 
@@ -271,20 +272,38 @@ pub struct RouteStats {
     duration_vec: HistogramVec,
     counts: [[OnceLock<IntCounter>; STATUS_CLASSES]; METHOD_SLOTS],
     duration: OnceLock<Histogram>,
+    /// The pair left the config: series not yet resolved stay unregistered,
+    /// so a request that finishes after a reload cannot bring them back.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl RouteStats {
+    /// Marks the pair as gone from the config (before its series are deleted).
+    pub fn retire(&self) {
+        self.retired.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Counts one answered request and its time to response headers.
     pub fn record(&self, method: &Method, status: StatusCode, elapsed: Duration) {
         let (slot, label) = method_slot(method);
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.counts[slot][class]
-            .get_or_init(|| {
-                self.requests.with_label_values(&[&self.route, &self.upstream, label, STATUS_CLASS_LABELS[class]])
+            .get_or_init(|| match self.is_retired() {
+                true => IntCounter::new("retired", "unregistered").expect("a valid name"),
+                false => {
+                    self.requests.with_label_values(&[&self.route, &self.upstream, label, STATUS_CLASS_LABELS[class]])
+                }
             })
             .inc();
         self.duration
-            .get_or_init(|| self.duration_vec.with_label_values(&[&self.route, &self.upstream]))
+            .get_or_init(|| match self.is_retired() {
+                true => Histogram::with_opts(HistogramOpts::new("retired", "unregistered")).expect("a valid name"),
+                false => self.duration_vec.with_label_values(&[&self.route, &self.upstream]),
+            })
             .observe(elapsed.as_secs_f64());
     }
 }

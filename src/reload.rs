@@ -59,6 +59,7 @@ pub fn reload(path: &Path, shared: &Shared, trigger: &str) -> ReloadOutcome {
     }
     let table = Arc::new(table);
     shared.table.store(table.clone());
+    shared.shadow.serve_routes(table.router.entries().iter().map(|(_, r)| &*r.name));
     for route in table::retire(&current, &table, &shared.metrics) {
         shared.shadow.forget_route(&route);
     }

@@ -75,10 +75,7 @@ pub struct ShadowSettings {
 /// metrics, no shared state, and upstream names are left to the caller.
 pub fn validate(raw: &RawShadow) -> Result<ShadowPlan, (String, String)> {
     if !(0.0..=1.0).contains(&raw.sample) {
-        return Err((
-            "sample".into(),
-            format!("shadow.settings.sample must be between 0.0 and 1.0, not {}", raw.sample),
-        ));
+        return Err(("sample".into(), format!("shadow.sample must be between 0.0 and 1.0, not {}", raw.sample)));
     }
     let methods = match &raw.methods {
         Some(list) => crate::config::parse_methods(list).map_err(|m| ("methods".to_string(), m))?,
@@ -366,6 +363,8 @@ pub struct ShadowRuntime {
     log: Mutex<Option<mpsc::Sender<LogItem>>>,
     noise: Mutex<HashMap<Arc<str>, BTreeSet<String>>>,
     pointer_labels: Mutex<HashMap<Arc<str>, HashSet<String>>>,
+    /// Routes that left the config (see [`ShadowRuntime::forget_route`]).
+    gone: Mutex<HashSet<String>>,
     requests: IntCounterVec,
     dropped: IntCounterVec,
     latency: HistogramVec,
@@ -394,7 +393,10 @@ impl ShadowThread {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new().name("strangler-shadow".into()).spawn(move || {
             runtime.block_on(async {
+                // Shadow fetches pool their connections on this thread.
+                let sweeper = tokio::spawn(crate::client::close_retired_pools());
                 let _ = stopped.await;
+                sweeper.abort();
             });
         })?;
         Ok(ShadowThread { handle, _stop: stop })
@@ -402,9 +404,20 @@ impl ShadowThread {
 }
 
 impl ShadowRuntime {
+    /// The routes of the version now in force: counted again if they had left.
+    pub fn serve_routes<'a>(&self, routes: impl Iterator<Item = &'a str>) {
+        let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+        if !gone.is_empty() {
+            for route in routes {
+                gone.remove(route);
+            }
+        }
+    }
+
     /// Forgets a route that left the config: its metric series and what
     /// was learned of its noise (the live summary keeps its history).
     pub fn forget_route(&self, route: &str) {
+        self.gone.lock().unwrap_or_else(|e| e.into_inner()).insert(route.to_string());
         for vec in [&self.requests, &self.dropped, &self.field_mismatches] {
             crate::metrics::remove_where(vec, "route", route);
         }
@@ -456,6 +469,7 @@ impl ShadowRuntime {
             log: Mutex::new(None),
             noise: Mutex::default(),
             pointer_labels: Mutex::default(),
+            gone: Mutex::default(),
             requests,
             dropped,
             latency,
@@ -514,7 +528,9 @@ impl ShadowRuntime {
         let skip = Box::new(Skip { request, shadow_upstream: shadow_upstream.clone(), why });
         if tx.try_send(LogItem::Skip(skip)).is_err() {
             drop(log);
-            self.dropped.with_label_values(&[&route, "log_backpressure"]).inc();
+            if self.metered(&route) {
+                self.dropped.with_label_values(&[&route, "log_backpressure"]).inc();
+            }
         }
     }
 
@@ -605,7 +621,9 @@ impl ShadowRuntime {
         record.primary.status = Some(primary.status);
         record.primary.latency_ms = Some(primary.latency.as_secs_f64() * 1000.0);
         record.primary.body_bytes = primary.captured.as_ref().map(|c| c.len);
-        self.latency.with_label_values(&[&request.route, "primary"]).observe(primary.latency.as_secs_f64());
+        if self.metered(&request.route) {
+            self.latency.with_label_values(&[&request.route, "primary"]).observe(primary.latency.as_secs_f64());
+        }
         let fetched = match shadow_answer {
             Ok(f) => f,
             Err(e) => {
@@ -618,7 +636,9 @@ impl ShadowRuntime {
         record.shadow.status = Some(fetched.status);
         record.shadow.latency_ms = Some(fetched.latency.as_secs_f64() * 1000.0);
         record.shadow.body_bytes = Some(fetched.captured.len);
-        self.latency.with_label_values(&[&request.route, "shadow"]).observe(fetched.latency.as_secs_f64());
+        if self.metered(&request.route) {
+            self.latency.with_label_values(&[&request.route, "shadow"]).observe(fetched.latency.as_secs_f64());
+        }
         let Some(primary_body) = &primary.captured else {
             record.result = Outcome::Skipped;
             record.reason = Some(reason::NOT_COMPARABLE.into());
@@ -677,7 +697,7 @@ impl ShadowRuntime {
         let Some(line) = self.account(&record) else { return };
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = log.as_ref() {
-            if tx.try_send(LogItem::Line(line)).is_err() {
+            if tx.try_send(LogItem::Line(line)).is_err() && self.metered(&record.route) {
                 self.dropped.with_label_values(&[&record.route, "log_backpressure"]).inc();
             }
         }
@@ -685,6 +705,23 @@ impl ShadowRuntime {
 
     /// Counts and summarizes a finished record; its log line.
     fn account(&self, record: &DiffRecord) -> Option<String> {
+        let route = record.route.as_str();
+        if self.metered(route) {
+            self.count(record);
+        }
+        self.summary.lock().unwrap_or_else(|e| e.into_inner()).add(record);
+        serde_json::to_string(record).ok()
+    }
+
+    /// Whether `route` is still in the config: a mirror that finishes after
+    /// its route was removed is logged and summarized, but brings no series
+    /// back.
+    fn metered(&self, route: &str) -> bool {
+        !self.gone.lock().unwrap_or_else(|e| e.into_inner()).contains(route)
+    }
+
+    /// The record's metrics.
+    fn count(&self, record: &DiffRecord) {
         let route = record.route.as_str();
         self.requests.with_label_values(&[route, record.result.as_str()]).inc();
         if let Some(why) = &record.reason {
@@ -704,8 +741,6 @@ impl ShadowRuntime {
                 self.field_mismatches.with_label_values(&[route, &label]).inc();
             }
         }
-        self.summary.lock().unwrap_or_else(|e| e.into_inner()).add(record);
-        serde_json::to_string(record).ok()
     }
 }
 
@@ -967,6 +1002,14 @@ mod tests {
         assert!(message.contains("unsafe_writes: true"), "{message}");
         let plan = validated("{upstream: c, methods: [get, post], unsafe_writes: true}").expect("allowed");
         assert_eq!(plan.settings.methods, [Method::GET, Method::POST]);
+    }
+
+    #[test]
+    fn a_sample_rate_outside_zero_to_one_is_refused_in_the_users_words() {
+        let raw: crate::config::RawShadow = serde_yaml::from_str("{upstream: u, sample: 1.5}").unwrap();
+        let Err((value, message)) = validate(&raw) else { panic!("accepted sample 1.5") };
+        assert_eq!(value, "sample");
+        assert_eq!(message, "shadow.sample must be between 0.0 and 1.0, not 1.5");
     }
 
     #[test]

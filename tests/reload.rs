@@ -190,3 +190,32 @@ async fn removing_an_upstream_removes_its_series_and_closes_its_connections() {
     // The kept upstream's pool is still in use.
     assert_eq!(get(proxy.addr, "/a/x").await.status, 200);
 }
+
+#[tokio::test]
+async fn an_answer_still_streaming_when_its_upstream_is_removed_does_not_leave_its_connection_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = TestUpstream::start("a", Behaviour::Echo).await;
+    let b = TestUpstream::start("b", Behaviour::Download(16 << 20)).await;
+    let both = config(
+        &[("a", &a.url()), ("b", &b.url())],
+        "  - {name: first, prefix: /a, upstream: a}\n  - {name: second, prefix: /b, upstream: b}\n",
+    );
+    let proxy = TestProxy::start(&both).await;
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client.write_all(b"GET /b/big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut first = vec![0; 64 * 1024];
+    let n = client.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"), "the download started");
+
+    let only_a = config(&[("a", &a.url())], "  - {name: first, prefix: /a, upstream: a}\n");
+    proxy.config.write_in_place(&only_a);
+    proxy.wait_for_hash(&content_hash(&only_a)).await;
+    // The answer ends after the reload, and its connection is given back.
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.len() as u64 + n as u64 > 16 << 20, "the whole download arrived");
+    wait_for(Duration::from_secs(5), "the connection to the removed upstream to close", || async {
+        connections_to(b.addr.port()) == 0
+    })
+    .await;
+}

@@ -225,9 +225,9 @@ pub struct HyperBody {
 pub static HYPER: Pool<SendRequest<ProxyBody>> = Pool { local: &HYPER_LOCAL, shared: &HYPER_SHARED };
 
 thread_local! {
-    static HYPER_LOCAL: RefCell<Queues<SendRequest<ProxyBody>>> = const { RefCell::new(Vec::new()) };
+    static HYPER_LOCAL: RefCell<Queues<SendRequest<ProxyBody>>> = const { RefCell::new(Queues::new()) };
 }
-static HYPER_SHARED: Mutex<Queues<SendRequest<ProxyBody>>> = Mutex::new(Vec::new());
+static HYPER_SHARED: Mutex<Queues<SendRequest<ProxyBody>>> = Mutex::new(Queues::new());
 
 impl Pooled for SendRequest<ProxyBody> {
     fn is_open(&mut self) -> bool {

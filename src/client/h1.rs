@@ -43,9 +43,9 @@ const KEEP_BUFFER: usize = 32 * 1024;
 pub static POOL: Pool<Box<Conn>> = Pool { local: &POOL_LOCAL, shared: &POOL_SHARED };
 
 thread_local! {
-    static POOL_LOCAL: RefCell<Queues<Box<Conn>>> = const { RefCell::new(Vec::new()) };
+    static POOL_LOCAL: RefCell<Queues<Box<Conn>>> = const { RefCell::new(Queues::new()) };
 }
-static POOL_SHARED: Mutex<Queues<Box<Conn>>> = Mutex::new(Vec::new());
+static POOL_SHARED: Mutex<Queues<Box<Conn>>> = Mutex::new(Queues::new());
 
 impl Pooled for Box<Conn> {
     fn is_open(&mut self) -> bool {

@@ -21,6 +21,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread::LocalKey;
 use std::time::{Duration, Instant};
@@ -59,8 +60,55 @@ pub struct Idle<T> {
     since: Instant,
 }
 
-/// Idle connections of each pool, indexed by [`PoolId`].
-pub type Queues<T> = Vec<Slot<T>>;
+/// Idle connections of each pool, indexed by [`PoolId`], on one thread
+/// (or in the overflow), and how many retirements they have caught up with.
+pub struct Queues<T> {
+    slots: Vec<Slot<T>>,
+    seen: usize,
+}
+
+impl<T> Default for Queues<T> {
+    fn default() -> Self {
+        Queues::new()
+    }
+}
+
+impl<T> Queues<T> {
+    /// No pools yet (for the `thread_local!` and `static` that hold them).
+    pub const fn new() -> Self {
+        Queues { slots: Vec::new(), seen: 0 }
+    }
+
+    fn slot(&mut self, pool: PoolId) -> &mut Slot<T> {
+        if self.slots.len() <= pool.0 {
+            self.slots.resize_with(pool.0 + 1, Slot::default);
+        }
+        &mut self.slots[pool.0]
+    }
+
+    /// Retires the slots of pools retired since the last call, closing
+    /// their idle connections. One relaxed load when there is nothing new.
+    #[inline]
+    fn catch_up(&mut self) -> Vec<Idle<T>> {
+        if RETIRED_COUNT.load(Ordering::Acquire) == self.seen {
+            return Vec::new();
+        }
+        self.retire_new()
+    }
+
+    #[cold]
+    fn retire_new(&mut self) -> Vec<Idle<T>> {
+        let retired = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closing = Vec::new();
+        for &pool in &retired[self.seen.min(retired.len())..] {
+            let slot = self.slot(pool);
+            slot.retired = true;
+            closing.extend(slot.idle.drain(..));
+        }
+        self.seen = retired.len();
+        closing
+    }
+}
 
 /// One pool's idle connections on one thread (or in the overflow). Once
 /// its target has left the config the slot is retired: a connection given
@@ -85,6 +133,8 @@ pub struct Pool<T: 'static> {
 
 /// Pools of targets that left the config, in the order they were retired.
 static RETIRED: Mutex<Vec<PoolId>> = Mutex::new(Vec::new());
+/// `RETIRED.len()`, readable without the lock.
+static RETIRED_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// Counts retirements, so that each thread's sweeper wakes for them.
 fn retirements() -> &'static tokio::sync::watch::Sender<usize> {
@@ -92,27 +142,26 @@ fn retirements() -> &'static tokio::sync::watch::Sender<usize> {
     SENDER.get_or_init(|| tokio::sync::watch::Sender::new(0))
 }
 
-/// Records that `pools` left the config; every [`on_retired`] loop hears of them.
+/// Records that `pools` left the config. Every thread retires their slots
+/// at its next release of a connection, and at once where it runs an
+/// [`on_retired`] sweeper; the overflows at their caller's
+/// [`Pool::catch_up_shared`].
 pub fn announce_retired(pools: &[PoolId]) {
     let mut retired = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
     retired.extend_from_slice(pools);
     let count = retired.len();
+    RETIRED_COUNT.store(count, Ordering::Release);
     drop(retired);
     retirements().send_replace(count);
 }
 
-/// Calls `forget` with the pools retired so far, then with each new batch,
-/// for ever (until the process ends).
-pub async fn on_retired(mut forget: impl FnMut(&[PoolId])) {
+/// Calls `catch_up` now and at each retirement, for ever (until the
+/// process ends): a thread with no traffic still closes its idle
+/// connections to removed targets.
+pub async fn on_retired(mut catch_up: impl FnMut()) {
     let mut changed = retirements().subscribe();
-    let mut done = 0;
     loop {
-        let batch: Vec<PoolId> = {
-            let retired = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
-            retired[done.min(retired.len())..].to_vec()
-        };
-        done += batch.len();
-        forget(&batch);
+        catch_up();
         if changed.changed().await.is_err() {
             return;
         }
@@ -120,14 +169,17 @@ pub async fn on_retired(mut forget: impl FnMut(&[PoolId])) {
 }
 
 impl<T: Pooled> Pool<T> {
-    /// Drops this thread's idle connections of `pools`.
-    pub fn forget_local(&self, pools: &[PoolId]) {
-        let _ = self.local.try_with(|local| forget(&mut local.borrow_mut(), pools));
+    /// Retires this thread's slots of retired pools.
+    pub fn catch_up_local(&self) {
+        let closing = self.local.try_with(|local| local.borrow_mut().catch_up());
+        drop(closing);
     }
 
-    /// Drops the overflow's idle connections of `pools`.
-    pub fn forget_shared(&self, pools: &[PoolId]) {
-        forget(&mut self.shared.lock().unwrap_or_else(|e| e.into_inner()), pools);
+    /// Retires the overflow's slots of retired pools (the connections are
+    /// closed after the lock is let go).
+    pub fn catch_up_shared(&self) {
+        let closing = self.shared.lock().unwrap_or_else(|e| e.into_inner()).catch_up();
+        drop(closing);
     }
 
     /// Keeps `conn` for the next request: in this thread's pool, or the
@@ -137,7 +189,8 @@ impl<T: Pooled> Pool<T> {
         // `try_with`: a body dropped while its thread is exiting just closes.
         let Ok(full) = self.local.try_with(|local| {
             let mut local = local.borrow_mut();
-            let slot = slot(&mut local, pool);
+            let _closing = local.catch_up();
+            let slot = local.slot(pool);
             if slot.retired {
                 return None;
             }
@@ -151,7 +204,7 @@ impl<T: Pooled> Pool<T> {
         };
         if let Some(idle) = full {
             let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            let slot = slot(&mut shared, pool);
+            let slot = shared.slot(pool);
             if slot.retired {
                 return;
             }
@@ -168,28 +221,16 @@ impl<T: Pooled> Pool<T> {
         let now = Instant::now();
         let local = self
             .local
-            .try_with(|local| local.borrow_mut().get_mut(pool.0).and_then(|slot| newest_open(&mut slot.idle, now)))
+            .try_with(|local| {
+                local.borrow_mut().slots.get_mut(pool.0).and_then(|slot| newest_open(&mut slot.idle, now))
+            })
             .ok()
             .flatten();
         local.or_else(|| {
             let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            shared.get_mut(pool.0).and_then(|slot| newest_open(&mut slot.idle, now))
+            shared.slots.get_mut(pool.0).and_then(|slot| newest_open(&mut slot.idle, now))
         })
     }
-}
-
-/// Closes the idle connections of `pools` and retires their slots.
-fn forget<T>(queues: &mut Queues<T>, pools: &[PoolId]) {
-    for &pool in pools {
-        *slot(queues, pool) = Slot { idle: VecDeque::new(), retired: true };
-    }
-}
-
-fn slot<T>(pools: &mut Queues<T>, pool: PoolId) -> &mut Slot<T> {
-    if pools.len() <= pool.0 {
-        pools.resize_with(pool.0 + 1, Slot::default);
-    }
-    &mut pools[pool.0]
 }
 
 fn newest_open<T: Pooled>(queue: &mut VecDeque<Idle<T>>, now: Instant) -> Option<T> {
@@ -217,17 +258,16 @@ mod tests {
     }
 
     thread_local! {
-        static LOCAL: RefCell<Queues<Fake>> = const { RefCell::new(Vec::new()) };
+        static LOCAL: RefCell<Queues<Fake>> = const { RefCell::new(Queues::new()) };
     }
-    static SHARED: Mutex<Queues<Fake>> = Mutex::new(Vec::new());
+    static SHARED: Mutex<Queues<Fake>> = Mutex::new(Queues::new());
     static POOL: Pool<Fake> = Pool { local: &LOCAL, shared: &SHARED };
 
     #[test]
     fn a_connection_given_back_to_a_retired_pool_is_closed_not_kept() {
         let (kept, retired) = (PoolId::fresh(), PoolId::fresh());
         POOL.release(kept, Fake);
-        POOL.forget_local(&[retired]);
-        POOL.forget_shared(&[retired]);
+        announce_retired(&[retired]);
         // An answer that was still streaming when the sweeper ran ends now.
         POOL.release(retired, Fake);
         assert!(POOL.checkout(retired).is_none());

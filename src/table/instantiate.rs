@@ -124,7 +124,8 @@ fn target(
 ) -> Target {
     let url = plan.url.as_str();
     let key = (upstream.to_string(), url.to_string());
-    let state = match previous.and_then(|p| p.targets.get(&key)) {
+    let reused = resources.targets.get(&key).or_else(|| previous.and_then(|p| p.targets.get(&key)));
+    let state = match reused {
         Some(state) => state.clone(),
         None => Arc::new(TargetState::new(ctx.metrics.target_healthy(upstream, url))),
     };
@@ -200,6 +201,13 @@ pub fn retire(old: &Table, new: &Table, metrics: &Metrics) -> Vec<Arc<str>> {
             .collect()
     };
     let new_pairs = pairs(new);
+    for (_, route) in old.router.entries() {
+        for used in
+            route.upstreams.iter().filter(|u| !new_pairs.contains(&(route.name.clone(), u.upstream.name.clone())))
+        {
+            used.stats.retire();
+        }
+    }
     for (route, upstream) in pairs(old).difference(&new_pairs) {
         metrics.forget_route_upstream(route, upstream);
     }

@@ -273,6 +273,8 @@ fn validate_route(
     };
     let fallback_methods =
         parse_methods(r.fallback_methods.as_deref().unwrap_or(&[])).map_err(|m| ("fallback_methods".to_string(), m))?;
+    // Checked in the order a reader meets them: rate_limit, then shadow.
+    let rate_limit = rate_limit(r)?;
     let shadow = match &r.shadow {
         None => None,
         Some(raw) => {
@@ -291,7 +293,7 @@ fn validate_route(
         fallback,
         fallback_methods,
         retry_buffer: r.retry_buffer.map_or(DEFAULT_RETRY_BUFFER, |b| b.0),
-        rate_limit: rate_limit(r)?,
+        rate_limit,
         strip_prefix: r.strip_prefix,
         shadow,
     })
