@@ -68,8 +68,8 @@ demo: venv release system-deps
 	STRANGLER_BIN_DIR=$(TARGET_DIR)/release scripts/demo.sh
 
 ## The shadow-diff report of the demo's traffic (HTML, one self-contained file).
-report: build
-	$(TARGET_DIR)/debug/strangler report demo-data/shadow-diffs.jsonl --format html -o demo-data/shadow-report.html
+report: release
+	$(TARGET_DIR)/release/strangler report demo-data/shadow-diffs.jsonl --format html -o demo-data/shadow-report.html
 	@echo "wrote demo-data/shadow-report.html"
 
 ## strangler vs nginx vs HAProxy on loopback (installs them); writes bench/RESULTS.md.

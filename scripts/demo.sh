@@ -87,9 +87,14 @@ Try:
 Ctrl-C stops everything.
 MSG
 if [ -f tools/traffic.py ] && [ "${DEMO_TRAFFIC:-1}" = 1 ]; then
-  "$PY" tools/traffic.py --base-url http://127.0.0.1:8080 --duration 86400 --concurrency 2 --rate 20 > "$DATA/traffic.log" 2>&1 &
+  "$PY" tools/traffic.py --base-url http://127.0.0.1:8080 --duration 86400 --concurrency 2 --rate 20 --progress 10 > "$DATA/traffic.log" 2>&1 &
   pids+=($!)
   echo "(background traffic: demo-data/traffic.log; DEMO_TRAFFIC=0 to switch it off)"
 fi
-wait -n "${pids[@]}" || true
-[ "$stopping" = 1 ] || echo "a demo process exited; see demo-data/*.log" >&2
+status=0
+wait -n "${pids[@]}" || status=$?
+# Ctrl-C reaches the children too; one may exit (0, 130 or 143) a moment
+# before the trap runs. Only another exit is worth a word.
+if [ "$stopping" = 0 ] && [ "$status" != 0 ] && [ "$status" != 130 ] && [ "$status" != 143 ]; then
+  echo "a demo process exited with status $status; see demo-data/*.log" >&2
+fi

@@ -14,6 +14,7 @@ and exits 1 if any request failed unexpectedly.
 
   python3 tools/traffic.py --base-url http://127.0.0.1:8080 --requests 500 --concurrency 4 --seed 1
   python3 tools/traffic.py --duration 30 --users 8
+  python3 tools/traffic.py --duration 3600 --progress 10   # a running summary every 10 s
 """
 from __future__ import annotations
 
@@ -299,6 +300,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="random seed (deterministic request choice per thread)")
     ap.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, seconds")
     ap.add_argument("--rate", type=float, default=0.0, help="requests per second across all workers (0 = as fast as possible)")
+    ap.add_argument("--progress", type=float, default=0.0,
+                    help="also print the running summary every this many seconds (0 = only at the end)")
     args = ap.parse_args(argv)
     if args.requests is None and args.duration is None:
         args.requests = 200
@@ -354,24 +357,36 @@ def main(argv=None):
             except Exception as e:  # a bug in the generator must not hang the run
                 stats.record(op, "?", "?", "error", False, f"{type(e).__name__}: {e}")
 
+    def summary():
+        elapsed = time.monotonic() - started
+        return {
+            "requests": stats.requests,
+            "ok": stats.ok,
+            "failed": stats.failed,
+            "by_status": dict(sorted(stats.by_status.items())),
+            "errors": stats.errors,
+            "by_op": dict(sorted(stats.by_op.items())),
+            "lagged_404": stats.lagged,
+            "elapsed_s": round(elapsed, 3),
+            "rps": round(stats.requests / elapsed, 1) if elapsed > 0 else None,
+        }
+
+    done = threading.Event()
+
+    def report_progress():
+        # A long run (the demo's background traffic) shows it is alive.
+        while not done.wait(args.progress):
+            print(json.dumps({"progress": True, **summary()}, separators=(",", ":")), flush=True)
+
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(args.concurrency)]
     for t in threads:
         t.start()
+    if args.progress > 0:
+        threading.Thread(target=report_progress, daemon=True).start()
     for t in threads:
         t.join()
-    elapsed = time.monotonic() - started
-    summary = {
-        "requests": stats.requests,
-        "ok": stats.ok,
-        "failed": stats.failed,
-        "by_status": dict(sorted(stats.by_status.items())),
-        "errors": stats.errors,
-        "by_op": dict(sorted(stats.by_op.items())),
-        "lagged_404": stats.lagged,
-        "elapsed_s": round(elapsed, 3),
-        "rps": round(stats.requests / elapsed, 1) if elapsed > 0 else None,
-    }
-    print(json.dumps(summary, separators=(",", ":")))
+    done.set()
+    print(json.dumps(summary(), separators=(",", ":")), flush=True)
     return 1 if stats.failed else 0
 
 
