@@ -66,6 +66,13 @@ impl Load {
         Load { stop, ok, failures, tasks, started }
     }
 
+    /// Waits until `n` more requests have succeeded.
+    async fn wait_for_progress(&self, n: u64) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        wait_for(Duration::from_secs(10), "the load to go on", || async { self.ok.load(Ordering::Relaxed) >= target })
+            .await;
+    }
+
     async fn finish(self) -> (u64, Vec<(Duration, String, String)>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
@@ -191,6 +198,15 @@ impl Restartable {
     }
 }
 
+/// Waits until the active health check says `target` of upstream `new` is (un)healthy.
+async fn wait_for_health(proxy: &TestProxy, target: &str, healthy: bool) {
+    let series = format!("strangler_upstream_target_healthy{{target=\"{target}\",upstream=\"new\"}} {}", healthy as u8);
+    wait_for(Duration::from_secs(10), &series.clone(), || async {
+        get(proxy.admin, "/metrics").await.text().contains(&series)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn upstream_deaths_fail_only_without_fallback_and_recover_within_the_health_interval() {
     let rounds = if long() { 5 } else { 1 };
@@ -209,21 +225,25 @@ async fn upstream_deaths_fail_only_without_fallback_and_recover_within_the_healt
     let mut marks = Vec::new();
     for _ in 0..rounds {
         // One target of the group dies: only the health interval may show failures.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        load.wait_for_progress(100).await;
         let t_kill_one = load.started.elapsed();
         a.kill();
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        wait_for_health(&proxy, &a.url(), false).await;
         a.restart().await;
+        wait_for_health(&proxy, &a.url(), true).await;
         // The whole group dies: the guarded route falls back, the bare one fails.
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        load.wait_for_progress(100).await;
         let t_kill_all = load.started.elapsed();
+        let fallbacks = legacy.hits();
         a.kill();
         b.kill();
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        wait_for(Duration::from_secs(10), "the fallback to answer", || async { legacy.hits() > fallbacks + 20 }).await;
         let t_restart = load.started.elapsed();
         a.restart().await;
         b.restart().await;
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        wait_for_health(&proxy, &a.url(), true).await;
+        wait_for_health(&proxy, &b.url(), true).await;
+        load.wait_for_progress(100).await;
         marks.push((t_kill_one, t_kill_all, t_restart));
     }
     let (ok, failures) = load.finish().await;
