@@ -198,7 +198,7 @@ async fn a_request_in_flight_when_draining_starts_is_answered_with_connection_cl
     let mut proxy = TestProxy::start(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n")).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream.write_all(b"GET /draining HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_for(Duration::from_secs(5), "the request to reach the upstream", || async { up.hits() == 1 }).await;
     proxy.shutdown();
     let text = read_until_closed(&mut stream).await;
     assert_eq!(statuses(&text), ["200"], "{text}");

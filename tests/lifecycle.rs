@@ -20,13 +20,15 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         let addr = proxy.addr;
         let in_flight: Vec<_> =
             (0..8).map(|i| tokio::spawn(async move { get(addr, &format!("/drain/{i}")).await })).collect();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_for(Duration::from_secs(10), "all 8 requests to reach the upstream", || async { up.hits() == 8 }).await;
         proxy.signal("TERM");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let ready = send(&http1(), req(http::Method::GET, proxy.admin, "/readyz").body(Default::default()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(ready.status, 503, "{workers:?}: readiness goes false while draining");
+        let admin = proxy.admin;
+        wait_for(Duration::from_secs(5), "readiness to go false while draining", || async move {
+            let ready =
+                send(&http1(), req(http::Method::GET, admin, "/readyz").body(Default::default()).unwrap()).await;
+            ready.is_ok_and(|r| r.status == 503)
+        })
+        .await;
         for r in in_flight {
             assert_eq!(r.await.unwrap().status, 200, "{workers:?}: an in-flight request was lost");
         }
