@@ -30,6 +30,7 @@ pub struct Metrics {
     ejections: IntCounterVec,
     breaker_rejections: IntCounterVec,
     rate_limited: IntCounterVec,
+    misdirected: IntCounterVec,
     target_healthy: IntGaugeVec,
 }
 
@@ -93,12 +94,18 @@ impl Metrics {
         );
         let rate_limited =
             counter_vec("strangler_rate_limited_total", "Requests refused with 429 by route.", &["route"]);
+        let misdirected = counter_vec(
+            "strangler_misdirected_total",
+            "Requests an upstream answered 421 Misdirected Request, sent on to the other side, by route.",
+            &["route", "from", "to"],
+        );
         let target_healthy = IntGaugeVec::new(
             Opts::new("strangler_upstream_target_healthy", "1 when a target passes its active health checks."),
             &["upstream", "target"],
         )
         .unwrap();
-        for c in [&split_decisions, &fallbacks, &retries, &ejections, &breaker_rejections, &rate_limited] {
+        for c in [&split_decisions, &fallbacks, &retries, &ejections, &breaker_rejections, &rate_limited, &misdirected]
+        {
             registry.register(Box::new(c.clone())).unwrap();
         }
         registry.register(Box::new(target_healthy.clone())).unwrap();
@@ -122,6 +129,7 @@ impl Metrics {
             ejections,
             breaker_rejections,
             rate_limited,
+            misdirected,
             target_healthy,
         })
     }
@@ -180,6 +188,11 @@ impl Metrics {
         self.fallbacks.with_label_values(&[route])
     }
 
+    /// Requests sent on after a 421, by (route, from, to).
+    pub fn misdirected(&self) -> IntCounterVec {
+        self.misdirected.clone()
+    }
+
     pub fn rate_limited(&self, route: &str) -> IntCounter {
         self.rate_limited.with_label_values(&[route])
     }
@@ -199,6 +212,7 @@ impl Metrics {
     pub fn forget_route(&self, route: &str) {
         let _ = self.fallbacks.remove_label_values(&[route]);
         let _ = self.rate_limited.remove_label_values(&[route]);
+        remove_where(&self.misdirected, "route", route);
     }
 
     /// Deletes the series of an upstream that left the config.

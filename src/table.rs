@@ -24,7 +24,7 @@ use std::time::SystemTime;
 
 use http::header::HeaderName;
 use http::Method;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 
 use crate::config::{ConfigError, RawConfig};
 use crate::metrics::RouteStats;
@@ -69,6 +69,8 @@ pub struct Route {
     pub strip_prefix: bool,
     pub fallbacks: IntCounter,
     pub rate_limited: IntCounter,
+    /// `strangler_misdirected_total`; labels resolved at a 421 only (rare).
+    pub misdirected: IntCounterVec,
     /// Mirroring to a candidate upstream for comparison.
     pub shadow: Option<Arc<ShadowRoute>>,
 }
@@ -106,6 +108,16 @@ impl Route {
         }
         self.upstreams[chosen].split_decisions.inc();
         chosen
+    }
+
+    /// Where a `421 Misdirected Request` from upstream `from` goes once: the
+    /// fallback, else another member of the split with a weight.
+    pub fn other_side(&self, from: usize) -> Option<usize> {
+        if let Some(fallback) = self.fallback.filter(|&f| f != from) {
+            return Some(fallback);
+        }
+        let Backend::Split(split) = &self.backend else { return None };
+        split.shares.iter().find(|s| s.weight > 0 && s.upstream != from).map(|s| s.upstream)
     }
 
     /// Idempotent methods may be replayed; others only where the route says so.

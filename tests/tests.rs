@@ -13,6 +13,7 @@ mod front;
 mod headers;
 mod hostile;
 mod lifecycle;
+mod misdirected;
 mod path_safety;
 mod protocols;
 mod reload;

@@ -115,6 +115,7 @@ fn access_log(
         path = outcome.path.as_deref().unwrap_or("-"),
         route = outcome.route.map_or("-", |r| &r.name),
         upstream = outcome.used().map_or("-", |u| &u.upstream.name),
+        misdirected_from = outcome.route.zip(outcome.misdirected_from).map(|(r, i)| &*r.upstreams[i].upstream.name),
         status = response.status().as_u16(),
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
         bytes,

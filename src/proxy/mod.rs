@@ -108,6 +108,9 @@ struct Outcome<'t> {
     /// Index into `route.upstreams` of the upstream that answered (or was
     /// last tried); `None` when the request never got that far (a 429, say).
     upstream: Option<usize>,
+    /// Index into `route.upstreams` of the upstream that answered 421 before
+    /// the request went to the other side.
+    misdirected_from: Option<usize>,
 }
 
 impl<'t> Outcome<'t> {

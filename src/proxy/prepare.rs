@@ -36,8 +36,12 @@ pub(super) struct Plan<'t, 'u> {
     pub fallback: Option<usize>,
     /// The method allows sending the request more than once (and it is no upgrade).
     pub replayable: bool,
-    /// A retry or the fallback may send the request again: its body is kept
-    /// when small.
+    /// Index into `route.upstreams` of the other side, where a `421
+    /// Misdirected Request` from the primary is sent once: the fallback, else
+    /// another member of the split.
+    pub misdirect_to: Option<usize>,
+    /// A retry, the fallback or a 421's other side may send the request
+    /// again: its body is kept when small.
     pub keeps_body: bool,
 }
 
@@ -71,9 +75,11 @@ pub(super) fn prepare<'t, 'u>(
     let primary = route.choose(req.headers());
     let fallback = route.fallback.filter(|&f| f != primary);
     let replayable = !upgrade && route.may_replay(req.method());
-    let keeps_body =
-        replayable && (fallback.is_some() || route.upstreams.iter().any(|u| u.upstream.settings.retries > 0));
-    Ok(Plan { route, path, path_and_query, primary, fallback, replayable, keeps_body })
+    // A 421 means the request was not processed: any method may go on.
+    let misdirect_to = if upgrade { None } else { route.other_side(primary) };
+    let keeps_body = misdirect_to.is_some()
+        || replayable && (fallback.is_some() || route.upstreams.iter().any(|u| u.upstream.settings.retries > 0));
+    Ok(Plan { route, path, path_and_query, primary, fallback, replayable, misdirect_to, keeps_body })
 }
 
 /// The path and query sent upstream: the matched path, plus the client's query.
@@ -302,12 +308,13 @@ mod tests {
     }
 
     #[test]
-    fn only_a_replayable_request_that_may_be_resent_keeps_its_body() {
+    fn only_a_request_that_may_be_resent_keeps_its_body() {
         let table = table();
         let orders = prepared(&table, request(Method::GET, "/orders/7", &[]), false);
         assert!(orders.fallback && orders.replayable && orders.keeps_body, "a fallback may resend a GET");
         let post = prepared(&table, request(Method::POST, "/orders", &[]), false);
-        assert!(post.fallback && !post.replayable && !post.keeps_body, "a POST is sent once");
+        assert!(post.fallback && !post.replayable, "a POST is not resent after a failure");
+        assert!(post.keeps_body, "but a 421 (not processed) sends it to the other side");
         let retried = prepared(&table, request(Method::GET, "/api/x", &[]), false);
         assert!(!retried.fallback && retried.keeps_body, "the upstream retries");
         let plain = prepared(&table, request(Method::GET, "/x", &[]), false);

@@ -26,6 +26,16 @@ pub(super) async fn send<'t>(
     let route = plan.route;
     let mut attempt = Attempt { parts, path_and_query: &plan.path_and_query, body, replayable: plan.replayable };
     let result = attempt.send_to(&route.upstreams[plan.primary].upstream).await;
+    if let Some(other) = plan.misdirect_to.filter(|_| misdirected(&result, attempt.body)) {
+        // One hop only: the other side's answer, a 421 too, goes to the client.
+        drop(result);
+        let (from, to) = (&route.upstreams[plan.primary].upstream.name, &route.upstreams[other].upstream.name);
+        route.misdirected.with_label_values(&[&route.name, from, to]).inc();
+        tracing::debug!(route = %route.name, %from, %to, "421 from the primary; sending to the other side");
+        outcome.upstream = Some(other);
+        outcome.misdirected_from = Some(plan.primary);
+        return attempt.send_to(&route.upstreams[other].upstream).await;
+    }
     let Some(fallback) = plan.fallback else { return result };
     if !falls_back(&result, plan.replayable, attempt.body) {
         return result;
@@ -40,6 +50,12 @@ pub(super) async fn send<'t>(
 /// primary could not answer, and the request can be sent again.
 fn falls_back(result: &Result<Response<ProxyBody>, ProxyError>, replayable: bool, body: &RequestBody) -> bool {
     failed(result) && replayable && body.available()
+}
+
+/// The primary answered `421 Misdirected Request` (RFC 9110 §15.5.20: not
+/// processed, may be retried elsewhere) and the body can be sent again.
+fn misdirected(result: &Result<Response<ProxyBody>, ProxyError>, body: &RequestBody) -> bool {
+    matches!(result, Ok(response) if response.status() == StatusCode::MISDIRECTED_REQUEST) && body.available()
 }
 
 /// A result worth trying elsewhere: a 502, 503 or 504 answer, or a failure

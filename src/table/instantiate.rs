@@ -175,6 +175,7 @@ fn route(
     Route {
         fallbacks: metrics.fallbacks(&r.name),
         rate_limited: metrics.rate_limited(&r.name),
+        misdirected: metrics.misdirected(),
         name: r.name.into(),
         upstreams: members,
         backend: r.split.map_or(Backend::Single, Backend::Split),
