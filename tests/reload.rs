@@ -62,7 +62,62 @@ async fn every_kind_of_file_update_is_applied_without_failed_requests() {
     assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed during reloads");
     assert!(ok.load(Ordering::SeqCst) > 10);
     let metrics = get(proxy.admin, "/metrics").await.text();
-    assert!(metrics.contains("strangler_config_reloads_total{result=\"success\"}"), "{metrics}");
+    // One write in place, one rename, three swaps: one success each, none at start-up.
+    assert_eq!(reloads(&metrics, "success"), 5.0, "{metrics}");
+}
+
+/// `strangler_config_reloads_total` for one result.
+fn reloads(metrics: &str, result: &str) -> f64 {
+    metric_sum(metrics, "strangler_config_reloads_total", &[("result", result)])
+}
+
+/// Writes other files in `dir` (a log, build output) for `window`, as a
+/// busy config directory sees: events the watcher hears, none for the config.
+async fn write_other_files(dir: &std::path::Path, window: Duration) {
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    while started.elapsed() < window {
+        std::fs::write(dir.join("access.log"), format!("line {i}\n")).unwrap();
+        std::fs::write(dir.join(format!("build-{}.o", i % 4)), [i as u8; 64]).unwrap();
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bad_file_is_rejected_and_logged_once_however_often_its_directory_changes() {
+    let a = TestUpstream::start("a", Behaviour::Echo).await;
+    let b = TestUpstream::start("b", Behaviour::Echo).await;
+    let dir = ConfigDir::new(&routed_to(&a, &b, "a"));
+    let proxy = BinaryProxy::start(&dir.path(), &["--poll-interval", "100ms", "--threads", "1"]).await;
+    let metrics = get(proxy.admin, "/metrics").await.text();
+    assert!(metrics.contains("strangler_config_reloads_total{result=\"success\"} 0"), "{metrics}");
+    assert!(metrics.contains("strangler_config_reloads_total{result=\"failure\"} 0"), "{metrics}");
+
+    dir.rename_over(&routed_to(&a, &b, "nope"));
+    wait_for(Duration::from_secs(10), "the bad file to be rejected", || async {
+        reloads(&get(proxy.admin, "/metrics").await.text(), "failure") >= 1.0
+    })
+    .await;
+    // ~20 polls and ~100 directory events while the bad file stays in place.
+    write_other_files(dir.dir.path(), Duration::from_secs(2)).await;
+    let metrics = get(proxy.admin, "/metrics").await.text();
+    assert_eq!(reloads(&metrics, "failure"), 1.0, "the same bad bytes were rejected again");
+    assert_eq!(reloads(&metrics, "success"), 0.0);
+    assert_eq!(proxy.log_text().matches("config rejected").count(), 1, "{}", proxy.log_text());
+    assert_eq!(get(proxy.addr, "/").await.json()["upstream"], "a");
+
+    let fixed = routed_to(&a, &b, "b");
+    dir.rename_over(&fixed);
+    wait_for(Duration::from_secs(10), "the fixed file to be applied", || async {
+        get(proxy.admin, "/config").await.json()["hash"] == content_hash(&fixed)
+    })
+    .await;
+    write_other_files(dir.dir.path(), Duration::from_millis(600)).await;
+    let metrics = get(proxy.admin, "/metrics").await.text();
+    assert_eq!((reloads(&metrics, "success"), reloads(&metrics, "failure")), (1.0, 1.0), "{metrics}");
+    assert_eq!(proxy.log_text().matches("config reloaded").count(), 1);
+    assert_eq!(get(proxy.addr, "/").await.json()["upstream"], "b");
 }
 
 #[tokio::test]
