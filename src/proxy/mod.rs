@@ -42,8 +42,11 @@ use crate::Shared;
 
 use admit::admit;
 use finish::finish;
+/// The pure steps `explain` shares with the proxy.
+pub use prepare::upstream_path_and_query;
 use prepare::{prepare, start_mirror, RequestBody};
 use route::route;
+pub use route::{choose_route, downstream_host, matching_host, Routed};
 use send::send;
 
 /// What the proxy knows about the downstream connection (the client's
