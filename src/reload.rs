@@ -10,7 +10,8 @@
 //! net. Every trigger reads the file and compares its content hash with the
 //! last attempt's, accepted or rejected: bytes that did not change are
 //! neither parsed, nor counted, nor logged, so a bad file is rejected once
-//! per change. The start-up load is no reload either:
+//! per change; only SIGHUP tries rejected bytes again (a CA file they name
+//! may have been fixed). The start-up load is no reload either:
 //! `strangler_config_reloads_total` counts changed files only.
 
 use std::collections::BTreeMap;
@@ -65,8 +66,10 @@ impl Reloader {
     }
 
     /// Re-reads the config now and swaps it in if its bytes changed and it
-    /// is valid. Blocking (file I/O, CA files): run it off the async workers.
-    pub fn reload(&self, trigger: &str) -> ReloadOutcome {
+    /// is valid. `explicit` (SIGHUP) also tries again bytes that were
+    /// rejected last time: a CA file they name may have been fixed since.
+    /// Blocking (file I/O, CA files): run it off the async workers.
+    pub fn reload(&self, trigger: &str, explicit: bool) -> ReloadOutcome {
         let read = config::read(&self.path);
         let seen = match &read {
             Ok(text) => Seen::Hash(content_hash(text)),
@@ -74,7 +77,7 @@ impl Reloader {
         };
         {
             let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            if *last == seen {
+            if *last == seen && !explicit {
                 return ReloadOutcome::Unchanged;
             }
             // Remembered before parsing: a rejected version is not tried again.
@@ -198,10 +201,12 @@ impl RestartSettings {
         ]
     }
 }
+
 /// Keeps the file watcher alive; dropping it stops watching.
 pub struct Watcher {
     _debouncer:
         Option<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>>,
+    /// An explicit reload (SIGHUP): retries a rejected version too.
     pub trigger: Arc<Notify>,
 }
 
@@ -209,19 +214,21 @@ pub struct Watcher {
 /// explicit triggers (SIGHUP) all lead to [`Reloader::reload`].
 pub fn spawn(path: PathBuf, shared: Arc<Shared>, poll_interval: Duration) -> Watcher {
     let trigger = Arc::new(Notify::new());
-    let debouncer = watch_directory(&path, trigger.clone());
-    let task_trigger = trigger.clone();
+    let events = Arc::new(Notify::new());
+    let debouncer = watch_directory(&path, events.clone());
+    let explicit = trigger.clone();
     let reloader = Arc::new(Reloader::new(path, shared));
     tokio::spawn(async move {
         let mut poll = tokio::time::interval(poll_interval);
         poll.tick().await;
         loop {
-            let why = tokio::select! {
-                _ = task_trigger.notified() => "event",
-                _ = poll.tick() => "poll",
+            let (why, forced) = tokio::select! {
+                _ = explicit.notified() => ("signal", true),
+                _ = events.notified() => ("event", false),
+                _ = poll.tick() => ("poll", false),
             };
             let reloader = reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload(why)).await;
+            let _ = tokio::task::spawn_blocking(move || reloader.reload(why, forced)).await;
         }
     });
     Watcher { _debouncer: debouncer, trigger }

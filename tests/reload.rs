@@ -85,7 +85,7 @@ async fn write_other_files(dir: &std::path::Path, window: Duration) {
 }
 
 #[tokio::test]
-async fn a_bad_file_is_rejected_and_logged_once_however_often_its_directory_changes() {
+async fn a_bad_file_is_rejected_and_logged_once_however_often_its_directory_changes_until_sighup() {
     let a = TestUpstream::start("a", Behaviour::Echo).await;
     let b = TestUpstream::start("b", Behaviour::Echo).await;
     let dir = ConfigDir::new(&routed_to(&a, &b, "a"));
@@ -106,6 +106,12 @@ async fn a_bad_file_is_rejected_and_logged_once_however_often_its_directory_chan
     assert_eq!(reloads(&metrics, "success"), 0.0);
     assert_eq!(proxy.log_text().matches("config rejected").count(), 1, "{}", proxy.log_text());
     assert_eq!(get(proxy.addr, "/").await.json()["upstream"], "a");
+    // SIGHUP asks for another try: the same bytes are parsed (and refused) again.
+    proxy.signal("HUP");
+    wait_for(Duration::from_secs(10), "SIGHUP to retry the rejected file", || async {
+        reloads(&get(proxy.admin, "/metrics").await.text(), "failure") == 2.0
+    })
+    .await;
 
     let fixed = routed_to(&a, &b, "b");
     dir.rename_over(&fixed);
@@ -115,7 +121,7 @@ async fn a_bad_file_is_rejected_and_logged_once_however_often_its_directory_chan
     .await;
     write_other_files(dir.dir.path(), Duration::from_millis(600)).await;
     let metrics = get(proxy.admin, "/metrics").await.text();
-    assert_eq!((reloads(&metrics, "success"), reloads(&metrics, "failure")), (1.0, 1.0), "{metrics}");
+    assert_eq!((reloads(&metrics, "success"), reloads(&metrics, "failure")), (1.0, 2.0), "{metrics}");
     assert_eq!(proxy.log_text().matches("config reloaded").count(), 1);
     assert_eq!(get(proxy.addr, "/").await.json()["upstream"], "b");
 }
