@@ -132,25 +132,24 @@ async fn an_invalid_version_never_replaces_the_valid_one() {
     let b = TestUpstream::start("b", Behaviour::Echo).await;
     let proxy = TestProxy::start(&routed_to(&a, &b, "a")).await;
     let good = proxy.hash();
-    for bad in [
+    for (i, bad) in [
         routed_to(&a, &b, "nope"),
         "listen: [unclosed\n".to_string(),
         routed_to(&a, &b, "b").replace("routes:", "surprise: 1\nroutes:"),
-    ] {
-        proxy.config.write_in_place(&bad);
-        tokio::time::sleep(Duration::from_millis(700)).await;
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        proxy.config.rename_over(&bad);
+        wait_for(Duration::from_secs(10), "the invalid version to be rejected", || async {
+            reloads(&get(proxy.admin, "/metrics").await.text(), "failure") == (i + 1) as f64
+        })
+        .await;
         assert_eq!(proxy.hash(), good, "an invalid config was applied");
         assert_eq!(get(proxy.addr, "/").await.json()["upstream"], "a");
     }
     let metrics = get(proxy.admin, "/metrics").await.text();
-    let failures: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("strangler_config_reloads_total{result=\"failure\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(failures >= 3, "{metrics}");
+    assert_eq!((reloads(&metrics, "failure"), reloads(&metrics, "success")), (3.0, 0.0), "{metrics}");
     // And a valid version after them is taken.
     let fixed = routed_to(&a, &b, "b");
     proxy.config.write_in_place(&fixed);
