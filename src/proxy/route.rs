@@ -73,8 +73,8 @@ pub fn choose_route<'t, 'u>(
     Ok(Routed { route: found.value, prefix_len: found.prefix_len, path, host })
 }
 
-/// The host routes match on (lower-case rules apply in the router; no port,
-/// no trailing dot), or a 400 for a host no route could name.
+/// The host routes match on: without its port or trailing dot (the router
+/// compares it case-insensitively); a 400 for a host no route could name.
 pub fn matching_host(host: &HeaderValue) -> Result<&str, ProxyError> {
     host.to_str().ok().and_then(host_for_matching).ok_or(ProxyError::BadRequest("invalid Host"))
 }
