@@ -4,9 +4,20 @@
 //! - `GET /healthz`: the process is alive (liveness).
 //! - `GET /readyz`: a config is loaded and the proxy is not draining (readiness).
 //! - `GET /metrics`: Prometheus text format.
-//! - `GET /config`: the active config as JSON, with its content hash and load time.
-//! - `GET /explain?method=GET&path=/api/users/7&host=...`: which route and
-//!   upstream that request would take, and why (with split weights and health).
+//! - `GET /config`: the config in force as JSON, with its content hash and
+//!   load time. `hash` names the file last applied (its routes and upstreams
+//!   serve); settings of that file that only a restart applies (`listen`,
+//!   `admin`, top-level `shadow:`, `tls:`) are shown with the values in force
+//!   in `config`, and listed under `pending_restart` with the value read;
+//!   `pending_hash` is then that file's hash (a restart puts it in force in
+//!   full), else `null`.
+//! - `GET /explain?method=GET&path=/api/users/7&host=...&user=42&header=Name:Value`:
+//!   which route and upstream that request would take, and why (with split
+//!   weights and health); `user` is a sticky key, put where the route's
+//!   `sticky` reads it, to show which member of a split it lands on.
+//!
+//! Errors are JSON in the proxy's shape (`crate::error`): a bad query is a
+//! 400, an unknown path a 404.
 //! - `GET /upstreams`: every upstream's targets, health, ejections and in-flight counts.
 //! - `GET /shadow?min_match=99.9&min_samples=1000`: the live shadow-diff summary
 //!   since start (the same JSON as `strangler report --format json`).
@@ -15,8 +26,9 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -36,6 +48,8 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/explain", get(explain))
         .route("/upstreams", get(upstreams))
         .route("/shadow", get(shadow))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
 }
 
@@ -62,13 +76,46 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.render()).into_response()
 }
 
+/// An admin error, in the proxy's JSON error shape.
+fn error(status: StatusCode, code: &'static str, message: String) -> Response {
+    crate::error::json_error(status, code, "downstream", message, None, None).map(axum::body::Body::new)
+}
+
+async fn not_found(uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no admin endpoint {}; try /healthz, /readyz, /metrics, /config, /explain, /upstreams or /shadow",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> Response {
+    let message = format!("{method} {} is not served; the admin endpoints answer GET", uri.path());
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message);
+    response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+/// A query that does not parse (a missing `path`, a number that is not one).
+fn bad_query(rejection: QueryRejection) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", rejection.body_text())
+}
+
 async fn config(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     let table = shared.table.load();
+    let pending = shared.restart_settings.pending_in(&table);
+    let mut in_force = table.raw.clone();
+    shared.restart_settings.apply_to(&mut in_force);
     Json(json!({
         "file": table.file,
         "hash": table.hash,
         "loaded_at": humantime::format_rfc3339_millis(table.loaded_at).to_string(),
-        "config": table.raw,
+        "config": in_force,
+        "pending_hash": (!pending.is_empty()).then_some(&table.hash),
+        "pending_restart": pending,
     }))
 }
 
@@ -84,12 +131,16 @@ struct ShadowQuery {
     min_samples: Option<u64>,
 }
 
-async fn shadow(State(shared): State<Arc<Shared>>, Query(q): Query<ShadowQuery>) -> Json<serde_json::Value> {
+async fn shadow(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<ShadowQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, Response> {
+    let Query(q) = query.map_err(bad_query)?;
     let mut options = crate::summary::ViewOptions::default();
     options.min_match = q.min_match.unwrap_or(options.min_match);
     options.min_samples = q.min_samples.unwrap_or(options.min_samples);
     let summary = shared.shadow.summary.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    Json(summary.to_json(&options))
+    Ok(Json(summary.to_json(&options)))
 }
 
 #[derive(Deserialize)]
@@ -98,6 +149,10 @@ struct ExplainQuery {
     method: String,
     path: String,
     host: Option<String>,
+    /// A sticky key, put where the route's `sticky` reads it.
+    user: Option<String>,
+    /// One more request header, `Name:Value`.
+    header: Option<String>,
 }
 
 fn default_method() -> String {
@@ -106,8 +161,17 @@ fn default_method() -> String {
 
 async fn explain(
     State(shared): State<Arc<Shared>>,
-    Query(q): Query<ExplainQuery>,
-) -> Json<crate::explain::Explanation> {
+    query: Result<Query<ExplainQuery>, QueryRejection>,
+) -> Result<Json<crate::explain::Explanation>, Response> {
+    let Query(q) = query.map_err(bad_query)?;
     let table = shared.table.load();
-    Json(crate::explain::explain(&table, &q.method, &q.path, q.host.as_deref()))
+    let headers: Vec<String> = q.header.into_iter().collect();
+    let question = crate::explain::Question {
+        method: &q.method,
+        target: &q.path,
+        host: q.host.as_deref(),
+        headers: &headers,
+        user: q.user.as_deref(),
+    };
+    Ok(Json(crate::explain::explain(&table, &question, crate::explain::Health::Live)))
 }

@@ -94,6 +94,9 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Shadow comparison state: in-flight cap, diff log, learned noise.
     pub shadow: Arc<shadow::ShadowRuntime>,
+    /// The settings read at start-up that a reload cannot change (listeners,
+    /// top-level `shadow:`, `tls:`): what `/config` shows as in force.
+    pub restart_settings: reload::RestartSettings,
 }
 
 impl Shared {
@@ -107,9 +110,16 @@ impl Shared {
     pub fn from_text(file: &str, text: &str) -> Result<Arc<Shared>, ConfigError> {
         let metrics = Metrics::new();
         let table = Table::build(file, text, &Context { metrics: &metrics, previous: None })?;
-        metrics.record_reload(true);
+        // The start-up load is no reload: `strangler_config_reloads_total` stays at 0.
         metrics.set_config_hash(&table.hash);
         let shadow = shadow::ShadowRuntime::new(table.raw.shadow.clone(), &metrics);
-        Ok(Arc::new(Shared { shadow, table: ArcSwap::from_pointee(table), metrics, draining: AtomicBool::new(false) }))
+        let restart_settings = reload::RestartSettings::of(&table);
+        Ok(Arc::new(Shared {
+            shadow,
+            table: ArcSwap::from_pointee(table),
+            metrics,
+            draining: AtomicBool::new(false),
+            restart_settings,
+        }))
     }
 }

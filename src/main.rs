@@ -56,6 +56,13 @@ enum Command {
         /// The request's Host.
         #[arg(long)]
         host: Option<String>,
+        /// A sticky key (user id), put where the route's `sticky` reads it:
+        /// shows which member of a split it lands on.
+        #[arg(long)]
+        user: Option<String>,
+        /// More request headers, `Name: Value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
         method: String,
         /// Path, with an optional query.
         path: String,
@@ -145,10 +152,18 @@ fn main() -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args),
         Command::Check { config } => check(&config),
-        Command::Explain { config, host, method, path } => {
+        Command::Explain { config, host, user, headers, method, path } => {
             let shared = Shared::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             let table = shared.table.load();
-            let explanation = strangler::explain::explain(&table, &method, &path, host.as_deref());
+            let question = strangler::explain::Question {
+                method: &method,
+                target: &path,
+                host: host.as_deref(),
+                headers: &headers,
+                user: user.as_deref(),
+            };
+            // Offline: no target was ever checked, so health is reported unknown.
+            let explanation = strangler::explain::explain(&table, &question, strangler::explain::Health::Unchecked);
             println!("{}", serde_json::to_string_pretty(&explanation)?);
             if explanation.route.is_none() {
                 std::process::exit(1);

@@ -65,10 +65,17 @@ impl Metrics {
         .unwrap();
         let in_flight = IntGauge::new("strangler_requests_in_flight", "Requests being proxied now.").unwrap();
         let reloads = IntCounterVec::new(
-            Opts::new("strangler_config_reloads_total", "Config loads by result (success, failure)."),
+            Opts::new(
+                "strangler_config_reloads_total",
+                "Changed config files read after start-up, by result (success, failure); the start-up load and a file whose bytes did not change are not counted.",
+            ),
             &["result"],
         )
         .unwrap();
+        // Both series exist from the start (at 0), so `increase()` sees the first change.
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
         let config_info = IntGaugeVec::new(
             Opts::new("strangler_config_info", "The active config; 1 for the content hash in force."),
             &["hash"],
@@ -230,6 +237,7 @@ impl Metrics {
         let _ = self.target_healthy.remove_label_values(&[upstream, target]);
     }
 
+    /// Counts one changed config file read after start-up: applied or rejected.
     pub fn record_reload(&self, ok: bool) {
         self.reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
     }

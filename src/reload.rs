@@ -3,27 +3,38 @@
 //! table they started with. An invalid version is logged with its line and
 //! column, counted, and never replaces the one serving.
 //!
-//! Triggers, all funnelled into one task so reloads never race: any event in
-//! the config's directory (debounced; a Kubernetes ConfigMap update is an
-//! atomic `..data` symlink swap, editors rename over the file), SIGHUP, and a
-//! slow timer that compares the content hash as a safety net.
+//! Triggers, all funnelled into one task so reloads never race: events for
+//! the config file in its directory (debounced; a Kubernetes ConfigMap update
+//! is an atomic `..data` symlink swap, editors rename over the file; events
+//! for other files there are ignored), SIGHUP, and a slow timer as a safety
+//! net. Every trigger reads the file and compares its content hash with the
+//! last attempt's, accepted or rejected: bytes that did not change are
+//! neither parsed, nor counted, nor logged, so a bad file is rejected once
+//! per change; only SIGHUP tries rejected bytes again (a CA file they name
+//! may have been fixed). The start-up load is no reload either:
+//! `strangler_config_reloads_total` counts changed files only.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
+use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::config::{self, ConfigError};
+use crate::config::{self, ConfigError, RawConfig, RawShadowLog, RawTls};
 use crate::table::{self, content_hash, Context, Table};
 use crate::Shared;
 
 /// What a reload attempt did.
 #[derive(Debug)]
 pub enum ReloadOutcome {
-    /// The file's content hash is the one already serving.
+    /// The file's bytes are those of the last attempt (accepted or
+    /// rejected), or of the version serving: nothing was parsed or counted.
     Unchanged,
     Applied {
         hash: String,
@@ -31,52 +42,93 @@ pub enum ReloadOutcome {
     Rejected(ConfigError),
 }
 
-/// Re-reads the config now and swaps it in if it changed and is valid.
-pub fn reload(path: &Path, shared: &Shared, trigger: &str) -> ReloadOutcome {
-    let text = match config::read(path) {
-        Ok(text) => text,
-        Err(e) => return reject(shared, e, trigger),
-    };
-    let current = shared.table.load();
-    if content_hash(&text) == current.hash {
-        return ReloadOutcome::Unchanged;
+/// What the reloader last read at the config path: the bytes' hash, or why
+/// they could not be read (the same failure again is no change either).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Hash(String),
+    Unreadable(String),
+}
+
+/// Re-reads one config file for the shared state, remembering what it read
+/// last so that unchanged bytes are never parsed twice.
+pub struct Reloader {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    last: Mutex<Seen>,
+}
+
+impl Reloader {
+    /// A reloader for `path`, whose last version is the one in force.
+    pub fn new(path: PathBuf, shared: Arc<Shared>) -> Reloader {
+        let last = Mutex::new(Seen::Hash(shared.table.load().hash.clone()));
+        Reloader { path, shared, last }
     }
-    let ctx = Context { metrics: &shared.metrics, previous: Some(&current) };
-    let table = match Table::build(&path.display().to_string(), &text, &ctx) {
-        Ok(table) => table,
-        Err(e) => return reject(shared, e, trigger),
-    };
-    if table.listen != current.listen || table.admin != current.admin {
-        tracing::warn!(
-            listen = %table.listen, admin = %table.admin,
-            "listen/admin addresses changed: they take effect only after a restart; still serving on the old ones"
-        );
-    }
-    let hash = table.hash.clone();
-    let routes = table.router.entries().len();
-    if table.raw.shadow != current.raw.shadow {
-        tracing::warn!("the top-level shadow settings (log, max_inflight, rotation) take effect only after a restart");
-    }
-    let table = Arc::new(table);
-    shared.table.store(table.clone());
-    shared.shadow.serve_routes(table.router.entries().iter().map(|(_, r)| &*r.name));
-    for route in table::retire(&current, &table, &shared.metrics) {
-        shared.shadow.forget_route(&route);
-    }
-    crate::health::spawn_for(&table);
-    // Targets whose health check was removed: nothing would ever clear an old verdict.
-    for upstream in table.upstreams.values().filter(|u| u.settings.health_check.is_none()) {
-        for target in upstream.targets.iter() {
-            target.state.set_healthy(true);
+
+    /// Re-reads the config now and swaps it in if its bytes changed and it
+    /// is valid. `explicit` (SIGHUP) also tries again bytes that were
+    /// rejected last time: a CA file they name may have been fixed since.
+    /// Blocking (file I/O, CA files): run it off the async workers.
+    pub fn reload(&self, trigger: &str, explicit: bool) -> ReloadOutcome {
+        let read = config::read(&self.path);
+        let seen = match &read {
+            Ok(text) => Seen::Hash(content_hash(text)),
+            Err(e) => Seen::Unreadable(e.to_string()),
+        };
+        {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if *last == seen && !explicit {
+                return ReloadOutcome::Unchanged;
+            }
+            // Remembered before parsing: a rejected version is not tried again.
+            *last = seen;
         }
+        let shared = &*self.shared;
+        let text = match read {
+            Ok(text) => text,
+            Err(e) => return reject(shared, e, trigger),
+        };
+        let current = shared.table.load();
+        if content_hash(&text) == current.hash {
+            tracing::info!(trigger, hash = %current.hash, "the config is back to the version in force; nothing to reload");
+            return ReloadOutcome::Unchanged;
+        }
+        let ctx = Context { metrics: &shared.metrics, previous: Some(&current) };
+        let table = match Table::build(&self.path.display().to_string(), &text, &ctx) {
+            Ok(table) => table,
+            Err(e) => return reject(shared, e, trigger),
+        };
+        let pending = shared.restart_settings.pending_in(&table);
+        if !pending.is_empty() {
+            let settings: Vec<&str> = pending.keys().copied().collect();
+            tracing::warn!(
+                settings = ?settings,
+                "these settings take effect only after a restart; the rest of the version is applied, and /config lists them under pending_restart"
+            );
+        }
+        let hash = table.hash.clone();
+        let routes = table.router.entries().len();
+        let table = Arc::new(table);
+        shared.table.store(table.clone());
+        shared.shadow.serve_routes(table.router.entries().iter().map(|(_, r)| &*r.name));
+        for route in table::retire(&current, &table, &shared.metrics) {
+            shared.shadow.forget_route(&route);
+        }
+        crate::health::spawn_for(&table);
+        // Targets whose health check was removed: nothing would ever clear an old verdict.
+        for upstream in table.upstreams.values().filter(|u| u.settings.health_check.is_none()) {
+            for target in upstream.targets.iter() {
+                target.state.set_healthy(true);
+            }
+        }
+        if table.wants_shadow_log() {
+            shared.shadow.start_background();
+        }
+        shared.metrics.record_reload(true);
+        shared.metrics.set_config_hash(&hash);
+        tracing::info!(trigger, hash = %hash, routes, "config reloaded");
+        ReloadOutcome::Applied { hash }
     }
-    if table.wants_shadow_log() {
-        shared.shadow.start_background();
-    }
-    shared.metrics.record_reload(true);
-    shared.metrics.set_config_hash(&hash);
-    tracing::info!(trigger, hash = %hash, routes, "config reloaded");
-    ReloadOutcome::Applied { hash }
 }
 
 fn reject(shared: &Shared, error: ConfigError, trigger: &str) -> ReloadOutcome {
@@ -85,29 +137,98 @@ fn reject(shared: &Shared, error: ConfigError, trigger: &str) -> ReloadOutcome {
     ReloadOutcome::Rejected(error)
 }
 
+/// The settings a process reads once, at start-up: the listeners' addresses
+/// (`listen`, `admin`), the top-level `shadow:` section (diff log, in-flight
+/// cap) and `tls:` (certificate paths, the plain listener). A reload that
+/// changes one is applied for everything else; the change waits for a
+/// restart, and `/config` shows it as pending.
+#[derive(Debug, Clone)]
+pub struct RestartSettings {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub shadow: Option<RawShadowLog>,
+    pub tls: Option<RawTls>,
+}
+
+/// A setting read from the file that waits for a restart.
+#[derive(Debug, Serialize)]
+pub struct PendingSetting {
+    /// What the process serves with until it restarts.
+    pub in_force: serde_json::Value,
+    /// What the file says now.
+    pub read: serde_json::Value,
+}
+
+impl RestartSettings {
+    /// The restart-only settings of a config version.
+    pub fn of(table: &Table) -> RestartSettings {
+        RestartSettings {
+            listen: table.listen,
+            admin: table.admin,
+            shadow: table.raw.shadow.clone(),
+            tls: table.raw.tls.clone(),
+        }
+    }
+
+    /// The settings `table` would change, by name: empty when a restart
+    /// would change nothing that a reload did not.
+    pub fn pending_in(&self, table: &Table) -> BTreeMap<&'static str, PendingSetting> {
+        let read = RestartSettings::of(table);
+        let mut pending = BTreeMap::new();
+        for (name, in_force, read) in self.values().into_iter().zip(read.values()).map(|((n, a), (_, b))| (n, a, b)) {
+            if in_force != read {
+                pending.insert(name, PendingSetting { in_force, read });
+            }
+        }
+        pending
+    }
+
+    /// `raw` with these settings in place of its own: the config in force.
+    pub fn apply_to(&self, raw: &mut RawConfig) {
+        raw.listen = self.listen.to_string();
+        raw.admin = self.admin.to_string();
+        raw.shadow = self.shadow.clone();
+        raw.tls = self.tls.clone();
+    }
+
+    fn values(&self) -> [(&'static str, serde_json::Value); 4] {
+        let json = |v: Result<serde_json::Value, serde_json::Error>| v.unwrap_or(serde_json::Value::Null);
+        [
+            ("listen", self.listen.to_string().into()),
+            ("admin", self.admin.to_string().into()),
+            ("shadow", json(serde_json::to_value(&self.shadow))),
+            ("tls", json(serde_json::to_value(&self.tls))),
+        ]
+    }
+}
+
 /// Keeps the file watcher alive; dropping it stops watching.
 pub struct Watcher {
     _debouncer:
         Option<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>>,
+    /// An explicit reload (SIGHUP): retries a rejected version too.
     pub trigger: Arc<Notify>,
 }
 
-/// Starts the reload task: directory events, the poll timer and explicit
-/// triggers (SIGHUP) all lead to [`reload`].
+/// Starts the reload task: events for the config file, the poll timer and
+/// explicit triggers (SIGHUP) all lead to [`Reloader::reload`].
 pub fn spawn(path: PathBuf, shared: Arc<Shared>, poll_interval: Duration) -> Watcher {
     let trigger = Arc::new(Notify::new());
-    let debouncer = watch_directory(&path, trigger.clone());
-    let task_trigger = trigger.clone();
+    let events = Arc::new(Notify::new());
+    let debouncer = watch_directory(&path, events.clone());
+    let explicit = trigger.clone();
+    let reloader = Arc::new(Reloader::new(path, shared));
     tokio::spawn(async move {
         let mut poll = tokio::time::interval(poll_interval);
         poll.tick().await;
         loop {
-            let why = tokio::select! {
-                _ = task_trigger.notified() => "event",
-                _ = poll.tick() => "poll",
+            let (why, forced) = tokio::select! {
+                _ = explicit.notified() => ("signal", true),
+                _ = events.notified() => ("event", false),
+                _ = poll.tick() => ("poll", false),
             };
-            let (path, shared) = (path.clone(), shared.clone());
-            let _ = tokio::task::spawn_blocking(move || reload(&path, &shared, why)).await;
+            let reloader = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload(why, forced)).await;
         }
     });
     Watcher { _debouncer: debouncer, trigger }
@@ -121,8 +242,20 @@ fn watch_directory(
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let config = path.to_path_buf();
     let handler = move |result: DebounceEventResult| {
-        if result.is_ok() {
+        let relevant = match result {
+            Ok(events) => {
+                let names = watched_names(&config);
+                events
+                    .iter()
+                    .flat_map(|e| e.paths.iter())
+                    .any(|p| p.file_name().is_some_and(|n| names.iter().any(|w| w == n)))
+            }
+            // Events may have been lost: read the file (unchanged bytes cost no parse).
+            Err(_) => true,
+        };
+        if relevant {
             trigger.notify_one();
         }
     };
@@ -138,4 +271,35 @@ fn watch_directory(
         return None;
     }
     Some(debouncer)
+}
+
+/// The names in the config's directory whose events can change what the
+/// config path reads: the file itself (written in place, renamed over) and,
+/// when it is a symlink within the directory, the link's first step — the
+/// `..data` that Kubernetes swaps atomically (`routes.yaml ->
+/// ..data/routes.yaml`). Read at each event: the file may become a link.
+fn watched_names(path: &Path) -> Vec<OsString> {
+    let mut names: Vec<OsString> = path.file_name().map(|n| n.to_os_string()).into_iter().collect();
+    if let Ok(target) = std::fs::read_link(path) {
+        if let (true, Some(Component::Normal(first))) = (target.is_relative(), target.components().next()) {
+            names.push(first.to_os_string());
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kubernetes_link_makes_its_data_directory_a_watched_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.yaml");
+        std::fs::write(&plain, "x").unwrap();
+        assert_eq!(watched_names(&plain), ["plain.yaml"]);
+        let link = dir.path().join("routes.yaml");
+        std::os::unix::fs::symlink("..data/routes.yaml", &link).unwrap();
+        assert_eq!(watched_names(&link), ["routes.yaml", "..data"]);
+    }
 }

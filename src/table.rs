@@ -93,7 +93,16 @@ impl Route {
     /// Index (into `upstreams`) of the primary upstream for this request.
     pub fn choose(&self, headers: &http::HeaderMap) -> usize {
         let Backend::Split(split) = &self.backend else { return 0 };
-        let share = split.choose(headers);
+        let chosen = self.member_for_share(split, split.choose(headers));
+        self.upstreams[chosen].split_decisions.inc();
+        chosen
+    }
+
+    /// Index (into `upstreams`) of the member that takes a request whose
+    /// share of `split` is `share`: that share's upstream, unless it is down
+    /// and another member with weight can serve. Counts nothing, so
+    /// `explain` can answer where a sticky key lands.
+    pub fn member_for_share(&self, split: &Split, share: usize) -> usize {
         let mut chosen = split.shares[share].upstream;
         if !self.upstreams[chosen].upstream.any_available() {
             // Keep users off a member that is down when another can serve.
@@ -106,7 +115,6 @@ impl Route {
                 chosen = other.upstream;
             }
         }
-        self.upstreams[chosen].split_decisions.inc();
         chosen
     }
 

@@ -94,3 +94,46 @@ fn explain_shows_the_route_and_why() {
     assert_eq!(v["route"], "legacy");
     assert!(v["candidates"].to_string().contains("method POST not allowed"));
 }
+
+fn explain(dir: &ConfigDir, args: &[&str]) -> (bool, serde_json::Value) {
+    let out = Command::new(binary()).args(["explain", "--config"]).arg(dir.path()).args(args).output().unwrap();
+    let v =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), v)
+}
+
+#[test]
+fn offline_explain_claims_no_health_it_never_checked() {
+    let dir = ConfigDir::new(&format!(
+        "{}  new:\n    targets: [\"http://127.0.0.1:5001\"]\n{}  - name: canary\n    prefix: /canary\n    split: [{{upstream: new, weight: 50}}, {{upstream: legacy, weight: 50}}]\n    sticky: {{cookie: session}}\n",
+        &GOOD[..GOOD.find("routes:").unwrap()],
+        &GOOD[GOOD.find("routes:").unwrap()..],
+    ));
+    let (ok, v) = explain(&dir, &["GET", "/canary/x"]);
+    assert!(ok, "{v}");
+    assert_eq!(v["health"], "unknown");
+    let text = v.to_string();
+    assert!(!text.contains("healthy") && !text.contains("available"), "claims health it never checked: {v}");
+    assert_eq!(v["split"][1]["targets"][0], "http://127.0.0.1:5000");
+
+    // A sticky key lands where the live proxy's hash puts it, on every run.
+    let (ok, v) = explain(&dir, &["--user", "alice", "GET", "/canary/x"]);
+    assert!(ok, "{v}");
+    let landed = v["upstream"].as_str().unwrap().to_string();
+    assert!(landed == "new" || landed == "legacy", "{v}");
+    assert_eq!(v["sticky_key"]["hashed_to"], landed);
+    let (_, by_cookie) = explain(&dir, &["-H", "Cookie: a=1; session=alice", "GET", "/canary/x"]);
+    assert_eq!(by_cookie["upstream"], landed.as_str());
+}
+
+#[test]
+fn offline_explain_refuses_a_host_the_proxy_would_refuse() {
+    let dir = ConfigDir::new(GOOD);
+    let (ok, v) = explain(&dir, &["--host", "user@example.com", "GET", "/x"]);
+    assert!(!ok, "{v}");
+    assert_eq!(v["status"], 400);
+    assert_eq!(v["error"]["error"], "bad_request");
+    let (ok, v) = explain(&dir, &["--host", "Example.COM.:8080", "GET", "/x"]);
+    assert!(ok, "{v}");
+    assert_eq!(v["route"], "legacy");
+}

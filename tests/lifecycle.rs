@@ -55,9 +55,13 @@ async fn sighup_reloads_and_address_changes_need_a_restart() {
     real.write_in_place(&changed);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(get(proxy.addr, "/new").await.status, 404, "reloaded without a trigger");
+    let metrics = get(proxy.admin, "/metrics").await.text();
+    assert_eq!(metric_sum(&metrics, "strangler_config_reloads_total", &[]), 0.0, "the start-up load is no reload");
     proxy.signal("HUP");
     proxy.wait_for_log("config reloaded").await;
     assert_eq!(get(proxy.addr, "/new").await.status, 200);
+    let metrics = get(proxy.admin, "/metrics").await.text();
+    assert_eq!(metric_sum(&metrics, "strangler_config_reloads_total", &[("result", "success")]), 1.0, "{metrics}");
     assert!(proxy.log_text().contains("take effect only after a restart"));
     let config = get(proxy.admin, "/config").await.json();
     assert_eq!(config["hash"], content_hash(&changed), "the admin listener keeps serving on its old address");

@@ -62,7 +62,68 @@ async fn every_kind_of_file_update_is_applied_without_failed_requests() {
     assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed during reloads");
     assert!(ok.load(Ordering::SeqCst) > 10);
     let metrics = get(proxy.admin, "/metrics").await.text();
-    assert!(metrics.contains("strangler_config_reloads_total{result=\"success\"}"), "{metrics}");
+    // One write in place, one rename, three swaps: one success each, none at start-up.
+    assert_eq!(reloads(&metrics, "success"), 5.0, "{metrics}");
+}
+
+/// `strangler_config_reloads_total` for one result.
+fn reloads(metrics: &str, result: &str) -> f64 {
+    metric_sum(metrics, "strangler_config_reloads_total", &[("result", result)])
+}
+
+/// Writes other files in `dir` (a log, build output) for `window`, as a
+/// busy config directory sees: events the watcher hears, none for the config.
+async fn write_other_files(dir: &std::path::Path, window: Duration) {
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    while started.elapsed() < window {
+        std::fs::write(dir.join("access.log"), format!("line {i}\n")).unwrap();
+        std::fs::write(dir.join(format!("build-{}.o", i % 4)), [i as u8; 64]).unwrap();
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bad_file_is_rejected_and_logged_once_however_often_its_directory_changes_until_sighup() {
+    let a = TestUpstream::start("a", Behaviour::Echo).await;
+    let b = TestUpstream::start("b", Behaviour::Echo).await;
+    let dir = ConfigDir::new(&routed_to(&a, &b, "a"));
+    let proxy = BinaryProxy::start(&dir.path(), &["--poll-interval", "100ms", "--threads", "1"]).await;
+    let metrics = get(proxy.admin, "/metrics").await.text();
+    assert!(metrics.contains("strangler_config_reloads_total{result=\"success\"} 0"), "{metrics}");
+    assert!(metrics.contains("strangler_config_reloads_total{result=\"failure\"} 0"), "{metrics}");
+
+    dir.rename_over(&routed_to(&a, &b, "nope"));
+    wait_for(Duration::from_secs(10), "the bad file to be rejected", || async {
+        reloads(&get(proxy.admin, "/metrics").await.text(), "failure") >= 1.0
+    })
+    .await;
+    // ~20 polls and ~100 directory events while the bad file stays in place.
+    write_other_files(dir.dir.path(), Duration::from_secs(2)).await;
+    let metrics = get(proxy.admin, "/metrics").await.text();
+    assert_eq!(reloads(&metrics, "failure"), 1.0, "the same bad bytes were rejected again");
+    assert_eq!(reloads(&metrics, "success"), 0.0);
+    assert_eq!(proxy.log_text().matches("config rejected").count(), 1, "{}", proxy.log_text());
+    assert_eq!(get(proxy.addr, "/").await.json()["upstream"], "a");
+    // SIGHUP asks for another try: the same bytes are parsed (and refused) again.
+    proxy.signal("HUP");
+    wait_for(Duration::from_secs(10), "SIGHUP to retry the rejected file", || async {
+        reloads(&get(proxy.admin, "/metrics").await.text(), "failure") == 2.0
+    })
+    .await;
+
+    let fixed = routed_to(&a, &b, "b");
+    dir.rename_over(&fixed);
+    wait_for(Duration::from_secs(10), "the fixed file to be applied", || async {
+        get(proxy.admin, "/config").await.json()["hash"] == content_hash(&fixed)
+    })
+    .await;
+    write_other_files(dir.dir.path(), Duration::from_millis(600)).await;
+    let metrics = get(proxy.admin, "/metrics").await.text();
+    assert_eq!((reloads(&metrics, "success"), reloads(&metrics, "failure")), (1.0, 2.0), "{metrics}");
+    assert_eq!(proxy.log_text().matches("config reloaded").count(), 1);
+    assert_eq!(get(proxy.addr, "/").await.json()["upstream"], "b");
 }
 
 #[tokio::test]
@@ -71,25 +132,24 @@ async fn an_invalid_version_never_replaces_the_valid_one() {
     let b = TestUpstream::start("b", Behaviour::Echo).await;
     let proxy = TestProxy::start(&routed_to(&a, &b, "a")).await;
     let good = proxy.hash();
-    for bad in [
+    for (i, bad) in [
         routed_to(&a, &b, "nope"),
         "listen: [unclosed\n".to_string(),
         routed_to(&a, &b, "b").replace("routes:", "surprise: 1\nroutes:"),
-    ] {
-        proxy.config.write_in_place(&bad);
-        tokio::time::sleep(Duration::from_millis(700)).await;
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        proxy.config.rename_over(&bad);
+        wait_for(Duration::from_secs(10), "the invalid version to be rejected", || async {
+            reloads(&get(proxy.admin, "/metrics").await.text(), "failure") == (i + 1) as f64
+        })
+        .await;
         assert_eq!(proxy.hash(), good, "an invalid config was applied");
         assert_eq!(get(proxy.addr, "/").await.json()["upstream"], "a");
     }
     let metrics = get(proxy.admin, "/metrics").await.text();
-    let failures: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("strangler_config_reloads_total{result=\"failure\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(failures >= 3, "{metrics}");
+    assert_eq!((reloads(&metrics, "failure"), reloads(&metrics, "success")), (3.0, 0.0), "{metrics}");
     // And a valid version after them is taken.
     let fixed = routed_to(&a, &b, "b");
     proxy.config.write_in_place(&fixed);

@@ -158,7 +158,8 @@ async fn config_rewrites_under_load_apply_every_valid_version_and_reject_every_i
         &failures[..failures.len().min(5)]
     );
     let metrics = get(proxy.admin, "/metrics").await.text();
-    assert!(metric(&metrics, "strangler_config_reloads_total{result=\"success\"}") > applied as u64);
+    // The start-up load is no reload: every applied version counts once.
+    assert!(metric(&metrics, "strangler_config_reloads_total{result=\"success\"}") >= applied as u64);
     assert!(failures_metric(&metrics) >= rejected as u64);
     let config = get(proxy.admin, "/config").await.json();
     assert_eq!(config["hash"], proxy.hash());

@@ -46,6 +46,11 @@ use prepare::{prepare, start_mirror, RequestBody};
 use route::route;
 use send::send;
 
+// The pure steps of routing, shared with `explain` so that it answers
+// what the proxy does.
+pub use prepare::upstream_path_and_query;
+pub use route::{choose_route, downstream_host, matching_host, Routed};
+
 /// What the proxy knows about the downstream connection (the client's
 /// side), computed once per connection.
 pub struct Downstream {

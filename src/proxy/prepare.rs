@@ -57,8 +57,7 @@ pub(super) fn prepare<'t, 'u>(
     request_id: &HeaderValue,
 ) -> Result<Plan<'t, 'u>, ProxyError> {
     let Routed { route, path, prefix_len, host } = routed;
-    let upstream_path = if route.strip_prefix { &path[prefix_len..] } else { &path[..] };
-    let path_and_query = upstream_path_and_query(req.uri(), upstream_path)?;
+    let path_and_query = upstream_path_and_query(route, &path, prefix_len, req.uri())?;
     let absolute_form = req.uri().authority().is_some();
     let hdrs = req.headers_mut();
     if upgrade {
@@ -82,8 +81,16 @@ pub(super) fn prepare<'t, 'u>(
     Ok(Plan { route, path, path_and_query, primary, fallback, replayable, misdirect_to, keeps_body })
 }
 
-/// The path and query sent upstream: the matched path, plus the client's query.
-fn upstream_path_and_query(uri: &http::Uri, path: &str) -> Result<PathAndQuery, ProxyError> {
+/// The path and query sent upstream: the normalized `path` (less the
+/// route's prefix, `prefix_len` bytes, with `strip_prefix`), plus the
+/// client's query from `uri`. Shared with `explain`.
+pub fn upstream_path_and_query(
+    route: &Route,
+    path: &str,
+    prefix_len: usize,
+    uri: &http::Uri,
+) -> Result<PathAndQuery, ProxyError> {
+    let path = if route.strip_prefix { &path[prefix_len..] } else { path };
     let path = if path.is_empty() { "/" } else { path };
     if path == uri.path() {
         if let Some(pq) = uri.path_and_query() {

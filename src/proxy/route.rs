@@ -13,7 +13,7 @@ use crate::router::host_for_matching;
 use crate::table::{Route, Table};
 
 /// A request's route, and what the later stages need from matching it.
-pub(super) struct Routed<'t, 'u> {
+pub struct Routed<'t, 'u> {
     pub route: &'t Route,
     /// The normalized path (borrowed from the request's URI when
     /// normalizing changed nothing).
@@ -26,9 +26,7 @@ pub(super) struct Routed<'t, 'u> {
 
 /// Picks the route for a request, recording its path and route in
 /// `outcome`. `uri` is the request's own, cloned by the caller so the path
-/// can be borrowed while the headers are edited. Refuses CONNECT, a path
-/// that does not normalize and a bad or doubled Host (400); no matching
-/// route is a 404.
+/// can be borrowed while the headers are edited.
 pub(super) fn route<'t, 'u>(
     table: &'t Table,
     method: &Method,
@@ -36,31 +34,55 @@ pub(super) fn route<'t, 'u>(
     headers: &HeaderMap,
     outcome: &mut Outcome<'t>,
 ) -> Result<Routed<'t, 'u>, ProxyError> {
+    let routed = choose_route(table, method, uri, headers, |path| {
+        if tracing::enabled!(target: "strangler::access", tracing::Level::INFO) {
+            outcome.path = Some(path.into());
+        }
+    })?;
+    outcome.route = Some(routed.route);
+    Ok(routed)
+}
+
+/// The route a request takes, or why it has none: the one decision the
+/// proxy and `explain` share. Refuses CONNECT, a path that does not
+/// normalize and a bad or doubled Host (400); no matching route is a 404.
+/// `on_path` sees the normalized path as soon as it is known (a request
+/// refused after that is still logged with it).
+pub fn choose_route<'t, 'u>(
+    table: &'t Table,
+    method: &Method,
+    uri: &'u Uri,
+    headers: &HeaderMap,
+    on_path: impl FnOnce(&str),
+) -> Result<Routed<'t, 'u>, ProxyError> {
     if method == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported"));
     }
     let path = path::normalize(uri.path()).map_err(ProxyError::BadPath)?;
-    if tracing::enabled!(target: "strangler::access", tracing::Level::INFO) {
-        outcome.path = Some(path.as_ref().into());
-    }
+    on_path(&path);
     let host = downstream_host(uri, headers)?;
     // The route is chosen on the same host the upstream will read.
     let matching_host = match &host {
-        Some(v) => Some(v.to_str().ok().and_then(host_for_matching).ok_or(ProxyError::BadRequest("invalid Host"))?),
+        Some(v) => Some(matching_host(v)?),
         None => None,
     };
     let found = table
         .router
         .lookup(&path, matching_host, method)
         .ok_or_else(|| ProxyError::NoRoute { method: method.to_string(), path: path.to_string() })?;
-    outcome.route = Some(found.value);
     Ok(Routed { route: found.value, prefix_len: found.prefix_len, path, host })
+}
+
+/// The host routes match on: without its port or trailing dot (the router
+/// compares it case-insensitively); a 400 for a host no route could name.
+pub fn matching_host(host: &HeaderValue) -> Result<&str, ProxyError> {
+    host.to_str().ok().and_then(host_for_matching).ok_or(ProxyError::BadRequest("invalid Host"))
 }
 
 /// The host the client addressed: the authority of an absolute-form or
 /// HTTP/2 request wins over `Host` (RFC 9112 §3.2.2), and is what the
 /// upstream is then told.
-fn downstream_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<HeaderValue>, ProxyError> {
+pub fn downstream_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<HeaderValue>, ProxyError> {
     if let Some(authority) = uri.authority() {
         return HeaderValue::from_str(authority.as_str())
             .map(Some)
