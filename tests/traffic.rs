@@ -372,11 +372,15 @@ async fn clients_behind_a_trusted_proxy_get_a_bucket_each_and_a_spoofed_entry_ch
 }
 
 #[tokio::test]
-async fn without_trusted_proxies_every_client_behind_a_proxy_shares_its_bucket() {
+async fn without_trusted_proxies_every_client_behind_a_proxy_shares_its_bucket_until_a_reload_trusts_it() {
     let up = TestUpstream::start("up", Behaviour::Echo).await;
     let proxy = TestProxy::start(&one_request_per_client(&up, "")).await;
     assert_eq!(status_forwarded_for(&proxy, "203.0.113.1").await, 200);
     assert_eq!(status_forwarded_for(&proxy, "203.0.113.2").await, 429, "X-Forwarded-For is not believed");
+    let trusting = one_request_per_client(&up, "trusted_proxies: [\"127.0.0.1\"]\n");
+    proxy.config.write_in_place(&trusting);
+    proxy.wait_for_hash(&content_hash(&trusting)).await;
+    assert_eq!(status_forwarded_for(&proxy, "203.0.113.2").await, 200, "believed from the reload on");
 }
 
 #[tokio::test]
