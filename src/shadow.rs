@@ -819,7 +819,8 @@ fn base_record(request: &MirroredRequest, shadow_upstream: &str, result: Outcome
 /// `X-Strangler-Shadow-Of`, and in `traceparent` a new span of the user's
 /// trace (same trace id and flags, new parent id). An invalid or repeated
 /// `traceparent` is not forwarded, nor then is `tracestate`. Applied after
-/// the route's `shadow.headers` edits, which cannot take these away.
+/// the route's `shadow.headers` edits: they cannot change the ids, and a
+/// `traceparent` they removed stays removed.
 fn identify_copy(headers: &mut HeaderMap, user_request_id: &str) -> HeaderValue {
     let id = headers::new_request_id();
     headers.insert(X_REQUEST_ID.clone(), id.clone());
@@ -1060,6 +1061,40 @@ mod tests {
         let Err((value, message)) = validate(&raw) else { panic!("accepted sample 1.5") };
         assert_eq!(value, "sample");
         assert_eq!(message, "shadow.sample must be between 0.0 and 1.0, not 1.5");
+    }
+
+    #[test]
+    fn a_copy_gets_its_own_id_and_span_and_names_the_users_request() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut copy = HeaderMap::new();
+        copy.insert(&X_REQUEST_ID, HeaderValue::from_static("user-1"));
+        copy.insert(&TRACEPARENT, HeaderValue::from_static(parent));
+        copy.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
+        let id = identify_copy(&mut copy, "user-1");
+        assert_eq!(copy[&X_REQUEST_ID], id);
+        assert_ne!(id, "user-1");
+        assert_eq!(copy[&X_STRANGLER_SHADOW_OF], "user-1");
+        let span = copy[&TRACEPARENT].to_str().unwrap();
+        assert!(span.starts_with(&parent[..36]) && span.ends_with("-01") && span != parent, "{span}");
+        assert_eq!(copy[&TRACESTATE], "vendor=1", "kept with a valid traceparent");
+        assert_ne!(identify_copy(&mut copy.clone(), "user-1"), id, "every copy its own id");
+    }
+
+    #[test]
+    fn a_copy_drops_an_invalid_or_repeated_traceparent_with_its_tracestate() {
+        let parent = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        for parents in [vec![HeaderValue::from_static("00-nonsense")], vec![parent.clone(), parent]] {
+            let mut copy = HeaderMap::new();
+            for p in parents {
+                copy.append(&TRACEPARENT, p);
+            }
+            copy.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
+            identify_copy(&mut copy, "user-1");
+            assert!(!copy.contains_key(&TRACEPARENT) && !copy.contains_key(&TRACESTATE), "{copy:?}");
+        }
+        let mut untraced = HeaderMap::new();
+        identify_copy(&mut untraced, "user-1");
+        assert!(!untraced.contains_key(&TRACEPARENT), "no trace is started for a request that had none");
     }
 
     #[test]
