@@ -215,7 +215,7 @@ if cm:
     open(routes_out, "w").write(text)
     cfg = yaml.safe_load(text)
     # A quick pre-check; `strangler check` (STRANGLER_BIN) is the authority.
-    allowed_top = {"listen", "admin", "upstreams", "routes", "upstream_header", "shadow", "tls"}
+    allowed_top = {"listen", "admin", "upstreams", "routes", "upstream_header", "shadow", "tls", "trusted_proxies"}
     allowed_up = {"targets", "connect_timeout", "timeout", "retries", "load_balancing", "max_concurrent",
                   "health_check", "outlier", "tls"}
     allowed_route = {"name", "prefix", "upstream", "split", "methods", "fallback", "sticky", "host",

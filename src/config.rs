@@ -33,6 +33,11 @@ pub struct RawConfig {
     /// certificate files themselves rotate live).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
+    /// Addresses and CIDR ranges of the load balancers in front of the
+    /// proxy, whose `X-Forwarded-For` is believed for the client's address
+    /// (see [`crate::forwarded`]); empty, the client is the TCP peer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// TLS on the listener.

@@ -12,6 +12,10 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// W3C Trace Context: the span a request belongs to, `version-traceid-parentid-flags`.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C Trace Context: vendors' state for the trace; meaningless without a valid `traceparent`.
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -78,16 +82,23 @@ pub fn set_upgrade(headers: &mut HeaderMap) {
 }
 
 /// Adds the `X-Forwarded-*` headers: `For` appended, `Proto` and `Host` set.
-pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &'static str, host: Option<HeaderValue>) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prior) => {
-            let mut joined = Vec::with_capacity(prior.len() + 2 + client_ip.len());
-            joined.extend_from_slice(prior.as_bytes());
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client_ip.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
+/// `peer_ip` is the TCP peer's address, whoever the client behind it is
+/// (see [`crate::forwarded`]): each hop appends the one it saw, so the chain
+/// stays true. Several `X-Forwarded-For` field lines are one list (RFC 9110
+/// §5.3): all of them are kept, in order, in the one line sent on.
+pub fn add_forwarded(headers: &mut HeaderMap, peer_ip: &HeaderValue, proto: &'static str, host: Option<HeaderValue>) {
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter();
+    let xff = match prior.next() {
+        Some(first) => {
+            let mut joined = Vec::with_capacity(first.len() + 2 + peer_ip.len());
+            joined.extend_from_slice(first.as_bytes());
+            for line in prior.chain(std::iter::once(peer_ip)) {
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(line.as_bytes());
+            }
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer_ip.clone())
         }
-        None => client_ip.clone(),
+        None => peer_ip.clone(),
     };
     headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -119,6 +130,43 @@ pub fn new_request_id() -> HeaderValue {
     write_hex(&mut buf[..16], prefix);
     write_hex(&mut buf[16..], n);
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+}
+
+/// A `traceparent` for a new span in the same trace as `parent` (W3C Trace
+/// Context): the same trace id and flags (the sampled flag kept), a new
+/// random parent id, version `00`. `None` when `parent` is not a valid
+/// `traceparent`: lower-case hex fields, a trace id and a parent id that are
+/// not all zeros, version `ff` refused, version `00` exactly 55 characters; a
+/// later version is read by the `00` layout and must end there or at a `-`.
+pub fn next_span(parent: &HeaderValue) -> Option<HeaderValue> {
+    let b = parent.as_bytes();
+    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    let (version, trace_id, parent_id, flags) = (&b[..2], &b[3..35], &b[36..52], &b[53..55]);
+    let hex = |field: &[u8]| field.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let zeros = |field: &[u8]| field.iter().all(|&c| c == b'0');
+    let valid = [version, trace_id, parent_id, flags].into_iter().all(hex)
+        && version != b"ff"
+        && (if version == b"00" { b.len() == 55 } else { b.len() == 55 || b[55] == b'-' })
+        && !zeros(trace_id)
+        && !zeros(parent_id);
+    if !valid {
+        return None;
+    }
+    let mut out = [0u8; 55];
+    out[..3].copy_from_slice(b"00-");
+    out[3..35].copy_from_slice(trace_id);
+    out[35] = b'-';
+    loop {
+        write_hex(&mut out[36..52], fastrand::u64(1..));
+        if out[36..52] != *parent_id {
+            break;
+        }
+    }
+    out[52] = b'-';
+    out[53..55].copy_from_slice(flags);
+    Some(HeaderValue::from_bytes(&out).expect("hex is a valid header value"))
 }
 
 fn write_hex(out: &mut [u8], mut v: u64) {
@@ -159,6 +207,16 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_for_keeps_every_field_line_in_order() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR.clone(), "10.0.0.1".parse().unwrap());
+        h.append(X_FORWARDED_FOR.clone(), "10.0.0.2, 10.0.0.3".parse().unwrap());
+        add_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), "http", None);
+        let lines: Vec<_> = h.get_all(&X_FORWARDED_FOR).iter().collect();
+        assert_eq!(lines, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]);
+    }
+
+    #[test]
     fn request_ids_are_unique_and_kept() {
         assert_ne!(new_request_id(), new_request_id());
         let mut h = HeaderMap::new();
@@ -166,6 +224,53 @@ mod tests {
         assert_eq!(request_id(&h), "abc-1");
         h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("has space"));
         assert_ne!(request_id(&h), "has space");
+    }
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn span(value: &str) -> Option<String> {
+        next_span(&HeaderValue::from_str(value).unwrap()).map(|v| v.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn a_new_span_keeps_the_trace_id_and_the_flags_and_changes_the_parent_id() {
+        let child = span(PARENT).expect("a valid traceparent");
+        assert_eq!(child.len(), 55);
+        assert_eq!(&child[..36], &PARENT[..36], "version and trace id");
+        assert_ne!(&child[36..52], &PARENT[36..52], "a new parent id");
+        assert!(child[36..52].bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(&child[36..52], "0000000000000000");
+        assert_eq!(&child[52..], "-01", "sampled stays sampled");
+        let unsampled = span(&PARENT.replace("-01", "-00")).unwrap();
+        assert!(unsampled.ends_with("-00"), "not sampled stays not sampled");
+        assert_ne!(span(PARENT), span(PARENT), "each copy its own span");
+    }
+
+    #[test]
+    fn a_later_version_is_read_by_the_first_layout_and_answered_as_version_00() {
+        let later = format!("cc{}-what-the-future-adds", &PARENT[2..]);
+        let child = span(&later).expect("a later version is understood");
+        assert_eq!(&child[..36], &PARENT[..36]);
+        assert_eq!(child.len(), 55);
+        assert!(span(&format!("cc{}x", &PARENT[2..])).is_none(), "a later version must end a field at a dash");
+    }
+
+    #[test]
+    fn an_invalid_traceparent_gives_no_span() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(span(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

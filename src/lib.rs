@@ -16,7 +16,8 @@
 //! 2. [`wire`]: the HTTP/1.1 codec, the one place untrusted bytes are parsed
 //!    (request heads, answer heads, answer bodies).
 //! 3. [`proxy`]: one request, in stages — `proxy/route.rs` ([`path`]
-//!    normalizes, [`router`] matches), `proxy/admit.rs` ([`ratelimit`]),
+//!    normalizes, [`router`] matches), `proxy/admit.rs` ([`ratelimit`];
+//!    [`forwarded`] names the client behind `trusted_proxies`),
 //!    `proxy/prepare.rs` ([`headers`], body buffering, the mirror's start),
 //!    `proxy/send.rs` (retries, fallback; [`split`] chose the primary),
 //!    `proxy/finish.rs` (answer edits, [`metrics`], access log); failures
@@ -55,6 +56,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod explain;
+pub mod forwarded;
 pub mod headers;
 pub mod health;
 pub mod metrics;

@@ -1,4 +1,6 @@
 //! Per-route rate limits: a token bucket per key (client IP or a header).
+//! Each replica keeps its own buckets: across a fleet the limit a client
+//! meets is `replicas × rps`.
 //! Buckets live in a few sharded maps, touched only by routes that set
 //! `rate_limit`; idle buckets are pruned so a flood of keys cannot grow
 //! memory without bound.
@@ -41,10 +43,12 @@ impl RateLimiter {
     }
 
     /// `Ok` to let the request through, or how long until a token is free.
-    pub fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Duration> {
+    /// `client` gives the downstream client's address (asked only for a
+    /// `client_ip` key: behind trusted proxies it reads `X-Forwarded-For`).
+    pub fn check(&self, headers: &HeaderMap, client: impl FnOnce() -> IpAddr) -> Result<(), Duration> {
         let mut ip_buf = [0u8; 16];
         let key: &[u8] = match &self.key {
-            RateKey::ClientIp => match client {
+            RateKey::ClientIp => match client() {
                 IpAddr::V4(v4) => {
                     ip_buf[..4].copy_from_slice(&v4.octets());
                     &ip_buf[..4]
@@ -89,12 +93,21 @@ mod tests {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let h = HeaderMap::new();
         for _ in 0..3 {
-            assert!(limiter.check(&h, ip).is_ok());
+            assert!(limiter.check(&h, || ip).is_ok());
         }
-        let wait = limiter.check(&h, ip).unwrap_err();
+        let wait = limiter.check(&h, || ip).unwrap_err();
         assert!(wait <= Duration::from_millis(101), "{wait:?}");
         std::thread::sleep(Duration::from_millis(120));
-        assert!(limiter.check(&h, ip).is_ok());
-        assert!(limiter.check(&h, "127.0.0.2".parse().unwrap()).is_ok(), "keys are separate");
+        assert!(limiter.check(&h, || ip).is_ok());
+        assert!(limiter.check(&h, || "127.0.0.2".parse().unwrap()).is_ok(), "keys are separate");
+    }
+
+    #[test]
+    fn a_header_key_never_asks_for_the_client_address() {
+        let limiter = RateLimiter::new(10.0, 1.0, RateKey::Header(HeaderName::from_static("x-api-key")));
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "k1".parse().unwrap());
+        assert!(limiter.check(&h, || unreachable!("the address is not the key")).is_ok());
+        assert!(limiter.check(&h, || unreachable!("the address is not the key")).is_err());
     }
 }

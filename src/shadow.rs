@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::client::body::{Capture, Captured, OnEnd, ProxyBody, Tee};
 use crate::config::{RawShadow, RawShadowLog};
 use crate::diff::{self, Answer, CompareOptions};
+use crate::headers::{self, TRACEPARENT, TRACESTATE, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::record::{reason, DiffKind, DiffRecord, Difference, Outcome, PrimarySide, ShadowSide};
 use crate::split::stable_hash;
@@ -34,6 +36,9 @@ use crate::upstream::Upstream;
 
 /// Marks mirrored requests; a request that carries it is never mirrored again.
 pub static X_STRANGLER_SHADOW: HeaderName = HeaderName::from_static("x-strangler-shadow");
+/// On a mirrored request: the `X-Request-Id` of the user's request it copies
+/// (the copy has an id of its own).
+pub static X_STRANGLER_SHADOW_OF: HeaderName = HeaderName::from_static("x-strangler-shadow-of");
 
 /// Distinct pointers per route in `strangler_shadow_field_mismatches_total`; the rest count as `other`.
 const MAX_POINTER_LABELS: usize = 200;
@@ -181,6 +186,8 @@ const SAMPLE_SEED: u64 = 0x5a4d_91e0;
 pub struct RequestFacts<'a> {
     pub route: &'a Arc<str>,
     pub request_id: &'a HeaderValue,
+    /// The downstream client's address (see [`crate::forwarded`]).
+    pub client_ip: IpAddr,
     pub method: &'a Method,
     /// The normalized path.
     pub path: &'a str,
@@ -195,7 +202,9 @@ pub struct RequestFacts<'a> {
 /// A mirrored request as the shadow task sends it and records it.
 struct MirroredRequest {
     route: Arc<str>,
+    /// The user's request's id (the copies get their own).
     request_id: String,
+    client_ip: IpAddr,
     method: Method,
     path: String,
     query: Option<String>,
@@ -213,6 +222,7 @@ impl MirroredRequest {
         MirroredRequest {
             route: facts.route.clone(),
             request_id: facts.request_id.to_str().unwrap_or_default().to_string(),
+            client_ip: facts.client_ip,
             method: facts.method.clone(),
             path: facts.path.to_string(),
             query: facts.query.map(str::to_string),
@@ -579,32 +589,39 @@ impl ShadowRuntime {
             headers.insert(name.clone(), value.clone());
         }
         headers.insert(X_STRANGLER_SHADOW.clone(), HeaderValue::from_static("1"));
+        // Each copy (the candidate's, the noise call's) is a request of its
+        // own: its own id and span, the user's id beside them.
         let ask = |upstream: Arc<Upstream>| {
-            fetch(
+            let mut headers = headers.clone();
+            let id = identify_copy(&mut headers, &request.request_id);
+            let fetched = fetch(
                 upstream,
                 request.method.clone(),
                 request.path_and_query.clone(),
-                headers.clone(),
+                headers,
                 body.clone(),
                 shadow.settings.timeout,
                 shadow.settings.max_body,
-            )
+            );
+            (id, fetched)
         };
+        let (shadow_id, shadow_fetch) = ask(shadow.upstream.clone());
         let noise_fut = async {
             match &shadow.noise {
-                Some(noise) => Some(ask(noise.clone()).await),
+                Some(noise) => Some(ask(noise.clone()).1.await),
                 None => None,
             }
         };
-        let (shadow_answer, noise_answer) = tokio::join!(ask(shadow.upstream.clone()), noise_fut);
+        let (shadow_answer, noise_answer) = tokio::join!(shadow_fetch, noise_fut);
         // The primary's body may still be streaming to the client: wait for
         // it, but not forever.
         let wait = shadow.settings.timeout.max(Duration::from_secs(30));
-        let primary = match tokio::time::timeout(wait, primary).await {
-            Ok(Ok(answer)) => answer,
-            _ => return base_record(&request, &shadow_name, Outcome::Skipped, Some(reason::PRIMARY_ERROR)),
+        let mut record = match tokio::time::timeout(wait, primary).await {
+            Ok(Ok(primary)) => self.judge(shadow, &request, primary, shadow_answer, noise_answer),
+            _ => base_record(&request, &shadow_name, Outcome::Skipped, Some(reason::PRIMARY_ERROR)),
         };
-        self.judge(shadow, &request, primary, shadow_answer, noise_answer)
+        record.shadow_request_id = shadow_id.to_str().ok().map(str::to_string);
+        record
     }
 
     fn judge(
@@ -769,6 +786,8 @@ fn base_record(request: &MirroredRequest, shadow_upstream: &str, result: Outcome
     DiffRecord {
         ts: humantime::format_rfc3339_millis(request.received).to_string(),
         request_id: request.request_id.clone(),
+        shadow_request_id: None,
+        client_ip: Some(request.client_ip.to_string()),
         route: request.route.to_string(),
         endpoint: diff::endpoint_template(&request.path),
         method: request.method.to_string(),
@@ -792,6 +811,38 @@ fn base_record(request: &MirroredRequest, shadow_upstream: &str, result: Outcome
         diffs: Vec::<Difference>::new(),
         noise: vec![],
     }
+}
+
+/// Makes the headers of a mirrored copy those of a request of its own, so
+/// the candidate's work never shows up as the user's request in logs and
+/// traces: a new `X-Request-Id` (returned), the user's in
+/// `X-Strangler-Shadow-Of`, and in `traceparent` a new span of the user's
+/// trace (same trace id and flags, new parent id). An invalid or repeated
+/// `traceparent` is not forwarded, nor then is `tracestate`. Applied after
+/// the route's `shadow.headers` edits: they cannot change the ids, and a
+/// `traceparent` they removed stays removed.
+fn identify_copy(headers: &mut HeaderMap, user_request_id: &str) -> HeaderValue {
+    let id = headers::new_request_id();
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    if let Ok(user) = HeaderValue::from_str(user_request_id) {
+        headers.insert(X_STRANGLER_SHADOW_OF.clone(), user);
+    }
+    let mut parents = headers.get_all(&TRACEPARENT).iter();
+    let span = match (parents.next(), parents.next()) {
+        (None, _) => return id,
+        (Some(parent), None) => headers::next_span(parent),
+        (Some(_), Some(_)) => None,
+    };
+    match span {
+        Some(span) => {
+            headers.insert(TRACEPARENT.clone(), span);
+        }
+        None => {
+            headers.remove(&TRACEPARENT);
+            headers.remove(&TRACESTATE);
+        }
+    }
+    id
 }
 
 /// The query string with the values of credential-like parameters
@@ -1010,6 +1061,40 @@ mod tests {
         let Err((value, message)) = validate(&raw) else { panic!("accepted sample 1.5") };
         assert_eq!(value, "sample");
         assert_eq!(message, "shadow.sample must be between 0.0 and 1.0, not 1.5");
+    }
+
+    #[test]
+    fn a_copy_gets_its_own_id_and_span_and_names_the_users_request() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut copy = HeaderMap::new();
+        copy.insert(&X_REQUEST_ID, HeaderValue::from_static("user-1"));
+        copy.insert(&TRACEPARENT, HeaderValue::from_static(parent));
+        copy.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
+        let id = identify_copy(&mut copy, "user-1");
+        assert_eq!(copy[&X_REQUEST_ID], id);
+        assert_ne!(id, "user-1");
+        assert_eq!(copy[&X_STRANGLER_SHADOW_OF], "user-1");
+        let span = copy[&TRACEPARENT].to_str().unwrap();
+        assert!(span.starts_with(&parent[..36]) && span.ends_with("-01") && span != parent, "{span}");
+        assert_eq!(copy[&TRACESTATE], "vendor=1", "kept with a valid traceparent");
+        assert_ne!(identify_copy(&mut copy.clone(), "user-1"), id, "every copy its own id");
+    }
+
+    #[test]
+    fn a_copy_drops_an_invalid_or_repeated_traceparent_with_its_tracestate() {
+        let parent = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        for parents in [vec![HeaderValue::from_static("00-nonsense")], vec![parent.clone(), parent]] {
+            let mut copy = HeaderMap::new();
+            for p in parents {
+                copy.append(&TRACEPARENT, p);
+            }
+            copy.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
+            identify_copy(&mut copy, "user-1");
+            assert!(!copy.contains_key(&TRACEPARENT) && !copy.contains_key(&TRACESTATE), "{copy:?}");
+        }
+        let mut untraced = HeaderMap::new();
+        identify_copy(&mut untraced, "user-1");
+        assert!(!untraced.contains_key(&TRACEPARENT), "no trace is started for a request that had none");
     }
 
     #[test]

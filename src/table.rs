@@ -27,6 +27,7 @@ use http::Method;
 use prometheus::{IntCounter, IntCounterVec};
 
 use crate::config::{ConfigError, RawConfig};
+use crate::forwarded::TrustedProxies;
 use crate::metrics::RouteStats;
 use crate::ratelimit::RateLimiter;
 use crate::router::Router;
@@ -48,6 +49,9 @@ pub struct Table {
     pub loaded_at: SystemTime,
     /// Response header naming the upstream that answered, if switched on.
     pub upstream_header: Option<HeaderName>,
+    /// Whose `X-Forwarded-For` is believed for the downstream client's
+    /// address (`trusted_proxies`); empty, the client is the TCP peer.
+    pub trusted_proxies: TrustedProxies,
     /// Connectors, pools, target states and rate limiters, for the next
     /// version to reuse and for [`retire`] to release.
     pub resources: Resources,

@@ -74,3 +74,41 @@ async fn hop_by_hop_response_headers_are_removed() {
     assert!(r.headers.get("keep-alive").is_none());
     assert_eq!(r.header("x-upstream"), Some("up"), "end-to-end headers pass");
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_upstream_gets_the_chain_with_the_peer_appended() {
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let text = config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n")
+        .replace("upstreams:\n", "trusted_proxies: [\"127.0.0.0/8\"]\nupstreams:\n");
+    let proxy = TestProxy::start(&text).await;
+    let r = call(proxy.addr, http::Method::GET, "/", &[("x-forwarded-for", "198.51.100.77, 203.0.113.9")], None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        up.last_seen().headers["x-forwarded-for"],
+        "198.51.100.77, 203.0.113.9, 127.0.0.1",
+        "the chain is passed on as it came, with the hop the proxy saw; nothing is rewritten"
+    );
+}
+
+#[tokio::test]
+async fn the_access_log_names_the_client_behind_a_trusted_proxy() {
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let text = config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n")
+        .replace("upstreams:\n", "trusted_proxies: [\"127.0.0.0/8\", \"10.0.0.0/8\"]\nupstreams:\n");
+    let dir = ConfigDir::new(&text);
+    let proxy = BinaryProxy::start(&dir.path(), &["--log-format", "json", "--threads", "1"]).await;
+    let chain = [("x-forwarded-for", "198.51.100.77, 203.0.113.9, 10.1.2.3")];
+    let served = access_line(&proxy, &call(proxy.addr, http::Method::GET, "/", &chain, None).await).await;
+    assert_eq!(served["client_ip"], "203.0.113.9", "{served}");
+    let refused = access_line(&proxy, &call(proxy.addr, http::Method::GET, "/a%2Fb", &chain, None).await).await;
+    assert_eq!(refused["status"], 400, "{refused}");
+    assert_eq!(refused["client_ip"], "203.0.113.9", "a refused request names its client too: {refused}");
+}
+
+/// The JSON access log line of the request `answer` answered.
+async fn access_line(proxy: &BinaryProxy, answer: &TestResponse) -> serde_json::Value {
+    let id = answer.header("x-request-id").expect("an id on every answer");
+    proxy.wait_for_log(id).await;
+    let text = proxy.log_text();
+    serde_json::from_str(text.lines().find(|l| l.contains(id)).unwrap()).unwrap()
+}

@@ -16,6 +16,8 @@ fn rec(minute: u64, i: u64, route: &str, result: Outcome) -> DiffRecord {
     DiffRecord {
         ts: format!("2026-11-25T20:{:02}:{:02}.{:03}Z", minute % 60, i % 60, i % 1000),
         request_id: format!("{route}-{minute}-{i}"),
+        shadow_request_id: None,
+        client_ip: None,
         route: route.into(),
         endpoint: format!("/api/{route}/{{id}}"),
         method: "GET".into(),

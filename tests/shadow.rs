@@ -410,3 +410,59 @@ async fn sample_keys_sample_whole_sessions() {
     }
     assert!((10..=30).contains(&mirrored_users), "{mirrored_users} of 40 sessions sampled at 0.5");
 }
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[tokio::test]
+async fn a_mirrored_copy_is_a_request_of_its_own_in_the_users_trace() {
+    let s = setup(Behaviour::Echo, Behaviour::Echo, "      noise: legacy\n", "").await;
+    let sent = [("x-request-id", "user-req-1"), ("traceparent", TRACEPARENT), ("tracestate", "vendor=1")];
+    let r = call(s.proxy.addr, Method::GET, "/api/users/7", &sent, None).await;
+    assert_eq!((r.status.as_u16(), r.header("x-request-id")), (200, Some("user-req-1")));
+    let record = records(&s.log, 1).await.remove(0);
+    let primary_seen = s.primary.seen.lock().unwrap().clone();
+    let (copies, users): (Vec<_>, Vec<_>) =
+        primary_seen.into_iter().map(|seen| seen.headers).partition(|h| h.contains_key("x-strangler-shadow"));
+    let user = &users[0];
+    assert_eq!(user["x-request-id"], "user-req-1");
+    assert_eq!(user["traceparent"], TRACEPARENT, "the user's request goes on untouched");
+    assert!(user.get("x-strangler-shadow-of").is_none());
+    let candidate = s.shadow.last_seen().headers;
+    let candidate_id = candidate["x-request-id"].to_str().unwrap().to_string();
+    for copy in [&candidate, &copies[0]] {
+        let id = copy["x-request-id"].to_str().unwrap();
+        assert_ne!(id, "user-req-1", "a copy has an id of its own");
+        assert_eq!(copy["x-strangler-shadow-of"], "user-req-1", "and names the user's");
+        let span = copy["traceparent"].to_str().unwrap();
+        assert_eq!(&span[..36], &TRACEPARENT[..36], "the same trace: {span}");
+        assert_ne!(&span[36..52], &TRACEPARENT[36..52], "a span of its own: {span}");
+        assert_eq!(&span[52..], "-01", "still sampled: {span}");
+        assert_eq!(copy["tracestate"], "vendor=1");
+    }
+    assert_ne!(copies[0]["x-request-id"], candidate_id, "the noise call is another copy");
+    assert_eq!(record["request_id"], "user-req-1", "ops find the record by the user's id");
+    assert_eq!(record["shadow_request_id"], candidate_id.as_str(), "and the candidate's logs by this one");
+}
+
+#[tokio::test]
+async fn an_invalid_traceparent_is_not_forwarded_on_the_copy() {
+    let s = setup(Behaviour::Echo, Behaviour::Echo, "", "").await;
+    let invalid = TRACEPARENT.replace("-01", "-0x");
+    let sent = [("traceparent", invalid.as_str()), ("tracestate", "vendor=1")];
+    assert_eq!(call(s.proxy.addr, Method::GET, "/api/users/7", &sent, None).await.status, 200);
+    records(&s.log, 1).await;
+    let copy = s.shadow.last_seen().headers;
+    assert!(copy.get("traceparent").is_none() && copy.get("tracestate").is_none(), "{copy:?}");
+    assert_eq!(s.primary.last_seen().headers["traceparent"], invalid.as_str(), "the user's request is not ours to fix");
+}
+
+#[tokio::test]
+async fn the_diff_record_names_the_client_behind_a_trusted_proxy() {
+    let body = json!({"id": 7});
+    let trusted = "trusted_proxies: [\"127.0.0.0/8\"]\n";
+    let s = setup(Behaviour::json(body.clone()), Behaviour::json(body), "", trusted).await;
+    let chain = [("x-forwarded-for", "198.51.100.77, 203.0.113.9")];
+    assert_eq!(call(s.proxy.addr, Method::GET, "/api/users/7", &chain, None).await.status, 200);
+    let record = records(&s.log, 1).await.remove(0);
+    assert_eq!(record["client_ip"], "203.0.113.9", "{record}");
+}

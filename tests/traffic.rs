@@ -344,6 +344,46 @@ async fn rate_limit_holds_its_rate_within_ten_percent() {
     assert_eq!(other.status, 200, "another key has its own bucket");
 }
 
+/// The status of a GET from 127.0.0.1 that says, in `X-Forwarded-For`, it
+/// was forwarded for `chain`.
+async fn status_forwarded_for(proxy: &TestProxy, chain: &str) -> u16 {
+    call(proxy.addr, Method::GET, "/x", &[("x-forwarded-for", chain)], None).await.status.as_u16()
+}
+
+/// A route limited to one request per client (no refill within a test).
+fn one_request_per_client(up: &TestUpstream, top: &str) -> String {
+    upstreams_yaml(&[("svc", vec![up.url()], "")]).replace("upstreams:\n", &format!("{top}upstreams:\n"))
+        + "  - name: limited\n    prefix: /\n    upstream: svc\n    rate_limit: { rps: 0.01, burst: 1, key: client_ip }\n"
+}
+
+#[tokio::test]
+async fn clients_behind_a_trusted_proxy_get_a_bucket_each_and_a_spoofed_entry_changes_nothing() {
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let proxy = TestProxy::start(&one_request_per_client(&up, "trusted_proxies: [\"127.0.0.0/8\"]\n")).await;
+    assert_eq!(status_forwarded_for(&proxy, "203.0.113.1").await, 200);
+    assert_eq!(status_forwarded_for(&proxy, "203.0.113.2").await, 200, "another client behind the same proxy");
+    assert_eq!(status_forwarded_for(&proxy, "203.0.113.1").await, 429, "the first client's bucket is empty");
+    assert_eq!(
+        status_forwarded_for(&proxy, "198.51.100.77, 203.0.113.1").await,
+        429,
+        "an entry the client wrote itself, left of what the trusted proxy saw, is not believed"
+    );
+    assert_eq!(status_forwarded_for(&proxy, "203.0.113.3, 127.0.0.9").await, 200, "trusted hops are passed over");
+    assert_eq!(status_forwarded_for(&proxy, "203.0.113.3").await, 429, "and it is the same client");
+}
+
+#[tokio::test]
+async fn without_trusted_proxies_every_client_behind_a_proxy_shares_its_bucket_until_a_reload_trusts_it() {
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let proxy = TestProxy::start(&one_request_per_client(&up, "")).await;
+    assert_eq!(status_forwarded_for(&proxy, "203.0.113.1").await, 200);
+    assert_eq!(status_forwarded_for(&proxy, "203.0.113.2").await, 429, "X-Forwarded-For is not believed");
+    let trusting = one_request_per_client(&up, "trusted_proxies: [\"127.0.0.1\"]\n");
+    proxy.config.write_in_place(&trusting);
+    proxy.wait_for_hash(&content_hash(&trusting)).await;
+    assert_eq!(status_forwarded_for(&proxy, "203.0.113.2").await, 200, "believed from the reload on");
+}
+
 #[tokio::test]
 async fn least_request_prefers_the_idle_target() {
     let fast = TestUpstream::start("fast", Behaviour::Echo).await;

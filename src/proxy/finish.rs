@@ -1,6 +1,7 @@
 //! Stage 5, finish: the upstream's answer made the client's, and the
 //! request counted and logged, whether it was answered or refused.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
@@ -72,15 +73,23 @@ fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
     });
 }
 
+/// Whether access log lines are written (then the client's address is
+/// resolved for every request, before the stages need it).
+pub(super) fn access_logged() -> bool {
+    tracing::enabled!(target: "strangler::access", tracing::Level::INFO)
+}
+
 /// Counts the request on the route and upstream that served it, names that
 /// upstream in the answer when the table says so, and writes the access
-/// log line. Runs for refused requests too (their answer is the error's).
+/// log line, with the downstream client's address (`client_ip`). Runs for
+/// refused requests too (their answer is the error's).
 pub(super) fn record(
     mut response: Response<ProxyBody>,
     table: &Table,
     method: &Method,
     outcome: &Outcome<'_>,
     request_id: &HeaderValue,
+    client_ip: Option<IpAddr>,
     start: Instant,
 ) -> Response<ProxyBody> {
     if let Some(used) = outcome.used() {
@@ -89,7 +98,7 @@ pub(super) fn record(
             response.headers_mut().insert(name.clone(), used.upstream.name_header.clone());
         }
     }
-    access_log(method, outcome, request_id, &response, start);
+    access_log(method, outcome, request_id, client_ip, &response, start);
     response
 }
 
@@ -97,10 +106,11 @@ fn access_log(
     method: &Method,
     outcome: &Outcome<'_>,
     request_id: &HeaderValue,
+    client_ip: Option<IpAddr>,
     response: &Response<ProxyBody>,
     start: Instant,
 ) {
-    if !tracing::enabled!(target: "strangler::access", tracing::Level::INFO) {
+    if !access_logged() {
         return;
     }
     let bytes = response
@@ -111,6 +121,7 @@ fn access_log(
     tracing::info!(
         target: "strangler::access",
         request_id = request_id.to_str().unwrap_or(""),
+        client_ip = client_ip.map(tracing::field::display),
         method = %method,
         path = outcome.path.as_deref().unwrap_or("-"),
         route = outcome.route.map_or("-", |r| &r.name),
@@ -176,10 +187,10 @@ mod tests {
             upstream: Some(0),
             ..Outcome::default()
         };
-        let response = record(upstream_answer(200, &[]), &table, &Method::GET, &served, &id, Instant::now());
+        let response = record(upstream_answer(200, &[]), &table, &Method::GET, &served, &id, None, Instant::now());
         assert_eq!(response.headers().get("x-strangler-upstream").unwrap(), "legacy");
         let refused = Outcome { upstream: None, ..served };
-        let response = record(upstream_answer(429, &[]), &table, &Method::GET, &refused, &id, Instant::now());
+        let response = record(upstream_answer(429, &[]), &table, &Method::GET, &refused, &id, None, Instant::now());
         assert!(!response.headers().contains_key("x-strangler-upstream"));
     }
 }

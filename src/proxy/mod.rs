@@ -27,15 +27,16 @@ mod send;
 mod testing;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::HeaderValue;
+use http::header::{HeaderMap, HeaderValue};
 use http::{Request, Response};
 
 use crate::client::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::forwarded::TrustedProxies;
 use crate::headers;
 use crate::table::{Route, RouteUpstream, Table};
 use crate::Shared;
@@ -54,8 +55,11 @@ pub use route::{choose_route, downstream_host, matching_host, Routed};
 /// What the proxy knows about the downstream connection (the client's
 /// side), computed once per connection.
 pub struct Downstream {
+    /// The TCP peer: the client, or the load balancer in front of it.
     pub remote: SocketAddr,
-    /// The client's IP as a ready header value, for `X-Forwarded-For`.
+    /// The peer's IP as a ready header value, appended to
+    /// `X-Forwarded-For` (the peer, whoever the client is: the chain the
+    /// upstream reads stays true hop by hop).
     pub ip: HeaderValue,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub proto: &'static str,
@@ -66,6 +70,39 @@ impl Downstream {
     pub fn new(remote: SocketAddr, proto: &'static str) -> Self {
         let ip = HeaderValue::from_str(&remote.ip().to_string()).expect("an IP is a valid header value");
         Downstream { remote, ip, proto }
+    }
+}
+
+/// The downstream client's address for one request: the TCP peer, or whom
+/// the trusted proxies in front name in `X-Forwarded-For` (see
+/// [`crate::forwarded`]). Per request, not per connection: behind a load
+/// balancer one connection carries many clients' requests. Resolved at most
+/// once, and only when something asks — the `client_ip` rate limit, the
+/// access log, a mirror's record — so a request nothing asks about pays
+/// nothing, and without `trusted_proxies` no header is read.
+struct ClientIp<'a> {
+    /// The connection the request came on.
+    downstream: &'a Downstream,
+    trusted: &'a TrustedProxies,
+    resolved: Option<IpAddr>,
+}
+
+impl<'a> ClientIp<'a> {
+    fn new(downstream: &'a Downstream, trusted: &'a TrustedProxies) -> Self {
+        ClientIp { downstream, trusted, resolved: None }
+    }
+
+    /// The address, resolved from the request's headers the first time.
+    /// The `X-Forwarded-For` the proxy appends the peer to resolves the same
+    /// (the peer is either untrusted, and the answer, or a trusted hop).
+    fn get(&mut self, headers: &HeaderMap) -> IpAddr {
+        let (trusted, peer) = (self.trusted, self.downstream.remote.ip());
+        *self.resolved.get_or_insert_with(|| trusted.client_ip(peer, headers))
+    }
+
+    /// The address if something asked for it.
+    fn known(&self) -> Option<IpAddr> {
+        self.resolved
     }
 }
 
@@ -92,16 +129,20 @@ pub async fn handle(
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     let request_id = headers::request_id(req.headers());
     let table = shared.table.load_full();
+    let mut client = ClientIp::new(&downstream, &table.trusted_proxies);
+    if finish::access_logged() {
+        client.get(req.headers());
+    }
     let method = req.method().clone();
     let mut outcome = Outcome::default();
-    let response = match forward(&shared, &table, &downstream, req, upgrade, &request_id, &mut outcome).await {
+    let response = match forward(&shared, &table, req, upgrade, &request_id, &mut client, &mut outcome).await {
         Ok(response) => response,
         Err(err) => {
             tracing::debug!(request_id = ?request_id, error = %err, "request failed");
             err.into_response(Some(&request_id))
         }
     };
-    Ok(finish::record(response, &table, &method, &outcome, &request_id, start))
+    Ok(finish::record(response, &table, &method, &outcome, &request_id, client.known(), start))
 }
 
 /// What the access log and metrics need to know about how a request went;
@@ -128,20 +169,20 @@ impl<'t> Outcome<'t> {
 async fn forward<'t>(
     shared: &Shared,
     table: &'t Table,
-    downstream: &Downstream,
     mut req: Request<ProxyBody>,
     upgrade: bool,
     request_id: &HeaderValue,
+    client: &mut ClientIp<'_>,
     outcome: &mut Outcome<'t>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // A cheap clone (shared bytes): the normalized path may borrow from it
     // while the request's headers are edited.
     let uri = req.uri().clone();
     let routed = route(table, req.method(), &uri, req.headers(), outcome)?;
-    admit(routed.route, req.headers(), downstream)?;
-    let plan = prepare(routed, &mut req, downstream, upgrade, request_id)?;
+    admit(routed.route, req.headers(), client)?;
+    let plan = prepare(routed, &mut req, client.downstream, upgrade, request_id)?;
     outcome.upstream = Some(plan.primary);
-    let mirror = start_mirror(&shared.shadow, &plan, &req, request_id, upgrade);
+    let mirror = start_mirror(&shared.shadow, &plan, &req, request_id, client, upgrade);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let downstream_version = req.version();
     let (mut parts, body) = req.into_parts();

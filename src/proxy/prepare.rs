@@ -14,7 +14,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 
 use super::route::Routed;
-use super::Downstream;
+use super::{ClientIp, Downstream};
 use crate::client::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::headers;
@@ -107,12 +107,14 @@ pub fn upstream_path_and_query(
 /// Starts mirroring the request (see [`crate::shadow`]) when its route
 /// shadows and wants it (method, sampling, not itself a mirrored request).
 /// Never for an upgrade, nor when a split picked the shadow itself as the
-/// primary: there is nothing to compare then.
+/// primary: there is nothing to compare then. The record names the
+/// client's address (resolved here, for mirrored requests only).
 pub(super) fn start_mirror(
     runtime: &Arc<ShadowRuntime>,
     plan: &Plan<'_, '_>,
     req: &Request<ProxyBody>,
     request_id: &HeaderValue,
+    client: &mut ClientIp<'_>,
     upgrade: bool,
 ) -> Option<PendingMirror> {
     let shadow = plan.route.shadow.as_ref()?;
@@ -123,6 +125,7 @@ pub(super) fn start_mirror(
     let facts = RequestFacts {
         route: &plan.route.name,
         request_id,
+        client_ip: client.get(req.headers()),
         method: req.method(),
         path: &plan.path,
         query: req.uri().query(),
@@ -267,8 +270,10 @@ mod tests {
         let uri = req.uri().clone();
         let routed = route(&table, req.method(), &uri, req.headers(), &mut Outcome::default()).expect("routed");
         let id = HeaderValue::from_static("req-1");
-        let plan = prepare(routed, &mut req, &downstream(), upgrade, &id).expect("prepared");
-        start_mirror(&shared.shadow, &plan, &req, &id, upgrade)
+        let downstream = downstream();
+        let plan = prepare(routed, &mut req, &downstream, upgrade, &id).expect("prepared");
+        let mut client = ClientIp::new(&downstream, &table.trusted_proxies);
+        start_mirror(&shared.shadow, &plan, &req, &id, &mut client, upgrade)
     }
 
     /// `strangler_shadow_dropped_total` for a route and reason.

@@ -83,6 +83,7 @@ pub fn instantiate(plan: Plan, ctx: &Context<'_>) -> Result<Table, ConfigError> 
         file: plan.file,
         loaded_at: SystemTime::now(),
         upstream_header: plan.upstream_header,
+        trusted_proxies: plan.trusted_proxies,
         resources,
     })
 }

@@ -14,6 +14,7 @@ use http::Method;
 
 use crate::client::target::Target;
 use crate::config::{parse_methods, ConfigError, RawConfig, RawRoute, RawUpstream, RawUpstreamTls, Source};
+use crate::forwarded::TrustedProxies;
 use crate::path;
 use crate::ratelimit::RateKey;
 use crate::router::{RouteKey, Router};
@@ -29,6 +30,8 @@ pub struct Plan {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub upstream_header: Option<HeaderName>,
+    /// Whose `X-Forwarded-For` is believed for the client's address.
+    pub trusted_proxies: TrustedProxies,
     pub upstreams: BTreeMap<String, UpstreamPlan>,
     pub routes: Vec<RoutePlan>,
     /// The config as written, for `/config`.
@@ -101,6 +104,8 @@ pub fn validate(file: &str, text: &str) -> Result<Plan, ConfigError> {
             source.error_at(&["upstream_header"], format!("upstream_header: {name:?} is not a valid header name"))
         })?),
     };
+    let trusted_proxies = TrustedProxies::parse(&raw.trusted_proxies)
+        .map_err(|(value, message)| source.error_at(&["trusted_proxies", &value], message))?;
     let upstreams = raw
         .upstreams
         .iter()
@@ -119,6 +124,7 @@ pub fn validate(file: &str, text: &str) -> Result<Plan, ConfigError> {
         listen,
         admin,
         upstream_header,
+        trusted_proxies,
         upstreams,
         routes,
         raw,
@@ -365,5 +371,32 @@ impl UpstreamPlan {
     /// How this upstream's targets are connected to.
     pub fn connection(&self) -> ConnectionSettings {
         (self.settings.connect_timeout, self.tls.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "listen: \"127.0.0.1:0\"\nupstreams:\n  up: {targets: [\"http://127.0.0.1:9\"]}\nroutes:\n  - {name: all, prefix: /, upstream: up}\n";
+
+    #[test]
+    fn trusted_proxies_are_parsed_into_the_plan() {
+        let text = format!("trusted_proxies: [\"10.0.0.0/8\", \"fd00::/8\", \"192.0.2.1\"]\n{CONFIG}");
+        let plan = validate("r.yaml", &text).expect("valid");
+        assert!(!plan.trusted_proxies.is_empty());
+        assert!(validate("r.yaml", CONFIG).expect("valid").trusted_proxies.is_empty(), "none by default");
+    }
+
+    #[test]
+    fn a_bad_trusted_proxy_is_an_error_at_its_line_and_column() {
+        let text = format!("trusted_proxies:\n  - 10.0.0.0/8\n  - 10.0.0.0/33\n{CONFIG}");
+        let err = validate("r.yaml", &text).err().expect("refused");
+        assert_eq!((err.line, err.column), (Some(3), Some(5)), "{err}");
+        assert!(err.to_string().starts_with("r.yaml:3:5: trusted_proxies: \"10.0.0.0/33\""), "{err}");
+        let text = format!("trusted_proxies: [\"10.0.0.1/8\"]\n{CONFIG}");
+        let err = validate("r.yaml", &text).err().expect("refused");
+        assert_eq!((err.line, err.column), (Some(1), Some(20)), "{err}");
+        assert!(err.message.contains("did you mean \"10.0.0.0/8\""), "{err}");
     }
 }

@@ -11,7 +11,17 @@ use serde_json::Value;
 pub struct DiffRecord {
     /// RFC 3339 UTC time the client request arrived, e.g. `2026-11-25T20:26:10.123Z`.
     pub ts: String,
+    /// The user's request (its `X-Request-Id`), as in the access log.
     pub request_id: String,
+    /// The `X-Request-Id` the candidate was sent: the mirrored copy is a
+    /// request of its own (it carries `request_id` in
+    /// `X-Strangler-Shadow-Of`). `None` when no copy was sent.
+    #[serde(default)]
+    pub shadow_request_id: Option<String>,
+    /// The downstream client's address, behind `trusted_proxies` the one
+    /// they forwarded (absent in records written before it was added).
+    #[serde(default)]
+    pub client_ip: Option<String>,
     pub route: String,
     /// Path template with numeric and UUID segments folded: `/api/users/{id}`.
     pub endpoint: String,

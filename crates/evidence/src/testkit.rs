@@ -11,6 +11,8 @@ pub fn record(i: u64, route: &str, result: Outcome, diffs: Vec<(DiffKind, &str, 
     DiffRecord {
         ts: stats::format_ms(1_795_000_000_000 + i as i64 * 1000),
         request_id: format!("req-{i}"),
+        shadow_request_id: None,
+        client_ip: None,
         route: route.into(),
         endpoint: "/api/users/{id}".into(),
         method: "GET".into(),

@@ -43,6 +43,8 @@ fn log(n: usize) -> Vec<u8> {
                 i % 1000
             ),
             request_id: format!("01JD{i:020}"),
+            shadow_request_id: None,
+            client_ip: None,
             route: ["users-read", "comments-read", "task-comments-read"][i % 3].into(),
             endpoint: ["/api/users/{id}", "/api/comments/{id}", "/api/tasks/{id}/comments"][i % 3].into(),
             method: "GET".into(),

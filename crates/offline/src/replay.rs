@@ -504,6 +504,8 @@ mod tests {
         DiffRecord {
             ts: "2026-11-25T20:00:00Z".into(),
             request_id: "r1".into(),
+            shadow_request_id: None,
+            client_ip: None,
             route: "users".into(),
             endpoint: "/u/{id}".into(),
             method: "GET".into(),
