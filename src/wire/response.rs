@@ -30,8 +30,9 @@ pub struct Head {
 
 /// Parses heads off the front of `buf` until a final one (not 1xx, or
 /// 101): interim answers (100 Continue, 103 Early Hints) are skipped.
-/// `None` until a final head is complete; an error once [`MAX_HEAD`] bytes
-/// are buffered without one.
+/// `None` until a final head is complete; an error for a head longer than
+/// [`MAX_HEAD`], whether it is still incomplete at that size or completes
+/// past it in the read that brought its end.
 pub fn parse_final_head(buf: &mut BytesMut) -> Result<Option<Head>, Invalid> {
     while let Some(head) = parse_head(buf)? {
         if !head.status.is_informational() || head.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -53,6 +54,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Invalid> {
         let mut parsed = httparse::Response::new(&mut []);
         let len =
             match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+                Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => return Err(Invalid("head too large")),
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(httparse::Error::TooManyHeaders) => return Err(Invalid("too many header fields")),
@@ -271,6 +273,38 @@ mod tests {
         assert_eq!(parse_final_head(&mut buf).unwrap().unwrap().status, 204);
         let mut endless = BytesMut::from(format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_HEAD)).as_str());
         assert_eq!(parse_final_head(&mut endless).err(), Some(Invalid("head too large")));
+    }
+
+    /// An answer head of exactly `len` bytes, with a body behind it.
+    fn head_of_len(len: usize) -> Vec<u8> {
+        let frame = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: \r\n\r\n".len();
+        format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: {}\r\n\r\nok", "a".repeat(len - frame)).into_bytes()
+    }
+
+    /// Feeds `bytes` in reads of `read` bytes, parsing after each as the
+    /// client does: the head's status, or the error.
+    fn parse_in_reads(bytes: &[u8], read: usize) -> Result<u16, Invalid> {
+        let mut buf = BytesMut::new();
+        for piece in bytes.chunks(read) {
+            buf.extend_from_slice(piece);
+            if let Some(head) = parse_final_head(&mut buf)? {
+                assert!(b"ok".starts_with(&buf[..]), "the body is left in the buffer");
+                return Ok(head.status.as_u16());
+            }
+        }
+        panic!("the head never completed");
+    }
+
+    #[test]
+    fn the_head_limit_holds_to_the_byte_in_one_read_or_many() {
+        let (at_limit, over) = (head_of_len(MAX_HEAD), head_of_len(MAX_HEAD + 1));
+        assert_eq!(at_limit.len(), MAX_HEAD + 2);
+        // Reads of 8 KiB end exactly at the limit or with the head's last
+        // bytes arriving in a read that crosses it.
+        for read in [at_limit.len(), 8 * 1024, 8 * 1024 + 3, 1000] {
+            assert_eq!(parse_in_reads(&at_limit, read), Ok(200), "reads of {read}");
+            assert_eq!(parse_in_reads(&over, read), Err(Invalid("head too large")), "reads of {read}");
+        }
     }
 
     #[test]
