@@ -84,10 +84,13 @@ pub struct Framing {
 /// error for framing that is ambiguous or not ours to decode.
 pub fn framing(method: &Method, status: StatusCode, version: Version, headers: &HeaderMap) -> Result<Framing, Invalid> {
     let keep_alive = keeps_alive(version, headers) && status != StatusCode::SWITCHING_PROTOCOLS;
-    let no_body = *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    if *method == Method::HEAD {
+        // A broken upstream may send the body it announced anyway, late
+        // enough to be read as the answer to the next request on this
+        // connection, another user's: such a connection is not reused.
+        return Ok(Framing { decoder: Decoder::Done, keep_alive: keep_alive && !announces_body(headers) });
+    }
+    let no_body = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     if no_body {
         return Ok(Framing { decoder: Decoder::Done, keep_alive });
     }
@@ -114,6 +117,14 @@ pub fn framing(method: &Method, status: StatusCode, version: Version, headers: &
         },
         None => Ok(Framing { decoder: Decoder::UntilClose, keep_alive: false }),
     }
+}
+
+/// Whether a head says a body follows it: chunked, or a `Content-Length`
+/// other than 0 (an invalid one counts: it may hide a body). After an
+/// answer to HEAD, such a connection is not reused.
+pub fn announces_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get_all(header::CONTENT_LENGTH).iter().any(|v| parse_length(v.as_bytes()) != Some(0))
 }
 
 /// The downstream request an answer is written for: what it decides about
@@ -340,8 +351,15 @@ mod tests {
         assert!(!told.keep_alive);
         let old = framing_of("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").unwrap();
         assert!(!old.keep_alive);
-        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
-        assert_eq!(framing(&Method::HEAD, h.status, h.version, &h.headers).unwrap().decoder, Decoder::Done);
+        let head_answer = |text: &str| {
+            let h = head(text);
+            framing(&Method::HEAD, h.status, h.version, &h.headers).unwrap()
+        };
+        let announced = head_answer("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(announced, Framing { decoder: Decoder::Done, keep_alive: false }, "a late body may follow");
+        assert!(!head_answer("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").keep_alive);
+        assert!(head_answer("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert!(head_answer("HTTP/1.1 404 Not Found\r\n\r\n").keep_alive);
         assert_eq!(
             framing_of("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n").unwrap().decoder,
             Decoder::Done
