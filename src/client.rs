@@ -34,7 +34,7 @@ pub mod pool;
 pub mod target;
 
 use body::{BoxError, HyperBody, ProxyBody, ResponseBody};
-use pool::PoolId;
+use pool::{PoolId, PoolRef};
 use target::Target;
 
 /// Makes connections to targets: TCP (with a connect timeout) and, for
@@ -120,6 +120,7 @@ impl Connector {
         target: &Target,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<ResponseBody>, SendError> {
+        let head = request.method() == http::Method::HEAD;
         let mut sender = loop {
             let Some(mut sender) = body::HYPER.checkout(target.pool) else {
                 break handshake(self.connect(target).await?).await?;
@@ -128,7 +129,7 @@ impl Connector {
                 continue;
             }
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(hyper_response(response, sender, target.pool)),
+                Ok(response) => return Ok(hyper_response(response, sender, target.pool, head)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => request = unsent,
                     None => return Err(SendError::Http(e.into_error())),
@@ -136,7 +137,7 @@ impl Connector {
             }
         };
         let response = sender.send_request(request).await?;
-        Ok(hyper_response(response, sender, target.pool))
+        Ok(hyper_response(response, sender, target.pool, head))
     }
 
     /// Opens a connection (each resolved address in turn, TLS for `https`),
@@ -159,11 +160,16 @@ impl Connector {
     }
 }
 
+/// The answer, with its connection to give back when its body ends; not
+/// after an answer to HEAD that announced a body (it may still come, and
+/// be read as the next request's answer).
 fn hyper_response(
     response: Response<Incoming>,
     sender: SendRequest<ProxyBody>,
-    pool: PoolId,
+    pool: PoolRef,
+    head: bool,
 ) -> Response<ResponseBody> {
+    let sender = (!(head && crate::wire::response::announces_body(response.headers()))).then_some(sender);
     response.map(|body| ResponseBody::Hyper(HyperBody::new(body, sender, pool)))
 }
 
@@ -205,7 +211,7 @@ pub async fn read_to_end(body: ResponseBody, mut each: impl FnMut(&[u8])) -> Res
 
 /// Closes the idle connections of targets that left the config: the
 /// overflow pools at once, each thread's own at its next release of a
-/// connection, or at once where it runs [`close_retired_pools`]. Ids are
+/// connection, or at once where it runs [`sweep_idle_pools`]. Ids are
 /// never handed out again.
 pub fn retire_pools(pools: &[PoolId]) {
     if pools.is_empty() {
@@ -217,12 +223,20 @@ pub fn retire_pools(pools: &[PoolId]) {
 }
 
 /// Runs for the life of a runtime thread (each per-core worker, and the
-/// shadow's thread, spawn it): whenever pools are retired, closes this
-/// thread's idle connections in them, even with no traffic to notice.
-pub async fn close_retired_pools() {
-    pool::on_retired(|| {
-        h1::POOL.catch_up_local();
-        body::HYPER.catch_up_local();
-    })
+/// shadow's thread, spawn it), even with no traffic to notice: closes this
+/// thread's idle connections (and the overflow's) once they have been idle
+/// for their upstream's `idle_timeout`, and, whenever pools are retired,
+/// this thread's idle connections in them.
+pub async fn sweep_idle_pools() {
+    pool::sweep(
+        || {
+            h1::POOL.catch_up_local();
+            body::HYPER.catch_up_local();
+        },
+        |now| match (h1::POOL.reap(now), body::HYPER.reap(now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
+    )
     .await
 }

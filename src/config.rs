@@ -204,6 +204,11 @@ pub struct RawUpstream {
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// How long a connection to one of its targets is kept idle for reuse
+    /// before the proxy closes it (default 60 s): keep it below the
+    /// targets' own keep-alive timeout.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
     /// Extra attempts for idempotent requests after a connection failure or a 502/503/504.
     #[serde(default)]
     pub retries: u32,

@@ -404,7 +404,7 @@ impl ShadowThread {
         std::thread::Builder::new().name("strangler-shadow".into()).spawn(move || {
             runtime.block_on(async {
                 // Shadow fetches pool their connections on this thread.
-                let sweeper = tokio::spawn(crate::client::close_retired_pools());
+                let sweeper = tokio::spawn(crate::client::sweep_idle_pools());
                 let _ = stopped.await;
                 sweeper.abort();
             });

@@ -70,6 +70,8 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// Deadline for the whole response head of one attempt.
     pub timeout: Duration,
+    /// How long a connection to a target is kept idle for reuse.
+    pub idle_timeout: Duration,
     pub retries: u32,
     pub load_balancing: LoadBalancing,
     pub max_concurrent: Option<usize>,

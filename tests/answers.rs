@@ -113,17 +113,26 @@ async fn an_answer_delimited_by_close_arrives_whole_and_the_connection_is_not_re
 }
 
 #[tokio::test]
-async fn a_head_answer_has_no_body_and_keeps_the_connection() {
-    let up = Scripted::start(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).await;
-    let proxy = proxy_to(&up).await;
-    for _ in 0..2 {
-        let r =
-            send(&http1(), req(http::Method::HEAD, proxy.addr, "/").body(Default::default()).unwrap()).await.unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.header("content-length"), Some("5"));
-        assert!(r.body.is_empty());
+async fn a_head_answer_has_no_body_and_its_connection_is_kept_only_when_it_announced_none() {
+    // A body announced to HEAD may still come from a broken upstream, late
+    // enough to be read as the next request's answer: that connection is
+    // closed. One that announced none is reused.
+    for (answer, length, connections) in [
+        (&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"[..], Some("5"), 2),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", None, 2),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Some("0"), 1),
+    ] {
+        let up = Scripted::start(answer, false).await;
+        let proxy = proxy_to(&up).await;
+        for _ in 0..2 {
+            let head = req(http::Method::HEAD, proxy.addr, "/").body(Default::default()).unwrap();
+            let r = send(&http1(), head).await.unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("content-length"), length, "the head says what the body would be");
+            assert!(r.body.is_empty());
+        }
+        assert_eq!(up.connections(), connections, "connections for {:?}", String::from_utf8_lossy(answer));
     }
-    assert_eq!(up.connections(), 1);
 }
 
 #[tokio::test]

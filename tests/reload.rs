@@ -178,24 +178,6 @@ fn metrics_but_reloads(text: &str) -> String {
     text.lines().filter(|l| !l.contains("strangler_config_reloads_total")).collect::<Vec<_>>().join("\n")
 }
 
-/// Established TCP connections whose far end is `port` on this host: the
-/// proxy's connections to an upstream listening there.
-fn connections_to(port: u16) -> usize {
-    let mut count = 0;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(remote), Some(state)) = (fields.get(2), fields.get(3)) else { continue };
-            let remote_port = remote.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-            if remote_port == Some(port) && *state == "01" {
-                count += 1;
-            }
-        }
-    }
-    count
-}
-
 #[tokio::test]
 async fn a_rejected_version_leaves_the_metrics_as_they_were_apart_from_the_reload_counters() {
     let a = TestUpstream::start("a", Behaviour::Echo).await;

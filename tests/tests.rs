@@ -15,6 +15,7 @@ mod hostile;
 mod lifecycle;
 mod misdirected;
 mod path_safety;
+mod pooling;
 mod protocols;
 mod reload;
 mod report;

@@ -20,7 +20,7 @@ use hyper::client::conn::http1::SendRequest;
 use sha2::{Digest, Sha256};
 
 use super::h1;
-use super::pool::{Pool, PoolId, Pooled, Queues};
+use super::pool::{Pool, PoolRef, Pooled, Queues};
 use super::target::Permit;
 
 /// Any body's error: the client's upload, or the upstream's answer.
@@ -218,7 +218,7 @@ pub enum ResponseBody {
 pub struct HyperBody {
     body: Incoming,
     sender: Option<SendRequest<ProxyBody>>,
-    pool: PoolId,
+    pool: PoolRef,
 }
 
 /// Connections driven by hyper, for requests with a body.
@@ -236,9 +236,10 @@ impl Pooled for SendRequest<ProxyBody> {
 }
 
 impl HyperBody {
-    /// An answer's body and the connection to pool when it ends.
-    pub fn new(body: Incoming, sender: SendRequest<ProxyBody>, pool: PoolId) -> Self {
-        HyperBody { body, sender: Some(sender), pool }
+    /// An answer's body and the connection to pool when it ends (`None`:
+    /// closed when it ends).
+    pub fn new(body: Incoming, sender: Option<SendRequest<ProxyBody>>, pool: PoolRef) -> Self {
+        HyperBody { body, sender, pool }
     }
 
     fn finish(&mut self) {

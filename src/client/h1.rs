@@ -12,7 +12,10 @@
 //! is malformed or ambiguous is an error (the client gets a 502) and the
 //! connection is closed. A connection goes back to its pool only after an
 //! answer that was read to its exact end, with nothing after it, on a
-//! keep-alive connection.
+//! keep-alive connection, and not after an answer to HEAD that announced a
+//! body (a broken upstream may send it anyway, after the next request was
+//! written, and it would be read as that request's answer). A pooled
+//! connection that became readable while idle is closed, not reused.
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -25,7 +28,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::pool::{Pool, PoolId, Pooled, Queues};
+use super::pool::{Pool, PoolRef, Pooled, Queues};
 use crate::wire::body::{Decoder, Step};
 use crate::wire::response::{self, Framing, Head};
 use crate::wire::{request, reserve_read_room, Invalid};
@@ -94,9 +97,21 @@ impl Conn {
         Box::new(Conn { io, read_buf: BytesMut::new(), write_buf: Vec::new() })
     }
 
-    /// Still open and silent since it went idle. Costs no system call unless
-    /// the socket became readable (an EOF, a reset or stray bytes).
+    /// Still open and silent since it went idle: nothing buffered, and the
+    /// socket not readable. Readability is what the reactor recorded: a read
+    /// polled with a no-op waker returns `Pending` at once, with no system
+    /// call, while tokio's readiness for the socket is clear (it is cleared
+    /// by the short read that ended the last answer). Only when the reactor
+    /// saw the socket become readable (an EOF, a reset or stray bytes after
+    /// the answer), or the last read filled its buffer exactly, is one
+    /// `read` of a byte made: stray bytes or an EOF close the connection,
+    /// `EAGAIN` clears the readiness and it is reused. Bytes that arrive
+    /// after the reactor last looked are not seen here; for the one case
+    /// where they are expected (HEAD) the connection is not pooled at all.
     pub fn is_reusable(&mut self) -> bool {
+        if !self.read_buf.is_empty() {
+            return false;
+        }
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);
@@ -109,7 +124,7 @@ impl Conn {
     pub async fn exchange(
         mut self: Box<Self>,
         request: &http::Request<crate::client::body::ProxyBody>,
-        pool: PoolId,
+        pool: PoolRef,
     ) -> Result<Response<Body>, Error> {
         request::encode_head(&mut self.write_buf, request);
         self.io.write_all(&self.write_buf).await.map_err(|e| closed_or_io(e, false))?;
@@ -167,7 +182,7 @@ pub struct Body {
     conn: Option<Box<Conn>>,
     decoder: Decoder,
     keep_alive: bool,
-    pool: PoolId,
+    pool: PoolRef,
     /// An error found while looking past the last frame, reported next.
     failed: Option<Error>,
 }
@@ -179,7 +194,7 @@ impl std::fmt::Debug for Body {
 }
 
 impl Body {
-    fn new(conn: Box<Conn>, framing: Framing, pool: PoolId) -> Self {
+    fn new(conn: Box<Conn>, framing: Framing, pool: PoolRef) -> Self {
         let mut body =
             Body { conn: Some(conn), decoder: framing.decoder, keep_alive: framing.keep_alive, pool, failed: None };
         if body.decoder == Decoder::Done {
@@ -328,7 +343,8 @@ mod exchange_tests {
         let conn = Conn::new(Io::Tcp(TcpStream::connect(addr).await.unwrap()));
         let mut request = http::Request::new(crate::client::body::ProxyBody::empty());
         request.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("t"));
-        let response = conn.exchange(&request, PoolId(0)).await?;
+        let pool = PoolRef::new(crate::client::pool::PoolId::fresh(), std::time::Duration::from_secs(1));
+        let response = conn.exchange(&request, pool).await?;
         let mut body = std::pin::pin!(response.into_body());
         let mut out = Vec::new();
         while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().get_mut().poll_frame(cx)).await {
@@ -341,5 +357,46 @@ mod exchange_tests {
     async fn a_chunked_answer_is_read_whole() {
         let body = exchange(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n6\r\n world\r\n0\r\nX-T: t\r\n\r\n").await;
         assert_eq!(body.unwrap(), b"hello world");
+    }
+
+    /// A keep-alive connection whose peer answers `ok` to a GET, then,
+    /// once told, writes `stray` (nothing when empty) and keeps the
+    /// connection open. Returns the pool the connection went back to.
+    async fn pooled_then(stray: &'static [u8]) -> PoolRef {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (written, wrote) = tokio::sync::oneshot::channel();
+        let (go, told) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut peer, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = peer.read(&mut buf).await;
+            peer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+            let _ = told.await;
+            peer.write_all(stray).await.unwrap();
+            let _ = written.send(());
+            let _ = peer.read(&mut buf).await;
+        });
+        let pool = PoolRef::new(crate::client::pool::PoolId::fresh(), std::time::Duration::from_secs(60));
+        let conn = Conn::new(Io::Tcp(TcpStream::connect(addr).await.unwrap()));
+        let mut request = http::Request::new(crate::client::body::ProxyBody::empty());
+        request.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("t"));
+        let mut body = conn.exchange(&request, pool).await.unwrap().into_body();
+        while let Some(frame) = std::future::poll_fn(|cx| body.poll_frame(cx)).await {
+            frame.unwrap();
+        }
+        go.send(()).unwrap();
+        wrote.await.unwrap();
+        // Lets the reactor look at the sockets before this task runs on.
+        tokio::task::yield_now().await;
+        pool
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_that_became_readable_while_idle_is_closed_not_reused() {
+        let pool = pooled_then(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray").await;
+        assert!(POOL.checkout(pool).is_none(), "stray bytes while idle");
+        let pool = pooled_then(b"").await;
+        assert!(POOL.checkout(pool).is_some(), "a silent idle connection is reused");
     }
 }

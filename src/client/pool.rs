@@ -15,9 +15,14 @@
 //! churn that fills the machine with `TIME_WAIT` sockets until connects fail.
 //!
 //! Idle connections are reused newest first, so surplus ones age out: one
-//! idle longer than [`IDLE_TIMEOUT`] is closed instead of reused. Pools of
-//! targets that left the config are emptied: the overflow at once, each
-//! thread's own by a task on that thread ([`on_retired`]).
+//! idle longer than its upstream's `idle_timeout` (which travels with the
+//! pool's id, [`PoolRef`]) is closed, by a sweeper task on each thread that
+//! pools connections ([`sweep`]: each per-core worker and the shadow's
+//! thread), or at checkout, whichever comes first. Pools of targets that
+//! left the config are emptied: the overflow at once, each thread's own by
+//! its sweeper. (Under the work-stealing scheduler the one sweeper task
+//! runs on whichever thread wakes it, so a thread's own idle connections
+//! may wait for its next checkout or release of that pool.)
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -26,8 +31,16 @@ use std::sync::Mutex;
 use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
-/// An idle connection older than this is closed rather than reused.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle connection is kept when the upstream does not say
+/// (`idle_timeout:`): below the keep-alive timeout of common servers, so
+/// that the proxy, not the upstream, closes an idle connection.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a sweeper sleeps: a connection given back while it sleeps
+/// is closed at most this long after its idle timeout.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest a sweeper sleeps, so that many near expiries are taken
+/// together.
+const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
 /// Idle connections kept per target on each thread.
 pub const MAX_IDLE_PER_TARGET: usize = 256;
 /// Idle connections per target in the shared overflow pool.
@@ -48,16 +61,44 @@ impl PoolId {
     }
 }
 
+/// A target's pool and how long its connections may wait there idle: what
+/// a target and an answer's body carry to check a connection out and give
+/// it back. As small as a pointer, so bodies do not grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolRef {
+    index: u32,
+    idle_millis: u32,
+}
+
+impl PoolRef {
+    /// `idle_timeout` is kept in whole milliseconds (at least 1, at most
+    /// about 49 days).
+    pub fn new(id: PoolId, idle_timeout: Duration) -> PoolRef {
+        let idle_millis = u32::try_from(idle_timeout.as_millis()).unwrap_or(u32::MAX).max(1);
+        PoolRef { index: u32::try_from(id.0).expect("fewer than 2^32 pools in a process"), idle_millis }
+    }
+
+    /// Which pool.
+    pub fn id(self) -> PoolId {
+        PoolId(self.index as usize)
+    }
+
+    /// How long a connection may wait idle in it.
+    pub fn idle_timeout(self) -> Duration {
+        Duration::from_millis(u64::from(self.idle_millis))
+    }
+}
+
 /// Something that can wait in a pool.
 pub trait Pooled: Sized + Send + 'static {
     /// Can still carry a request.
     fn is_open(&mut self) -> bool;
 }
 
-/// A connection waiting in a pool, and since when.
+/// A connection waiting in a pool, and until when it may.
 pub struct Idle<T> {
     conn: T,
-    since: Instant,
+    expires: Instant,
 }
 
 /// Idle connections of each pool, indexed by [`PoolId`], on one thread
@@ -108,6 +149,28 @@ impl<T> Queues<T> {
         self.seen = retired.len();
         closing
     }
+
+    /// Takes out the idle connections whose time is up at `now` (for the
+    /// caller to close), and tells when the next of those left expires.
+    fn reap(&mut self, now: Instant) -> (Vec<Idle<T>>, Option<Instant>) {
+        let mut closing = Vec::new();
+        let mut next: Option<Instant> = None;
+        for slot in &mut self.slots {
+            // Oldest first, so expired ones are mostly at the front; not
+            // strictly in order after a reload changed an idle timeout.
+            let mut i = 0;
+            while i < slot.idle.len() {
+                let expires = slot.idle[i].expires;
+                if expires <= now {
+                    closing.extend(slot.idle.remove(i));
+                } else {
+                    next = Some(next.map_or(expires, |n| n.min(expires)));
+                    i += 1;
+                }
+            }
+        }
+        (closing, next)
+    }
 }
 
 /// One pool's idle connections on one thread (or in the overflow). Once
@@ -155,15 +218,22 @@ pub fn announce_retired(pools: &[PoolId]) {
     retirements().send_replace(count);
 }
 
-/// Calls `catch_up` now and at each retirement, for ever (until the
-/// process ends): a thread with no traffic still closes its idle
-/// connections to removed targets.
-pub async fn on_retired(mut catch_up: impl FnMut()) {
+/// A thread's sweeper, for ever (until its runtime ends): calls
+/// `catch_up` now and at each retirement, so that a thread with no traffic
+/// still closes its idle connections to removed targets; and `reap` (which
+/// closes expired idle connections and tells when the next expires) at
+/// that next expiry, or within [`MAX_SWEEP_INTERVAL`].
+pub async fn sweep(mut catch_up: impl FnMut(), mut reap: impl FnMut(Instant) -> Option<Instant>) {
     let mut changed = retirements().subscribe();
     loop {
         catch_up();
-        if changed.changed().await.is_err() {
-            return;
+        let now = Instant::now();
+        let next = reap(now)
+            .map_or(now + MAX_SWEEP_INTERVAL, |at| at.clamp(now + MIN_SWEEP_INTERVAL, now + MAX_SWEEP_INTERVAL));
+        tokio::select! {
+            // The sender is a static: it never closes.
+            _ = changed.changed() => {}
+            () = tokio::time::sleep_until(next.into()) => {}
         }
     }
 }
@@ -182,10 +252,26 @@ impl<T: Pooled> Pool<T> {
         drop(closing);
     }
 
+    /// Closes the expired idle connections of this thread's pools and of
+    /// the overflow (after the lock is let go); tells when the next of
+    /// those left expires.
+    pub fn reap(&self, now: Instant) -> Option<Instant> {
+        let (closing, local_next) =
+            self.local.try_with(|local| local.borrow_mut().reap(now)).unwrap_or((Vec::new(), None));
+        drop(closing);
+        let (closing, shared_next) = self.shared.lock().unwrap_or_else(|e| e.into_inner()).reap(now);
+        drop(closing);
+        match (local_next, shared_next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Keeps `conn` for the next request: in this thread's pool, or the
     /// overflow when that is full.
-    pub fn release(&self, pool: PoolId, conn: T) {
-        let idle = Idle { conn, since: Instant::now() };
+    pub fn release(&self, pool: PoolRef, conn: T) {
+        let idle = Idle { conn, expires: Instant::now() + pool.idle_timeout() };
+        let pool = pool.id();
         // `try_with`: a body dropped while its thread is exiting just closes.
         let Ok(full) = self.local.try_with(|local| {
             let mut local = local.borrow_mut();
@@ -217,8 +303,8 @@ impl<T: Pooled> Pool<T> {
 
     /// The newest idle connection of a pool that is still open and fresh:
     /// this thread's own first, else the overflow's.
-    pub fn checkout(&self, pool: PoolId) -> Option<T> {
-        let now = Instant::now();
+    pub fn checkout(&self, pool: PoolRef) -> Option<T> {
+        let (now, pool) = (Instant::now(), pool.id());
         let local = self
             .local
             .try_with(|local| {
@@ -234,11 +320,11 @@ impl<T: Pooled> Pool<T> {
 }
 
 fn newest_open<T: Pooled>(queue: &mut VecDeque<Idle<T>>, now: Instant) -> Option<T> {
-    while queue.front().is_some_and(|oldest| now.duration_since(oldest.since) > IDLE_TIMEOUT) {
+    while queue.front().is_some_and(|oldest| oldest.expires <= now) {
         queue.pop_front();
     }
-    while let Some(Idle { mut conn, .. }) = queue.pop_back() {
-        if conn.is_open() {
+    while let Some(Idle { mut conn, expires }) = queue.pop_back() {
+        if expires > now && conn.is_open() {
             return Some(conn);
         }
     }
@@ -263,14 +349,40 @@ mod tests {
     static SHARED: Mutex<Queues<Fake>> = Mutex::new(Queues::new());
     static POOL: Pool<Fake> = Pool { local: &LOCAL, shared: &SHARED };
 
+    fn fresh(idle: Duration) -> PoolRef {
+        PoolRef::new(PoolId::fresh(), idle)
+    }
+
     #[test]
     fn a_connection_given_back_to_a_retired_pool_is_closed_not_kept() {
-        let (kept, retired) = (PoolId::fresh(), PoolId::fresh());
+        let (kept, retired) = (fresh(DEFAULT_IDLE_TIMEOUT), fresh(DEFAULT_IDLE_TIMEOUT));
         POOL.release(kept, Fake);
-        announce_retired(&[retired]);
+        announce_retired(&[retired.id()]);
         // An answer that was still streaming when the sweeper ran ends now.
         POOL.release(retired, Fake);
         assert!(POOL.checkout(retired).is_none());
         assert!(POOL.checkout(kept).is_some());
+    }
+
+    #[test]
+    fn the_reaper_closes_connections_past_their_pools_idle_timeout_and_tells_the_next_expiry() {
+        let (short, long) = (fresh(Duration::from_millis(100)), fresh(Duration::from_secs(60)));
+        POOL.release(short, Fake);
+        POOL.release(long, Fake);
+        let now = Instant::now();
+        let next = POOL.reap(now).expect("two are idle");
+        assert!(next <= now + Duration::from_millis(100), "the short one expires first");
+        let next = POOL.reap(now + Duration::from_millis(200)).expect("the long one is left");
+        assert!(next > now + Duration::from_secs(59));
+        assert!(POOL.checkout(short).is_none(), "reaped");
+        assert!(POOL.checkout(long).is_some());
+    }
+
+    #[test]
+    fn an_idle_timeout_is_kept_in_milliseconds_and_never_zero() {
+        let id = PoolId::fresh();
+        assert_eq!(PoolRef::new(id, Duration::from_millis(300)).idle_timeout(), Duration::from_millis(300));
+        assert_eq!(PoolRef::new(id, Duration::from_micros(10)).idle_timeout(), Duration::from_millis(1));
+        assert_eq!(PoolRef::new(id, Duration::from_secs(60)).id(), id);
     }
 }

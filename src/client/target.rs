@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::uri::{Authority, Scheme, Uri};
 use prometheus::IntGauge;
 
-use super::pool::PoolId;
+use super::pool::PoolRef;
 
 /// One address requests can be sent to, with its live state.
 pub struct Target {
@@ -20,8 +20,9 @@ pub struct Target {
     /// `host:port` to connect to (the scheme's port when the URL names none).
     pub address: Box<str>,
     /// The target's idle connections (shared by every upstream that lists
-    /// the same URL with the same connection settings).
-    pub pool: PoolId,
+    /// the same URL with the same connection settings), and how long they
+    /// are kept idle.
+    pub pool: PoolRef,
     pub state: Arc<TargetState>,
 }
 

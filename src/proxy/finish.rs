@@ -113,11 +113,7 @@ fn access_log(
     if !access_logged() {
         return;
     }
-    let bytes = response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let bytes = response.headers().get(header::CONTENT_LENGTH).and_then(|v| crate::wire::parse_length(v.as_bytes()));
     tracing::info!(
         target: "strangler::access",
         request_id = request_id.to_str().unwrap_or(""),

@@ -183,8 +183,7 @@ impl RequestBody {
         if body.is_end_stream() {
             return Ok(RequestBody::Buffered(Bytes::new()));
         }
-        let length =
-            headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let length = headers.get(header::CONTENT_LENGTH).and_then(|v| crate::wire::parse_length(v.as_bytes()));
         match length {
             Some(n) if n <= limit => {
                 let collect = http_body_util::Limited::new(body, n as usize).collect();
@@ -378,5 +377,14 @@ mod tests {
         assert!(streamed.take().is_some() && !streamed.available(), "a streamed body goes once");
         let empty = RequestBody::buffer(&HeaderMap::new(), ProxyBody::empty(), 0, deadline).await.unwrap();
         assert!(matches!(empty, RequestBody::Buffered(b) if b.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn a_content_length_with_a_sign_is_not_a_length_to_buffer_by() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("+5"));
+        let deadline = std::time::Duration::from_secs(1);
+        let body = RequestBody::buffer(&headers, ProxyBody::full("hello"), 5, deadline).await.unwrap();
+        assert!(matches!(body, RequestBody::Streamed(_)), "parsed by the one strict Content-Length parser");
     }
 }

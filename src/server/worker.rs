@@ -53,8 +53,8 @@ impl Worker {
         let drain = &lane.drain;
         lane.start();
         // Pools are per thread: this worker's own sweeper closes its idle
-        // connections to targets that left the config.
-        let sweeper = tokio::spawn(crate::client::close_retired_pools());
+        // connections past their idle timeout or to targets that left the config.
+        let sweeper = tokio::spawn(crate::client::sweep_idle_pools());
         let plain_kind = plain.as_ref().map_or(Kind::Proxy { tls: None }, |(_, k)| k.clone());
         let plain_listener = plain.map(|(l, _)| l);
         let connections = &self.connections;

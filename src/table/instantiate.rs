@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::client::pool::PoolId;
+use crate::client::pool::{PoolId, PoolRef};
 use crate::client::target::{Target, TargetState};
 use crate::client::Connector;
 use crate::config::{ConfigError, Source};
@@ -59,8 +59,12 @@ pub fn instantiate(plan: Plan, ctx: &Context<'_>) -> Result<Table, ConfigError> 
         .iter()
         .map(|(name, up)| {
             let connection = up.connection();
-            let targets =
-                up.targets.iter().map(|t| target(name, t, &connection, ctx, previous, &mut resources)).collect();
+            let idle_timeout = up.settings.idle_timeout;
+            let targets = up
+                .targets
+                .iter()
+                .map(|t| target(name, t, (&connection, idle_timeout), ctx, previous, &mut resources))
+                .collect();
             let connector = resources.connectors[&connection].clone();
             let counters = UpstreamCounters::new(ctx.metrics, name);
             let upstream = Upstream::new(name, targets, up.settings.clone(), connector, counters);
@@ -115,10 +119,12 @@ fn connectors(
     Ok(connectors)
 }
 
+/// A live target: its state and pool reused from `previous` when there,
+/// its pool's connections kept for `idle_timeout`.
 fn target(
     upstream: &str,
     plan: &TargetPlan,
-    connection: &ConnectionSettings,
+    (connection, idle_timeout): (&ConnectionSettings, std::time::Duration),
     ctx: &Context<'_>,
     previous: Option<&Resources>,
     resources: &mut Resources,
@@ -138,7 +144,7 @@ fn target(
         .or_insert_with(|| previous.and_then(|p| p.pools.get(&pool_key).copied()).unwrap_or_else(PoolId::fresh));
     let (scheme, authority) = (plan.scheme.clone(), plan.authority.clone());
     let address = Target::address(&scheme, &authority);
-    Target { url: url.into(), scheme, authority, address, pool, state }
+    Target { url: url.into(), scheme, authority, address, pool: PoolRef::new(pool, idle_timeout), state }
 }
 
 fn route(

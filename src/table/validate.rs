@@ -12,6 +12,7 @@ use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
 use http::Method;
 
+use crate::client::pool::DEFAULT_IDLE_TIMEOUT;
 use crate::client::target::Target;
 use crate::config::{parse_methods, ConfigError, RawConfig, RawRoute, RawUpstream, RawUpstreamTls, Source};
 use crate::forwarded::TrustedProxies;
@@ -156,7 +157,8 @@ fn validate_upstream(source: &Source<'_>, name: &str, up: &RawUpstream) -> Resul
         .collect::<Result<Vec<_>, ConfigError>>()?;
     let connect_timeout = up.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let timeout = up.timeout.unwrap_or(DEFAULT_TIMEOUT);
-    for (key, d) in [("connect_timeout", connect_timeout), ("timeout", timeout)] {
+    let idle_timeout = up.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    for (key, d) in [("connect_timeout", connect_timeout), ("timeout", timeout), ("idle_timeout", idle_timeout)] {
         if d.is_zero() {
             return Err(fail(key, format!("upstream {name:?}: {key} must be more than zero")));
         }
@@ -187,6 +189,7 @@ fn validate_upstream(source: &Source<'_>, name: &str, up: &RawUpstream) -> Resul
     let settings = UpstreamSettings {
         connect_timeout,
         timeout,
+        idle_timeout,
         retries: up.retries,
         load_balancing: up.load_balancing,
         max_concurrent: up.max_concurrent,
@@ -398,5 +401,21 @@ mod tests {
         let err = validate("r.yaml", &text).err().expect("refused");
         assert_eq!((err.line, err.column), (Some(1), Some(20)), "{err}");
         assert!(err.message.contains("did you mean \"10.0.0.0/8\""), "{err}");
+    }
+
+    fn with_idle_timeout(line: &str) -> String {
+        format!(
+            "listen: \"127.0.0.1:0\"\nupstreams:\n  a:\n    targets: [\"http://127.0.0.1:1\"]\n{line}routes:\n  - {{name: all, prefix: /, upstream: a}}\n"
+        )
+    }
+
+    #[test]
+    fn an_upstreams_idle_timeout_defaults_to_a_minute_and_must_be_more_than_zero() {
+        let plan = validate("r.yaml", &with_idle_timeout("")).unwrap();
+        assert_eq!(plan.upstreams["a"].settings.idle_timeout, Duration::from_secs(60));
+        let plan = validate("r.yaml", &with_idle_timeout("    idle_timeout: 300ms\n")).unwrap();
+        assert_eq!(plan.upstreams["a"].settings.idle_timeout, Duration::from_millis(300));
+        let err = validate("r.yaml", &with_idle_timeout("    idle_timeout: 0s\n")).err().expect("refused");
+        assert_eq!(err.to_string(), "r.yaml:5:5: upstream \"a\": idle_timeout must be more than zero");
     }
 }

@@ -1,7 +1,8 @@
 //! An upstream answer's body on the wire (RFC 9112 §6.3, §7.1): decoded
 //! by its length, by chunks, or until the connection closes. Chunks are
-//! decoded strictly, as nginx does: a malformed chunk, a bare LF, an
-//! oversized chunk size, a chunk extension over [`MAX_CHUNK_EXT`] or
+//! decoded strictly, more so than nginx: a malformed chunk, a bare LF, an
+//! oversized chunk size, anything after the size but whitespace then a `;`
+//! extension or the CRLF (`5 6` is not 5; RFC 9112 §7.1.1), a chunk extension over [`MAX_CHUNK_EXT`] or
 //! trailers over [`MAX_TRAILERS`] is an error (the trailers and extensions
 //! themselves are skipped). Data is split off the read buffer, never copied.
 
@@ -32,7 +33,10 @@ pub enum Chunked {
     #[default]
     SizeStart,
     Size(u64, u8),
-    /// Skipping a chunk extension (or whitespace before it).
+    /// Whitespace after the chunk size (bytes so far): only more of it, a
+    /// `;` extension or the CRLF may follow.
+    SizeSpace(u64, usize),
+    /// Skipping a chunk extension.
     Extension(u64, usize),
     SizeLf(u64),
     Data(u64),
@@ -121,8 +125,15 @@ impl Chunked {
                 (Size(_, 16), _) if hex(byte).is_some() => return Err(Invalid("chunk size too large")),
                 (Size(n, digits), _) if hex(byte).is_some() => Size(n << 4 | u64::from(hex(byte).unwrap()), digits + 1),
                 (Size(n, _), b'\r') => SizeLf(n),
-                (Size(n, _), b';' | b' ' | b'\t') => Extension(n, 1),
-                (Extension(_, len), _) if len > MAX_CHUNK_EXT => return Err(Invalid("chunk extension too long")),
+                (Size(n, _), b';') => Extension(n, 1),
+                (Size(n, _), b' ' | b'\t') => SizeSpace(n, 1),
+                (SizeSpace(_, len) | Extension(_, len), _) if len > MAX_CHUNK_EXT => {
+                    return Err(Invalid("chunk extension too long"))
+                }
+                (SizeSpace(n, len), b' ' | b'\t') => SizeSpace(n, len + 1),
+                (SizeSpace(n, len), b';') => Extension(n, len + 1),
+                (SizeSpace(n, _), b'\r') => SizeLf(n),
+                (SizeSpace(..), _) => return Err(Invalid("invalid chunk size")),
                 (Extension(n, _), b'\r') => SizeLf(n),
                 (Extension(_, _), b'\n') => return Err(Invalid("bare LF in a chunk extension")),
                 (Extension(n, len), _) => Extension(n, len + 1),
@@ -195,14 +206,28 @@ mod tests {
             b"\r\n",
             b"0\r\nX-T: 1\n\r\n",
             b"0\r\n\n",
+            b"5 6\r\nhello\r\n0\r\n\r\n",
+            b"5\t6\r\nhello\r\n0\r\n\r\n",
+            b"5 x;a=b\r\nhello\r\n0\r\n\r\n",
+            b"0 0\r\n\r\n",
         ] {
             let decoded = dechunk(&[bad]);
             assert!(matches!(decoded, Err(e) if e.0 != "incomplete"), "{:?}", String::from_utf8_lossy(bad));
         }
+        let long_space = [&b"1"[..], &[b' '; MAX_CHUNK_EXT + 10][..]].concat();
+        assert_eq!(dechunk(&[&long_space]).err(), Some(Invalid("chunk extension too long")));
         let long_ext = [&b"1;"[..], &[b'a'; MAX_CHUNK_EXT + 10][..]].concat();
         assert_eq!(dechunk(&[&long_ext]).err(), Some(Invalid("chunk extension too long")));
         let huge_trailers = [&b"0\r\n"[..], &[b'a'; MAX_TRAILERS + 10][..]].concat();
         assert_eq!(dechunk(&[&huge_trailers]).err(), Some(Invalid("trailers too large")));
+    }
+
+    #[test]
+    fn whitespace_after_a_chunk_size_may_precede_only_an_extension_or_the_line_end() {
+        let body: &[u8] = b"5 \t;a=b\r\nhello\r\n1 \r\n!\r\n0 ;end\r\n\r\n";
+        for cut in 0..body.len() {
+            assert_eq!(dechunk(&[&body[..cut], &body[cut..]]).unwrap().0, b"hello!", "cut at {cut}");
+        }
     }
 
     #[test]

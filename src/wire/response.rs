@@ -30,8 +30,9 @@ pub struct Head {
 
 /// Parses heads off the front of `buf` until a final one (not 1xx, or
 /// 101): interim answers (100 Continue, 103 Early Hints) are skipped.
-/// `None` until a final head is complete; an error once [`MAX_HEAD`] bytes
-/// are buffered without one.
+/// `None` until a final head is complete; an error for a head longer than
+/// [`MAX_HEAD`], whether it is still incomplete at that size or completes
+/// past it in the read that brought its end.
 pub fn parse_final_head(buf: &mut BytesMut) -> Result<Option<Head>, Invalid> {
     while let Some(head) = parse_head(buf)? {
         if !head.status.is_informational() || head.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -53,6 +54,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Invalid> {
         let mut parsed = httparse::Response::new(&mut []);
         let len =
             match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+                Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => return Err(Invalid("head too large")),
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(httparse::Error::TooManyHeaders) => return Err(Invalid("too many header fields")),
@@ -82,10 +84,13 @@ pub struct Framing {
 /// error for framing that is ambiguous or not ours to decode.
 pub fn framing(method: &Method, status: StatusCode, version: Version, headers: &HeaderMap) -> Result<Framing, Invalid> {
     let keep_alive = keeps_alive(version, headers) && status != StatusCode::SWITCHING_PROTOCOLS;
-    let no_body = *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    if *method == Method::HEAD {
+        // A broken upstream may send the body it announced anyway, late
+        // enough to be read as the answer to the next request on this
+        // connection, another user's: such a connection is not reused.
+        return Ok(Framing { decoder: Decoder::Done, keep_alive: keep_alive && !announces_body(headers) });
+    }
+    let no_body = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     if no_body {
         return Ok(Framing { decoder: Decoder::Done, keep_alive });
     }
@@ -112,6 +117,14 @@ pub fn framing(method: &Method, status: StatusCode, version: Version, headers: &
         },
         None => Ok(Framing { decoder: Decoder::UntilClose, keep_alive: false }),
     }
+}
+
+/// Whether a head says a body follows it: chunked, or a `Content-Length`
+/// other than 0 (an invalid one counts: it may hide a body). After an
+/// answer to HEAD, such a connection is not reused.
+pub fn announces_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get_all(header::CONTENT_LENGTH).iter().any(|v| parse_length(v.as_bytes()) != Some(0))
 }
 
 /// The downstream request an answer is written for: what it decides about
@@ -273,6 +286,38 @@ mod tests {
         assert_eq!(parse_final_head(&mut endless).err(), Some(Invalid("head too large")));
     }
 
+    /// An answer head of exactly `len` bytes, with a body behind it.
+    fn head_of_len(len: usize) -> Vec<u8> {
+        let frame = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: \r\n\r\n".len();
+        format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: {}\r\n\r\nok", "a".repeat(len - frame)).into_bytes()
+    }
+
+    /// Feeds `bytes` in reads of `read` bytes, parsing after each as the
+    /// client does: the head's status, or the error.
+    fn parse_in_reads(bytes: &[u8], read: usize) -> Result<u16, Invalid> {
+        let mut buf = BytesMut::new();
+        for piece in bytes.chunks(read) {
+            buf.extend_from_slice(piece);
+            if let Some(head) = parse_final_head(&mut buf)? {
+                assert!(b"ok".starts_with(&buf[..]), "the body is left in the buffer");
+                return Ok(head.status.as_u16());
+            }
+        }
+        panic!("the head never completed");
+    }
+
+    #[test]
+    fn the_head_limit_holds_to_the_byte_in_one_read_or_many() {
+        let (at_limit, over) = (head_of_len(MAX_HEAD), head_of_len(MAX_HEAD + 1));
+        assert_eq!(at_limit.len(), MAX_HEAD + 2);
+        // Reads of 8 KiB end exactly at the limit or with the head's last
+        // bytes arriving in a read that crosses it.
+        for read in [at_limit.len(), 8 * 1024, 8 * 1024 + 3, 1000] {
+            assert_eq!(parse_in_reads(&at_limit, read), Ok(200), "reads of {read}");
+            assert_eq!(parse_in_reads(&over, read), Err(Invalid("head too large")), "reads of {read}");
+        }
+    }
+
     #[test]
     fn ambiguous_framing_is_refused() {
         for text in [
@@ -306,8 +351,15 @@ mod tests {
         assert!(!told.keep_alive);
         let old = framing_of("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").unwrap();
         assert!(!old.keep_alive);
-        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
-        assert_eq!(framing(&Method::HEAD, h.status, h.version, &h.headers).unwrap().decoder, Decoder::Done);
+        let head_answer = |text: &str| {
+            let h = head(text);
+            framing(&Method::HEAD, h.status, h.version, &h.headers).unwrap()
+        };
+        let announced = head_answer("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(announced, Framing { decoder: Decoder::Done, keep_alive: false }, "a late body may follow");
+        assert!(!head_answer("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").keep_alive);
+        assert!(head_answer("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert!(head_answer("HTTP/1.1 404 Not Found\r\n\r\n").keep_alive);
         assert_eq!(
             framing_of("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n").unwrap().decoder,
             Decoder::Done

@@ -281,3 +281,21 @@ impl<I: Iterator + Unpin> futures_core::Stream for StreamIter<I> {
         std::task::Poll::Ready(self.0.next())
     }
 }
+
+/// Established TCP connections whose far end is `port` on this host: the
+/// proxy's connections to an upstream listening there.
+pub fn connections_to(port: u16) -> usize {
+    let mut count = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(remote), Some(state)) = (fields.get(2), fields.get(3)) else { continue };
+            let remote_port = remote.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if remote_port == Some(port) && *state == "01" {
+                count += 1;
+            }
+        }
+    }
+    count
+}
