@@ -210,7 +210,15 @@ async fn a_request_already_in_the_socket_when_draining_starts_is_answered_with_c
     // This test's runtime has one thread, which the proxy shares: between
     // the write of the second request and the drain, the proxy cannot run,
     // so the request is surely in its socket, unread, when draining starts.
-    let (up, mut proxy) = echo_proxy().await;
+    // Our loop, and hyper.
+    for inline_http1 in [true, false] {
+        a_request_in_the_socket_at_the_drain_is_answered(ServeOptions { inline_http1, ..Default::default() }).await;
+    }
+}
+
+async fn a_request_in_the_socket_at_the_drain_is_answered(options: ServeOptions) {
+    let inline_http1 = options.inline_http1;
+    let (up, mut proxy) = echo_proxy_with(options).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream.write_all(b"GET /before HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let answer = read_answer(&mut stream).await;
@@ -218,7 +226,7 @@ async fn a_request_already_in_the_socket_when_draining_starts_is_answered_with_c
     stream.write_all(b"GET /during HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     proxy.shutdown();
     let text = read_until_closed(&mut stream).await;
-    assert_eq!(statuses(&text), ["200"], "the request was dropped: {text:?}");
+    assert_eq!(statuses(&text), ["200"], "our loop: {inline_http1}: the request was dropped: {text:?}");
     assert!(text.contains("\"/during\""), "{text}");
     assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
     assert_eq!(up.hits(), 2);
@@ -387,4 +395,29 @@ async fn an_upgraded_connection_is_a_tunnel_with_no_header_timeout() {
         assert_eq!(&echoed, piece);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test]
+async fn a_fragment_in_the_target_is_a_400_on_our_loop_and_dropped_by_hyper() {
+    let (up, proxy) = echo_proxy().await;
+    // Our loop: refused, bodiless or not (a head with a body is read here
+    // before it is handed to hyper).
+    for request in [
+        "GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /a?q=1#frag HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /a#frag HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    ] {
+        let text = exchange(&proxy, request.as_bytes()).await;
+        assert_eq!(statuses(&text), ["400"], "{request:?}: {text}");
+        let lower = text.to_ascii_lowercase();
+        assert!(lower.contains("content-type: application/json") && lower.contains("connection: close"), "{text}");
+        assert!(text.contains("\"error\":\"bad_request\"") && text.contains("fragment"), "{text}");
+    }
+    assert_eq!(up.hits(), 0);
+    // Heads hyper reads: the `http` crate cuts the fragment off, so the
+    // route and the upstream both see the target without it.
+    let (up, proxy) = echo_proxy_with(ServeOptions { inline_http1: false, ..Default::default() }).await;
+    let text = exchange(&proxy, b"GET /a?q=1#frag HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(statuses(&text), ["200"], "{text}");
+    assert_eq!(up.last_seen().uri, "/a?q=1");
 }

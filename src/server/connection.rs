@@ -203,7 +203,8 @@ fn http2_builder(options: &ServeOptions) -> http2::Builder<TokioExecutor> {
 }
 
 /// Serves a connection to its end; once draining starts, lets its
-/// in-flight request finish and then closes it.
+/// in-flight request (and one already in the socket) finish and then
+/// closes it.
 async fn until_drained<C, E>(
     connection: C,
     shutdown: impl FnOnce(Pin<&mut C>),
@@ -223,8 +224,18 @@ async fn until_drained<C, E>(
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = draining => {
-            shutdown(connection.as_mut());
-            connection.await
+            // A request already in the socket is read before the connection
+            // is told to close, so that it is answered (with `Connection:
+            // close`), not dropped: the reactor first catches up with the
+            // socket (a yield lets it run), then hyper gets one look.
+            tokio::task::yield_now().await;
+            match std::future::poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx))).await {
+                Poll::Ready(result) => result,
+                Poll::Pending => {
+                    shutdown(connection.as_mut());
+                    connection.await
+                }
+            }
         }
         _ = idle_for(idle) => {
             // In-flight streams finish; the client opens a new connection.
