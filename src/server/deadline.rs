@@ -153,6 +153,10 @@ pub(crate) async fn idle_for(idle: Option<(Arc<RequestCount>, Duration)>) {
 /// idle connection is not hurried), and ends when the service is called.
 /// Not after a `101`: the bytes that follow are a tunnel's. HTTP/2 (without
 /// `head_seen`, no heads of its own): only the first byte is awaited.
+///
+/// One approximation: bytes of a request body still arriving after its
+/// answer has gone out count as the next head's (the upload must then end
+/// within the header timeout).
 pub(crate) struct HeadDeadline<S> {
     inner: S,
     timeout: Duration,
@@ -279,6 +283,27 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         client.write_all(b"late").await.unwrap();
         assert_eq!(reading.await.unwrap().unwrap(), b"late");
+    }
+
+    #[tokio::test]
+    async fn a_later_head_has_the_header_timeout_from_its_first_byte_and_an_idle_connection_none() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let policy = deadlines(Duration::from_millis(50), Duration::from_secs(75));
+        let (mut guarded, requests) = policy.later_heads(server);
+        let mut buf = [0u8; 64];
+        // Idle: no deadline.
+        assert!(tokio::time::timeout(Duration::from_millis(200), guarded.read(&mut buf)).await.is_err());
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(guarded.read(&mut buf).await.unwrap() > 0);
+        requests.started();
+        // A body is read while its request is open: no deadline.
+        assert!(tokio::time::timeout(Duration::from_millis(200), guarded.read(&mut buf)).await.is_err());
+        requests.answered();
+        // Answered: the next head's first byte starts its deadline.
+        client.write_all(b"G").await.unwrap();
+        assert!(guarded.read(&mut buf).await.unwrap() > 0);
+        let read = tokio::time::timeout(Duration::from_secs(5), guarded.read(&mut buf)).await.expect("cut off");
+        assert_eq!(read.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
     }
 
     #[tokio::test]
