@@ -36,10 +36,10 @@ pub use listen::bind;
 
 /// Listener settings that are fixed for the life of the process.
 pub struct ServeOptions {
-    /// A client must send a complete request head within this time. On
-    /// connections hyper serves, this holds for the first head; later ones
-    /// may take up to the longer of this and `keepalive_timeout` (hyper has
-    /// one timer for heads and idling).
+    /// A client must send a complete request head within this time: a
+    /// connection's first from its start, later ones from their first byte
+    /// (our loop and hyper alike; hyper's own timer, which also counts the
+    /// idle time before a head, is set to the longer `keepalive_timeout`).
     pub header_read_timeout: Duration,
     /// A connection idle between requests for this long is closed (nginx's
     /// `keepalive_timeout`, 75 s by default; keep it above the idle timeout

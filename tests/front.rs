@@ -206,6 +206,33 @@ async fn a_request_in_flight_when_draining_starts_is_answered_with_connection_cl
 }
 
 #[tokio::test]
+async fn a_request_already_in_the_socket_when_draining_starts_is_answered_with_connection_close() {
+    // This test's runtime has one thread, which the proxy shares: between
+    // the write of the second request and the drain, the proxy cannot run,
+    // so the request is surely in its socket, unread, when draining starts.
+    // Our loop, and hyper.
+    for inline_http1 in [true, false] {
+        a_request_in_the_socket_at_the_drain_is_answered(ServeOptions { inline_http1, ..Default::default() }).await;
+    }
+}
+
+async fn a_request_in_the_socket_at_the_drain_is_answered(options: ServeOptions) {
+    let inline_http1 = options.inline_http1;
+    let (up, mut proxy) = echo_proxy_with(options).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(b"GET /before HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stream.write_all(b"GET /during HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    proxy.shutdown();
+    let text = read_until_closed(&mut stream).await;
+    assert_eq!(statuses(&text), ["200"], "our loop: {inline_http1}: the request was dropped: {text:?}");
+    assert!(text.contains("\"/during\""), "{text}");
+    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout_and_a_busy_one_is_not() {
     let (_up, proxy) = echo_proxy_with(short_timeouts()).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
@@ -281,4 +308,116 @@ async fn an_http2_connection_that_starts_no_request_for_the_keepalive_timeout_is
     let after = last_sent.elapsed();
     assert!(after >= Duration::from_secs(1), "closed {after:?} after the last request");
     assert_eq!(up.hits(), sent);
+}
+
+/// A 300 ms header timeout and a 3 s keep-alive timeout: hyper's own
+/// header timer, which also counts the idle time before a head, is the
+/// longer of the two, so it alone would let a head take 3 s.
+fn header_timeout_well_below_keepalive() -> ServeOptions {
+    ServeOptions {
+        header_read_timeout: Duration::from_millis(300),
+        keepalive_timeout: Duration::from_secs(3),
+        ..Default::default()
+    }
+}
+
+/// Sends a head a byte every 200 ms until the proxy closes the connection;
+/// how long that took from the first byte (failing if the head was answered
+/// or all of it, ~6.6 s worth, went out).
+async fn trickle_a_head_until_closed(stream: &mut TcpStream) -> Duration {
+    let head = b"GET /trickled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let started = Instant::now();
+    for &byte in head {
+        if stream.write_all(&[byte]).await.is_err() {
+            return started.elapsed();
+        }
+        let mut answer = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut answer)).await {
+            Ok(Ok(0) | Err(_)) => return started.elapsed(),
+            Ok(Ok(n)) => panic!("a head that took too long was answered: {:?}", String::from_utf8_lossy(&answer[..n])),
+            Err(_) => {}
+        }
+    }
+    panic!("a head sent over {:?} was never cut off", started.elapsed());
+}
+
+#[tokio::test]
+async fn after_the_hand_off_to_hyper_a_slow_head_is_cut_off_at_the_header_timeout_and_an_idle_connection_is_not() {
+    let (up, proxy) = echo_proxy_with(header_timeout_well_below_keepalive()).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    // A body: hyper serves this connection from here on.
+    stream.write_all(b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
+    assert!(read_answer(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // Idle, no byte sent, for twice the header timeout: still served.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stream.write_all(b"POST /again HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi").await.unwrap();
+    assert!(read_answer(&mut stream).await.starts_with("HTTP/1.1 200"));
+    let took = trickle_a_head_until_closed(&mut stream).await;
+    assert!(took >= Duration::from_millis(300), "cut off after {took:?}, before the header timeout");
+    assert!(took < Duration::from_millis(1500), "a slow head was read for {took:?} (header timeout 300 ms)");
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test]
+async fn on_connections_only_hyper_serves_every_head_must_arrive_within_the_header_timeout() {
+    let options = ServeOptions { inline_http1: false, ..header_timeout_well_below_keepalive() };
+    let (up, proxy) = echo_proxy_with(options).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert!(read_answer(&mut stream).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stream.write_all(b"GET /after-idling HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert!(read_answer(&mut stream).await.starts_with("HTTP/1.1 200"));
+    let took = trickle_a_head_until_closed(&mut stream).await;
+    assert!(took < Duration::from_millis(1500), "a slow head was read for {took:?} (header timeout 300 ms)");
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_is_a_tunnel_with_no_header_timeout() {
+    let up = TestUpstream::start("up", Behaviour::UpgradeEcho).await;
+    let options = header_timeout_well_below_keepalive();
+    let proxy =
+        TestProxy::start_with(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"), options)
+            .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(b"GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    // Bytes through the tunnel, slower than any head may come: echoed.
+    for piece in [&b"p"[..], b"i", b"n", b"g"] {
+        stream.write_all(piece).await.unwrap();
+        let mut echoed = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut echoed))
+            .await
+            .expect("the tunnel echoes")
+            .expect("the tunnel is open");
+        assert_eq!(&echoed, piece);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_fragment_in_the_target_is_a_400_on_our_loop_and_dropped_by_hyper() {
+    let (up, proxy) = echo_proxy().await;
+    // Our loop: refused, bodiless or not (a head with a body is read here
+    // before it is handed to hyper).
+    for request in [
+        "GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /a?q=1#frag HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /a#frag HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    ] {
+        let text = exchange(&proxy, request.as_bytes()).await;
+        assert_eq!(statuses(&text), ["400"], "{request:?}: {text}");
+        let lower = text.to_ascii_lowercase();
+        assert!(lower.contains("content-type: application/json") && lower.contains("connection: close"), "{text}");
+        assert!(text.contains("\"error\":\"bad_request\"") && text.contains("fragment"), "{text}");
+    }
+    assert_eq!(up.hits(), 0);
+    // Heads hyper reads: the `http` crate cuts the fragment off, so the
+    // route and the upstream both see the target without it.
+    let (up, proxy) = echo_proxy_with(ServeOptions { inline_http1: false, ..Default::default() }).await;
+    let text = exchange(&proxy, b"GET /a?q=1#frag HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(statuses(&text), ["200"], "{text}");
+    assert_eq!(up.last_seen().uri, "/a?q=1");
 }

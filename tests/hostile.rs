@@ -119,18 +119,16 @@ async fn conflicting_framing_is_refused_or_normalized_and_never_smuggles() {
 }
 
 #[tokio::test]
-async fn bare_lf_is_read_as_crlf_consistently() {
+async fn bare_lf_line_ends_are_refused() {
     let (public, admin, proxy) = setup().await;
-    // RFC 9112 §2.2 lets a recipient accept a bare LF as a line end; what
-    // matters is that the route and the upstream see the same request.
+    // RFC 9112 §2.2 lets a recipient accept a bare LF as a line end; a proxy
+    // cannot know that the upstream behind it reads the head the same way,
+    // so it refuses it (400) or closes.
     let response =
         raw(proxy.addr, b"GET /admin/x HTTP/1.1\nHost: x\nConnection: close\n\n", Duration::from_secs(2)).await;
     let status = raw_status(&response);
-    assert!(status.is_none() || status == Some(200) || status == Some(400), "{response}");
-    if status == Some(200) {
-        assert_eq!(public.last_seen().uri, "/admin/x");
-        assert_eq!(public.last_seen().headers["host"], "x");
-    }
+    assert!(status.is_none() || status == Some(400), "a bare-LF request was not refused: {response}");
+    assert_eq!(public.hits() + admin.hits(), 0, "a bare-LF request reached an upstream");
     // A bare LF hiding a Host for the admin route inside another header.
     let response = raw(
         proxy.addr,
@@ -184,14 +182,13 @@ async fn too_many_headers_and_huge_request_lines_are_refused() {
         raw(proxy.addr, format!("GET {long_path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(), Duration::from_secs(3))
             .await;
     assert!(refused(&response), "200 KiB request line: {}", &response[..response.len().min(200)]);
-    // Many small headers adding up past the head limit.
+    // Many small headers adding up past the 64 KiB head limit (~90 KiB).
     let filler: String = (0..90).map(|i| format!("X-F{i}: {}\r\n", "b".repeat(1000))).collect();
     let response =
         raw(proxy.addr, format!("GET / HTTP/1.1\r\nHost: x\r\n{filler}\r\n").as_bytes(), Duration::from_secs(3)).await;
-    let status = raw_status(&response);
-    assert!(status.is_none() || status == Some(200) || (400..500).contains(&status.unwrap()), "{response}");
-    assert_eq!(admin.hits(), 0);
-    let _ = public;
+    assert_eq!(raw_status(&response), Some(431), "a ~90 KiB head: {}", &response[..response.len().min(300)]);
+    assert!(response.contains("\"error\":\"header_too_large\""), "{response}");
+    assert_eq!(admin.hits() + public.hits(), 0);
     still_serves(&proxy, "oversized heads").await;
 }
 
@@ -203,23 +200,35 @@ async fn many_slowloris_connections_do_not_starve_normal_clients() {
     for _ in 0..200 {
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: a").await.unwrap();
-        slow.push(s);
+        slow.push((s, Instant::now()));
     }
     // Normal clients are served while the slow ones hold their connections.
     let started = Instant::now();
     still_serves(&proxy, "200 slowloris connections").await;
     assert!(started.elapsed() < Duration::from_secs(2), "a normal request waited {:?}", started.elapsed());
-    // The slow ones are cut off after the header timeout.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut closed = 0;
-    for s in slow.iter_mut() {
-        let mut buf = [0u8; 512];
-        match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
-            Ok(Ok(_)) | Ok(Err(_)) => closed += 1, // EOF, a 408, or a reset
-            Err(_) => {}
-        }
+    // The slow ones are cut off at the header timeout (counted by the proxy
+    // from a little after their bytes were written), each with a 408 or a
+    // bare close, not much later.
+    let closing: Vec<_> = slow
+        .into_iter()
+        .map(|(mut s, written)| {
+            tokio::spawn(async move {
+                let mut answer = Vec::new();
+                let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+                assert!(read.is_ok(), "a slow header sender was still connected 10 s after its last byte");
+                (written.elapsed(), String::from_utf8_lossy(&answer).into_owned())
+            })
+        })
+        .collect();
+    let mut latest = Duration::ZERO;
+    for closed in closing {
+        let (after, answer) = closed.await.unwrap();
+        assert!(answer.is_empty() || raw_status(&answer) == Some(408), "{answer}");
+        assert!(after >= Duration::from_millis(800), "closed {after:?} after its last byte, before the header timeout");
+        latest = latest.max(after);
     }
-    assert_eq!(closed, slow.len(), "slow header senders still connected after the header timeout");
+    // The margin is for a loaded machine: 200 connections on one core.
+    assert!(latest < Duration::from_millis(800 + 1200), "the last slow sender was closed only after {latest:?}");
     assert_eq!(admin.hits(), 0);
 }
 

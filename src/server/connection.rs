@@ -3,6 +3,20 @@
 //! hyper, the hand-off from our loop to hyper (with the bytes already read),
 //! and the end: closed, drained, or idle for too long. A plain listener
 //! beside a TLS one may instead answer everything with a redirect to HTTPS.
+//!
+//! Every HTTP/1.1 head, ours or hyper's, must arrive within the header
+//! timeout ([`super::deadline::HeadDeadline`] over hyper's IO), while a
+//! connection with no bytes waiting may idle for the keep-alive timeout.
+//!
+//! Heads hyper reads (after a hand-off, and on TLS, HTTP/2 and `--http1
+//! hyper` connections) are parsed by httparse and the `http` crate, not by
+//! [`crate::wire::request`], with two differences our loop does not share:
+//! a `#` in the target is not refused, the fragment is dropped (the `http`
+//! crate's URI parser cuts it off, so the route and the upstream both see
+//! the target without it); and a line ending in a bare LF is read as if it
+//! ended in CRLF (RFC 9112 §2.2 allows it; the upstream is then told the
+//! request hyper read, in CRLF). Our loop refuses both with a 400 on every
+//! head it reads, the one it hands over included.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,6 +37,7 @@ use super::deadline::{idle_for, Deadlines, FirstRequest, RequestCount};
 use super::h1;
 use super::worker::Drain;
 use super::ServeOptions;
+use crate::client::body::ProxyBody;
 use crate::proxy::{self, Downstream};
 use crate::Shared;
 
@@ -84,9 +99,10 @@ impl Connections {
                             )
                             .await;
                             if let h1::Ended::HandOff(read) = ended {
-                                let service = proxy_service(this.shared.clone(), downstream, None);
-                                let stream = Prefixed::new(read, stream);
-                                Box::pin(this.serve_http(stream, protocol, service, drain, remote, None)).await
+                                let (stream, requests) = this.deadlines.later_heads(Prefixed::new(read, stream));
+                                let service = proxy_service(this.shared.clone(), downstream, Some(requests.clone()));
+                                Box::pin(this.serve_http(stream, protocol, service, drain, remote, Some(requests)))
+                                    .await
                             }
                         }
                         _ => {
@@ -123,7 +139,8 @@ impl Connections {
                     let counted = requests.clone();
                     let service = service_fn(move |req| {
                         counted.started();
-                        async move { Ok::<_, std::convert::Infallible>(redirect_to_https(&req, port)) }
+                        let answer = redirect_to_https(&req, port).map(|body| Answer::new(body, Some(counted.clone())));
+                        async move { Ok::<_, std::convert::Infallible>(answer) }
                     });
                     this.serve_http(stream, protocol, service, drain, remote, Some(requests)).await
                 });
@@ -186,7 +203,8 @@ fn http2_builder(options: &ServeOptions) -> http2::Builder<TokioExecutor> {
 }
 
 /// Serves a connection to its end; once draining starts, lets its
-/// in-flight request finish and then closes it.
+/// in-flight request (and one already in the socket) finish and then
+/// closes it.
 async fn until_drained<C, E>(
     connection: C,
     shutdown: impl FnOnce(Pin<&mut C>),
@@ -206,8 +224,18 @@ async fn until_drained<C, E>(
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = draining => {
-            shutdown(connection.as_mut());
-            connection.await
+            // A request already in the socket is read before the connection
+            // is told to close, so that it is answered (with `Connection:
+            // close`), not dropped: the reactor first catches up with the
+            // socket (a yield lets it run), then hyper gets one look.
+            tokio::task::yield_now().await;
+            match std::future::poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx))).await {
+                Poll::Ready(result) => result,
+                Poll::Pending => {
+                    shutdown(connection.as_mut());
+                    connection.await
+                }
+            }
         }
         _ = idle_for(idle) => {
             // In-flight streams finish; the client opens a new connection.
@@ -226,7 +254,8 @@ async fn until_drained<C, E>(
 /// the connection's whole life, and the proxy's is ~4 KiB that an idle
 /// keep-alive connection would otherwise hold.
 ///
-/// `requests`, when given, counts each request as its head completes.
+/// `requests`, when given, counts each request as its head completes and
+/// as its answer has gone out.
 fn proxy_service(
     shared: Arc<Shared>,
     downstream: Arc<Downstream>,
@@ -236,13 +265,62 @@ fn proxy_service(
         if let Some(requests) = &requests {
             requests.started();
         }
-        Box::pin(proxy::handle(shared.clone(), downstream.clone(), req.map(crate::client::body::ProxyBody::Streamed)))
+        let requests = requests.clone();
+        let handling = proxy::handle(shared.clone(), downstream.clone(), req.map(ProxyBody::Streamed));
+        Box::pin(async move {
+            let Ok(response) = handling.await;
+            // After a 101 the connection is a tunnel: no head comes next.
+            let requests = requests.filter(|_| response.status() != http::StatusCode::SWITCHING_PROTOCOLS);
+            Ok(response.map(|body| Answer::new(body, requests)))
+        })
     })
 }
 
 /// A request's way through the proxy, boxed (see [`proxy_service`]).
 type ProxyFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, Infallible>> + Send>>;
-type ProxyResponse = http::Response<crate::client::body::ProxyBody>;
+type ProxyResponse = http::Response<Answer>;
+
+/// An answer's body as hyper sends it. hyper drops it once it is sent (or
+/// the connection ends): the request then counts as answered, so that the
+/// connection's next head gets its own deadline ([`RequestCount`]).
+struct Answer {
+    body: ProxyBody,
+    requests: Option<Arc<RequestCount>>,
+}
+
+impl Answer {
+    fn new(body: ProxyBody, requests: Option<Arc<RequestCount>>) -> Self {
+        Answer { body, requests }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(requests) = &self.requests {
+            requests.answered();
+        }
+    }
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = crate::client::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// What [`Connections::serve_http`] serves: a service that always answers.
 trait HttpService:

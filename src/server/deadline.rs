@@ -5,8 +5,9 @@
 //! hyper serves (`connection`) both take their timeouts from it.
 //!
 //! hyper has one timer for HTTP/1.1 heads and idling, and none for an idle
-//! HTTP/2 connection: [`FirstHeadDeadline`] and [`idle_for`] (over a
-//! [`RequestCount`]) give those connections the same policy as ours.
+//! HTTP/2 connection: [`HeadDeadline`] (every head within the header
+//! timeout, from its first byte) and [`idle_for`] (over a [`RequestCount`])
+//! give those connections the same policy as ours.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,8 +31,9 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Deadlines {
     /// A request head must arrive whole within this time: from its first
-    /// read on our loop, from the connection's start for hyper's first head,
-    /// and for the first bytes that tell the protocol.
+    /// read on our loop, from the connection's start for hyper's first head
+    /// and from their first byte for its later ones, and for the first bytes
+    /// that tell the protocol.
     pub header_read: Duration,
     /// A connection idle between requests (HTTP/2: starting no stream) for
     /// this long is closed.
@@ -60,15 +62,23 @@ impl Deadlines {
 
     /// hyper's HTTP/1.1 header timer. It runs while a connection idles too,
     /// so it is also the idle limit: the longer of the two, with
-    /// [`Deadlines::first_head`] keeping the first head to the header timeout.
+    /// [`HeadDeadline`] keeping every head to the header timeout.
     pub fn hyper_header_timer(&self) -> Duration {
         self.header_read.max(self.keepalive)
     }
 
-    /// `inner` under the header timeout until its first request (see
-    /// [`FirstHeadDeadline`]), and the count its service is to keep.
-    pub fn first_head<S>(&self, inner: S, ends: FirstRequest) -> (FirstHeadDeadline<S>, Arc<RequestCount>) {
-        FirstHeadDeadline::counted(inner, ends, self.header_read)
+    /// `inner` under the header timeout from now until its first request,
+    /// and (HTTP/1.1) from the first byte of each later head (see
+    /// [`HeadDeadline`]); and the count its service is to keep.
+    pub fn first_head<S>(&self, inner: S, ends: FirstRequest) -> (HeadDeadline<S>, Arc<RequestCount>) {
+        HeadDeadline::counted(inner, ends, self.header_read, true)
+    }
+
+    /// `inner`, an HTTP/1.1 connection our loop hands over with a head
+    /// already read, under the header timeout from the first byte of each
+    /// head (see [`HeadDeadline`]); and the count its service is to keep.
+    pub fn later_heads<S>(&self, inner: S) -> (HeadDeadline<S>, Arc<RequestCount>) {
+        HeadDeadline::counted(inner, FirstRequest::Head, self.header_read, false)
     }
 }
 
@@ -80,21 +90,37 @@ pub(crate) enum FirstRequest {
     Byte,
 }
 
-/// Requests a hyper-served connection has started, counted by its service
-/// as each head completes. The first ends the first-head deadline
-/// (HTTP/1.1), and a count that stops moving is an idle connection (HTTP/2,
-/// whose connections hyper never closes for idling).
+/// Requests a hyper-served connection has started (counted by its service
+/// as each head completes) and answered (counted as hyper drops each
+/// answer's body, once it is sent). A start ends a head's deadline
+/// (HTTP/1.1); started and answered alike means the connection waits for
+/// its next head; a start count that stops moving is an idle connection
+/// (HTTP/2, whose connections hyper never closes for idling).
 #[derive(Default)]
-pub(crate) struct RequestCount(AtomicU64);
+pub(crate) struct RequestCount {
+    started: AtomicU64,
+    answered: AtomicU64,
+}
 
 impl RequestCount {
     /// Called by the service as a request's head completes.
     pub fn started(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Called when a request's answer has gone out (its body is dropped).
+    /// Not for a `101`: a tunnel follows, not another head.
+    pub fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
     }
 
     fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// No request is being read or answered: the next bytes start a head.
+    fn between_requests(&self) -> bool {
+        self.answered.load(Ordering::Relaxed) == self.get()
     }
 }
 
@@ -116,54 +142,82 @@ pub(crate) async fn idle_for(idle: Option<(Arc<RequestCount>, Duration)>) {
     }
 }
 
-/// Fails a connection's reads once its deadline passes before its first
-/// request head is complete (HTTP/1.1: the service was called, which
-/// `head_seen` records) or, without `head_seen` (HTTP/2), before its first
-/// byte. hyper's own header timer is set to the keep-alive timeout when that
-/// is longer (hyper starts it when a connection turns idle, so it is also the
-/// idle limit); this keeps the first head to the shorter header timeout.
-pub(crate) struct FirstHeadDeadline<S> {
+/// Fails a connection's reads once a request head it waits for has not
+/// arrived whole within the header timeout. hyper has one timer for a head
+/// and the idle time before it (set to the longer keep-alive timeout, so it
+/// is the idle limit); this keeps each head to the shorter header timeout.
+///
+/// HTTP/1.1 (with `head_seen`): the first head's deadline may run from the
+/// connection's start; every later one starts with the first byte read
+/// while no request is open (between an answer and the next head, so an
+/// idle connection is not hurried), and ends when the service is called.
+/// Not after a `101`: the bytes that follow are a tunnel's. HTTP/2 (without
+/// `head_seen`, no heads of its own): only the first byte is awaited.
+///
+/// One approximation: bytes of a request body still arriving after its
+/// answer has gone out count as the next head's (the upload must then end
+/// within the header timeout).
+pub(crate) struct HeadDeadline<S> {
     inner: S,
+    timeout: Duration,
+    /// The timer, made at the first head that needs it and reset for later ones.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A head is awaited under `deadline`.
+    running: bool,
+    /// The start count when the deadline was set: the head is whole once it moves.
+    set_at: u64,
     head_seen: Option<Arc<RequestCount>>,
 }
 
-impl<S> FirstHeadDeadline<S> {
-    /// `inner` under the deadline, and the count its service is to keep:
-    /// HTTP/1.1's first head ends when the count moves; HTTP/2, which has no
-    /// heads of its own to wait for, needs only a first byte.
-    fn counted(inner: S, ends: FirstRequest, timeout: Duration) -> (Self, Arc<RequestCount>) {
+impl<S> HeadDeadline<S> {
+    /// `inner` under the deadline (running from now if `from_start`), and
+    /// the count its service is to keep: HTTP/1.1's heads end when the count
+    /// moves; HTTP/2 needs only a first byte.
+    fn counted(inner: S, ends: FirstRequest, timeout: Duration, from_start: bool) -> (Self, Arc<RequestCount>) {
         let requests = Arc::new(RequestCount::default());
         let head_seen = matches!(ends, FirstRequest::Head).then(|| requests.clone());
-        let deadline = Some(Box::pin(tokio::time::sleep(timeout)));
-        (FirstHeadDeadline { inner, deadline, head_seen }, requests)
+        let deadline = from_start.then(|| Box::pin(tokio::time::sleep(timeout)));
+        (HeadDeadline { inner, timeout, deadline, running: from_start, set_at: 0, head_seen }, requests)
     }
 
-    fn first_head_done(&self, read_bytes: bool) -> bool {
-        match &self.head_seen {
-            Some(requests) => requests.get() > 0,
-            None => read_bytes,
+    /// Notes what a read brought: a head completed (the count moved), or
+    /// the first byte of a head that now has a deadline.
+    fn after_read(&mut self, read_bytes: bool) {
+        let Some(requests) = &self.head_seen else {
+            // HTTP/2: the first byte is all there is to wait for.
+            self.running &= !read_bytes;
+            return;
+        };
+        if self.running {
+            self.running = requests.get() == self.set_at;
+        } else if read_bytes && requests.between_requests() {
+            self.set_at = requests.get();
+            self.running = true;
+            let until = tokio::time::Instant::now() + self.timeout;
+            match &mut self.deadline {
+                Some(deadline) => deadline.as_mut().reset(until),
+                None => self.deadline = Some(Box::pin(tokio::time::sleep_until(until))),
+            }
         }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for FirstHeadDeadline<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for HeadDeadline<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if self.deadline.is_some() {
-            let read_bytes = matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before;
-            if self.first_head_done(read_bytes) {
-                self.deadline = None;
-            } else if polled.is_pending() && self.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready()) {
-                return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
-            }
+        let read_bytes = matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before;
+        self.after_read(read_bytes);
+        if self.running && polled.is_pending() && self.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready())
+        {
+            self.running = false;
+            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
         }
         polled
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for FirstHeadDeadline<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
@@ -229,6 +283,27 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         client.write_all(b"late").await.unwrap();
         assert_eq!(reading.await.unwrap().unwrap(), b"late");
+    }
+
+    #[tokio::test]
+    async fn a_later_head_has_the_header_timeout_from_its_first_byte_and_an_idle_connection_none() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let policy = deadlines(Duration::from_millis(50), Duration::from_secs(75));
+        let (mut guarded, requests) = policy.later_heads(server);
+        let mut buf = [0u8; 64];
+        // Idle: no deadline.
+        assert!(tokio::time::timeout(Duration::from_millis(200), guarded.read(&mut buf)).await.is_err());
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(guarded.read(&mut buf).await.unwrap() > 0);
+        requests.started();
+        // A body is read while its request is open: no deadline.
+        assert!(tokio::time::timeout(Duration::from_millis(200), guarded.read(&mut buf)).await.is_err());
+        requests.answered();
+        // Answered: the next head's first byte starts its deadline.
+        client.write_all(b"G").await.unwrap();
+        assert!(guarded.read(&mut buf).await.unwrap() > 0);
+        let read = tokio::time::timeout(Duration::from_secs(5), guarded.read(&mut buf)).await.expect("cut off");
+        assert_eq!(read.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
     }
 
     #[tokio::test]

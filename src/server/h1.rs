@@ -132,8 +132,10 @@ async fn serve_request(
 }
 
 /// Waits, holding no buffer, until the client sends more. `false` when the
-/// worker drains first (an idle connection just closes), the connection has
-/// idled until `idle_until` (the keep-alive timeout), or the socket fails.
+/// worker drains first with nothing in the socket (an idle connection just
+/// closes), the connection has idled until `idle_until` (the keep-alive
+/// timeout), or the socket fails. A request already in the socket when
+/// draining starts is read and answered (with `Connection: close`).
 ///
 /// `timer` may be set for an earlier moment (it is re-armed lazily): when
 /// it fires before `idle_until`, it is set again and the wait goes on.
@@ -146,7 +148,7 @@ async fn next_request_arrives(
     loop {
         tokio::select! {
             biased;
-            _ = drain.wait_for(|draining| *draining) => return false,
+            _ = drain.wait_for(|draining| *draining) => return has_bytes_waiting(stream),
             ready = poll_fn(|cx| stream.poll_read_ready(cx)) => return ready.is_ok(),
             _ = timer.as_mut() => {
                 if tokio::time::Instant::now() >= idle_until {
@@ -156,6 +158,15 @@ async fn next_request_arrives(
             }
         }
     }
+}
+
+/// Whether the client has sent bytes not yet read, asked of the socket
+/// itself: the reactor may not have seen them yet (draining can start
+/// before it has polled the socket again).
+fn has_bytes_waiting(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::uninit()];
+    // The socket is non-blocking: an empty one answers `WouldBlock`.
+    matches!(socket2::SockRef::from(stream).peek(&mut byte), Ok(1..))
 }
 
 /// Reads until a whole head is in `buf`; `None` when the client closes

@@ -8,8 +8,11 @@
 //! ([`Head::HandOff`]). Framing that could be ambiguous is thus never decided
 //! here.
 //!
-//! A head that cannot be parsed is refused with a 400, a version other than
-//! 1.0/1.1 with a 505, a head over the size limit or with more than
+//! A head that cannot be parsed, one with a line that ends in a bare LF
+//! (httparse takes it, as RFC 9112 §2.2 allows; a proxy is safer refusing
+//! what the upstream behind it might read otherwise), or one whose target
+//! carries a fragment (`#`, never part of a request target: RFC 9112 §3.2;
+//! HAProxy refuses it too) is refused with a 400, a version other than 1.0/1.1 with a 505, a head over the size limit or with more than
 //! [`MAX_HEADERS`] fields with a 431, and a target too long for a URI with a
 //! 414 (see [`Refusal`]).
 
@@ -43,6 +46,8 @@ pub struct Parsed<B> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     Malformed,
+    /// A `#` in the target: a fragment is the client's business, never sent.
+    Fragment,
     Version,
     TooLarge,
     TargetTooLong,
@@ -55,6 +60,9 @@ impl Refusal {
     pub fn describe(self) -> (StatusCode, &'static str, &'static str) {
         match self {
             Refusal::Malformed => (StatusCode::BAD_REQUEST, "bad_request", "malformed request head"),
+            Refusal::Fragment => {
+                (StatusCode::BAD_REQUEST, "bad_request", "a request target must not carry a fragment ('#')")
+            }
             Refusal::Version => {
                 (StatusCode::HTTP_VERSION_NOT_SUPPORTED, "http_version_not_supported", "only HTTP/1.0 and 1.1 here")
             }
@@ -94,8 +102,12 @@ pub fn parse<B>(
                 Err(_) => return Err(Refusal::Malformed),
             };
         let (method, path) = (parsed.method.unwrap_or_default(), parsed.path.unwrap_or_default());
+        if !lines_end_in_crlf(&buf[..len], parsed.headers) {
+            return Err(Refusal::Malformed);
+        }
         if !is_inline(method, path, parsed.headers) {
-            return Ok(Some(Head::HandOff));
+            // hyper's URI parser would drop a fragment without a word.
+            return if path.contains('#') { Err(Refusal::Fragment) } else { Ok(Some(Head::HandOff)) };
         }
         let method = Method::from_bytes(method.as_bytes()).map_err(|_| Refusal::Malformed)?;
         let start = path.as_ptr() as usize - buf.as_ptr() as usize;
@@ -103,7 +115,7 @@ pub fn parse<B>(
         (len, method, start..start + path.len(), version, super::record_spans(buf, parsed.headers, &mut spans))
     };
     let head = buf.split_to(len).freeze();
-    let too_long = target.len() >= MAX_URI;
+    let (too_long, target_len) = (target.len() >= MAX_URI, target.len());
     let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| {
         if too_long {
             Refusal::TargetTooLong
@@ -111,6 +123,11 @@ pub fn parse<B>(
             Refusal::Malformed
         }
     })?;
+    // The `http` crate cuts a fragment off without a word: the URI is then
+    // shorter than the target (a length compared, not the target scanned).
+    if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) != target_len {
+        return Err(Refusal::Fragment);
+    }
     let headers = super::header_map(&head, &spans[..count], HEADROOM).ok_or(Refusal::Malformed)?;
     let keep_alive = super::keeps_alive(version, &headers);
     let mut request = Request::new(empty_body());
@@ -119,6 +136,16 @@ pub fn parse<B>(
     *request.version_mut() = version;
     *request.headers_mut() = headers;
     Ok(Some(Head::Inline(Parsed { request, keep_alive })))
+}
+
+/// Whether every line of a parsed `head` ends in CRLF, not a bare LF. Every
+/// LF of a head httparse took ends a line: the request line's and each
+/// header line's sit just before the next header's name, the last header
+/// line's and the empty line's at the end. A few bytes are looked at, not
+/// the whole head.
+fn lines_end_in_crlf(head: &[u8], fields: &[httparse::Header<'_>]) -> bool {
+    let base = head.as_ptr() as usize;
+    head.ends_with(b"\r\n\r\n") && fields.iter().all(|f| head.get(f.name.as_ptr() as usize - base - 2) == Some(&b'\r'))
 }
 
 /// Whether the request line ends in an `HTTP/` version (one httparse does
@@ -239,6 +266,22 @@ mod tests {
         assert_eq!(parse_text("GET / HTTP/1.2\r\n\r\n").err(), Some(Refusal::Version));
         assert_eq!(parse_text("NOT A REQUEST\r\n\r\n").err(), Some(Refusal::Malformed));
         assert_eq!(parse_text("GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n").err(), Some(Refusal::Malformed));
+        assert_eq!(parse_text("GET /a#b HTTP/1.1\r\n\r\n").err(), Some(Refusal::Fragment));
+        for target in ["/", "/a?", "/a?b=%23&c", "/a;b/%23?x", "/{\"q\"}"] {
+            assert_eq!(inline(&format!("GET {target} HTTP/1.1\r\n\r\n")).request.uri(), target);
+        }
+        for bare_lf in [
+            "GET / HTTP/1.1\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n\n",
+            "GET / HTTP/1.1\n\n",
+            "POST / HTTP/1.1\nContent-Length: 1\n\nx",
+        ] {
+            assert_eq!(parse_text(bare_lf).err(), Some(Refusal::Malformed), "{bare_lf:?}");
+        }
+        assert_eq!(parse_text("GET /a?q=1# HTTP/1.1\r\n\r\n").err(), Some(Refusal::Fragment));
+        assert_eq!(parse_text("POST /a#b HTTP/1.1\r\nContent-Length: 1\r\n\r\nx").err(), Some(Refusal::Fragment));
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
         assert_eq!(parse_text(&format!("GET / HTTP/1.1\r\n{many}\r\n")).err(), Some(Refusal::TooLarge));
         let mut big = BytesMut::from(format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(2000)).as_str());
