@@ -122,10 +122,14 @@ impl Route {
         chosen
     }
 
-    /// Where a `421 Misdirected Request` from upstream `from` goes once: the
-    /// fallback, else another member of the split with a weight.
+    /// Where a `421 Misdirected Request` from upstream `from` goes once, on
+    /// a route that has a fallback (it opts in to sending a request again,
+    /// and so to keeping its body): the fallback, or, when the fallback itself
+    /// answered, another member of the split with a weight. Routes without a
+    /// fallback stream bodies as before and pass a 421 through.
     pub fn other_side(&self, from: usize) -> Option<usize> {
-        if let Some(fallback) = self.fallback.filter(|&f| f != from) {
+        let fallback = self.fallback?;
+        if fallback != from {
             return Some(fallback);
         }
         let Backend::Split(split) = &self.backend else { return None };

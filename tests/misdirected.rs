@@ -69,13 +69,13 @@ async fn two_upstreams_that_both_answer_421_do_not_bounce_the_request() {
 }
 
 #[tokio::test]
-async fn on_a_split_a_421_goes_to_the_other_member() {
+async fn on_a_split_whose_fallback_answered_421_the_request_goes_to_the_other_member() {
     let legacy = TestUpstream::start("legacy", Behaviour::Status(421)).await;
     let service = TestUpstream::start("service", Behaviour::Echo).await;
     let proxy = TestProxy::start(&routes(
         &legacy,
         &service,
-        "  - name: comments\n    prefix: /api/comments\n    split:\n      - {upstream: legacy, weight: 50}\n      - {upstream: service, weight: 50}\n",
+        "  - name: comments\n    prefix: /api/comments\n    fallback: legacy\n    split:\n      - {upstream: legacy, weight: 50}\n      - {upstream: service, weight: 50}\n",
     ))
     .await;
     for i in 0..20 {
@@ -84,4 +84,19 @@ async fn on_a_split_a_421_goes_to_the_other_member() {
         assert_eq!(r.json()["upstream"], "service", "request {i}");
     }
     assert!(legacy.hits() > 0, "the split chose legacy at times");
+}
+
+#[tokio::test]
+async fn a_route_without_a_fallback_streams_its_body_and_passes_a_421_through() {
+    let legacy = TestUpstream::start("legacy", Behaviour::Status(421)).await;
+    let service = TestUpstream::start("service", Behaviour::Echo).await;
+    let proxy = TestProxy::start(&routes(
+        &legacy,
+        &service,
+        "  - name: comments\n    prefix: /api/comments\n    split:\n      - {upstream: legacy, weight: 1}\n      - {upstream: service, weight: 0}\n",
+    ))
+    .await;
+    let r = post(&proxy, "/api/comments", b"{}".to_vec()).await;
+    assert_eq!(r.status, 421);
+    assert_eq!(service.hits(), 0);
 }
