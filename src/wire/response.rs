@@ -85,14 +85,22 @@ pub struct Framing {
 pub fn framing(method: &Method, status: StatusCode, version: Version, headers: &HeaderMap) -> Result<Framing, Invalid> {
     let keep_alive = keeps_alive(version, headers) && status != StatusCode::SWITCHING_PROTOCOLS;
     if *method == Method::HEAD {
-        // A broken upstream may send the body it announced anyway, late
+        // A broken upstream may send the body it announced (or that the
+        // GET would have had: no length says "until close") anyway, late
         // enough to be read as the answer to the next request on this
-        // connection, another user's: such a connection is not reused.
-        return Ok(Framing { decoder: Decoder::Done, keep_alive: keep_alive && !announces_body(headers) });
+        // connection, another user's: only `Content-Length: 0` is reused.
+        let says_empty = !announces_body(headers) && headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(Framing { decoder: Decoder::Done, keep_alive: keep_alive && says_empty });
     }
     let no_body = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     if no_body {
-        return Ok(Framing { decoder: Decoder::Done, keep_alive });
+        // The same late body after a 204 that carries any length or coding
+        // (RFC 9110 forbids both there), or a 304 with a coding (its
+        // Content-Length, the representation's, is legal and is left to the
+        // idle-readiness check at checkout).
+        let suspect = headers.contains_key(header::TRANSFER_ENCODING)
+            || (status == StatusCode::NO_CONTENT && headers.contains_key(header::CONTENT_LENGTH));
+        return Ok(Framing { decoder: Decoder::Done, keep_alive: keep_alive && !suspect });
     }
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let length = lengths.next();
@@ -359,11 +367,18 @@ mod tests {
         assert_eq!(announced, Framing { decoder: Decoder::Done, keep_alive: false }, "a late body may follow");
         assert!(!head_answer("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").keep_alive);
         assert!(head_answer("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
-        assert!(head_answer("HTTP/1.1 404 Not Found\r\n\r\n").keep_alive);
-        assert_eq!(
-            framing_of("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n").unwrap().decoder,
-            Decoder::Done
-        );
+        assert!(!head_answer("HTTP/1.1 404 Not Found\r\n\r\n").keep_alive, "the GET's body would run until close");
+        let not_modified = framing_of("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n").unwrap();
+        assert_eq!(not_modified, Framing { decoder: Decoder::Done, keep_alive: true }, "a 304's length is legal");
+        for suspect in [
+            "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let f = framing_of(suspect).unwrap();
+            assert_eq!(f, Framing { decoder: Decoder::Done, keep_alive: false }, "a late body may follow {suspect:?}");
+        }
+        assert!(framing_of("HTTP/1.1 204 No Content\r\n\r\n").unwrap().keep_alive);
         let upgrade = framing_of("HTTP/1.1 101 Switching Protocols\r\n\r\n").unwrap();
         assert!(!upgrade.keep_alive);
     }
