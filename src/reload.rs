@@ -48,6 +48,8 @@ pub enum ReloadOutcome {
 enum Seen {
     Hash(String),
     Unreadable(String),
+    /// Valid bytes that failed on something else (a CA file): read again.
+    Retry,
 }
 
 /// Re-reads one config file for the shared state, remembering what it read
@@ -56,13 +58,16 @@ pub struct Reloader {
     path: PathBuf,
     shared: Arc<Shared>,
     last: Mutex<Seen>,
+    /// The last failure that did not come from the bytes (hash, error), so
+    /// that retrying the same version counts and logs it once.
+    last_outside_failure: Mutex<Option<(String, String)>>,
 }
 
 impl Reloader {
     /// A reloader for `path`, whose last version is the one in force.
     pub fn new(path: PathBuf, shared: Arc<Shared>) -> Reloader {
         let last = Mutex::new(Seen::Hash(shared.table.load().hash.clone()));
-        Reloader { path, shared, last }
+        Reloader { path, shared, last, last_outside_failure: Mutex::new(None) }
     }
 
     /// Re-reads the config now and swaps it in if its bytes changed and it
@@ -80,7 +85,8 @@ impl Reloader {
             if *last == seen && !explicit {
                 return ReloadOutcome::Unchanged;
             }
-            // Remembered before parsing: a rejected version is not tried again.
+            // Remembered before parsing: a version rejected for its bytes is not
+            // tried again (one that failed on a file it names is: `reject_for_now`).
             *last = seen;
         }
         let shared = &*self.shared;
@@ -93,11 +99,17 @@ impl Reloader {
             tracing::info!(trigger, hash = %current.hash, "the config is back to the version in force; nothing to reload");
             return ReloadOutcome::Unchanged;
         }
-        let ctx = Context { metrics: &shared.metrics, previous: Some(&current) };
-        let table = match Table::build(&self.path.display().to_string(), &text, &ctx) {
-            Ok(table) => table,
+        let plan = match table::validate(&self.path.display().to_string(), &text) {
+            Ok(plan) => plan,
             Err(e) => return reject(shared, e, trigger),
         };
+        let hash = plan.hash.clone();
+        let ctx = Context { metrics: &shared.metrics, previous: Some(&current) };
+        let table = match table::instantiate(plan, &ctx) {
+            Ok(table) => table,
+            Err(e) => return self.reject_for_now(hash, e, trigger),
+        };
+        *self.last_outside_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let pending = shared.restart_settings.pending_in(&table);
         if !pending.is_empty() {
             let settings: Vec<&str> = pending.keys().copied().collect();
@@ -128,6 +140,22 @@ impl Reloader {
         shared.metrics.set_config_hash(&hash);
         tracing::info!(trigger, hash = %hash, routes, "config reloaded");
         ReloadOutcome::Applied { hash }
+    }
+}
+
+impl Reloader {
+    /// Valid bytes that failed on what they name (an unreadable CA file,
+    /// which Kubernetes may update a moment after the ConfigMap): tried again
+    /// at every trigger until it works, counted and logged once per error.
+    fn reject_for_now(&self, hash: String, error: ConfigError, trigger: &str) -> ReloadOutcome {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Seen::Retry;
+        let failure = Some((hash, error.to_string()));
+        let mut last = self.last_outside_failure.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == failure {
+            return ReloadOutcome::Rejected(error);
+        }
+        *last = failure;
+        reject(&self.shared, error, trigger)
     }
 }
 

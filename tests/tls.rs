@@ -370,3 +370,35 @@ async fn tls_connections_idle_until_the_keepalive_timeout_but_a_slow_first_head_
     assert!(started.elapsed() < Duration::from_millis(1500), "a half-sent head held on for {:?}", started.elapsed());
     assert_eq!(up.hits(), 2);
 }
+
+#[tokio::test]
+async fn a_version_naming_a_ca_file_that_is_not_there_yet_is_applied_once_the_file_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    let a = TestUpstream::start("a", Behaviour::Echo).await;
+    let before = config(&[("a", &a.url())], "  - {name: all, prefix: /, upstream: a}\n");
+    let proxy = TestProxy::start(&before).await;
+    // As when Kubernetes updates the ConfigMap a moment before the Secret.
+    let after = before.replace(
+        "routes:\n",
+        &format!(
+            "  private:\n    targets: [\"https://localhost:1\"]\n    tls: {{ ca: {} }}\nroutes:\n  - {{name: p, prefix: /p, upstream: private}}\n",
+            ca_path.display()
+        ),
+    );
+    proxy.config.write_in_place(&after);
+    let failures = || async {
+        metric_sum(
+            &get(proxy.admin, "/metrics").await.text(),
+            "strangler_config_reloads_total",
+            &[("result", "failure")],
+        )
+    };
+    wait_for(Duration::from_secs(10), "the version to be refused for its missing CA file", || async {
+        failures().await == 1.0
+    })
+    .await;
+    std::fs::write(&ca_path, Ca::new().pem()).unwrap();
+    proxy.wait_for_hash(&strangler::table::content_hash(&after)).await;
+    assert_eq!(failures().await, 1.0, "the same failure, retried, is counted once");
+}
