@@ -132,6 +132,16 @@ async fn exact_balance_spreads_keep_alive_connections_evenly_over_the_workers() 
         let per_worker = |text: &str| {
             [0, 1].map(|w| metric_sum(text, "strangler_worker_connections", &[("worker", &w.to_string())]))
         };
+        // Both workers must be up (a loaded machine may start the second one
+        // after the first already answers); only started ones take hand-offs.
+        if balance == "exact" {
+            let admin = proxy.admin;
+            wait_for(Duration::from_secs(10), "both workers to take connections", || async move {
+                let text = get(admin, "/metrics").await.text();
+                text.contains("strangler_worker_connections{worker=\"1\"}")
+            })
+            .await;
+        }
         // Twenty keep-alive connections, each answered once and kept open;
         // the split is read after each one.
         let mut streams = Vec::new();
