@@ -9,8 +9,16 @@ use http_body_util::Full;
 
 use crate::support::*;
 
-fn routes(legacy: &TestUpstream, service: &TestUpstream, route: &str) -> String {
-    config(&[("legacy", &legacy.url()), ("service", &service.url())], route)
+/// `legacy` and `service` upstreams answering as told, and a proxy with `route` over them.
+async fn stack(
+    legacy_says: Behaviour,
+    service_says: Behaviour,
+    route: &str,
+) -> (TestUpstream, TestUpstream, TestProxy) {
+    let legacy = TestUpstream::start("legacy", legacy_says).await;
+    let service = TestUpstream::start("service", service_says).await;
+    let proxy = TestProxy::start(&config(&[("legacy", &legacy.url()), ("service", &service.url())], route)).await;
+    (legacy, service, proxy)
 }
 
 async fn post(proxy: &TestProxy, path: &str, body: Vec<u8>) -> TestResponse {
@@ -20,13 +28,11 @@ async fn post(proxy: &TestProxy, path: &str, body: Vec<u8>) -> TestResponse {
 
 #[tokio::test]
 async fn a_write_the_primary_refuses_with_421_lands_once_on_the_fallback() {
-    let legacy = TestUpstream::start("legacy", Behaviour::Status(421)).await;
-    let service = TestUpstream::start("service", Behaviour::Echo).await;
-    let proxy = TestProxy::start(&routes(
-        &legacy,
-        &service,
+    let (legacy, service, proxy) = stack(
+        Behaviour::Status(421),
+        Behaviour::Echo,
         "  - {name: comments, prefix: /api/comments, upstream: legacy, fallback: service}\n",
-    ))
+    )
     .await;
     let r = post(&proxy, "/api/comments", b"{\"body\":\"hello\"}".to_vec()).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -40,13 +46,11 @@ async fn a_write_the_primary_refuses_with_421_lands_once_on_the_fallback() {
 
 #[tokio::test]
 async fn a_body_larger_than_the_retry_buffer_gets_the_421_through() {
-    let legacy = TestUpstream::start("legacy", Behaviour::Status(421)).await;
-    let service = TestUpstream::start("service", Behaviour::Echo).await;
-    let proxy = TestProxy::start(&routes(
-        &legacy,
-        &service,
+    let (_legacy, service, proxy) = stack(
+        Behaviour::Status(421),
+        Behaviour::Echo,
         "  - {name: comments, prefix: /api/comments, upstream: legacy, fallback: service, retry_buffer: 1KiB}\n",
-    ))
+    )
     .await;
     let r = post(&proxy, "/api/comments", vec![b'x'; 4096]).await;
     assert_eq!(r.status, 421, "{}", r.text());
@@ -55,13 +59,11 @@ async fn a_body_larger_than_the_retry_buffer_gets_the_421_through() {
 
 #[tokio::test]
 async fn two_upstreams_that_both_answer_421_do_not_bounce_the_request() {
-    let legacy = TestUpstream::start("legacy", Behaviour::Status(421)).await;
-    let service = TestUpstream::start("service", Behaviour::Status(421)).await;
-    let proxy = TestProxy::start(&routes(
-        &legacy,
-        &service,
+    let (legacy, service, proxy) = stack(
+        Behaviour::Status(421),
+        Behaviour::Status(421),
         "  - {name: comments, prefix: /api/comments, upstream: legacy, fallback: service}\n",
-    ))
+    )
     .await;
     let r = post(&proxy, "/api/comments", b"{}".to_vec()).await;
     assert_eq!(r.status, 421, "the other side's answer goes to the client");
@@ -70,14 +72,7 @@ async fn two_upstreams_that_both_answer_421_do_not_bounce_the_request() {
 
 #[tokio::test]
 async fn on_a_split_whose_fallback_answered_421_the_request_goes_to_the_other_member() {
-    let legacy = TestUpstream::start("legacy", Behaviour::Status(421)).await;
-    let service = TestUpstream::start("service", Behaviour::Echo).await;
-    let proxy = TestProxy::start(&routes(
-        &legacy,
-        &service,
-        "  - name: comments\n    prefix: /api/comments\n    fallback: legacy\n    split:\n      - {upstream: legacy, weight: 50}\n      - {upstream: service, weight: 50}\n",
-    ))
-    .await;
+    let (legacy, _service, proxy) = stack(Behaviour::Status(421), Behaviour::Echo, "  - name: comments\n    prefix: /api/comments\n    fallback: legacy\n    split:\n      - {upstream: legacy, weight: 50}\n      - {upstream: service, weight: 50}\n").await;
     for i in 0..20 {
         let r = post(&proxy, &format!("/api/comments/{i}"), b"{}".to_vec()).await;
         assert_eq!(r.status, 200, "request {i}");
@@ -88,14 +83,7 @@ async fn on_a_split_whose_fallback_answered_421_the_request_goes_to_the_other_me
 
 #[tokio::test]
 async fn a_route_without_a_fallback_streams_its_body_and_passes_a_421_through() {
-    let legacy = TestUpstream::start("legacy", Behaviour::Status(421)).await;
-    let service = TestUpstream::start("service", Behaviour::Echo).await;
-    let proxy = TestProxy::start(&routes(
-        &legacy,
-        &service,
-        "  - name: comments\n    prefix: /api/comments\n    split:\n      - {upstream: legacy, weight: 1}\n      - {upstream: service, weight: 0}\n",
-    ))
-    .await;
+    let (_legacy, service, proxy) = stack(Behaviour::Status(421), Behaviour::Echo, "  - name: comments\n    prefix: /api/comments\n    split:\n      - {upstream: legacy, weight: 1}\n      - {upstream: service, weight: 0}\n").await;
     let r = post(&proxy, "/api/comments", b"{}".to_vec()).await;
     assert_eq!(r.status, 421);
     assert_eq!(service.hits(), 0);
