@@ -206,11 +206,7 @@ impl Metrics {
 
     /// Deletes the series of a (route, upstream) pair that left the config.
     pub fn forget_route_upstream(&self, route: &str, upstream: &str) {
-        for (_, method) in METHOD_LABELS {
-            for class in STATUS_CLASS_LABELS {
-                let _ = self.requests.remove_label_values(&[route, upstream, method, class]);
-            }
-        }
+        remove_where(&self.requests, &[("route", route), ("upstream", upstream)]);
         let _ = self.duration.remove_label_values(&[route, upstream]);
         let _ = self.split_decisions.remove_label_values(&[route, upstream]);
     }
@@ -219,7 +215,7 @@ impl Metrics {
     pub fn forget_route(&self, route: &str) {
         let _ = self.fallbacks.remove_label_values(&[route]);
         let _ = self.rate_limited.remove_label_values(&[route]);
-        remove_where(&self.misdirected, "route", route);
+        remove_where(&self.misdirected, &[("route", route)]);
     }
 
     /// Deletes the series of an upstream that left the config.
@@ -256,21 +252,20 @@ impl Metrics {
     }
 }
 
-/// Deletes every series of `vec` whose label `name` has `value`. The
-/// prometheus crate removes only by the full label set, so the series are
-/// read from a collection first (reload time only, never per request).
+/// Deletes every series of `vec` whose labels include all of `labels`.
+/// The prometheus crate removes only by the full label set, so the series
+/// are read from a collection first (reload time only, never per request).
 pub fn remove_where<T: prometheus::core::MetricVecBuilder>(
     vec: &prometheus::core::MetricVec<T>,
-    name: &str,
-    value: &str,
+    labels: &[(&str, &str)],
 ) {
     use prometheus::core::Collector;
     for family in vec.collect() {
         for metric in family.get_metric() {
-            let labels: std::collections::HashMap<&str, &str> =
+            let series: std::collections::HashMap<&str, &str> =
                 metric.get_label().iter().map(|l| (l.name(), l.value())).collect();
-            if labels.get(name) == Some(&value) {
-                let _ = vec.remove(&labels);
+            if labels.iter().all(|(name, value)| series.get(name) == Some(value)) {
+                let _ = vec.remove(&series);
             }
         }
     }
@@ -332,22 +327,17 @@ impl RouteStats {
 
 const STATUS_CLASS_LABELS: [&str; STATUS_CLASSES] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// The method label of each slot.
-const METHOD_LABELS: [(usize, &str); METHOD_SLOTS] =
-    [(0, "GET"), (1, "HEAD"), (2, "POST"), (3, "PUT"), (4, "DELETE"), (5, "PATCH"), (6, "OPTIONS"), (7, "OTHER")];
-
 fn method_slot(method: &Method) -> (usize, &'static str) {
-    let slot = match *method {
-        Method::GET => 0,
-        Method::HEAD => 1,
-        Method::POST => 2,
-        Method::PUT => 3,
-        Method::DELETE => 4,
-        Method::PATCH => 5,
-        Method::OPTIONS => 6,
-        _ => 7,
-    };
-    METHOD_LABELS[slot]
+    match *method {
+        Method::GET => (0, "GET"),
+        Method::HEAD => (1, "HEAD"),
+        Method::POST => (2, "POST"),
+        Method::PUT => (3, "PUT"),
+        Method::DELETE => (4, "DELETE"),
+        Method::PATCH => (5, "PATCH"),
+        Method::OPTIONS => (6, "OPTIONS"),
+        _ => (7, "OTHER"),
+    }
 }
 
 #[cfg(test)]
@@ -360,7 +350,7 @@ mod tests {
         for (route, result) in [("gone", "match"), ("gone", "mismatch"), ("kept", "match")] {
             vec.with_label_values(&[route, result]).inc();
         }
-        remove_where(&vec, "route", "gone");
+        remove_where(&vec, &[("route", "gone")]);
         let left: Vec<String> = prometheus::core::Collector::collect(&vec)
             .iter()
             .flat_map(|f| f.get_metric().to_vec())

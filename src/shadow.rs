@@ -429,9 +429,9 @@ impl ShadowRuntime {
     pub fn forget_route(&self, route: &str) {
         self.gone.lock().unwrap_or_else(|e| e.into_inner()).insert(route.to_string());
         for vec in [&self.requests, &self.dropped, &self.field_mismatches] {
-            crate::metrics::remove_where(vec, "route", route);
+            crate::metrics::remove_where(vec, &[("route", route)]);
         }
-        crate::metrics::remove_where(&self.latency, "route", route);
+        crate::metrics::remove_where(&self.latency, &[("route", route)]);
         self.noise.lock().unwrap_or_else(|e| e.into_inner()).remove(route);
         self.pointer_labels.lock().unwrap_or_else(|e| e.into_inner()).remove(route);
     }

@@ -207,7 +207,7 @@ fn retirements() -> &'static tokio::sync::watch::Sender<usize> {
 
 /// Records that `pools` left the config. Every thread retires their slots
 /// at its next release of a connection, and at once where it runs an
-/// [`on_retired`] sweeper; the overflows at their caller's
+/// [`sweep`]er; the overflows at their caller's
 /// [`Pool::catch_up_shared`].
 pub fn announce_retired(pools: &[PoolId]) {
     let mut retired = RETIRED.lock().unwrap_or_else(|e| e.into_inner());

@@ -213,11 +213,10 @@ pub fn retire(old: &Table, new: &Table, metrics: &Metrics) -> Vec<Arc<str>> {
         for used in
             route.upstreams.iter().filter(|u| !new_pairs.contains(&(route.name.clone(), u.upstream.name.clone())))
         {
+            // Retired first: a request still on the old table then adds no series back.
             used.stats.retire();
+            metrics.forget_route_upstream(&route.name, &used.upstream.name);
         }
-    }
-    for (route, upstream) in pairs(old).difference(&new_pairs) {
-        metrics.forget_route_upstream(route, upstream);
     }
     let new_routes: HashSet<&str> = new.router.entries().iter().map(|(_, r)| &*r.name).collect();
     let gone_routes: Vec<Arc<str>> = old
