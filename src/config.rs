@@ -534,3 +534,72 @@ mod tests {
         assert_eq!((err.line, err.column), (Some(5), Some(15)));
     }
 }
+
+/// A route's autopilot: where its traffic goes, in which steps, and the
+/// evidence each step needs before the next (see [`crate::rollout`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    /// The upstream traffic moves to; the route's `upstream` is where it
+    /// starts and where a rollback returns it.
+    pub to: String,
+    /// `shadow` (compare only), then percents of traffic (of sticky keys) on `to`.
+    pub steps: Vec<RawStep>,
+    /// The least time spent on each step.
+    #[serde(default = "default_hold", with = "humantime_serde")]
+    pub hold: Duration,
+    #[serde(default)]
+    pub gates: RawGates,
+    /// What a failed gate does: `rollback` (default) or `pause`.
+    #[serde(default)]
+    pub on_fail: OnFail,
+    /// A Prometheus server (`http://…`) to read the 5xx and latency gates
+    /// from, summed over the fleet; without it, this instance's counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<String>,
+}
+
+fn default_hold() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// One step of a rollout as written: `shadow` or a percent.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawStep {
+    Percent(f64),
+    Named(String),
+}
+
+/// The bounds a step's evidence must meet.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGates {
+    /// Compared shadow requests needed within the step before it may pass.
+    pub min_samples: u64,
+    /// Fleet match rate in percent, judged as `strangler report` judges.
+    pub min_match: f64,
+    /// `to`'s 5xx rate may be at most this many times `upstream`'s.
+    pub max_5xx_ratio: f64,
+    /// Below this 5xx rate (percent) `to` passes whatever the ratio.
+    pub min_5xx_floor: f64,
+    /// `to`'s p99 latency may be at most this many times `upstream`'s.
+    pub max_p99_ratio: f64,
+}
+
+impl Default for RawGates {
+    fn default() -> Self {
+        RawGates { min_samples: 1000, min_match: 99.9, max_5xx_ratio: 1.5, min_5xx_floor: 0.1, max_p99_ratio: 1.3 }
+    }
+}
+
+/// What a failed gate does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFail {
+    /// Back to `upstream` at 100%, shadow on, status `rolled_back`.
+    #[default]
+    Rollback,
+    /// Stay on the step, status `paused`, until a person decides.
+    Pause,
+}

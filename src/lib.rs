@@ -38,6 +38,10 @@
 //! effects, then `retire` of what the old version had) → the [`Shared`]
 //! `ArcSwap` the hot path reads; [`health`] starts the new version's checks.
 //!
+//! A route's autopilot: [`rollout`] (`rollout/plan.rs` checks a route's
+//! `rollout:`; `rollout/machine.rs` decides, purely, what its progress does
+//! next from the gates' evidence).
+//!
 //! Beside both: [`tls`] (termination, SNI, live certificate rotation, https
 //! upstreams), [`admin`] (`/healthz`, `/readyz`, `/metrics`, `/config`,
 //! `/explain`, `/shadow`) and [`explain`] (why a request takes its route).
@@ -64,6 +68,7 @@ pub mod path;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod rollout;
 pub mod router;
 pub mod server;
 pub mod shadow;

@@ -1,0 +1,16 @@
+//! Autopilot rollouts: a route walks itself from shadow to 100% on a new
+//! upstream, one step at a time, gated on evidence, and rolls back alone.
+//!
+//! The plan is config (`rollout:` on a route in `routes.yaml`); the progress
+//! is state (which step, since when, its status, the history), kept outside
+//! the config so every replica follows the same progress whatever version of
+//! the file it holds.
+//!
+//! - [`plan`]: the pure check of `rollout:` into a [`plan::RolloutPlan`], and
+//!   the weights each step means.
+//! - [`machine`]: the pure decision of what a rollout does next, from its
+//!   progress, the gates' readings and the clock. No I/O, so every rule is a
+//!   unit test.
+
+pub mod machine;
+pub mod plan;
