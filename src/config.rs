@@ -167,6 +167,16 @@ pub struct RawShadow {
     pub headers: Option<RawHeaderEdits>,
 }
 
+impl RawShadow {
+    /// Shadowing to `upstream` with every other setting at its default (a
+    /// rollout's implied comparison).
+    pub fn of(upstream: &str) -> RawShadow {
+        let mut only = serde_yaml::Mapping::new();
+        only.insert("upstream".into(), upstream.into());
+        serde_yaml::from_value(only.into()).expect("every other key of `shadow` has a default")
+    }
+}
+
 fn default_sample() -> f64 {
     1.0
 }
@@ -408,6 +418,10 @@ pub struct RawRoute {
     pub host: Option<String>,
     #[serde(default)]
     pub strip_prefix: bool,
+    /// The route's autopilot: traffic moves from `upstream` to `rollout.to`
+    /// in steps, gated on evidence (see [`crate::rollout`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RawRollout>,
 }
 
 /// Method names as routes write them (any case), as `http` methods.

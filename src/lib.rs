@@ -104,6 +104,9 @@ pub struct Shared {
     /// The settings read at start-up that a reload cannot change (listeners,
     /// top-level `shadow:`, `tls:`): what `/config` shows as in force.
     pub restart_settings: reload::RestartSettings,
+    /// Where each route's rollout stands, as last read from the rollout
+    /// state; every table is built with it (see [`rollout`]).
+    pub rollouts: ArcSwap<rollout::Progresses>,
 }
 
 impl Shared {
@@ -116,7 +119,8 @@ impl Shared {
     /// Builds the shared state from config text (`file` names it in errors).
     pub fn from_text(file: &str, text: &str) -> Result<Arc<Shared>, ConfigError> {
         let metrics = Metrics::new();
-        let table = Table::build(file, text, &Context { metrics: &metrics, previous: None })?;
+        let rollouts = rollout::Progresses::new();
+        let table = Table::build(file, text, &Context { metrics: &metrics, previous: None, rollouts: &rollouts })?;
         // The start-up load is no reload: `strangler_config_reloads_total` stays at 0.
         metrics.set_config_hash(&table.hash);
         let shadow = shadow::ShadowRuntime::new(table.raw.shadow.clone(), &metrics);
@@ -127,6 +131,7 @@ impl Shared {
             metrics,
             draining: AtomicBool::new(false),
             restart_settings,
+            rollouts: ArcSwap::from_pointee(rollouts),
         }))
     }
 }

@@ -103,8 +103,28 @@ impl Reloader {
             Ok(plan) => plan,
             Err(e) => return reject(shared, e, trigger),
         };
+        self.swap_in(plan, &current, trigger)
+    }
+
+    /// Builds the version in force again with the rollouts' progress as it
+    /// now stands (`shared.rollouts`), and swaps it in: a rollout step moves
+    /// weights without an edit of the file. Runs on the reload task, so it
+    /// never races a reload of the file.
+    pub fn reapply(&self, trigger: &str) -> ReloadOutcome {
+        let current = self.shared.table.load();
+        match table::validate(&current.file, &current.text) {
+            Ok(plan) => self.swap_in(plan, &current, trigger),
+            // The text was valid when it went in force; kept an error, never a panic.
+            Err(e) => reject(&self.shared, e, trigger),
+        }
+    }
+
+    /// Instantiates `plan` against the version in force and swaps it in.
+    fn swap_in(&self, plan: table::Plan, current: &Table, trigger: &str) -> ReloadOutcome {
+        let shared = &*self.shared;
         let hash = plan.hash.clone();
-        let ctx = Context { metrics: &shared.metrics, previous: Some(&current) };
+        let rollouts = shared.rollouts.load();
+        let ctx = Context { metrics: &shared.metrics, previous: Some(current), rollouts: &rollouts };
         let table = match table::instantiate(plan, &ctx) {
             Ok(table) => table,
             Err(e) => return self.reject_for_now(hash, e, trigger),
@@ -123,7 +143,7 @@ impl Reloader {
         let table = Arc::new(table);
         shared.table.store(table.clone());
         shared.shadow.serve_routes(table.router.entries().iter().map(|(_, r)| &*r.name));
-        for route in table::retire(&current, &table, &shared.metrics) {
+        for route in table::retire(current, &table, &shared.metrics) {
             shared.shadow.forget_route(&route);
         }
         crate::health::spawn_for(&table);
@@ -136,9 +156,13 @@ impl Reloader {
         if table.wants_shadow_log() {
             shared.shadow.start_background();
         }
-        shared.metrics.record_reload(true);
-        shared.metrics.set_config_hash(&hash);
-        tracing::info!(trigger, hash = %hash, routes, "config reloaded");
+        if trigger == ROLLOUT_TRIGGER {
+            tracing::info!(hash = %hash, routes, "rollout weights applied");
+        } else {
+            shared.metrics.record_reload(true);
+            shared.metrics.set_config_hash(&hash);
+            tracing::info!(trigger, hash = %hash, routes, "config reloaded");
+        }
         ReloadOutcome::Applied { hash }
     }
 }
@@ -230,12 +254,18 @@ impl RestartSettings {
     }
 }
 
+/// The trigger of a rebuild for a rollout's new weights: not a reload of
+/// the file, so not counted in `strangler_config_reloads_total`.
+pub const ROLLOUT_TRIGGER: &str = "rollout";
+
 /// Keeps the file watcher alive; dropping it stops watching.
 pub struct Watcher {
     _debouncer:
         Option<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>>,
     /// An explicit reload (SIGHUP): retries a rejected version too.
     pub trigger: Arc<Notify>,
+    /// A rollout moved (`shared.rollouts` changed): build the version in force again.
+    pub rollout: Arc<Notify>,
 }
 
 /// Starts the reload task: events for the config file, the poll timer and
@@ -245,6 +275,8 @@ pub fn spawn(path: PathBuf, shared: Arc<Shared>, poll_interval: Duration) -> Wat
     let events = Arc::new(Notify::new());
     let debouncer = watch_directory(&path, events.clone());
     let explicit = trigger.clone();
+    let rollout = Arc::new(Notify::new());
+    let moved = rollout.clone();
     let reloader = Arc::new(Reloader::new(path, shared));
     tokio::spawn(async move {
         let mut poll = tokio::time::interval(poll_interval);
@@ -254,12 +286,17 @@ pub fn spawn(path: PathBuf, shared: Arc<Shared>, poll_interval: Duration) -> Wat
                 _ = explicit.notified() => ("signal", true),
                 _ = events.notified() => ("event", false),
                 _ = poll.tick() => ("poll", false),
+                _ = moved.notified() => (ROLLOUT_TRIGGER, false),
             };
             let reloader = reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload(why, forced)).await;
+            let _ = tokio::task::spawn_blocking(move || match why {
+                ROLLOUT_TRIGGER => reloader.reapply(why),
+                _ => reloader.reload(why, forced),
+            })
+            .await;
         }
     });
-    Watcher { _debouncer: debouncer, trigger }
+    Watcher { _debouncer: debouncer, trigger, rollout }
 }
 
 fn watch_directory(

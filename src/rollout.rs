@@ -11,6 +11,15 @@
 //! - [`machine`]: the pure decision of what a rollout does next, from its
 //!   progress, the gates' readings and the clock. No I/O, so every rule is a
 //!   unit test.
+//! - [`state`]: where progress and the audit trail live: a locked JSON file
+//!   for one instance.
 
 pub mod machine;
 pub mod plan;
+pub mod state;
+
+use std::collections::BTreeMap;
+
+/// Each rolling-out route's progress, by route name: what every replica
+/// applies on top of `routes.yaml`. A route missing here is on its first step.
+pub type Progresses = BTreeMap<String, machine::Progress>;

@@ -30,6 +30,8 @@ use crate::config::{ConfigError, RawConfig};
 use crate::forwarded::TrustedProxies;
 use crate::metrics::RouteStats;
 use crate::ratelimit::RateLimiter;
+use crate::rollout::machine::Effective;
+use crate::rollout::plan::RolloutPlan;
 use crate::router::Router;
 use crate::shadow::ShadowRoute;
 use crate::split::Split;
@@ -46,6 +48,8 @@ pub struct Table {
     /// SHA-256 of the file's bytes, hex.
     pub hash: String,
     pub file: String,
+    /// The file's text, to build this version again with a rollout's new weights.
+    pub text: String,
     pub loaded_at: SystemTime,
     /// Response header naming the upstream that answered, if switched on.
     pub upstream_header: Option<HeaderName>,
@@ -77,6 +81,8 @@ pub struct Route {
     pub misdirected: IntCounterVec,
     /// Mirroring to a candidate upstream for comparison.
     pub shadow: Option<Arc<ShadowRoute>>,
+    /// The route's autopilot and the weights its progress gave this version.
+    pub rollout: Option<(Arc<RolloutPlan>, Effective)>,
 }
 
 /// One upstream as a route uses it, with the route's metric handles for it.

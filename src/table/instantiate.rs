@@ -19,7 +19,11 @@ use crate::client::Connector;
 use crate::config::{ConfigError, Source};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::rollout::machine::{self, Effective, Progress};
+use crate::rollout::plan::ALL;
+use crate::rollout::Progresses;
 use crate::router::Router;
+use crate::split::Split;
 use crate::shadow::ShadowRoute;
 use crate::upstream::{Upstream, UpstreamCounters};
 
@@ -33,6 +37,8 @@ pub struct Context<'a> {
     /// The version in force, whose connectors, pools, target states and
     /// rate limiters are reused where the settings are the same.
     pub previous: Option<&'a Table>,
+    /// Where each rollout stands: its step's weights and shadowing apply.
+    pub rollouts: &'a Progresses,
 }
 
 /// The long-lived parts of a table, keyed by what makes them the same
@@ -85,6 +91,7 @@ pub fn instantiate(plan: Plan, ctx: &Context<'_>) -> Result<Table, ConfigError> 
         raw: plan.raw,
         hash: plan.hash,
         file: plan.file,
+        text: plan.text,
         loaded_at: SystemTime::now(),
         upstream_header: plan.upstream_header,
         trusted_proxies: plan.trusted_proxies,
@@ -174,7 +181,17 @@ fn route(
         resources.limiters.insert(rl.identity, limiter.clone());
         limiter
     });
-    let shadow = r.shadow.map(|plan| {
+    let rollout = r.rollout.map(|plan| {
+        let progress = ctx.rollouts.get(&r.name).copied().unwrap_or_else(|| Progress::start(0));
+        let effective = machine::effective(&plan, &progress);
+        (Arc::new(plan), effective)
+    });
+    let split = match &rollout {
+        Some((plan, effective)) => Some(rollout_split(plan, effective, r.sticky)),
+        None => r.split,
+    };
+    let shadowing = rollout.as_ref().is_none_or(|(_, effective)| effective.shadow);
+    let shadow = r.shadow.filter(|_| shadowing).map(|plan| {
         let upstream = upstreams[&plan.upstream].clone();
         let noise = plan.noise.as_ref().map(|n| upstreams[n].clone());
         Arc::new(ShadowRoute::instantiate(plan, upstream, noise))
@@ -185,14 +202,26 @@ fn route(
         misdirected: metrics.misdirected(),
         name: r.name.into(),
         upstreams: members,
-        backend: r.split.map_or(Backend::Single, Backend::Split),
+        backend: split.map_or(Backend::Single, Backend::Split),
         fallback: r.fallback,
         fallback_methods: r.fallback_methods,
         retry_buffer: r.retry_buffer,
         rate_limit,
         strip_prefix: r.strip_prefix,
         shadow,
+        rollout,
     }
+}
+
+/// A rollout's split between `from` (member 0) and `to` (member 1) at the
+/// step's share: weighted rendezvous hashing moves sticky keys only
+/// towards `to` as its share grows (see [`crate::split`]).
+fn rollout_split(
+    plan: &crate::rollout::plan::RolloutPlan,
+    effective: &Effective,
+    sticky: Option<crate::split::StickyKey>,
+) -> Split {
+    Split::new(vec![(0, ALL - effective.share, &plan.from), (1, effective.share, &plan.to)], sticky)
 }
 
 /// Releases what `old` had and `new` lacks, once `new` is in force: the
