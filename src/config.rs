@@ -38,6 +38,21 @@ pub struct RawConfig {
     /// (see [`crate::forwarded`]); empty, the client is the TCP peer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+    /// Where routes' rollout progress is kept and how often it is evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autopilot: Option<RawAutopilot>,
+}
+
+/// The autopilot's settings (see [`crate::rollout`]).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutopilot {
+    /// The state file (default `./strangler-rollouts.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Time between two evaluations of the gates (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde::option")]
+    pub interval: Option<Duration>,
 }
 
 /// TLS on the listener.
@@ -593,6 +608,9 @@ pub struct RawGates {
     pub min_samples: u64,
     /// Fleet match rate in percent, judged as `strangler report` judges.
     pub min_match: f64,
+    /// Requests `to` must have answered within the step before its 5xx rate
+    /// and p99 are judged: one error in three requests is not a verdict.
+    pub min_requests: u64,
     /// `to`'s 5xx rate may be at most this many times `upstream`'s.
     pub max_5xx_ratio: f64,
     /// Below this 5xx rate (percent) `to` passes whatever the ratio.
@@ -603,7 +621,14 @@ pub struct RawGates {
 
 impl Default for RawGates {
     fn default() -> Self {
-        RawGates { min_samples: 1000, min_match: 99.9, max_5xx_ratio: 1.5, min_5xx_floor: 0.1, max_p99_ratio: 1.3 }
+        RawGates {
+            min_samples: 1000,
+            min_match: 99.9,
+            min_requests: 100,
+            max_5xx_ratio: 1.5,
+            min_5xx_floor: 0.1,
+            max_p99_ratio: 1.3,
+        }
     }
 }
 

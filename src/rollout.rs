@@ -13,8 +13,13 @@
 //!   unit test.
 //! - [`state`]: where progress and the audit trail live: a locked JSON file
 //!   for one instance.
+//! - [`evidence`]: a step's evidence from this instance's own counters.
+//! - [`pilot`]: the loop that evaluates, records and hands new weights to
+//!   the reload task; the commands and the status view.
 
+pub mod evidence;
 pub mod machine;
+pub mod pilot;
 pub mod plan;
 pub mod state;
 

@@ -19,6 +19,7 @@ mod pooling;
 mod protocols;
 mod reload;
 mod report;
+mod rollout;
 mod routing;
 mod shadow;
 mod soak;

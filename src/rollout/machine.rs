@@ -8,6 +8,13 @@
 //! step, applies `on_fail`: `rolled_back` (every request back on `from`,
 //! shadow on) or `paused`. `paused`, `rolled_back` and `done` move only by a
 //! command.
+//!
+//! A step that moves traffic forward (the pilot's advance, `promote`,
+//! `resume` after a rollback) takes effect `lead` after the decision, at a
+//! time written in the state: every replica reads it before then and
+//! switches at that instant, so a sticky user going from one replica to
+//! another is never sent back (replicas' clocks agree to milliseconds;
+//! their polls would not). A rollback takes effect at once.
 
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +62,8 @@ impl Status {
 pub struct Progress {
     /// Index into the plan's steps.
     pub step: usize,
-    /// When the current step (or status) began, milliseconds since the Unix epoch.
+    /// When the current step (or status) began, or begins, milliseconds
+    /// since the Unix epoch: a step moving traffic forward starts in the future.
     pub since_ms: u64,
     pub status: Status,
 }
@@ -76,15 +84,24 @@ pub struct Effective {
     pub shadow: bool,
 }
 
-/// The weights and shadowing a progress means: the step's share, shadow on
-/// until 100%; `from` alone after a rollback; `to` alone when done.
-pub fn effective(plan: &RolloutPlan, progress: &Progress) -> Effective {
+/// The weights and shadowing a progress means at `now_ms`: the step's share
+/// (the step before's until the step begins), shadow on until 100%; `from`
+/// alone after a rollback; `to` alone when done.
+pub fn effective(plan: &RolloutPlan, progress: &Progress, now_ms: u64) -> Effective {
+    let share_of = |step: usize| plan.steps.get(step).map_or(0, |s| s.share());
     let share = match progress.status {
         Status::Done => ALL,
         Status::RolledBack => 0,
-        _ => plan.steps.get(progress.step).map_or(0, |s| s.share()),
+        _ if now_ms < progress.since_ms => progress.step.checked_sub(1).map_or(0, share_of),
+        _ => share_of(progress.step),
     };
     Effective { share, shadow: share < ALL }
+}
+
+/// When the progress next changes what traffic does by itself (a step
+/// beginning), if in the future.
+pub fn next_change(progress: &Progress, now_ms: u64) -> Option<u64> {
+    (progress.status.moving() && progress.since_ms > now_ms).then_some(progress.since_ms)
 }
 
 /// What the evidence sources measured over the current step's window.
@@ -102,10 +119,6 @@ pub struct Evidence {
     pub from_p99: Option<f64>,
     pub to_p99: Option<f64>,
 }
-
-/// Requests `to` must have served in the window before its 5xx rate and
-/// p99 are judged: one error in three requests is not a verdict.
-pub const MIN_REQUESTS_TO_JUDGE: u64 = 100;
 
 /// A p99 within this much of `from`'s passes whatever the ratio (latency
 /// histograms have coarse buckets; a 1 ms service is not 2x worse at 2 ms).
@@ -171,8 +184,8 @@ fn judge_5xx(plan: &RolloutPlan, e: &Evidence) -> Reading {
     let bound = (from_rate * g.max_5xx_ratio).max(g.min_5xx_floor);
     let value = rate(e.to_5xx, e.to_requests);
     let state = match value {
-        Some(v) if e.to_requests >= MIN_REQUESTS_TO_JUDGE && v > bound => GateState::Fail,
-        Some(_) if e.to_requests >= MIN_REQUESTS_TO_JUDGE => GateState::Pass,
+        Some(v) if e.to_requests >= g.min_requests && v > bound => GateState::Fail,
+        Some(_) if e.to_requests >= g.min_requests => GateState::Pass,
         _ => GateState::Wait,
     };
     Reading::new("max_5xx_ratio", value, bound, state)
@@ -181,7 +194,7 @@ fn judge_5xx(plan: &RolloutPlan, e: &Evidence) -> Reading {
 /// `to`'s p99 over `from`'s; passes without a `from` to compare with.
 fn judge_p99(plan: &RolloutPlan, e: &Evidence) -> Reading {
     let bound = plan.gates.max_p99_ratio;
-    if e.to_requests < MIN_REQUESTS_TO_JUDGE {
+    if e.to_requests < plan.gates.min_requests {
         return Reading::new("max_p99_ratio", None, bound, GateState::Wait);
     }
     match (e.to_p99, e.from_p99) {
@@ -244,13 +257,20 @@ fn next_step(plan: &RolloutPlan, progress: &Progress) -> Decision {
     }
 }
 
-/// The progress after a decision (`None`: unchanged).
-pub fn apply(plan: &RolloutPlan, progress: &Progress, decision: &Decision, now_ms: u64) -> Option<Progress> {
+/// The progress after a decision (`None`: unchanged); a next step begins
+/// `lead_ms` from now.
+pub fn apply(
+    plan: &RolloutPlan,
+    progress: &Progress,
+    decision: &Decision,
+    now_ms: u64,
+    lead_ms: u64,
+) -> Option<Progress> {
     let at = |step, status| Some(Progress { step, since_ms: now_ms, status });
     match decision {
         Decision::Stay => None,
         Decision::Status(status) => Some(Progress { status: *status, ..*progress }),
-        Decision::Advance(step) => at(*step, Status::Holding),
+        Decision::Advance(step) => Some(Progress { step: *step, since_ms: now_ms + lead_ms, status: Status::Holding }),
         Decision::Done => at(progress.step, Status::Done),
         Decision::Fail { .. } => match plan.on_fail {
             OnFail::Rollback => at(progress.step, Status::RolledBack),
@@ -288,16 +308,23 @@ impl Command {
     }
 }
 
-/// The progress a command leads to, or why it does not apply.
-pub fn command(plan: &RolloutPlan, progress: &Progress, cmd: Command, now_ms: u64) -> Result<Progress, String> {
+/// The progress a command leads to, or why it does not apply; traffic
+/// moving forward begins `lead_ms` from now.
+pub fn command(
+    plan: &RolloutPlan,
+    progress: &Progress,
+    cmd: Command,
+    now_ms: u64,
+    lead_ms: u64,
+) -> Result<Progress, String> {
     let status = progress.status;
     let at = |step, status| Ok(Progress { step, since_ms: now_ms, status });
     match (cmd, status) {
         (Command::Pause, Status::Holding | Status::Progressing) => at(progress.step, Status::Paused),
         (Command::Resume, Status::Paused) => at(progress.step, Status::Holding),
-        (Command::Resume, Status::RolledBack) => Ok(Progress::start(now_ms)),
+        (Command::Resume, Status::RolledBack) => Ok(Progress::start(now_ms + lead_ms)),
         (Command::Promote, Status::Holding | Status::Progressing | Status::Paused) => match next_step(plan, progress) {
-            Decision::Advance(step) => at(step, Status::Holding),
+            Decision::Advance(step) => Ok(Progress { step, since_ms: now_ms + lead_ms, status: Status::Holding }),
             _ => at(progress.step, Status::Done),
         },
         (Command::Abort, Status::Holding | Status::Progressing | Status::Paused | Status::Done) => {
@@ -378,9 +405,9 @@ mod tests {
         let failing = Evidence { to_requests: 200, to_5xx: 200, ..good() };
         let decision = run(&p, at(2, Status::Holding), &failing, 1);
         assert_eq!(decision, Decision::Fail { gate: "max_5xx_ratio".into() });
-        let after = apply(&p, &at(2, Status::Holding), &decision, 5).unwrap();
+        let after = apply(&p, &at(2, Status::Holding), &decision, 5, 0).unwrap();
         assert_eq!(after.status, Status::RolledBack);
-        assert_eq!(effective(&p, &after), Effective { share: 0, shadow: true });
+        assert_eq!(effective(&p, &after, 5), Effective { share: 0, shadow: true });
     }
 
     #[test]
@@ -427,14 +454,14 @@ mod tests {
         let p = plan(OnFail::Rollback);
         let decision = run(&p, at(3, Status::Progressing), &good(), 60_000);
         assert_eq!(decision, Decision::Done);
-        let done = apply(&p, &at(3, Status::Progressing), &decision, 60_000).unwrap();
-        assert_eq!(effective(&p, &done), Effective { share: ALL, shadow: false });
+        let done = apply(&p, &at(3, Status::Progressing), &decision, 60_000, 0).unwrap();
+        assert_eq!(effective(&p, &done, 60_000), Effective { share: ALL, shadow: false });
     }
 
     #[test]
     fn shadowing_stays_on_at_every_step_below_100() {
         let p = plan(OnFail::Rollback);
-        let shares: Vec<_> = (0..4).map(|i| effective(&p, &at(i, Status::Holding))).collect();
+        let shares: Vec<_> = (0..4).map(|i| effective(&p, &at(i, Status::Holding), 0)).collect();
         assert_eq!(shares.iter().map(|e| e.share).collect::<Vec<_>>(), [0, 100, 1000, ALL]);
         assert_eq!(shares.iter().map(|e| e.shadow).collect::<Vec<_>>(), [true, true, true, false]);
     }
@@ -443,28 +470,45 @@ mod tests {
     fn on_fail_pause_keeps_the_step_and_its_weights() {
         let p = plan(OnFail::Pause);
         let decision = Decision::Fail { gate: "max_5xx_ratio".into() };
-        let paused = apply(&p, &at(2, Status::Holding), &decision, 7).unwrap();
+        let paused = apply(&p, &at(2, Status::Holding), &decision, 7, 0).unwrap();
         assert_eq!((paused.step, paused.status), (2, Status::Paused));
-        assert_eq!(effective(&p, &paused).share, 1000);
+        assert_eq!(effective(&p, &paused, 7).share, 1000);
         assert_eq!(run(&p, paused, &good(), 1_000_000), Decision::Stay, "a paused rollout waits for a person");
+    }
+
+    #[test]
+    fn a_step_forward_begins_after_the_lead_and_a_rollback_at_once() {
+        let p = plan(OnFail::Rollback);
+        let next = apply(&p, &at(1, Status::Progressing), &Decision::Advance(2), 1_000, 500).unwrap();
+        assert_eq!(next.since_ms, 1_500);
+        assert_eq!(effective(&p, &next, 1_499).share, 100, "the step before until it begins");
+        assert_eq!(effective(&p, &next, 1_500).share, 1000);
+        assert_eq!(next_change(&next, 1_000), Some(1_500));
+        assert_eq!(next_change(&next, 1_500), None);
+        let fail = Decision::Fail { gate: "min_match".into() };
+        let back = apply(&p, &next, &fail, 1_200, 500).unwrap();
+        assert_eq!(effective(&p, &back, 1_200).share, 0, "a rollback does not wait");
+        let promoted = command(&p, &at(0, Status::Holding), Command::Promote, 2_000, 300).unwrap();
+        assert_eq!((promoted.step, promoted.since_ms), (1, 2_300));
+        assert_eq!(effective(&p, &promoted, 2_000).share, 0);
     }
 
     #[test]
     fn commands_move_a_rollout_and_refuse_what_does_not_apply() {
         let p = plan(OnFail::Rollback);
-        let paused = command(&p, &at(1, Status::Holding), Command::Pause, 5).unwrap();
+        let paused = command(&p, &at(1, Status::Holding), Command::Pause, 5, 0).unwrap();
         assert_eq!((paused.step, paused.status), (1, Status::Paused));
-        let resumed = command(&p, &paused, Command::Resume, 6).unwrap();
+        let resumed = command(&p, &paused, Command::Resume, 6, 0).unwrap();
         assert_eq!((resumed.step, resumed.status, resumed.since_ms), (1, Status::Holding, 6));
-        let promoted = command(&p, &resumed, Command::Promote, 7).unwrap();
+        let promoted = command(&p, &resumed, Command::Promote, 7, 0).unwrap();
         assert_eq!((promoted.step, promoted.status), (2, Status::Holding));
-        let last = command(&p, &at(3, Status::Holding), Command::Promote, 8).unwrap();
+        let last = command(&p, &at(3, Status::Holding), Command::Promote, 8, 0).unwrap();
         assert_eq!(last.status, Status::Done);
-        let aborted = command(&p, &promoted, Command::Abort, 9).unwrap();
+        let aborted = command(&p, &promoted, Command::Abort, 9, 0).unwrap();
         assert_eq!(aborted.status, Status::RolledBack);
-        assert!(command(&p, &aborted, Command::Pause, 10).unwrap_err().contains("rolled_back"));
-        assert!(command(&p, &aborted, Command::Promote, 10).is_err());
-        let restarted = command(&p, &aborted, Command::Resume, 11).unwrap();
+        assert!(command(&p, &aborted, Command::Pause, 10, 0).unwrap_err().contains("rolled_back"));
+        assert!(command(&p, &aborted, Command::Promote, 10, 0).is_err());
+        let restarted = command(&p, &aborted, Command::Resume, 11, 0).unwrap();
         assert_eq!(restarted, Progress::start(11));
     }
 }

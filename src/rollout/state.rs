@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::machine::{Progress, Reading, Status};
-use super::plan::{RolloutPlan, Step};
+use super::plan::RolloutPlan;
 
 /// History entries kept in a state file; older ones are dropped first.
 pub const MAX_HISTORY: usize = 1000;
@@ -154,7 +154,10 @@ impl FileState {
         text.push(b'\n');
         // In place under the lock: a reader holding the shared lock never
         // sees half a file.
-        file.set_len(0).and_then(|_| file.rewind()).and_then(|_| file.write_all(&text)).and_then(|_| file.sync_data())
+        file.set_len(0)
+            .and_then(|_| file.rewind())
+            .and_then(|_| file.write_all(&text))
+            .and_then(|_| file.sync_data())
             .map_err(|e| self.error("write", e))?;
         Ok(out)
     }
@@ -179,7 +182,7 @@ mod tests {
 
     use super::*;
     use crate::config::{OnFail, RawGates};
-    use crate::rollout::plan::ALL;
+    use crate::rollout::plan::{Step, ALL};
 
     fn plan(steps: Vec<Step>) -> RolloutPlan {
         RolloutPlan {
@@ -224,8 +227,15 @@ mod tests {
         let file = FileState::new(dir.join("state.json"));
         assert_eq!(file.load().unwrap(), State::default(), "no file yet: empty");
         let to = StepStatus { step: serde_json::json!("shadow"), status: Status::Holding };
-        let entry =
-            Transition { at_ms: 1, route: "r".into(), from: None, to, reason: "start".into(), actor: None, readings: vec![] };
+        let entry = Transition {
+            at_ms: 1,
+            route: "r".into(),
+            from: None,
+            to,
+            reason: "start".into(),
+            actor: None,
+            readings: vec![],
+        };
         for n in [MAX_HISTORY - 1, 6] {
             file.update(|s| {
                 s.routes.insert("r".into(), stored(serde_json::json!(1), Status::Holding));

@@ -23,8 +23,8 @@ use crate::rollout::machine::{self, Effective, Progress};
 use crate::rollout::plan::ALL;
 use crate::rollout::Progresses;
 use crate::router::Router;
-use crate::split::Split;
 use crate::shadow::ShadowRoute;
+use crate::split::Split;
 use crate::upstream::{Upstream, UpstreamCounters};
 
 use super::validate::{ConnectionSettings, Plan, RoutePlan, TargetPlan};
@@ -183,7 +183,7 @@ fn route(
     });
     let rollout = r.rollout.map(|plan| {
         let progress = ctx.rollouts.get(&r.name).copied().unwrap_or_else(|| Progress::start(0));
-        let effective = machine::effective(&plan, &progress);
+        let effective = machine::effective(&plan, &progress, crate::rollout::pilot::now_ms());
         (Arc::new(plan), effective)
     });
     let split = match &rollout {

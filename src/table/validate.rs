@@ -303,7 +303,10 @@ fn validate_route(
             if let Some(plan) = rollout.as_ref().filter(|plan| plan.to != raw.upstream) {
                 return Err((
                     raw.upstream.clone(),
-                    format!("shadow.upstream must be rollout.to ({:?}): the rollout's gates judge its answers", plan.to),
+                    format!(
+                        "shadow.upstream must be rollout.to ({:?}): the rollout's gates judge its answers",
+                        plan.to
+                    ),
                 ));
             }
             if let Some(noise) = &raw.noise {
