@@ -28,6 +28,7 @@ import fcntl
 import json
 import logging
 import os
+import sqlite3
 import threading
 import urllib.error
 import urllib.parse
@@ -88,7 +89,10 @@ def _check_event(ev):
 # ----------------------------------------------------------------- applying
 def apply_page(conn, events):
     """Apply events after the stored cursor in ONE transaction with the new cursor.
-    Returns how many were applied (events at or below the cursor are replays)."""
+    Returns how many were applied (events at or below the cursor are replays). An event
+    that cannot be applied is undone alone (savepoint): the events before it and the
+    cursor are committed, then FeedError names it."""
+    failure = None
     conn.execute("BEGIN IMMEDIATE")
     try:
         cursor = conn.execute("SELECT applied_event_id FROM feed_cursors WHERE source = ?",
@@ -97,10 +101,14 @@ def apply_page(conn, events):
         for ev in events:
             if ev["id"] <= cursor:
                 continue
+            conn.execute("SAVEPOINT event")
             try:
                 apply_event(conn, ev)
-            except (ValueError, KeyError, TypeError) as e:
-                raise FeedError(f"event {ev['id']} ({ev['entity']}/{ev['op']}) cannot be applied: {e}") from None
+            except (ValueError, KeyError, TypeError, sqlite3.IntegrityError) as e:
+                conn.execute("ROLLBACK TO event")
+                failure = FeedError(f"event {ev['id']} ({ev['entity']}/{ev['op']}) cannot be applied: {e}")
+                break
+            conn.execute("RELEASE event")
             cursor = ev["id"]
             applied += 1
         if applied:
@@ -110,6 +118,8 @@ def apply_page(conn, events):
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+    if failure:
+        raise failure
     return applied
 
 
