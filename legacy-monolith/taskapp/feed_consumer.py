@@ -217,11 +217,11 @@ class Consumer(threading.Thread):
                     continue
                 try:
                     conn = conn or connect(self.config["DB_PATH"])
-                    full = self.poll_once(conn)
+                    got = self.poll_once(conn)
                     failures = 0
                     self._set_error(conn, None)
-                    if full:
-                        continue
+                    if got:
+                        continue  # ask again at once: more may wait (the service may clamp `limit`)
                     delay = self.config["CONSUMER_POLL_SECONDS"]
                 except Exception as e:  # noqa: BLE001 - the consumer must outlive any failure
                     failures += 1
@@ -236,14 +236,12 @@ class Consumer(threading.Thread):
                 self._lock_file.close()
 
     def poll_once(self, conn):
-        """One page after the stored cursor. Returns True when the page was full (more may wait)."""
+        """One page after the stored cursor. Returns True when it held new events."""
         cursor = conn.execute("SELECT applied_event_id FROM feed_cursors WHERE source = ?",
                               (SOURCE,)).fetchone()[0]
-        batch = self.config["CONSUMER_BATCH"]
-        events = fetch_page(self.base_url, self.config.get("INTERNAL_TOKEN"), cursor, batch)
-        if events:
-            apply_page(conn, events)
-        return len(events) >= batch
+        events = fetch_page(self.base_url, self.config.get("INTERNAL_TOKEN"), cursor,
+                            self.config["CONSUMER_BATCH"])
+        return apply_page(conn, events) > 0 if events else False
 
     def _try_lock(self):
         f = open(self.lock_path, "a")
