@@ -1,5 +1,6 @@
 """The consumer of the comments service's feed (issue 18), against a real HTTP server serving
 recorded service events (helpers.FeedServer), and once under the real gunicorn."""
+import json
 import os
 import signal
 import sqlite3
@@ -316,10 +317,10 @@ def test_one_consumer_per_monolith_under_gunicorn_and_another_worker_takes_over(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/healthz")
-        import json
         assert http("POST", base + "/api/auth/register", {"username": "guser", "email": "gu@example.com",
                                                           "password": "password1"})[0] == 201
-        tok = json.loads(http("POST", base + "/api/auth/login", {"username": "guser", "password": "password1"})[2])["token"]
+        login = http("POST", base + "/api/auth/login", {"username": "guser", "password": "password1"})
+        tok = json.loads(login[2])["token"]
         pid = json.loads(http("POST", base + "/api/projects", {"name": "G"}, tok)[2])["id"]
         tid = json.loads(http("POST", base + f"/api/projects/{pid}/tasks", {"title": "T"}, tok)[2])["id"]
         assert http("POST", base + "/internal/ownership/comments", {"owner": "comments"}, headers=IT)[0] == 200
