@@ -28,6 +28,8 @@
 //! - `GET /upstreams`: every upstream's targets, health, ejections and in-flight counts.
 //! - `GET /shadow?min_match=99.9&min_samples=1000`: the live shadow-diff summary
 //!   since start (the same JSON as `strangler report --format json`).
+//! - `POST /preview?file=NAME` with a proposed `routes.yaml` as the body: what
+//!   it would move of recent traffic (see `admin/preview.rs`).
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -45,6 +47,7 @@ use tokio::net::TcpListener;
 
 use crate::Shared;
 
+mod preview;
 mod rollout;
 
 /// The admin API as a router, so tests can drive it without a socket.
@@ -60,6 +63,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/rollout", get(rollout::status))
         .route("/rollout/{route}/history", get(rollout::history))
         .route("/rollout/{route}/{command}", axum::routing::post(rollout::command))
+        .route("/preview", axum::routing::post(preview::preview))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)

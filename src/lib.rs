@@ -44,7 +44,10 @@
 //!
 //! Beside both: [`tls`] (termination, SNI, live certificate rotation, https
 //! upstreams), [`admin`] (`/healthz`, `/readyz`, `/metrics`, `/config`,
-//! `/explain`, `/shadow`) and [`explain`] (why a request takes its route).
+//! `/explain`, `/shadow`, `POST /preview`), [`explain`] (why a request takes
+//! its route) and [`preview`] (what an edit would move: a bounded sample of
+//! recent traffic, taken in `proxy/route.rs`, routed through the table in
+//! force and a proposed one).
 //!
 //! `main.rs` is a thin CLI over [`server::run`], which takes already-bound
 //! listeners and a shutdown future so tests can run the real server on
@@ -65,6 +68,7 @@ pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod path;
+pub mod preview;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
@@ -107,6 +111,8 @@ pub struct Shared {
     /// Where each route's rollout stands, as last read from the rollout
     /// state; every table is built with it (see [`rollout`]).
     pub rollouts: ArcSwap<rollout::Progresses>,
+    /// The bounded sample of recent requests a preview routes again.
+    pub preview: preview::Sampler,
 }
 
 impl Shared {
@@ -132,6 +138,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             restart_settings,
             rollouts: ArcSwap::from_pointee(rollouts),
+            preview: preview::Sampler::default(),
         }))
     }
 }

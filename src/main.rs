@@ -43,11 +43,20 @@ enum LogFormat {
 enum Command {
     /// Run the proxy (the default command).
     Serve(ServeArgs),
-    /// Validate a config and exit non-zero with the precise error (like `nginx -t`).
+    /// Validate a config and exit non-zero with the precise error (like `nginx -t`);
+    /// warn of routes that can never match. With `--preview`, also show what
+    /// it would move of a running proxy's recent traffic.
     Check {
         /// The config file.
         #[arg(default_value = "routes.yaml")]
         config: PathBuf,
+        /// A running proxy's admin API (`http://HOST:PORT`): route its recent
+        /// traffic through this file and print what would move. Nothing is applied.
+        #[arg(long, value_name = "URL")]
+        preview: Option<String>,
+        /// How `--preview` prints: a table for people, or the admin API's JSON.
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
     },
     /// Show which route and upstream a request would take, and why.
     Explain {
@@ -184,7 +193,7 @@ fn main() -> anyhow::Result<()> {
     let command = cli.command.unwrap_or_else(|| Command::Serve(DefaultServe::parse_from(["strangler"]).args));
     match command {
         Command::Serve(args) => serve(args),
-        Command::Check { config } => check(&config),
+        Command::Check { config, preview, format } => std::process::exit(check(&config, preview.as_deref(), format)),
         Command::Explain { config, host, user, headers, method, path } => {
             let shared = Shared::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             let table = shared.table.load();
@@ -278,30 +287,134 @@ fn rollout(args: RolloutArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn check(config: &std::path::Path) -> anyhow::Result<()> {
-    match Shared::load(config) {
-        Ok(shared) => {
-            let table = shared.table.load();
-            if let Some(tls) = &table.raw.tls {
-                if let Err(e) = strangler::tls::CertResolver::load(tls, &shared.metrics) {
-                    eprintln!("{}: tls: {e}", config.display());
-                    std::process::exit(1);
-                }
-            }
-            println!(
-                "{}: ok ({} routes, {} upstreams, hash {})",
-                config.display(),
-                table.router.entries().len(),
-                table.upstreams.len(),
-                &table.hash[..12]
-            );
-            Ok(())
-        }
+/// `strangler check FILE [--preview URL]`: 0 valid (warnings allowed), 1
+/// invalid (or no route can match), 2 the running proxy could not be asked.
+fn check(config: &std::path::Path, preview: Option<&str>, format: OutputFormat) -> i32 {
+    let shared = match Shared::load(config) {
+        Ok(shared) => shared,
         Err(e) => {
             eprintln!("{e}");
-            std::process::exit(1);
+            return 1;
+        }
+    };
+    let table = shared.table.load();
+    if let Some(tls) = &table.raw.tls {
+        if let Err(e) = strangler::tls::CertResolver::load(tls, &shared.metrics) {
+            eprintln!("{}: tls: {e}", config.display());
+            return 1;
         }
     }
+    let (lints, fatal) = strangler::preview::lint::check(&table.file, &table.text, &table.router, |r| &r.name);
+    let severity = if fatal { "error" } else { "warning" };
+    for lint in &lints {
+        eprintln!("{}", located(lint, severity));
+    }
+    if fatal {
+        eprintln!("{}: no route can match any request", config.display());
+        return 1;
+    }
+    let ok = format!(
+        "{}: ok ({} routes, {} upstreams, hash {})",
+        config.display(),
+        table.router.entries().len(),
+        table.upstreams.len(),
+        &table.hash[..12]
+    );
+    let Some(admin) = preview else {
+        println!("{ok}");
+        return 0;
+    };
+    // stdout carries only the preview (JSON for scripts).
+    eprintln!("{ok}");
+    match ask_preview(admin, config, &table.text) {
+        Ok((200, body)) => print_preview(&body, format),
+        Ok((status, body)) => {
+            let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            match answer["message"].as_str() {
+                Some(message) if answer["error"] == "invalid_config" => {
+                    eprintln!("{message}");
+                    1
+                }
+                Some(message) => {
+                    eprintln!("{admin}/preview answered {status}: {message}");
+                    2
+                }
+                None => {
+                    eprintln!("{admin}/preview answered {status}: {}", String::from_utf8_lossy(&body));
+                    2
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("cannot ask {admin}/preview: {e:#}");
+            2
+        }
+    }
+}
+
+/// `file:line:column: severity: message` (or `file: severity: message`).
+fn located(lint: &strangler::config::ConfigError, severity: &str) -> String {
+    let mut place = lint.file.clone();
+    if let Some(line) = lint.line {
+        place.push_str(&format!(":{line}"));
+        if let Some(column) = lint.column {
+            place.push_str(&format!(":{column}"));
+        }
+    }
+    format!("{place}: {severity}: {}", lint.message)
+}
+
+fn print_preview(body: &[u8], format: OutputFormat) -> i32 {
+    let preview: strangler::preview::Preview = match serde_json::from_slice(body) {
+        Ok(preview) => preview,
+        Err(e) => {
+            eprintln!("the preview answer is not one this version reads ({e}): {}", String::from_utf8_lossy(body));
+            return 2;
+        }
+    };
+    match format {
+        OutputFormat::Json => match serde_json::to_string_pretty(&preview) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("{e}");
+                return 2;
+            }
+        },
+        OutputFormat::Text => print!("{}", strangler::preview::text::render(&preview)),
+    }
+    0
+}
+
+/// `POST ADMIN/preview?file=FILE` with `text`: the status and body.
+fn ask_preview(admin: &str, file: &std::path::Path, text: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    use http_body_util::BodyExt as _;
+    let base: http::Uri =
+        admin.trim_end_matches('/').parse().map_err(|_| anyhow::anyhow!("give the admin API as http://HOST:PORT"))?;
+    let authority = match (base.scheme_str(), base.authority()) {
+        (Some("http"), Some(authority)) => authority.clone(),
+        _ => anyhow::bail!("give the admin API as http://HOST:PORT (plain HTTP, as the admin listener serves)"),
+    };
+    let query =
+        form_urlencoded::Serializer::new(String::new()).append_pair("file", &file.display().to_string()).finish();
+    let path = format!("{}/preview?{query}", base.path().trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let exchange = async {
+            let stream = tokio::net::TcpStream::connect(authority.as_str()).await.context("connect")?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let request = http::Request::post(path)
+                .header(http::header::HOST, authority.as_str())
+                .header(http::header::CONTENT_TYPE, "application/yaml")
+                .body(http_body_util::Full::new(bytes::Bytes::from(text.to_string())))?;
+            let response = sender.send_request(request).await?;
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, body.to_vec()))
+        };
+        tokio::time::timeout(Duration::from_secs(60), exchange).await.context("no answer within 60 s")?
+    })
 }
 
 fn init_logging(format: LogFormat, level: &str) {

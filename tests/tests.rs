@@ -16,6 +16,7 @@ mod lifecycle;
 mod misdirected;
 mod path_safety;
 mod pooling;
+mod preview;
 mod protocols;
 mod reload;
 mod report;

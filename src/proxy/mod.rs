@@ -3,7 +3,8 @@
 //! order a request meets them:
 //!
 //! 1. `route.rs`, `route()`: normalize the path and pick the route on the
-//!    host the upstream will read (400 for what cannot be routed, 404).
+//!    host the upstream will read (400 for what cannot be routed, 404);
+//!    the preview's sampler sees the outcome ([`crate::preview::Sampler`]).
 //! 2. `admit.rs`, `admit()`: the route's rate limit (429).
 //! 3. `prepare.rs`, `prepare()`: the path and headers the upstream gets,
 //!    primary and fallback; then `start_mirror()` and `RequestBody::keep()`,
@@ -178,7 +179,9 @@ async fn forward<'t>(
     // A cheap clone (shared bytes): the normalized path may borrow from it
     // while the request's headers are edited.
     let uri = req.uri().clone();
-    let routed = route(table, req.method(), &uri, req.headers(), outcome)?;
+    let routed = route(table, req.method(), &uri, req.headers(), outcome);
+    shared.preview.observe(req.method(), &uri, req.headers(), routed.as_ref().map(|r| (&*r.path, r.route)));
+    let routed = routed?;
     admit(routed.route, req.headers(), client)?;
     let plan = prepare(routed, &mut req, client.downstream, upgrade, request_id)?;
     outcome.upstream = Some(plan.primary);

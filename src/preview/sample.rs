@@ -1,0 +1,346 @@
+//! The bounded sample of recent traffic a preview routes again.
+//!
+//! The request path pays one relaxed atomic add and a multiply per request:
+//! request number `n` is sampled when `n · φ` (Fibonacci hashing, φ = 2⁶⁴ /
+//! the golden ratio) falls in the lowest `1 / every` of the `u64` range.
+//! That keeps exactly one request in `every` over time, like a counter, but
+//! spread over the sequence without a period, so a traffic mix that repeats
+//! every few requests (a client's page load, a test's loop) is not aliased
+//! the way `n % 16 == 0` would alias it. Only a sampled request goes further:
+//! it claims the next slot of a ring of `capacity` slots, each behind its own
+//! lock, taken with `try_lock` (a slot being read is skipped, never waited
+//! for), and copies its fields into the slot's reused buffers.
+//!
+//! A sample holds only what routing reads: the method, the host routes match
+//! on (no port, lower-case), the normalized path (no query) and, for a route
+//! with a sticky split, a hash of the sticky key and of where it is read —
+//! never a header value, a query value or the key itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, TryLockError};
+use std::time::Instant;
+
+use http::header::{self, HeaderMap};
+use http::{Method, Uri};
+
+use crate::error::ProxyError;
+use crate::router::host_for_matching;
+use crate::split::{stable_hash, StickyKey};
+use crate::table::{Backend, Route};
+
+/// One request in `SAMPLE_EVERY` is sampled by default.
+pub const SAMPLE_EVERY: u64 = 16;
+/// The default number of samples kept: the most recent ones.
+pub const CAPACITY: usize = 10_000;
+/// Longer paths are cut at the last `/` before this many bytes: routes match
+/// on leading segments, and a slot's memory stays bounded.
+pub const MAX_PATH: usize = 1024;
+/// Longer hosts are kept as no host (no DNS name is that long).
+const MAX_HOST: usize = 255;
+/// 2⁶⁴ / φ, odd: multiplying by it spreads consecutive numbers evenly.
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+/// Seeds of the sticky hashes (any fixed values; stable across versions).
+const KEY_SEED: u64 = 0x5711_c4e7;
+const SOURCE_SEED: u64 = 0x50_0ace;
+
+/// A sticky key as a sample keeps it: hashes only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StickyHash {
+    /// Where the key was read (`header x-user-id`, `cookie session`), hashed:
+    /// a split reading its key elsewhere cannot reuse this one.
+    pub source: u64,
+    /// The key's value, hashed.
+    pub key: u64,
+}
+
+impl StickyHash {
+    /// The hash of where `sticky` reads its key.
+    pub fn source_of(sticky: &StickyKey) -> u64 {
+        match sticky {
+            StickyKey::Header(name) => stable_hash(name.as_str().as_bytes(), SOURCE_SEED),
+            StickyKey::Cookie(name) => stable_hash(name.as_bytes(), SOURCE_SEED ^ 1),
+        }
+    }
+
+    /// A key as read from a request.
+    pub fn of(sticky: &StickyKey, key: &[u8]) -> StickyHash {
+        StickyHash { source: StickyHash::source_of(sticky), key: stable_hash(key, KEY_SEED) }
+    }
+}
+
+/// One sampled request: what routing reads, and when it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub method: Method,
+    /// The host routes match on: no port, no trailing dot, lower-case.
+    pub host: Option<Box<str>>,
+    /// The normalized path, without the query.
+    pub path: Box<str>,
+    pub sticky: Option<StickyHash>,
+    pub at: Instant,
+}
+
+/// A ring slot; its strings keep their capacity from one sample to the next.
+#[derive(Default)]
+struct Slot {
+    filled: bool,
+    method: Method,
+    host: Option<String>,
+    path: String,
+    sticky: Option<StickyHash>,
+    at: Option<Instant>,
+}
+
+/// The recent-traffic sample of one proxy (in [`crate::Shared`]).
+pub struct Sampler {
+    /// Requests seen, sampled or not.
+    seen: AtomicU64,
+    /// Samples taken: the next one goes to slot `taken % capacity`.
+    taken: AtomicU64,
+    /// Samples lost to a slot that was being read.
+    skipped: AtomicU64,
+    /// `n · GOLDEN` at or below this is sampled.
+    threshold: u64,
+    every: u64,
+    slots: Box<[Mutex<Slot>]>,
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Sampler::new(SAMPLE_EVERY, CAPACITY)
+    }
+}
+
+impl Sampler {
+    /// Samples one request in `every` (at least 1), keeping the last `capacity`.
+    pub fn new(every: u64, capacity: usize) -> Sampler {
+        let every = every.max(1);
+        Sampler {
+            seen: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            threshold: u64::MAX / every,
+            every,
+            slots: (0..capacity.max(1)).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// One request in how many is sampled.
+    pub fn every(&self) -> u64 {
+        self.every
+    }
+
+    /// Requests seen since start, sampled or not.
+    pub fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    /// The request path's hook, called once a request's route is known:
+    /// `matched` is its normalized path and route, or why it has none (only
+    /// "no route" is kept: a request refused before matching is refused by
+    /// any table). Costs one relaxed add unless the request is sampled.
+    #[inline]
+    pub fn observe(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        matched: Result<(&str, &Route), &ProxyError>,
+    ) {
+        let n = self.seen.fetch_add(1, Ordering::Relaxed);
+        if n.wrapping_mul(GOLDEN) <= self.threshold {
+            self.record(method, uri, headers, matched);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn record(&self, method: &Method, uri: &Uri, headers: &HeaderMap, matched: Result<(&str, &Route), &ProxyError>) {
+        let (path, route) = match matched {
+            Ok((path, route)) => (path, Some(route)),
+            Err(ProxyError::NoRoute { path, .. }) => (path.as_str(), None),
+            Err(_) => return,
+        };
+        let sticky = route.and_then(|route| sticky_of(route, headers));
+        let host = matching_host(uri, headers);
+        let index = self.taken.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
+        let mut slot = match self.slots[index as usize].try_lock() {
+            Ok(slot) => slot,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        slot.filled = true;
+        slot.method.clone_from(method);
+        match (host, &mut slot.host) {
+            (Some(host), Some(kept)) => {
+                kept.clear();
+                kept.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+            }
+            (Some(host), kept) => *kept = Some(host.to_ascii_lowercase()),
+            (None, kept) => *kept = None,
+        }
+        slot.path.clear();
+        slot.path.push_str(bounded_path(path));
+        slot.sticky = sticky;
+        slot.at = Some(Instant::now());
+    }
+
+    /// The samples kept, in no particular order (each slot is locked in turn,
+    /// so a request sampled meanwhile may or may not be in).
+    pub fn snapshot(&self) -> Vec<Sample> {
+        self.slots
+            .iter()
+            .filter_map(|slot| {
+                let slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+                slot.filled.then(|| Sample {
+                    method: slot.method.clone(),
+                    host: slot.host.as_deref().map(Box::from),
+                    path: slot.path.as_str().into(),
+                    sticky: slot.sticky,
+                    at: slot.at.unwrap_or_else(Instant::now),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The hashed sticky key of a request on `route`, if the route's split reads one.
+fn sticky_of(route: &Route, headers: &HeaderMap) -> Option<StickyHash> {
+    let Backend::Split(split) = &route.backend else { return None };
+    let sticky = split.sticky.as_ref()?;
+    sticky.extract(headers).map(|key| StickyHash::of(sticky, key))
+}
+
+/// The host routes matched on (see `proxy::route`): the authority of an
+/// absolute-form or HTTP/2 request, else `Host`, without port or trailing dot.
+fn matching_host<'h>(uri: &'h Uri, headers: &'h HeaderMap) -> Option<&'h str> {
+    let value = match uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => headers.get(header::HOST)?.to_str().ok()?,
+    };
+    host_for_matching(value).filter(|h| h.len() <= MAX_HOST)
+}
+
+/// `path`, cut at the last `/` at or before [`MAX_PATH`] bytes when longer
+/// (a cut segment could match a literal it does not equal).
+fn bounded_path(path: &str) -> &str {
+    if path.len() <= MAX_PATH {
+        return path;
+    }
+    let cut = path.as_bytes()[..=MAX_PATH].iter().rposition(|&b| b == b'/').unwrap_or(0);
+    if cut == 0 {
+        "/"
+    } else {
+        &path[..cut]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+
+    use super::*;
+    use crate::proxy::choose_route;
+    use crate::table::Table;
+
+    const CONFIG: &str = "listen: \"127.0.0.1:0\"\nupstreams:\n  a: {targets: [\"http://127.0.0.1:9\"]}\n  b: {targets: [\"http://127.0.0.1:9\"]}\nroutes:\n  - {name: users, prefix: /api/users, split: [{upstream: a, weight: 50}, {upstream: b, weight: 50}], sticky: {header: X-User-Id}}\n  - {name: comments, prefix: /api/comments, upstream: a}\n";
+
+    fn table() -> Table {
+        let metrics = crate::metrics::Metrics::new();
+        let rollouts = crate::rollout::Progresses::new();
+        let ctx = crate::table::Context { metrics: &metrics, previous: None, rollouts: &rollouts };
+        Table::build("r.yaml", CONFIG, &ctx).expect("valid")
+    }
+
+    /// Sends a request through `sampler` as the proxy's route stage does.
+    fn observe(sampler: &Sampler, table: &Table, request: &Request<()>) {
+        let (method, uri, headers) = (request.method(), request.uri(), request.headers());
+        let chosen = choose_route(table, method, uri, headers, |_| {});
+        sampler.observe(method, uri, headers, chosen.as_ref().map(|r| (&*r.path, r.route)));
+    }
+
+    fn request(target: &str) -> Request<()> {
+        Request::get(target)
+            .header("host", "API.Example.com:8443")
+            .header("x-user-id", "secret-user-42")
+            .header("authorization", "Bearer secret-token")
+            .header("cookie", "session=secret-cookie")
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn one_request_in_every_is_sampled_and_the_ring_keeps_only_the_last_capacity() {
+        let (table, sampler) = (table(), Sampler::new(16, 100));
+        for i in 0..16_000 {
+            observe(&sampler, &table, &request(&format!("/api/comments/{i}")));
+        }
+        assert_eq!(sampler.seen(), 16_000);
+        let taken = sampler.taken.load(Ordering::Relaxed);
+        assert!(taken.abs_diff(1000) <= 5, "one in 16: {taken}");
+        let samples = sampler.snapshot();
+        assert_eq!(samples.len(), 100, "bounded by the capacity");
+        let newest: Vec<u32> = samples.iter().map(|s| s.path.rsplit('/').next().unwrap().parse().unwrap()).collect();
+        assert!(newest.iter().all(|&i| i >= 14_000), "only recent requests are kept: {newest:?}");
+    }
+
+    #[test]
+    fn a_mix_that_repeats_every_few_requests_is_sampled_in_its_proportions() {
+        let (table, sampler) = (table(), Sampler::new(16, 10_000));
+        for i in 0..32_000 {
+            // 7 in 10 to users, in a fixed order: `n % 16` would see only even positions.
+            let path = if i % 10 < 7 { "/api/users/1" } else { "/api/comments/1" };
+            observe(&sampler, &table, &request(path));
+        }
+        let samples = sampler.snapshot();
+        let users = samples.iter().filter(|s| s.path.starts_with("/api/users")).count();
+        let share = users as f64 / samples.len() as f64;
+        assert!((share - 0.7).abs() < 0.01, "{share} of {}", samples.len());
+    }
+
+    #[test]
+    fn a_sample_keeps_no_header_query_or_key_value() {
+        let (table, sampler) = (table(), Sampler::new(1, 10));
+        observe(&sampler, &table, &request("/api/users/7?token=secret-query"));
+        let samples = sampler.snapshot();
+        let sample = &samples[0];
+        assert_eq!(&*sample.path, "/api/users/7");
+        assert_eq!(sample.host.as_deref(), Some("api.example.com"));
+        assert!(sample.sticky.is_some(), "the sticky route's key is kept, hashed");
+        let text = format!("{sample:?}");
+        assert!(!text.contains("secret"), "{text}");
+        let hash = StickyHash::of(&StickyKey::Header(http::HeaderName::from_static("x-user-id")), b"secret-user-42");
+        assert_eq!(sample.sticky, Some(hash), "the same key hashes the same everywhere");
+    }
+
+    #[test]
+    fn requests_no_route_takes_are_kept_and_refused_ones_are_not() {
+        let (table, sampler) = (table(), Sampler::new(1, 10));
+        observe(&sampler, &table, &request("/nowhere"));
+        observe(&sampler, &table, &request("/a%2Fb"));
+        let samples = sampler.snapshot();
+        assert_eq!(samples.len(), 1);
+        assert_eq!((&*samples[0].path, samples[0].sticky), ("/nowhere", None));
+    }
+
+    #[test]
+    fn a_long_path_is_cut_at_a_segment_boundary() {
+        let long = format!("/api/{}/{}", "a".repeat(1000), "b".repeat(100));
+        assert_eq!(bounded_path(&long), format!("/api/{}", "a".repeat(1000)));
+        assert_eq!(bounded_path(&format!("/{}", "x".repeat(2000))), "/");
+        assert_eq!(bounded_path("/api/users"), "/api/users");
+    }
+
+    #[test]
+    fn a_slot_being_read_is_skipped_rather_than_waited_for() {
+        let (table, sampler) = (table(), Sampler::new(1, 1));
+        let held = sampler.slots[0].lock().unwrap();
+        observe(&sampler, &table, &request("/api/comments/1"));
+        drop(held);
+        assert_eq!(sampler.skipped.load(Ordering::Relaxed), 1);
+        assert!(sampler.snapshot().is_empty());
+    }
+}
