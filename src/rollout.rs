@@ -13,7 +13,8 @@
 //!   unit test.
 //! - [`state`]: where progress and the audit trail live: a locked JSON file
 //!   for one instance.
-//! - [`evidence`]: a step's evidence from this instance's own counters.
+//! - [`evidence`]: a step's evidence from this instance's own counters;
+//!   [`prometheus`]: from the fleet's Prometheus, with the PromQL shown.
 //! - [`pilot`]: the loop that evaluates, records and hands new weights to
 //!   the reload task; the commands and the status view.
 
@@ -21,6 +22,7 @@ pub mod evidence;
 pub mod machine;
 pub mod pilot;
 pub mod plan;
+pub mod prometheus;
 pub mod state;
 
 use std::collections::BTreeMap;
