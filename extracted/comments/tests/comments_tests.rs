@@ -871,11 +871,12 @@ async fn an_ownership_event_the_feed_serves_twice_is_applied_once() {
             ev(2, "task", "create", 1, json!({"id": 1, "project_id": 1})),
             handover(3, "comments", 2, 50),
             handover(4, "comments", 2, 50), // the same handover again (e.g. re-sent by an operator script)
+            handover(5, "legacy", 2, 0),    // not newer than the current epoch, whatever it says
         ],
     );
     let (_dir, st, svc, _sync) = following(&feed, Duration::from_millis(30)).await;
     let u = &svc.url;
-    wait_cursor(&st, 4).await;
+    wait_cursor(&st, 5).await;
     let post = || async { req("POST", &format!("{u}/api/tasks/1/comments"), Some(1), Some(r#"{"body": "b"}"#)).await };
     assert_eq!(post().await.json()["id"], 51);
     assert_eq!(
@@ -885,13 +886,13 @@ async fn an_ownership_event_the_feed_serves_twice_is_applied_once() {
     // hand back, then the old handover shows up once more: it must not make the service owner again
     let r = send("POST", &format!("{u}/internal/ownership/comments"), &itok(), Some(br#"{"owner": "legacy"}"#)).await;
     assert_eq!(r.json()["epoch"], 3);
-    push(&feed, vec![handover(5, "comments", 2, 50)]);
-    wait_cursor(&st, 5).await;
+    push(&feed, vec![handover(6, "comments", 2, 50)]);
+    wait_cursor(&st, 6).await;
     assert_eq!(ownership_of(u).await["features"]["comments"], json!({"owner": "legacy", "epoch": 3, "high_water": 51}));
     assert_eq!((post().await.status, post().await.json()), (421, misdirected("legacy", 3)));
     // the next real handover (the monolith applied epoch 3 and moved to 4)
-    push(&feed, vec![handover(6, "comments", 4, 60)]);
-    wait_cursor(&st, 6).await;
+    push(&feed, vec![handover(7, "comments", 4, 60)]);
+    wait_cursor(&st, 7).await;
     assert_eq!(post().await.json()["id"], 61);
 }
 
