@@ -522,7 +522,10 @@ async fn a_user_registered_on_the_monolith_reads_through_421_then_200_never_401(
 
     let mut windows = Vec::new();
     let mut misdirected = 0;
-    for i in 0..10 {
+    for i in 0..10u64 {
+        // Each round ends just after a feed round applied the last user: a growing
+        // pause spreads the registrations over the whole sync interval.
+        tokio::time::sleep(interval * i as u32 / 10).await;
         let reg = json!({"username": format!("fresh{i}"), "email": format!("fresh{i}@example.com"), "password": "longpassword"});
         let r = send("POST", &format!("{m}/api/auth/register"), &[], Some(reg.to_string().as_bytes())).await;
         assert_eq!(r.status, 201, "{}", r.text());
