@@ -262,10 +262,12 @@ fn rollout(args: RolloutArgs) -> anyhow::Result<i32> {
     }
     if args.action == RolloutAction::History {
         let route = route.unwrap_or_default();
-        let entries: Vec<_> = state.history.iter().filter(|t| t.route == route).collect();
         match args.format {
-            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
-            OutputFormat::Text => print!("{}", pilot::history_text(&entries)),
+            OutputFormat::Json => {
+                let entries: Vec<_> = state.history.iter().filter(|t| t.route == route).collect();
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            }
+            OutputFormat::Text => print!("{}", pilot::history_text(&state, route)),
         }
         return Ok(0);
     }

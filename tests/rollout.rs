@@ -294,4 +294,10 @@ async fn pause_resume_promote_and_abort_do_what_they_say_and_are_recorded_with_t
     let (code, text) = run(&["status"]);
     assert_eq!(code, Some(0));
     assert!(text.contains("items: step 10") && text.contains("rolled_back"), "{text}");
+    // An edit of the plan is in the audit trail too.
+    let edited = std::fs::read_to_string(fleet.config.path()).unwrap().replace("hold: 1h", "hold: 2h");
+    fleet.config.write_in_place(&edited);
+    fleet.proxies[0].wait_for_log("config reloaded").await;
+    let (_, text) = run(&["history", "items"]);
+    assert!(text.contains("config reload (") && text.contains("route changed"), "{text}");
 }

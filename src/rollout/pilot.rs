@@ -557,17 +557,25 @@ pub fn status_text(statuses: &[RouteStatus]) -> String {
     out
 }
 
-/// `rollout history` for people: one line per transition.
-pub fn history_text(entries: &[&Transition]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    for t in entries {
+/// `rollout history` for people: one line per transition of `route` and
+/// per reload that added, changed or removed it, oldest first.
+pub fn history_text(state: &State, route: &str) -> String {
+    let transitions = state.history.iter().filter(|t| t.route == route).map(|t| {
         let from = t.from.as_ref().map_or("-".into(), |f| format!("{} {}", f.step, f.status.as_str()));
         let by = t.actor.as_deref().unwrap_or("pilot");
-        let _ =
-            writeln!(out, "{} {from} -> {} {} ({}; {by})", rfc3339(t.at_ms), t.to.step, t.to.status.as_str(), t.reason);
-    }
-    out
+        (t.at_ms, format!("{from} -> {} {} ({}; {by})", t.to.step, t.to.status.as_str(), t.reason))
+    });
+    let reloads = state.reloads.iter().filter_map(|r| {
+        let how = [("added", &r.added), ("changed", &r.changed), ("removed", &r.removed)]
+            .into_iter()
+            .find(|(_, names)| names.iter().any(|n| n == route))?
+            .0;
+        let version = &r.hash[..r.hash.len().min(12)];
+        Some((r.at_ms, format!("config reload ({}): route {how}, version {version}", r.trigger)))
+    });
+    let mut lines: Vec<(u64, String)> = transitions.chain(reloads).collect();
+    lines.sort_by_key(|(at, _)| *at);
+    lines.into_iter().map(|(at, line)| format!("{} {line}\n", rfc3339(at))).collect()
 }
 
 /// `2026-12-05T23:50:01Z` for milliseconds since the epoch.
