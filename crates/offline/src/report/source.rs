@@ -49,7 +49,11 @@ pub fn open_all(files: &[PathBuf], from: &[String]) -> anyhow::Result<Vec<Box<dy
 }
 
 /// One `--from` value: `postgres://…` (or `postgresql://…`) is a store;
-/// anything else without a `scheme://` is a file.
+/// anything else without a `scheme://` is a file. The store's reader is a
+/// [`Source`] like the files: its `read_noise` gathers the noise evidence of
+/// the query's routes, its `read_records` hands every row to
+/// `Collector::add` (with the query pushed down into SQL), and this is where
+/// it is opened.
 pub fn open(spec: &str) -> anyhow::Result<Box<dyn Source>> {
     match spec.split_once("://") {
         Some(("postgres" | "postgresql", _)) => anyhow::bail!(
