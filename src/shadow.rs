@@ -685,7 +685,7 @@ impl ShadowRuntime {
         let mut excluded = BTreeSet::new();
         comparison.diffs.retain(|d| {
             let key = field_key(d);
-            let noisy = d.kind != DiffKind::Status && learned.contains(&key);
+            let noisy = strangler_evidence::noise::is_noise(d, &learned);
             if noisy {
                 excluded.insert(key);
             }
@@ -762,13 +762,10 @@ impl ShadowRuntime {
 }
 
 /// The name a differing field is counted under: `status`, `header:NAME`, or
-/// a body pointer with array indexes folded (`/items/*/id`).
+/// a body pointer with array indexes folded (`/items/*/id`) — the evidence
+/// crate's rule, which the report applies too.
 fn field_key(d: &Difference) -> String {
-    match d.kind {
-        DiffKind::Status => "status".to_string(),
-        DiffKind::Header => format!("header:{}", d.pointer),
-        DiffKind::Body => diff::fold_indexes(&d.pointer),
-    }
+    strangler_evidence::noise::field_key(d)
 }
 
 fn answer_view<'a>(status: u16, headers: &'a HeaderMap, captured: &'a Captured) -> Answer<'a> {
@@ -787,6 +784,9 @@ fn base_record(request: &MirroredRequest, shadow_upstream: &str, result: Outcome
         ts: humantime::format_rfc3339_millis(request.received).to_string(),
         request_id: request.request_id.clone(),
         shadow_request_id: None,
+        id: None,
+        instance: None,
+        config_hash: None,
         client_ip: Some(request.client_ip.to_string()),
         route: request.route.to_string(),
         endpoint: diff::endpoint_template(&request.path),
