@@ -499,6 +499,29 @@ pub fn status(plans: &[(Arc<str>, Arc<RolloutPlan>)], state: &State, now: u64) -
         .collect()
 }
 
+/// The status when the state cannot be read: the progress this instance
+/// last read and serves, shown `paused` (nothing moves without the state).
+pub fn status_without_state(
+    plans: &[(Arc<str>, Arc<RolloutPlan>)],
+    last_known: &Progresses,
+    now: u64,
+) -> Vec<RouteStatus> {
+    let mut state = State::default();
+    for (name, plan) in plans {
+        if let Some(progress) = last_known.get(&**name) {
+            state.routes.insert(name.to_string(), Stored::of(plan, progress));
+        }
+    }
+    let mut statuses = status(plans, &state, now);
+    for s in &mut statuses {
+        if s.status.moving() {
+            s.status = Status::Paused;
+            s.next = "paused: the rollout state cannot be read; the weights in force stay until it can".into();
+        }
+    }
+    statuses
+}
+
 fn next_words(plan: &RolloutPlan, progress: &Progress, gates: &[GateStatus], now: u64) -> String {
     let following = match plan.steps.get(progress.step + 1) {
         Some(step) => format!("step {step}"),
