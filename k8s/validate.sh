@@ -38,6 +38,9 @@
 #      constants equal `strangler report`'s defaults (needs $STRANGLER_BIN)
 #   9. the cutover-gate Job kustomizations ($GATES): render, schemas, the
 #      report's arguments and the label the store's NetworkPolicy admits
+#  10. the dashboard's queries parse (promtool, Grafana variables filled in),
+#      and every series a rule or panel reads is one the proxy exports (its
+#      name registered in src/) or a recording rule defined here
 set -uo pipefail
 
 KUBERNETES_VALIDATE_VERSION=1.32.0
@@ -526,6 +529,62 @@ PY
         record FAIL "$gate: render, schemas, gate arguments" "see output above"
     fi
 done
+
+# ------------------------------------- 10. dashboard queries, real series
+section "dashboard queries and the series rules and panels read"
+rules="$WORK/$PROM_TEST_OVERLAY.rules.yaml"
+dashboard="$K8S/base/observability/strangler-dashboard.json"
+if [ ! -s "$rules" ]; then
+    record FAIL "dashboard queries, real series" "rules of $PROM_TEST_OVERLAY not rendered"
+elif ! command -v "$PROMTOOL" >/dev/null 2>&1; then
+    record FAIL "dashboard queries, real series" "promtool not found"
+elif "$VENV/bin/python" - "$rules" "$dashboard" "$ROOT/src" "$WORK/dashboard.rules.yaml" <<'PY' && "$PROMTOOL" check rules "$WORK/dashboard.rules.yaml"; then
+import json, pathlib, re, sys
+import yaml
+
+rules_file, dashboard_file, src, out = sys.argv[1:5]
+groups = yaml.safe_load(open(rules_file))["groups"]
+rule_exprs = [r["expr"] for g in groups for r in g["rules"]]
+recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
+dash = json.load(open(dashboard_file))
+panel_exprs = [(p["title"], t["expr"]) for p in dash["panels"] for t in p.get("targets", [])]
+panel_exprs += [("annotation " + a["name"], a["expr"]) for a in dash["annotations"]["list"] if "expr" in a]
+# Grafana fills these in; any valid value will do for parsing.
+fill = {"$__rate_interval": "5m", "$__range": "1h", "$namespace": "strangler", "$pod": ".*", "$route": ".*"}
+def filled(expr):
+    for k in sorted(fill, key=len, reverse=True):
+        expr = expr.replace(k, fill[k])
+    return expr
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": [
+    {"record": f"dashboard:panel_{i}", "expr": filled(e)} for i, (_, e) in enumerate(panel_exprs)]}]},
+    open(out, "w"), sort_keys=False)
+
+exported = set()
+for f in pathlib.Path(src).rglob("*.rs"):
+    exported |= set(re.findall(r'"((?:strangler|process)_[a-z0-9_]+)"', f.read_text()))
+exported.add("up")
+errs = []
+def check(where, expr):
+    for name in set(re.findall(r"(?<![\w:])([a-z_][a-z0-9_]*:[a-z0-9_:]+|(?:strangler|process)_[a-z0-9_]+|up)(?=\s*[{\[)]|\s*$|\s)", expr)):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        if ":" in name:
+            if name not in recorded:
+                errs.append(f"{where}: reads {name}, which no recording rule defines")
+        elif name not in exported and base not in exported:
+            errs.append(f"{where}: reads {name}, which the proxy does not export (not registered in src/)")
+for e in rule_exprs:
+    check("rule", e)
+for title, e in panel_exprs:
+    check(f"panel {title!r}", e)
+for e in errs:
+    print("ERROR", e)
+print(f"{len(rule_exprs)} rule and {len(panel_exprs)} panel queries read {len(exported)} exported names and {len(recorded)} recorded ones")
+sys.exit(1 if errs else 0)
+PY
+    record PASS "dashboard queries, real series"
+else
+    record FAIL "dashboard queries, real series" "see output above"
+fi
 
 # --------------------------------------------------------------- summary
 printf '\n==================== k8s/validate.sh summary ====================\n'
