@@ -38,9 +38,10 @@
 #      constants equal `strangler report`'s defaults (needs $STRANGLER_BIN)
 #   9. the cutover-gate Job kustomizations ($GATES): render, schemas, the
 #      report's arguments and the label the store's NetworkPolicy admits
-#  10. the dashboard's queries parse (promtool, Grafana variables filled in),
-#      and every series a rule or panel reads is one the proxy exports (its
-#      name registered in src/) or a recording rule defined here
+#  10. the dashboard's queries and docs/runbook.md's ```promql blocks parse
+#      (promtool; Grafana variables and the runbook's LIMIT_* filled in), and
+#      every series a rule, panel or runbook query reads is one the proxy
+#      exports (its name registered in src/) or a recording rule defined here
 set -uo pipefail
 
 KUBERNETES_VALIDATE_VERSION=1.32.0
@@ -531,24 +532,30 @@ PY
 done
 
 # ------------------------------------- 10. dashboard queries, real series
-section "dashboard queries and the series rules and panels read"
+section "dashboard and runbook queries, and the series they and the rules read"
 rules="$WORK/$PROM_TEST_OVERLAY.rules.yaml"
 dashboard="$K8S/base/observability/strangler-dashboard.json"
 if [ ! -s "$rules" ]; then
     record FAIL "dashboard queries, real series" "rules of $PROM_TEST_OVERLAY not rendered"
 elif ! command -v "$PROMTOOL" >/dev/null 2>&1; then
     record FAIL "dashboard queries, real series" "promtool not found"
-elif "$VENV/bin/python" - "$rules" "$dashboard" "$ROOT/src" "$WORK/dashboard.rules.yaml" <<'PY' && "$PROMTOOL" check rules "$WORK/dashboard.rules.yaml"; then
+elif "$VENV/bin/python" - "$rules" "$dashboard" "$ROOT/src" "$WORK/dashboard.rules.yaml" "$ROOT/docs/runbook.md" <<'PY' && "$PROMTOOL" check rules "$WORK/dashboard.rules.yaml"; then
 import json, pathlib, re, sys
 import yaml
 
-rules_file, dashboard_file, src, out = sys.argv[1:5]
+rules_file, dashboard_file, src, out, runbook = sys.argv[1:6]
 groups = yaml.safe_load(open(rules_file))["groups"]
 rule_exprs = [r["expr"] for g in groups for r in g["rules"]]
 recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
 dash = json.load(open(dashboard_file))
 panel_exprs = [(p["title"], t["expr"]) for p in dash["panels"] for t in p.get("targets", [])]
 panel_exprs += [("annotation " + a["name"], a["expr"]) for a in dash["annotations"]["list"] if "expr" in a]
+# The runbook's queries: one per blank-line-separated chunk of a ```promql block.
+for block in re.findall(r"```promql\n(.*?)```", open(runbook).read(), re.S):
+    for chunk in re.split(r"\n\s*\n", block):
+        expr = "\n".join(l for l in chunk.splitlines() if not l.lstrip().startswith("#")).strip()
+        if expr:
+            panel_exprs.append(("runbook query", expr.replace("LIMIT_5XX", "0.005").replace("LIMIT_P99", "0.5")))
 # Grafana fills these in; any valid value will do for parsing.
 fill = {"$__rate_interval": "5m", "$__range": "1h", "$namespace": "strangler", "$pod": ".*", "$route": ".*"}
 def filled(expr):
@@ -578,7 +585,7 @@ for title, e in panel_exprs:
     check(f"panel {title!r}", e)
 for e in errs:
     print("ERROR", e)
-print(f"{len(rule_exprs)} rule and {len(panel_exprs)} panel queries read {len(exported)} exported names and {len(recorded)} recorded ones")
+print(f"{len(rule_exprs)} rule and {len(panel_exprs)} panel and runbook queries read {len(exported)} exported names and {len(recorded)} recorded ones")
 sys.exit(1 if errs else 0)
 PY
     record PASS "dashboard queries, real series"
