@@ -41,7 +41,8 @@
 #  10. the dashboard's queries and docs/runbook.md's ```promql blocks parse
 #      (promtool; Grafana variables and the runbook's LIMIT_* filled in), and
 #      every series a rule, panel or runbook query reads is one the proxy
-#      exports (its name registered in src/) or a recording rule defined here
+#      exports (its name registered in src/ or crates/*/src/) or a recording
+#      rule defined here
 set -uo pipefail
 
 KUBERNETES_VALIDATE_VERSION=1.32.0
@@ -539,11 +540,11 @@ if [ ! -s "$rules" ]; then
     record FAIL "dashboard queries, real series" "rules of $PROM_TEST_OVERLAY not rendered"
 elif ! command -v "$PROMTOOL" >/dev/null 2>&1; then
     record FAIL "dashboard queries, real series" "promtool not found"
-elif "$VENV/bin/python" - "$rules" "$dashboard" "$ROOT/src" "$WORK/dashboard.rules.yaml" "$ROOT/docs/runbook.md" <<'PY' && "$PROMTOOL" check rules "$WORK/dashboard.rules.yaml"; then
+elif "$VENV/bin/python" - "$rules" "$dashboard" "$ROOT" "$WORK/dashboard.rules.yaml" "$ROOT/docs/runbook.md" <<'PY' && "$PROMTOOL" check rules "$WORK/dashboard.rules.yaml"; then
 import json, pathlib, re, sys
 import yaml
 
-rules_file, dashboard_file, src, out, runbook = sys.argv[1:6]
+rules_file, dashboard_file, root, out, runbook = sys.argv[1:6]
 groups = yaml.safe_load(open(rules_file))["groups"]
 rule_exprs = [r["expr"] for g in groups for r in g["rules"]]
 recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
@@ -567,7 +568,8 @@ yaml.safe_dump({"groups": [{"name": "dashboard", "rules": [
     open(out, "w"), sort_keys=False)
 
 exported = set()
-for f in pathlib.Path(src).rglob("*.rs"):
+# The proxy's own code: src/ and the workspace crates it links (not tests/, benches/, target/).
+for f in [*pathlib.Path(root, "src").rglob("*.rs"), *pathlib.Path(root, "crates").glob("*/src/**/*.rs")]:
     exported |= set(re.findall(r'"((?:strangler|process)_[a-z0-9_]+)"', f.read_text()))
 exported.add("up")
 errs = []
@@ -578,7 +580,7 @@ def check(where, expr):
             if name not in recorded:
                 errs.append(f"{where}: reads {name}, which no recording rule defines")
         elif name not in exported and base not in exported:
-            errs.append(f"{where}: reads {name}, which the proxy does not export (not registered in src/)")
+            errs.append(f"{where}: reads {name}, which the proxy does not export (not registered in src/ or crates/)")
 for e in rule_exprs:
     check("rule", e)
 for title, e in panel_exprs:
