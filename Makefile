@@ -34,7 +34,8 @@ system-deps:
 
 ## Every test: fmt + clippy, Rust (unit, integration, end-to-end, short soak,
 ## hostile input), a short fuzzing run, the monolith's pytest suite, and the
-## Kubernetes manifests (rendered, schema-validated, checked by `strangler check`).
+## Kubernetes manifests (rendered, schema-validated, checked by `strangler check`;
+## alert rules checked and unit-tested by promtool).
 test: venv system-deps
 	$(MAKE) lint
 	$(MAKE) test-rust
@@ -55,6 +56,8 @@ test-python: venv
 
 test-k8s: build
 	@command -v kubectl >/dev/null || scripts/apt-install.sh kubectl || true
+	@# promtool (alert rules' checks and unit tests) comes with Debian's prometheus package.
+	@command -v promtool >/dev/null || scripts/apt-install.sh prometheus
 	STRANGLER_BIN=$(TARGET_DIR)/debug/strangler bash k8s/validate.sh
 
 lint:

@@ -14,6 +14,7 @@ mod headers;
 mod hostile;
 mod lifecycle;
 mod misdirected;
+mod observability;
 mod path_safety;
 mod pooling;
 mod protocols;
