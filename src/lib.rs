@@ -40,7 +40,9 @@
 //!
 //! A route's autopilot: [`rollout`] (`rollout/plan.rs` checks a route's
 //! `rollout:`; `rollout/machine.rs` decides, purely, what its progress does
-//! next from the gates' evidence).
+//! next from the gates' evidence; `rollout/state.rs` keeps progress and the
+//! audit trail) and [`autopilot`], the loop that gathers the evidence,
+//! records decisions and has the reload task rebuild the table.
 //!
 //! Beside both: [`tls`] (termination, SNI, live certificate rotation, https
 //! upstreams), [`admin`] (`/healthz`, `/readyz`, `/metrics`, `/config`,
@@ -56,6 +58,7 @@
 //! (`tests/architecture.rs` checks it).
 
 pub mod admin;
+pub mod autopilot;
 pub mod client;
 pub mod config;
 pub mod error;

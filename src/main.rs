@@ -212,7 +212,8 @@ fn main() -> anyhow::Result<()> {
 /// `strangler rollout ACTION [ROUTE]`: 0 done, 1 refused or not found, 2 the
 /// state cannot be used.
 fn rollout(args: RolloutArgs) -> anyhow::Result<i32> {
-    use strangler::rollout::{machine::Command as Cmd, pilot};
+    use strangler::autopilot as pilot;
+    use strangler::rollout::machine::Command as Cmd;
     let shared = Shared::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let table = shared.table.load();
     let store = pilot::state_of(&table);
@@ -352,7 +353,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         let watcher = reload::spawn(args.config.clone(), shared.clone(), args.poll_interval);
         spawn_sighup(watcher.trigger.clone());
-        let _pilot = strangler::rollout::pilot::spawn(shared.clone(), watcher.rollout.clone());
+        let _pilot = strangler::autopilot::spawn(shared.clone(), watcher.rollout.clone());
         let options = ServeOptions {
             header_read_timeout: args.header_read_timeout,
             keepalive_timeout: args.keepalive_timeout,
@@ -374,7 +375,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// serves the fleet's weights from its first request. Without the state,
 /// each rollout starts on its first step (the pilot keeps trying).
 fn restore_rollouts(shared: &std::sync::Arc<Shared>, config: &std::path::Path) {
-    match strangler::rollout::pilot::restore(shared) {
+    match strangler::autopilot::restore(shared) {
         Ok(()) if !shared.rollouts.load().is_empty() => {
             reload::Reloader::new(config.to_path_buf(), shared.clone()).reapply(reload::ROLLOUT_TRIGGER);
         }

@@ -205,14 +205,14 @@ fn audit(table: &Table, trigger: &str, edit: RouteEdit) {
         return;
     }
     let entry = crate::rollout::state::Reload {
-        at_ms: crate::rollout::pilot::now_ms(),
+        at_ms: crate::rollout::now_ms(),
         hash: table.hash.clone(),
         trigger: trigger.to_string(),
         added: edit.added,
         removed: edit.removed,
         changed: edit.changed,
     };
-    let store = crate::rollout::pilot::state_of(table);
+    let store = crate::autopilot::state_of(table);
     if let Err(e) = store.update(|state| {
         state.reloads.push(entry);
         Ok(())

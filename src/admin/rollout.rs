@@ -13,8 +13,8 @@ use axum::Json;
 use serde_json::json;
 
 use super::error;
+use crate::autopilot as pilot;
 use crate::rollout::machine::Command;
-use crate::rollout::pilot;
 use crate::Shared;
 
 /// Env var holding the token that lets a non-loopback peer send commands.

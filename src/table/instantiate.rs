@@ -181,7 +181,7 @@ fn route(
         resources.limiters.insert(rl.identity, limiter.clone());
         limiter
     });
-    let now = crate::rollout::pilot::now_ms();
+    let now = crate::rollout::now_ms();
     let rollout = r.rollout.map(|plan| {
         let progress = ctx.rollouts.get(&r.name).copied().unwrap_or_else(|| Progress::start(0));
         let effective = machine::effective(&plan, &progress, now);

@@ -1,4 +1,5 @@
-//! The pilot: every `autopilot.interval` it reads the rollout state,
+//! The autopilot's runner, the pilot: every `autopilot.interval` it reads
+//! the rollout state,
 //! evaluates the gates of each moving rollout, records what the machine
 //! decides, and hands the resulting progress to the reload task, which
 //! builds the version in force again with the new weights.
@@ -12,18 +13,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::evidence::{self, Totals};
-use super::machine::{self, Decision, GateState, Progress, Reading, Status};
-use super::plan::RolloutPlan;
-use super::prometheus as promql;
-use super::state::{reconcile, FileState, State, StepStatus, Stored, Transition};
-use super::Progresses;
+use crate::rollout::evidence::{self, Totals};
+use crate::rollout::machine::{self, Decision, GateState, Progress, Reading, Status};
+pub use crate::rollout::now_ms;
+use crate::rollout::plan::RolloutPlan;
+use crate::rollout::prometheus as promql;
+use crate::rollout::state::{reconcile, FileState, State, StepStatus, Stored, Transition};
+use crate::rollout::Progresses;
 use crate::table::Table;
 use crate::Shared;
 
@@ -32,11 +34,6 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Default state file for one instance.
 pub const DEFAULT_STATE_FILE: &str = "./strangler-rollouts.json";
-
-/// Milliseconds since the Unix epoch, the state's clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The rollouts of a table: (route name, plan).
 pub fn plans(table: &Table) -> Vec<(Arc<str>, Arc<RolloutPlan>)> {
@@ -59,7 +56,7 @@ fn interval_of(table: &Table) -> Duration {
 }
 
 /// How far ahead a step forward is scheduled: two evaluation intervals, so
-/// every replica has read it before it begins (see [`super::machine`]).
+/// every replica has read it before it begins (see [`crate::rollout::machine`]).
 pub fn lead_of(table: &Table) -> u64 {
     2 * interval_of(table).as_millis() as u64 + 50
 }
