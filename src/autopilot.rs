@@ -357,8 +357,18 @@ fn reason(decision: &Decision, readings: &[Reading]) -> String {
     }
 }
 
+/// A stored step for people: `shadow`, `10%`.
+fn step_words(step: &serde_json::Value) -> String {
+    step.as_str().map_or_else(|| format!("{step}%"), str::to_string)
+}
+
+/// A gate's value for people: counts whole, rates and ratios to 3 places.
 fn show(value: Option<f64>) -> String {
-    value.map_or("no data".into(), |v| format!("{v:.3}"))
+    match value {
+        None => "no data".into(),
+        Some(v) if v.fract() == 0.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.3}"),
+    }
 }
 
 /// Appends a transition to the audit trail, stores the new progress, and
@@ -553,7 +563,7 @@ pub fn status_text(statuses: &[RouteStatus]) -> String {
         out.push_str("no route has a rollout\n");
     }
     for s in statuses {
-        let step = s.step.as_str().map_or_else(|| format!("{}%", s.step), str::to_string);
+        let step = step_words(&s.step);
         let _ = writeln!(
             out,
             "{}: step {step} ({}% on {}), {} for {}s since {}",
@@ -581,9 +591,9 @@ pub fn status_text(statuses: &[RouteStatus]) -> String {
 /// per reload that added, changed or removed it, oldest first.
 pub fn history_text(state: &State, route: &str) -> String {
     let transitions = state.history.iter().filter(|t| t.route == route).map(|t| {
-        let from = t.from.as_ref().map_or("-".into(), |f| format!("{} {}", f.step, f.status.as_str()));
+        let from = t.from.as_ref().map_or("-".into(), |f| format!("{} {}", step_words(&f.step), f.status.as_str()));
         let by = t.actor.as_deref().unwrap_or("pilot");
-        (t.at_ms, format!("{from} -> {} {} ({}; {by})", t.to.step, t.to.status.as_str(), t.reason))
+        (t.at_ms, format!("{from} -> {} {} ({}; {by})", step_words(&t.to.step), t.to.status.as_str(), t.reason))
     });
     let reloads = state.reloads.iter().filter_map(|r| {
         let how = [("added", &r.added), ("changed", &r.changed), ("removed", &r.removed)]
