@@ -13,7 +13,7 @@ CARGO ?= cargo
 # Where cargo puts binaries: honours CARGO_TARGET_DIR (relative or absolute) and .cargo/config.
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo $(CURDIR)/target)
 
-.PHONY: demo test test-rust test-python test-k8s test-fuzz lint bench soak fuzz report venv build release clean system-deps
+.PHONY: demo migrate test test-rust test-python test-k8s test-fuzz lint bench soak fuzz report venv build release clean system-deps
 
 ## Python virtualenv with the monolith's pinned requirements.
 venv: $(VENV)/.installed
@@ -69,6 +69,13 @@ lint:
 ## The whole strangler-fig migration on one machine; Ctrl-C stops everything.
 demo: venv release system-deps
 	STRANGLER_BIN_DIR=$(TARGET_DIR)/release scripts/demo.sh
+
+## Against a running `make demo`: walk comments from the monolith to the comments service,
+## reads through the autopilot (shadow -> 1% -> 50% -> 100%), then the writes, then the legacy
+## routes removed; `make migrate ARGS=--rollback` walks back, ARGS=--break deploys a broken
+## build of comments and watches the autopilot roll it back by itself.
+migrate: venv
+	STRANGLER_BIN=$(TARGET_DIR)/release/strangler $(PY) tools/migrate.py $(ARGS)
 
 ## The shadow-diff report of the demo's traffic (HTML, one self-contained file).
 report: release

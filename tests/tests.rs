@@ -10,6 +10,7 @@ mod cli;
 mod e2e;
 mod errors;
 mod front;
+mod handover;
 mod headers;
 mod hostile;
 mod lifecycle;
