@@ -20,8 +20,12 @@ pub enum Format {
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// Diff logs (`.jsonl`, or gzip-compressed), one per replica; `-` reads stdin.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "from")]
     pub files: Vec<PathBuf>,
+    /// The fleet's store, `postgres://USER@HOST:PORT/DB` (password from the
+    /// URL or `PGPASSWORD`), read as well as the files. Repeatable.
+    #[arg(long = "from", value_name = "URL")]
+    pub from: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Html)]
     pub format: Format,
@@ -57,7 +61,18 @@ pub fn run(args: ReportArgs) -> anyhow::Result<i32> {
         anyhow::bail!("--min-match must be a percentage between 0 and 100");
     }
     let filter = Filter { since_ms, route: args.route.clone() };
-    let summary = input::read_logs(&args.files, &filter)?;
+    let mut summary = input::read_logs(&args.files, &filter)?;
+    for url in &args.from {
+        let query =
+            strangler_store::Query { routes: args.route.iter().cloned().collect(), since_ms, ..Default::default() };
+        let mut from_store = strangler_evidence::summary::Summary::default();
+        let stats =
+            strangler_store::read(url, &query, |r| from_store.add(&r)).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+        from_store.inputs.files.push(strangler_store::dsn::mask(url));
+        from_store.inputs.lines = stats.rows;
+        from_store.inputs.corrupt_lines = stats.corrupt;
+        summary.merge(from_store);
+    }
     let opts = ViewOptions { min_match: args.min_match, min_samples: args.min_samples, ..ViewOptions::default() };
     let report = summary.view(&opts);
     let text = match args.format {
