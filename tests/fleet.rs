@@ -389,3 +389,79 @@ fn a_bad_store_setting_is_a_config_error_at_its_line_without_the_password() {
     let err = check("  store: postgres://u@db/x\n  retention: 10s\n");
     assert!(err.contains("routes.yaml:4:3:") && err.contains("retention"), "{err}");
 }
+
+/// `strangler report --from URL`'s error, for a read that must fail.
+fn report_error(url: &str) -> String {
+    let out =
+        std::process::Command::new(binary()).args(["report", "--format", "json", "--from", url]).output().unwrap();
+    assert!(!out.status.success(), "read {url}: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn sslmode_is_honoured_as_libpq_does() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(vec![]).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    };
+    let (ours, other) = (ca("store CA"), ca("another CA"));
+    let mut pg = Postgres::start();
+    let dir = pg.dir().to_path_buf();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &ours).unwrap();
+    std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    std::fs::set_permissions(dir.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    pg.give(&dir.join("server.key"));
+    let (ours_pem, other_pem) = (dir.join("ca.pem"), dir.join("other-ca.pem"));
+    std::fs::write(&ours_pem, ours.pem()).unwrap();
+    std::fs::write(&other_pem, other.pem()).unwrap();
+    pg.configure(&format!(
+        "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'",
+        dir.join("server.crt").display(),
+        dir.join("server.key").display()
+    ));
+    // TCP clients must use TLS.
+    let hba = dir.join("data/pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, text.lines().map(|l| l.replacen("host ", "hostssl ", 1) + "\n").collect::<String>()).unwrap();
+    pg.stop();
+    pg.restart();
+
+    let url = |host: &str, mode: &str, root: Option<&Path>| {
+        let root = root.map(|r| format!("&sslrootcert={}", r.display())).unwrap_or_default();
+        format!("postgres://{PG_USER}:{PG_PASSWORD}@{host}:{}/postgres?sslmode={mode}{root}", pg.port)
+    };
+    // A replica writes over verify-ca (the certificate names `localhost`, not the address).
+    let up = TestUpstream::start("legacy", Behaviour::json(json!({"a": 1}))).await;
+    let logs = tempfile::tempdir().unwrap();
+    let store = format!("  store: \"{}\"\n", url("127.0.0.1", "verify-ca", Some(&ours_pem)));
+    let text = fleet_config(&up.url(), &up.url(), &up.url(), &logs.path().join("t.jsonl"), &store, "");
+    let (proxy, _config) = replica("pod-a", &text).await;
+    for i in 0..3 {
+        assert_eq!(get(proxy.addr, &format!("/api/users/{i}")).await.status, 200);
+    }
+    let full = url("localhost", "verify-full", Some(&ours_pem));
+    wait_for(Duration::from_secs(20), "3 records readable over verify-full", || async {
+        let out = std::process::Command::new(binary())
+            .args(["report", "--format", "json", "--from", &full])
+            .output()
+            .unwrap();
+        out.status.success() && serde_json::from_slice::<Value>(&out.stdout).unwrap()["totals"]["sampled"] == 3
+    })
+    .await;
+    assert_eq!(
+        report(&["--from", &url("127.0.0.1", "require", None)])["totals"]["sampled"],
+        3,
+        "require: encrypted, unchecked"
+    );
+    let err = report_error(&url("127.0.0.1", "verify-full", Some(&ours_pem)));
+    assert!(err.contains("NotValidForName") || err.contains("not valid for name"), "{err}");
+    let err = report_error(&url("localhost", "verify-ca", Some(&other_pem)));
+    assert!(err.contains("UnknownIssuer") || err.contains("issuer"), "{err}");
+    let err = report_error(&url("127.0.0.1", "disable", None));
+    assert!(err.contains("no encryption") && !err.contains(PG_PASSWORD), "{err}");
+}
