@@ -24,6 +24,7 @@ STRANGLER="$(target_dir Cargo.toml)/release/strangler"
 UPSTREAM="$(target_dir bench/upstream/Cargo.toml)/release/bench-upstream"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/strangler-store-bench.XXXXXX")"
+chmod 755 "$WORK"   # the server's user (nobody, as root) reaches its directory inside
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done

@@ -30,6 +30,11 @@ fn main() {
     eprintln!("generated {count} records in the store in {:.1?}", started.elapsed());
 
     let started = Instant::now();
+    let mut read = 0u64;
+    strangler_store::read(&dsn, &strangler_store::Query::default(), |_| read += 1).expect("read");
+    eprintln!("read and parsed alone (no summary): {:.2} s", started.elapsed().as_secs_f64());
+
+    let started = Instant::now();
     let mut summary = Summary::default();
     let stats = strangler_store::read(&dsn, &strangler_store::Query::default(), |r| summary.add(&r)).expect("read");
     let took = started.elapsed();
