@@ -2,7 +2,7 @@
 # `make demo-fleet`: the demo as a fleet. Two proxy replicas share port 8080
 # (SO_REUSEPORT: the kernel spreads connections between them, as a Service
 # spreads them between pods; admin on 9901 and 9902) and one PostgreSQL store
-# (a server of its own in a temporary directory, on 127.0.0.1:${DEMO_PG_PORT:-55432}),
+# (a server of its own in a temporary directory, on 127.0.0.1:${DEMO_PG_PORT:-25432}),
 # next to the normal demo's monolith and services. Each replica writes its
 # records to the store (and to demo-data/shadow-diffs-proxy-N.jsonl); noise
 # learned by one is used by both; `make report` reads the store while this
@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 DATA="$ROOT/demo-data"
-PORT="${DEMO_PG_PORT:-55432}"
+PORT="${DEMO_PG_PORT:-25432}"
 PASSWORD="demo-fleet-secret"
 PG_BIN="$(scripts/pg-bin.sh)" || { echo "PostgreSQL is missing: run make system-deps" >&2; exit 1; }
 export PG_BIN
