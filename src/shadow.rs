@@ -844,7 +844,7 @@ impl ShadowRuntime {
         let mut excluded = BTreeSet::new();
         comparison.diffs.retain(|d| {
             let key = field_key(d);
-            let noisy = d.kind != DiffKind::Status && learned.contains(&key);
+            let noisy = strangler_evidence::noise::is_noise(d, &learned);
             if noisy {
                 excluded.insert(key);
             }
@@ -940,13 +940,10 @@ impl ShadowRuntime {
 }
 
 /// The name a differing field is counted under: `status`, `header:NAME`, or
-/// a body pointer with array indexes folded (`/items/*/id`).
+/// a body pointer with array indexes folded (`/items/*/id`) — the evidence
+/// crate's rule, which the report applies too.
 fn field_key(d: &Difference) -> String {
-    match d.kind {
-        DiffKind::Status => "status".to_string(),
-        DiffKind::Header => format!("header:{}", d.pointer),
-        DiffKind::Body => diff::fold_indexes(&d.pointer),
-    }
+    strangler_evidence::noise::field_key(d)
 }
 
 fn answer_view<'a>(status: u16, headers: &'a HeaderMap, captured: &'a Captured) -> Answer<'a> {

@@ -110,6 +110,12 @@ async fn two_replicas_sharing_a_store_make_one_report_of_exactly_what_both_shado
     assert!(routes.iter().all(|r| r["verdict"]["ready"] == false), "35 samples are too few: {fleet}");
     let users = report(&["--from", &pg.dsn_with_password(), "--route", "users"]);
     assert_eq!(users["totals"]["sampled"], 22, "{users}");
+    let pod_b = report(&["--from", &pg.dsn_with_password(), "--instance", "pod-b"]);
+    assert_eq!(pod_b["totals"]["sampled"], 15, "{pod_b}");
+    // A diff log given as well as the store holds records already counted.
+    let a_log = dir.path().join("a.jsonl").display().to_string();
+    let with_log = report(&["--from", &pg.dsn_with_password(), &a_log]);
+    assert_eq!(with_log["totals"], fleet["totals"], "{with_log}");
 
     // Every row names its replica and the config version it was routed by.
     let instances = db.query("SELECT instance, count(*) FROM shadow_records GROUP BY 1 ORDER BY 1", &[]).await.unwrap();
@@ -299,6 +305,7 @@ async fn retention_deletes_rows_past_it_and_only_those() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noise_one_replica_learns_is_used_by_a_replica_that_never_probed_within_seconds() {
     let pg = Postgres::start();
+    let pg_dsn = pg.dsn_with_password();
     // Every answer carries a new `nonce`; otherwise the two sides agree.
     let legacy = TestUpstream::start("legacy", Behaviour::Varying).await;
     let users_new = TestUpstream::start("users-new", Behaviour::Varying).await;
@@ -307,9 +314,19 @@ async fn noise_one_replica_learns_is_used_by_a_replica_that_never_probed_within_
     let config = |name: &str, users_shadow: &str| {
         fleet_config(&legacy.url(), &users_new.url(), &users_new.url(), &dir.path().join(name), &store, users_shadow)
     };
-    // A asks the primary twice (and so learns the noise); B never does.
+    // A asks the primary twice (and so learns the noise); B and C never do.
     let (a, _a) = replica("pod-a", &config("a.jsonl", "      noise: legacy\n")).await;
     let (b, _b) = replica("pod-b", &config("b.jsonl", "")).await;
+    let (c, _c) = replica("pod-c", &config("c.jsonl", "")).await;
+    let db = connect(&pg.dsn_with_password()).await;
+    // C answers before anyone has learned the noise: its records say mismatch.
+    for i in 0..5 {
+        assert_eq!(get(c.addr, &format!("/api/users/{i}")).await.status, 200);
+    }
+    wait_for(Duration::from_secs(20), "C's 5 mismatches in the store", || async {
+        scalar(&db, "SELECT count(*) FROM shadow_records WHERE result = 'mismatch'").await == 5
+    })
+    .await;
     let noise_fields = |text: String| metric_sum(&text, "strangler_shadow_noise_fields", &[("route", "users")]);
     assert_eq!(get(a.addr, "/api/users/1").await.status, 200);
     wait_for(Duration::from_secs(10), "A learns the noise", || async { noise_fields(metrics(a.admin).await) == 1.0 })
@@ -322,9 +339,8 @@ async fn noise_one_replica_learns_is_used_by_a_replica_that_never_probed_within_
         assert_eq!(get(b.addr, &format!("/api/users/{i}")).await.status, 200);
         assert_eq!(get(a.addr, &format!("/api/users/{i}")).await.status, 200);
     }
-    let db = connect(&pg.dsn_with_password()).await;
-    wait_for(Duration::from_secs(20), "21 records in the store", || async {
-        scalar(&db, "SELECT count(*) FROM shadow_records").await == 21
+    wait_for(Duration::from_secs(20), "26 records in the store", || async {
+        scalar(&db, "SELECT count(*) FROM shadow_records").await == 26
     })
     .await;
     assert_eq!(scalar(&db, "SELECT count(*) FROM shadow_records WHERE result = 'match'").await, 21);
@@ -332,7 +348,8 @@ async fn noise_one_replica_learns_is_used_by_a_replica_that_never_probed_within_
         db.query_one("SELECT record::text FROM shadow_records WHERE instance = 'pod-b' LIMIT 1", &[]).await.unwrap();
     let b_record: Value = serde_json::from_str(row.get(0)).unwrap();
     assert_eq!(b_record["noise"], json!(["/nonce"]), "B names the field it left out: {b_record}");
-    // The live views and the fleet report agree.
+    // The live views of A and B agree, and the fleet report judges every
+    // record with the fleet's noise: C's, written before anyone learned it, too.
     for (admin, n) in [(a.admin, 11), (b.admin, 10)] {
         let view = get(admin, "/shadow?min_samples=1").await.json();
         assert_eq!(
@@ -344,9 +361,16 @@ async fn noise_one_replica_learns_is_used_by_a_replica_that_never_probed_within_
     let fleet = report(&["--from", &pg.dsn_with_password()]);
     assert_eq!(
         (fleet["totals"]["match"].as_u64(), fleet["totals"]["mismatch"].as_u64()),
-        (Some(21), Some(0)),
+        (Some(26), Some(0)),
         "{fleet}"
     );
+    // The store and the three diff logs hold the same records: each counts once.
+    let logs: Vec<String> =
+        ["a", "b", "c"].iter().map(|n| dir.path().join(format!("{n}.jsonl")).display().to_string()).collect();
+    let mut args = vec!["--from", pg_dsn.as_str()];
+    args.extend(logs.iter().map(String::as_str));
+    let both = report(&args);
+    assert_eq!(both["totals"], fleet["totals"], "{both}");
 }
 
 #[tokio::test]
