@@ -658,6 +658,16 @@ impl ShadowRuntime {
         }
     }
 
+    /// At shutdown: waits (up to `within`) until the store has every record
+    /// queued for it. Nothing to wait for without a store.
+    pub fn flush_store(&self, within: Duration) {
+        if let Some(store) = self.store.get() {
+            if !store.flush(within) {
+                tracing::warn!(?within, "shadow records still queued for the store at shutdown are lost");
+            }
+        }
+    }
+
     /// Noise that replicas learned (through the store), added to what this
     /// one judges with; routes no longer in the config are left out.
     fn merge_noise(&self, pointers: &[NoisePointer]) {

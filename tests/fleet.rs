@@ -247,7 +247,8 @@ async fn ten_replicas_starting_at_once_migrate_the_schema_once() {
     let up = TestUpstream::start("legacy", Behaviour::Echo).await;
     let dir = tempfile::tempdir().unwrap();
     let store = format!("  store: {}\n", pg.dsn_with_password());
-    let text = fleet_config(&up.url(), &up.url(), &up.url(), &dir.path().join("m.jsonl"), &store, "");
+    // Records to the store only: no diff log.
+    let text = fleet_config(&up.url(), &up.url(), &up.url(), Path::new("off"), &store, "");
     let text = &text;
     let replicas =
         futures_util::future::join_all((0..10).map(|i| async move { replica(&format!("pod-{i}"), text).await })).await;
@@ -269,6 +270,17 @@ async fn ten_replicas_starting_at_once_migrate_the_schema_once() {
     for log in &logs {
         assert!(!log.contains("ERROR") && !log.contains("cannot reach the shadow store"), "{log}");
     }
+    for (i, (proxy, _)) in replicas.iter().enumerate() {
+        assert_eq!(get(proxy.addr, &format!("/api/users/{i}")).await.status, 200);
+    }
+    wait_for(Duration::from_secs(20), "10 records in the store", || async {
+        scalar(&db, "SELECT count(*) FROM shadow_records").await == 10
+    })
+    .await;
+    assert!(
+        !repo_root().join("off").exists() && std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "log: off wrote a file"
+    );
 }
 
 #[tokio::test]

@@ -36,6 +36,7 @@ mod upkeep;
 mod writer;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -119,6 +120,8 @@ pub struct Store {
     records: mpsc::Sender<Row>,
     noise: mpsc::Sender<NoisePointer>,
     metrics: StoreMetrics,
+    /// Records queued and not yet written (or given up on).
+    unwritten: Arc<AtomicUsize>,
 }
 
 impl Store {
@@ -137,22 +140,41 @@ impl Store {
         let settings = Arc::new(settings);
         tracing::info!(store = %settings.dsn, "shadow records go to the store");
         let thread_metrics = metrics.clone();
+        let unwritten = Arc::new(AtomicUsize::new(0));
+        let written = unwritten.clone();
         std::thread::Builder::new().name("strangler-store".into()).spawn(move || {
             runtime.block_on(async move {
-                let writer = writer::run(settings.clone(), records_rx, thread_metrics.clone());
+                let writer = writer::run(settings.clone(), records_rx, thread_metrics.clone(), written);
                 let upkeep = upkeep::run(settings, noise_rx, on_noise, thread_metrics);
                 tokio::join!(writer, upkeep);
             })
         })?;
-        Ok(Store { records, noise, metrics })
+        Ok(Store { records, noise, metrics, unwritten })
     }
 
     /// Queues a record without waiting: when the queue is full (the store
     /// is slow or down) the record is dropped and counted.
     pub fn send(&self, row: Row) {
-        if self.records.try_send(row).is_err() {
-            self.metrics.dropped.with_label_values(&[metrics::STORE_UNAVAILABLE]).inc();
+        match self.records.try_send(row) {
+            Ok(()) => {
+                self.unwritten.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => self.metrics.dropped.with_label_values(&[metrics::STORE_UNAVAILABLE]).inc(),
         }
+    }
+
+    /// Waits until every queued record is written, or `within` passes
+    /// (at shutdown: a pod that goes away takes as little as it can with it).
+    /// Whether the queue was written out.
+    pub fn flush(&self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while self.unwritten.load(Ordering::Relaxed) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 
     /// Shares a noise pointer this replica learned with the others.

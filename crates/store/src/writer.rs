@@ -5,6 +5,7 @@
 //! database refuses is dropped and counted, so one bad row cannot stop the
 //! writer.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,7 +29,12 @@ const INSERT: &str = "INSERT INTO shadow_records (id, ts, route, endpoint, insta
 
 /// Writes until the queue's senders are gone and what they sent is written
 /// (or the store cannot be reached to write it).
-pub(crate) async fn run(settings: Arc<StoreSettings>, mut queue: mpsc::Receiver<Row>, metrics: StoreMetrics) {
+pub(crate) async fn run(
+    settings: Arc<StoreSettings>,
+    mut queue: mpsc::Receiver<Row>,
+    metrics: StoreMetrics,
+    unwritten: Arc<AtomicUsize>,
+) {
     let mut backoff = Backoff::new();
     let mut batch: Vec<Row> = Vec::with_capacity(MAX_BATCH);
     let mut down_since: Option<Instant> = None;
@@ -55,7 +61,7 @@ pub(crate) async fn run(settings: Arc<StoreSettings>, mut queue: mpsc::Receiver<
         if let Some(since) = down_since.take() {
             tracing::info!(store = %settings.dsn, after = ?since.elapsed(), "shadow store reachable again; writing resumes");
         }
-        match write_while_connected(&client, &mut queue, &mut batch, &metrics).await {
+        match write_while_connected(&client, &mut queue, &mut batch, &metrics, &unwritten).await {
             Ok(()) => return,
             Err(e) => {
                 metrics.up.set(0);
@@ -73,6 +79,7 @@ async fn write_while_connected(
     queue: &mut mpsc::Receiver<Row>,
     batch: &mut Vec<Row>,
     metrics: &StoreMetrics,
+    unwritten: &AtomicUsize,
 ) -> Result<(), String> {
     let insert = client.prepare(INSERT).await.map_err(|e| describe(&e))?;
     loop {
@@ -97,11 +104,13 @@ async fn write_while_connected(
             Ok(Ok(_)) => {
                 metrics.write_seconds.observe(started.elapsed().as_secs_f64());
                 metrics.written.inc_by(batch.len() as u64);
+                unwritten.fetch_sub(batch.len(), Ordering::Relaxed);
                 batch.clear();
             }
             Ok(Err(e)) if refused(&e) => {
                 tracing::error!(error = %describe(&e), records = batch.len(), "the shadow store refused a batch; dropped");
                 metrics.dropped.with_label_values(&[STORE_REJECTED]).inc_by(batch.len() as u64);
+                unwritten.fetch_sub(batch.len(), Ordering::Relaxed);
                 batch.clear();
             }
             Ok(Err(e)) => return Err(describe(&e)),
