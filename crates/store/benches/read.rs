@@ -50,6 +50,27 @@ fn main() {
         eprintln!("too slow: 1M records must be read in under {} s", LIMIT.as_secs());
         std::process::exit(1);
     }
+    report_end_to_end(&dsn, count);
+}
+
+/// The same read through `strangler report --from` (both passes, ids
+/// counted once, records judged again), when a release binary is there:
+/// `STRANGLER_BIN`, else the workspace's `target/release/strangler`.
+fn report_end_to_end(dsn: &str, count: u64) {
+    let bin = std::env::var_os("STRANGLER_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/strangler"));
+    if !bin.exists() {
+        println!("strangler report --from: no release binary at {} (make release), not measured", bin.display());
+        return;
+    }
+    let started = Instant::now();
+    let out = std::process::Command::new(&bin).args(["report", "--format", "json", "--from", dsn]).output().unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "report: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["totals"]["sampled"], count);
+    println!("strangler report --from postgres://…: {count} records in {:.2} s", took.as_secs_f64());
 }
 
 /// `count` realistic records (one in fifty a mismatch with two differing
