@@ -51,7 +51,8 @@ pub(crate) async fn run(
         };
         backoff.reset();
         let mut next_retention = Instant::now();
-        let outcome: Result<bool, String> = async {
+        // `Ok` once this replica's learned-noise channel closes (shutdown).
+        let outcome: Result<(), String> = async {
             loop {
                 while let Ok(p) = learned.try_recv() {
                     hold(&mut pending, p);
@@ -74,14 +75,14 @@ pub(crate) async fn run(
                     () = tokio::time::sleep(NOISE_EVERY) => {}
                     pointer = learned.recv() => match pointer {
                         Some(p) => hold(&mut pending, p),
-                        None => return Ok(true),
+                        None => return Ok(()),
                     },
                 }
             }
         }
         .await;
         match outcome {
-            Ok(_) => return,
+            Ok(()) => return,
             Err(e) => tracing::debug!(error = %e, "store upkeep lost its connection; reconnecting"),
         }
     }
