@@ -67,10 +67,17 @@ for svc in users comments; do
   fi
 done
 
-"$BIN/strangler" serve --config routes.yaml > "$DATA/proxy.log" 2>&1 &
-pids+=($!)
-wait_http http://127.0.0.1:9901/readyz proxy
+# One proxy with routes.yaml; `make demo-fleet` passes several replicas as
+# DEMO_PROXIES="CONFIG:ADMIN_PORT:NAME ..." (extra flags in DEMO_PROXY_ARGS).
+for proxy in ${DEMO_PROXIES:-routes.yaml:9901:proxy}; do
+  IFS=: read -r config admin_port name <<<"$proxy"
+  # shellcheck disable=SC2086
+  POD_NAME="$name" "$BIN/strangler" serve --config "$config" ${DEMO_PROXY_ARGS:-} > "$DATA/$name.log" 2>&1 &
+  pids+=($!)
+  wait_http "http://127.0.0.1:$admin_port/readyz" "$name"
+done
 
+[ -n "${DEMO_BANNER:-}" ] && echo "$DEMO_BANNER"
 cat <<MSG
 
 strangler demo is up. Logs and data are in demo-data/.

@@ -30,7 +30,10 @@
 //! 5. [`shadow`]: a sampled copy of the request to a candidate, compared
 //!    with the primary's answer off the request path; [`diff`], [`record`]
 //!    and [`summary`] come from the socket-free crate `strangler-evidence`
-//!    (`crates/evidence`), shared with the offline tools.
+//!    (`crates/evidence`), shared with the offline tools. Records go to the
+//!    diff log and, with `shadow.store`, to the fleet's PostgreSQL store
+//!    (`strangler-store`, `crates/store`), which also shares learned noise
+//!    between replicas.
 //!
 //! A reload's path: [`reload`] (watch, read) → [`config`] (parse: raw serde
 //! types, file:line:column errors) → [`table`] (`table/validate.rs`: pure

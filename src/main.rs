@@ -365,7 +365,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             balance_connections: matches!(args.connection_balance, ConnectionBalance::Exact),
             ..ServeOptions::default()
         };
-        server::run(proxy_listener, admin_listener, shared, options, shutdown_signal()).await;
+        server::run(proxy_listener, admin_listener, shared.clone(), options, shutdown_signal()).await;
+        shared.shadow.flush_store(Duration::from_secs(5));
         tracing::info!("stopped");
         Ok(())
     })

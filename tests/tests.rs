@@ -9,6 +9,7 @@ mod architecture;
 mod cli;
 mod e2e;
 mod errors;
+mod fleet;
 mod front;
 mod handover;
 mod headers;

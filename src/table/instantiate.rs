@@ -77,8 +77,13 @@ pub fn instantiate(plan: Plan, ctx: &Context<'_>) -> Result<Table, ConfigError> 
             (name.clone(), Arc::new(upstream))
         })
         .collect::<BTreeMap<_, _>>();
-    let routes =
-        plan.routes.into_iter().map(|r| (r.key.clone(), route(r, &upstreams, ctx, previous, &mut resources))).collect();
+    // Shadow records name the version their request was routed by.
+    let config_hash: Arc<str> = plan.hash.as_str().into();
+    let routes = plan
+        .routes
+        .into_iter()
+        .map(|r| (r.key.clone(), route(r, &upstreams, ctx, previous, &mut resources, &config_hash)))
+        .collect();
     let router = Router::new(routes).map_err(|_| {
         // validate() refused duplicates already; kept as an error, never a panic.
         ConfigError { file: plan.file.clone(), line: None, column: None, message: "duplicate routes".into() }
@@ -160,6 +165,7 @@ fn route(
     ctx: &Context<'_>,
     previous: Option<&Resources>,
     resources: &mut Resources,
+    config_hash: &Arc<str>,
 ) -> Route {
     let metrics = ctx.metrics;
     let members = r
@@ -204,7 +210,7 @@ fn route(
     let shadow = r.shadow.filter(|_| shadowing).map(|plan| {
         let upstream = upstreams[&plan.upstream].clone();
         let noise = plan.noise.as_ref().map(|n| upstreams[n].clone());
-        Arc::new(ShadowRoute::instantiate(plan, upstream, noise))
+        Arc::new(ShadowRoute::instantiate(plan, upstream, noise, config_hash.clone()))
     });
     Route {
         fallbacks: metrics.fallbacks(&r.name),

@@ -17,6 +17,7 @@ pub mod input;
 pub mod markdown;
 pub mod query;
 pub mod source;
+pub mod store;
 
 #[cfg(test)]
 mod tests;
