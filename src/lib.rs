@@ -130,6 +130,7 @@ impl Shared {
         // The start-up load is no reload: `strangler_config_reloads_total` stays at 0.
         metrics.set_config_hash(&table.hash);
         let shadow = shadow::ShadowRuntime::new(table.raw.shadow.clone(), &metrics);
+        shadow.precreate_series(table.shadowed_routes());
         let restart_settings = reload::RestartSettings::of(&table);
         Ok(Arc::new(Shared {
             shadow,

@@ -143,6 +143,7 @@ impl Reloader {
         let table = Arc::new(table);
         shared.table.store(table.clone());
         shared.shadow.serve_routes(table.router.entries().iter().map(|(_, r)| &*r.name));
+        shared.shadow.precreate_series(table.shadowed_routes());
         for route in table::retire(current, &table, &shared.metrics) {
             shared.shadow.forget_route(&route);
         }

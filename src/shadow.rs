@@ -512,6 +512,17 @@ impl ShadowRuntime {
         }
     }
 
+    /// Creates each shadowed route's result series at 0, so the fleet's
+    /// match-rate rules and alerts see `mismatch` as 0 rather than absent
+    /// (a ratio over a missing series is no answer, not "all matched").
+    pub fn precreate_series<'a>(&self, shadowed: impl Iterator<Item = &'a str>) {
+        for route in shadowed {
+            for outcome in [Outcome::Match, Outcome::Mismatch, Outcome::ShadowError, Outcome::Skipped] {
+                self.requests.with_label_values(&[route, outcome.as_str()]);
+            }
+        }
+    }
+
     /// Forgets a route that left the config: its metric series and what
     /// was learned of its noise (the live summary keeps its history).
     pub fn forget_route(&self, route: &str) {

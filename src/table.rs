@@ -174,6 +174,11 @@ impl Route {
 }
 
 impl Table {
+    /// The names of the routes that shadow: their result series start at 0.
+    pub fn shadowed_routes(&self) -> impl Iterator<Item = &str> {
+        self.router.entries().iter().filter(|(_, r)| r.shadow.is_some()).map(|(_, r)| &*r.name)
+    }
+
     /// Whether this version needs the shadow-diff log: a route shadows, or
     /// the top-level `shadow:` section is set.
     pub fn wants_shadow_log(&self) -> bool {

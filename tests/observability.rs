@@ -108,3 +108,19 @@ async fn each_served_certificate_exports_its_expiry_and_a_replaced_one_leaves() 
     let metrics = get(proxy.admin, "/metrics").await.text();
     assert_eq!(sample(&metrics, &series(&a_cert, "a.test")), Some(new_year(2031) as f64), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_shadowed_route_shows_zero_mismatches_before_its_first_comparison() {
+    let (up, candidate) =
+        (TestUpstream::start("up", Behaviour::Echo).await, TestUpstream::start("c", Behaviour::Echo).await);
+    let routes = "  - {name: mirrored, prefix: /m, upstream: up, shadow: {upstream: c}}\n  - {name: plain, prefix: /, upstream: up}\n";
+    let dir = ConfigDir::new(&config(&[("up", &up.url()), ("c", &candidate.url())], routes));
+    let proxy = BinaryProxy::start(&dir.path(), &["--threads", "1"]).await;
+    let metrics = get(proxy.admin, "/metrics").await.text();
+    for result in ["match", "mismatch", "shadow_error", "skipped"] {
+        let series = format!("strangler_shadow_requests_total{{result=\"{result}\",route=\"mirrored\"}}");
+        assert_eq!(sample(&metrics, &series), Some(0.0), "{series} in:\n{metrics}");
+    }
+    let plain = metrics.lines().filter(|l| l.starts_with("strangler_shadow_") && l.contains("route=\"plain\"")).count();
+    assert_eq!(plain, 0, "an unshadowed route has no shadow series:\n{metrics}");
+}
