@@ -108,9 +108,26 @@ pub struct RawUpstreamTls {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawShadowLog {
-    /// Diff log path; `-` writes the records to stdout (for a cluster's log pipeline).
+    /// Diff log path; `-` writes the records to stdout (for a cluster's log
+    /// pipeline); `off` writes none (with a `store`, records go there only).
     #[serde(default = "default_shadow_log")]
     pub log: String,
+    /// The fleet store, `postgres://USER@HOST:PORT/DB?sslmode=…`: every
+    /// replica writes its records and learned noise there (beside `log`).
+    /// Shown with its password masked.
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "masked_dsn")]
+    pub store: Option<String>,
+    /// A file whose first line is the store's password (a mounted Secret);
+    /// else the DSN's password, else `PGPASSWORD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// How long the store keeps records (`14d`); enforced by one replica at a time.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+    /// Records held while the store is slow or down; beyond them, records
+    /// are dropped and counted (`strangler_shadow_records_dropped_total`).
+    #[serde(default = "default_store_queue")]
+    pub store_queue: usize,
     /// Shadow requests in flight across all routes; beyond it, drop and count.
     #[serde(default = "default_max_inflight")]
     pub max_inflight: usize,
@@ -125,6 +142,10 @@ impl Default for RawShadowLog {
     fn default() -> Self {
         RawShadowLog {
             log: default_shadow_log(),
+            store: None,
+            password_file: None,
+            retention: default_retention(),
+            store_queue: default_store_queue(),
             max_inflight: default_max_inflight(),
             max_log_size: default_max_log_size(),
             max_log_files: default_max_log_files(),
@@ -134,6 +155,19 @@ impl Default for RawShadowLog {
 
 fn default_shadow_log() -> String {
     "./shadow-diffs.jsonl".into()
+}
+fn default_retention() -> Duration {
+    strangler_store::DEFAULT_RETENTION
+}
+fn default_store_queue() -> usize {
+    strangler_store::DEFAULT_QUEUE
+}
+/// The store's DSN as `/config` shows it: password masked.
+fn masked_dsn<S: serde::Serializer>(dsn: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match dsn {
+        Some(dsn) => s.serialize_str(&strangler_store::dsn::mask(dsn)),
+        None => s.serialize_none(),
+    }
 }
 fn default_max_inflight() -> usize {
     256

@@ -30,7 +30,10 @@
 //! 5. [`shadow`]: a sampled copy of the request to a candidate, compared
 //!    with the primary's answer off the request path; [`diff`], [`record`]
 //!    and [`summary`] come from the socket-free crate `strangler-evidence`
-//!    (`crates/evidence`), shared with the offline tools.
+//!    (`crates/evidence`), shared with the offline tools. Records go to the
+//!    diff log and, with `shadow.store`, to the fleet's PostgreSQL store
+//!    (`strangler-store`, `crates/store`), which also shares learned noise
+//!    between replicas.
 //!
 //! A reload's path: [`reload`] (watch, read) → [`config`] (parse: raw serde
 //! types, file:line:column errors) → [`table`] (`table/validate.rs`: pure
@@ -40,7 +43,9 @@
 //!
 //! A route's autopilot: [`rollout`] (`rollout/plan.rs` checks a route's
 //! `rollout:`; `rollout/machine.rs` decides, purely, what its progress does
-//! next from the gates' evidence).
+//! next from the gates' evidence; `rollout/state.rs` keeps progress and the
+//! audit trail) and [`autopilot`], the loop that gathers the evidence,
+//! records decisions and has the reload task rebuild the table.
 //!
 //! Beside both: [`tls`] (termination, SNI, live certificate rotation, https
 //! upstreams), [`admin`] (`/healthz`, `/readyz`, `/metrics`, `/config`,
@@ -59,6 +64,7 @@
 //! (`tests/architecture.rs` checks it).
 
 pub mod admin;
+pub mod autopilot;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -130,6 +136,7 @@ impl Shared {
         // The start-up load is no reload: `strangler_config_reloads_total` stays at 0.
         metrics.set_config_hash(&table.hash);
         let shadow = shadow::ShadowRuntime::new(table.raw.shadow.clone(), &metrics);
+        shadow.precreate_series(table.shadowed_routes());
         let restart_settings = reload::RestartSettings::of(&table);
         Ok(Arc::new(Shared {
             shadow,

@@ -221,7 +221,8 @@ fn main() -> anyhow::Result<()> {
 /// `strangler rollout ACTION [ROUTE]`: 0 done, 1 refused or not found, 2 the
 /// state cannot be used.
 fn rollout(args: RolloutArgs) -> anyhow::Result<i32> {
-    use strangler::rollout::{machine::Command as Cmd, pilot};
+    use strangler::autopilot as pilot;
+    use strangler::rollout::machine::Command as Cmd;
     let shared = Shared::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let table = shared.table.load();
     let store = pilot::state_of(&table);
@@ -271,10 +272,12 @@ fn rollout(args: RolloutArgs) -> anyhow::Result<i32> {
     }
     if args.action == RolloutAction::History {
         let route = route.unwrap_or_default();
-        let entries: Vec<_> = state.history.iter().filter(|t| t.route == route).collect();
         match args.format {
-            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
-            OutputFormat::Text => print!("{}", pilot::history_text(&entries)),
+            OutputFormat::Json => {
+                let entries: Vec<_> = state.history.iter().filter(|t| t.route == route).collect();
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            }
+            OutputFormat::Text => print!("{}", pilot::history_text(&state, route)),
         }
         return Ok(0);
     }
@@ -463,7 +466,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         let watcher = reload::spawn(args.config.clone(), shared.clone(), args.poll_interval);
         spawn_sighup(watcher.trigger.clone());
-        let _pilot = strangler::rollout::pilot::spawn(shared.clone(), watcher.rollout.clone());
+        let _pilot = strangler::autopilot::spawn(shared.clone(), watcher.rollout.clone());
         let options = ServeOptions {
             header_read_timeout: args.header_read_timeout,
             keepalive_timeout: args.keepalive_timeout,
@@ -475,7 +478,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             balance_connections: matches!(args.connection_balance, ConnectionBalance::Exact),
             ..ServeOptions::default()
         };
-        server::run(proxy_listener, admin_listener, shared, options, shutdown_signal()).await;
+        server::run(proxy_listener, admin_listener, shared.clone(), options, shutdown_signal()).await;
+        shared.shadow.flush_store(Duration::from_secs(5));
         tracing::info!("stopped");
         Ok(())
     })
@@ -485,7 +489,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// serves the fleet's weights from its first request. Without the state,
 /// each rollout starts on its first step (the pilot keeps trying).
 fn restore_rollouts(shared: &std::sync::Arc<Shared>, config: &std::path::Path) {
-    match strangler::rollout::pilot::restore(shared) {
+    match strangler::autopilot::restore(shared) {
         Ok(()) if !shared.rollouts.load().is_empty() => {
             reload::Reloader::new(config.to_path_buf(), shared.clone()).reapply(reload::ROLLOUT_TRIGGER);
         }

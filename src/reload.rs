@@ -143,6 +143,7 @@ impl Reloader {
         let table = Arc::new(table);
         shared.table.store(table.clone());
         shared.shadow.serve_routes(table.router.entries().iter().map(|(_, r)| &*r.name));
+        shared.shadow.precreate_series(table.shadowed_routes());
         for route in table::retire(current, &table, &shared.metrics) {
             shared.shadow.forget_route(&route);
         }
@@ -161,9 +162,63 @@ impl Reloader {
         } else {
             shared.metrics.record_reload(true);
             shared.metrics.set_config_hash(&hash);
-            tracing::info!(trigger, hash = %hash, routes, "config reloaded");
+            let edit = RouteEdit::between(&current.raw, &table.raw);
+            tracing::info!(trigger, hash = %hash, routes, added = ?edit.added, removed = ?edit.removed, changed = ?edit.changed, "config reloaded");
+            audit(&table, trigger, edit);
         }
         ReloadOutcome::Applied { hash }
+    }
+}
+
+/// Which routes an edit added, removed and changed, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteEdit {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl RouteEdit {
+    /// Compares the routes of two versions of the file.
+    pub fn between(old: &crate::config::RawConfig, new: &crate::config::RawConfig) -> RouteEdit {
+        let as_json = |raw: &crate::config::RawConfig| -> BTreeMap<String, serde_json::Value> {
+            raw.routes.iter().map(|r| (r.name.clone(), serde_json::to_value(r).unwrap_or_default())).collect()
+        };
+        let (old, new) = (as_json(old), as_json(new));
+        let mut edit = RouteEdit::default();
+        for (name, route) in &new {
+            match old.get(name) {
+                None => edit.added.push(name.clone()),
+                Some(before) if before != route => edit.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        edit.removed = old.keys().filter(|name| !new.contains_key(*name)).cloned().collect();
+        edit
+    }
+}
+
+/// Records a reload in the rollout state's audit trail, beside the
+/// rollouts' transitions, when the config uses the autopilot.
+fn audit(table: &Table, trigger: &str, edit: RouteEdit) {
+    let uses_autopilot = table.raw.autopilot.is_some() || table.raw.routes.iter().any(|r| r.rollout.is_some());
+    if !uses_autopilot {
+        return;
+    }
+    let entry = crate::rollout::state::Reload {
+        at_ms: crate::rollout::now_ms(),
+        hash: table.hash.clone(),
+        trigger: trigger.to_string(),
+        added: edit.added,
+        removed: edit.removed,
+        changed: edit.changed,
+    };
+    let store = crate::autopilot::state_of(table);
+    if let Err(e) = store.update(|state| {
+        state.reloads.push(entry);
+        Ok(())
+    }) {
+        tracing::warn!(error = %e, "the reload could not be recorded in the rollout state");
     }
 }
 

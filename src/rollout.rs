@@ -13,17 +13,26 @@
 //!   unit test.
 //! - [`state`]: where progress and the audit trail live: a locked JSON file
 //!   for one instance.
-//! - [`evidence`]: a step's evidence from this instance's own counters.
-//! - [`pilot`]: the loop that evaluates, records and hands new weights to
-//!   the reload task; the commands and the status view.
+//! - [`evidence`]: a step's evidence from this instance's own counters;
+//!   [`prometheus`]: from the fleet's Prometheus, with the PromQL shown.
+//!
+//! The loop that runs all this against the live table is
+//! [`crate::autopilot`]; this module imports nothing socket- or
+//! table-aware, so the table can build routes from a plan.
 
 pub mod evidence;
 pub mod machine;
-pub mod pilot;
 pub mod plan;
+pub mod prometheus;
 pub mod state;
 
 use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch, the rollout state's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Each rolling-out route's progress, by route name: what every replica
 /// applies on top of `routes.yaml`. A route missing here is on its first step.

@@ -294,4 +294,69 @@ async fn pause_resume_promote_and_abort_do_what_they_say_and_are_recorded_with_t
     let (code, text) = run(&["status"]);
     assert_eq!(code, Some(0));
     assert!(text.contains("items: step 10") && text.contains("rolled_back"), "{text}");
+    // An edit of the plan is in the audit trail too.
+    let edited = std::fs::read_to_string(fleet.config.path()).unwrap().replace("hold: 1h", "hold: 2h");
+    fleet.config.write_in_place(&edited);
+    fleet.proxies[0].wait_for_log("config reloaded").await;
+    let (_, text) = run(&["history", "items"]);
+    assert!(text.contains("config reload (") && text.contains("route changed"), "{text}");
+}
+
+#[tokio::test]
+async fn killing_one_instance_mid_rollout_leaves_the_other_to_go_on_from_the_same_step() {
+    let plan = "      steps: [shadow, 10, 50, 100]\n      hold: 1s\n      \
+                gates: { min_samples: 20, min_requests: 10, max_p99_ratio: 100 }\n";
+    let mut fleet = Fleet::start(2, plan, same_answer()).await;
+    let survivor = fleet.proxies[1].admin;
+    let traffic = Traffic::start(&fleet.proxies.iter().map(|p| p.addr).collect::<Vec<_>>());
+    wait_for(Duration::from_secs(30), "the rollout reached 10%", || async { effective(survivor).await >= 10.0 }).await;
+    fleet.proxies[0].child.kill().await.unwrap();
+    wait_for(Duration::from_secs(60), "the survivor finished the rollout", || async {
+        status(survivor).await["status"] == "done"
+    })
+    .await;
+    let (_, failed) = traffic.stop().await;
+    // Requests in flight on the killed instance fail; none on the survivor may.
+    assert!(failed.iter().all(|e| !e.starts_with('5')), "{failed:?}");
+    let history = fleet.cli(&["history", "items", "--format", "json"]);
+    let history: Vec<Value> = serde_json::from_slice(&history.stdout).unwrap();
+    let steps: Vec<String> =
+        history.iter().filter(|t| t["to"]["status"] == "holding").map(|t| t["to"]["step"].to_string()).collect();
+    assert_eq!(steps, ["\"shadow\"", "10", "50", "100"], "no step skipped or repeated: {history:#?}");
+}
+
+#[tokio::test]
+async fn without_its_state_an_instance_keeps_its_weights_shows_paused_and_resumes_when_it_is_back() {
+    let plan = "      steps: [shadow, 10, 100]\n      hold: 500ms\n      \
+                gates: { min_samples: 20, min_requests: 10, max_p99_ratio: 100 }\n";
+    let fleet = Fleet::start(1, plan, same_answer()).await;
+    let admin = fleet.proxies[0].admin;
+    let state = fleet.config.dir.path().join("rollouts.json");
+    let traffic = Traffic::start(&[fleet.proxies[0].addr]);
+    let promoted = fleet.cli(&["promote", "items", "--actor", "test"]);
+    assert!(promoted.status.success());
+    wait_for(Duration::from_secs(10), "10% served", || async { effective(admin).await == 10.0 }).await;
+    // The state goes away: a directory where the file was cannot be read.
+    let saved = std::fs::read(&state).unwrap();
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    wait_for(Duration::from_secs(10), "status shows paused", || async {
+        let body = admin_json(admin, "/rollout").await;
+        body["rollouts"][0]["status"] == "paused" && body["state_error"].is_string()
+    })
+    .await;
+    wait_for(Duration::from_secs(10), "the pilot counts its failed evaluations", || async {
+        metric_sum(&get(admin, "/metrics").await.text(), "strangler_rollout_state_errors_total", &[]) >= 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // longer than the hold: no step may be taken
+    assert_eq!(effective(admin).await, 10.0, "the weights in force stay while the state is gone");
+    std::fs::remove_dir(&state).unwrap();
+    std::fs::write(&state, saved).unwrap();
+    wait_for(Duration::from_secs(30), "the rollout moves on once the state is back", || async {
+        status(admin).await["status"] == "done"
+    })
+    .await;
+    let (_, failed) = traffic.stop().await;
+    assert!(failed.is_empty(), "{failed:?}");
 }

@@ -56,7 +56,7 @@ pub async fn preview(
         let plan = crate::table::validate(&file, &text)?;
         let (table, rollouts) = (shared.table.load_full(), shared.rollouts.load_full());
         let samples = shared.preview.snapshot();
-        let clock = (shared.preview.every(), Instant::now(), crate::rollout::pilot::now_ms());
+        let clock = (shared.preview.every(), Instant::now(), crate::rollout::now_ms());
         Ok(crate::preview::compare(&table, &plan, &rollouts, &samples, clock))
     })
     .await;

@@ -13,21 +13,35 @@ use axum::Json;
 use serde_json::json;
 
 use super::error;
+use crate::autopilot as pilot;
 use crate::rollout::machine::Command;
-use crate::rollout::pilot;
 use crate::Shared;
 
 /// Env var holding the token that lets a non-loopback peer send commands.
 pub const TOKEN_ENV: &str = "STRANGLER_ADMIN_TOKEN";
 
 /// `GET /rollout`: every rollout's step, status, gates and what comes next.
+/// When the state cannot be read, what this instance serves (the last
+/// progress it read) with status `paused` and the reason: nothing moves
+/// until the state is back.
 pub async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let table = shared.table.load();
     let store = pilot::state_of(&table);
     let plans = pilot::plans(&table);
-    match tokio::task::spawn_blocking(move || store.load().map(|s| pilot::status(&plans, &s, pilot::now_ms()))).await {
-        Ok(Ok(rollouts)) => Json(json!({ "rollouts": rollouts })).into_response(),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", e),
+    let last_known = shared.rollouts.load_full();
+    let answer = tokio::task::spawn_blocking(move || {
+        let now = pilot::now_ms();
+        match store.load() {
+            Ok(state) => json!({ "rollouts": pilot::status(&plans, &state, now) }),
+            Err(e) => json!({
+                "rollouts": pilot::status_without_state(&plans, &last_known, now),
+                "state_error": e,
+            }),
+        }
+    })
+    .await;
+    match answer {
+        Ok(body) => Json(body).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }

@@ -23,7 +23,7 @@ use crate::rollout::plan::ALL;
 use crate::rollout::Progresses;
 use crate::router::Router;
 use crate::split::Split;
-use crate::table::{Backend, Plan, Table};
+use crate::table::{Plan, Table};
 
 /// What an edit would move, as `POST /preview` answers it. Shares are
 /// fractions of the sample.
@@ -282,10 +282,7 @@ fn table_view(route: &crate::table::Route) -> View<'_> {
     View {
         name: &route.name,
         members: route.upstreams.iter().map(|u| &*u.upstream.name).collect(),
-        split: match &route.backend {
-            Backend::Single => None,
-            Backend::Split(split) => Some(split),
-        },
+        split: route.backend.split(),
     }
 }
 

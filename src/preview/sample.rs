@@ -26,7 +26,7 @@ use http::{Method, Uri};
 use crate::error::ProxyError;
 use crate::router::host_for_matching;
 use crate::split::{stable_hash, StickyKey};
-use crate::table::{Backend, Route};
+use crate::table::Route;
 
 /// One request in `SAMPLE_EVERY` is sampled by default.
 pub const SAMPLE_EVERY: u64 = 16;
@@ -209,8 +209,7 @@ impl Sampler {
 
 /// The hashed sticky key of a request on `route`, if the route's split reads one.
 fn sticky_of(route: &Route, headers: &HeaderMap) -> Option<StickyHash> {
-    let Backend::Split(split) = &route.backend else { return None };
-    let sticky = split.sticky.as_ref()?;
+    let sticky = route.backend.split()?.sticky.as_ref()?;
     sticky.extract(headers).map(|key| StickyHash::of(sticky, key))
 }
 

@@ -142,11 +142,15 @@ pub struct Reading {
     pub value: Option<f64>,
     pub bound: f64,
     pub state: GateState,
+    /// Where the value comes from: the PromQL that gave it, or why the
+    /// source could not answer (`None`: this instance's counters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl Reading {
     fn new(name: &str, value: Option<f64>, bound: f64, state: GateState) -> Reading {
-        Reading { name: name.to_string(), value, bound, state }
+        Reading { name: name.to_string(), value, bound, state, source: None }
     }
 }
 

@@ -60,6 +60,19 @@ pub struct StepStatus {
     pub status: Status,
 }
 
+/// A reload of `routes.yaml`, in the audit trail beside the transitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reload {
+    pub at_ms: u64,
+    /// The new version's content hash.
+    pub hash: String,
+    /// What set it off: `event`, `poll`, `signal`.
+    pub trigger: String,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
 /// Everything in a state store.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -67,6 +80,9 @@ pub struct State {
     pub routes: BTreeMap<String, Stored>,
     #[serde(default)]
     pub history: Vec<Transition>,
+    /// Every reload of the config by an instance using this state.
+    #[serde(default)]
+    pub reloads: Vec<Reload>,
 }
 
 impl Stored {
@@ -150,6 +166,8 @@ impl FileState {
         let out = change(&mut state)?;
         let excess = state.history.len().saturating_sub(MAX_HISTORY);
         state.history.drain(..excess);
+        let excess = state.reloads.len().saturating_sub(MAX_HISTORY);
+        state.reloads.drain(..excess);
         let mut text = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
         text.push(b'\n');
         // In place under the lock: a reader holding the shared lock never

@@ -112,6 +112,9 @@ pub fn validate(file: &str, text: &str) -> Result<Plan, ConfigError> {
     };
     let trusted_proxies = TrustedProxies::parse(&raw.trusted_proxies)
         .map_err(|(value, message)| source.error_at(&["trusted_proxies", &value], message))?;
+    if let Some(shadow) = &raw.shadow {
+        crate::shadow::validate_store(shadow).map_err(|(key, message)| source.error_at(&["shadow:", key], message))?;
+    }
     let upstreams = raw
         .upstreams
         .iter()

@@ -1,4 +1,5 @@
-//! The pilot: every `autopilot.interval` it reads the rollout state,
+//! The autopilot's runner, the pilot: every `autopilot.interval` it reads
+//! the rollout state,
 //! evaluates the gates of each moving rollout, records what the machine
 //! decides, and hands the resulting progress to the reload task, which
 //! builds the version in force again with the new weights.
@@ -12,17 +13,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::evidence::{self, Totals};
-use super::machine::{self, Decision, GateState, Progress, Reading, Status};
-use super::plan::RolloutPlan;
-use super::state::{reconcile, FileState, State, StepStatus, Stored, Transition};
-use super::Progresses;
+use crate::rollout::evidence::{self, Totals};
+use crate::rollout::machine::{self, Decision, GateState, Progress, Reading, Status};
+pub use crate::rollout::now_ms;
+use crate::rollout::plan::RolloutPlan;
+use crate::rollout::prometheus as promql;
+use crate::rollout::state::{reconcile, FileState, State, StepStatus, Stored, Transition};
+use crate::rollout::Progresses;
 use crate::table::Table;
 use crate::Shared;
 
@@ -31,11 +34,6 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Default state file for one instance.
 pub const DEFAULT_STATE_FILE: &str = "./strangler-rollouts.json";
-
-/// Milliseconds since the Unix epoch, the state's clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The rollouts of a table: (route name, plan).
 pub fn plans(table: &Table) -> Vec<(Arc<str>, Arc<RolloutPlan>)> {
@@ -58,7 +56,7 @@ fn interval_of(table: &Table) -> Duration {
 }
 
 /// How far ahead a step forward is scheduled: two evaluation intervals, so
-/// every replica has read it before it begins (see [`super::machine`]).
+/// every replica has read it before it begins (see [`crate::rollout::machine`]).
 pub fn lead_of(table: &Table) -> u64 {
     2 * interval_of(table).as_millis() as u64 + 50
 }
@@ -128,23 +126,23 @@ struct Pilot {
     metrics: RolloutMetrics,
     baselines: HashMap<String, ((usize, u64), Totals)>,
     store_failing: bool,
+    prometheus: reqwest::Client,
 }
+
+/// A step's readings, with the (step, start) they were taken for: a
+/// decision uses them only if the step is still the same under the lock.
+type Gathered = HashMap<String, ((usize, u64), Vec<Reading>)>;
 
 /// Starts the pilot on the current runtime. `moved` is the reload task's
 /// rollout trigger ([`crate::reload::Watcher::rollout`]).
 pub fn spawn(shared: Arc<Shared>, moved: Arc<Notify>) -> tokio::task::JoinHandle<()> {
     let metrics = RolloutMetrics::new(&shared);
-    let mut pilot = Pilot { shared, moved, metrics, baselines: HashMap::new(), store_failing: false };
+    let prometheus = reqwest::Client::builder().build().expect("a client with the default TLS settings");
+    let mut pilot = Pilot { shared, moved, metrics, baselines: HashMap::new(), store_failing: false, prometheus };
     tokio::spawn(async move {
         loop {
             let interval = interval_of(&pilot.shared.table.load());
-            let (back, next_change) = tokio::task::spawn_blocking(move || {
-                let next_change = pilot.tick(now_ms());
-                (pilot, next_change)
-            })
-            .await
-            .expect("the pilot's tick does not panic");
-            pilot = back;
+            let next_change = pilot.tick(now_ms()).await;
             // Wake at a step's start, so weights switch on time on every replica.
             let until_change = next_change.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
             tokio::time::sleep(until_change.map_or(interval, |d| d.min(interval))).await;
@@ -166,8 +164,10 @@ pub fn restore(shared: &Shared) -> Result<(), String> {
 }
 
 impl Pilot {
-    /// One evaluation; returns when a scheduled step next begins.
-    fn tick(&mut self, now: u64) -> Option<u64> {
+    /// One evaluation; returns when a scheduled step next begins. The
+    /// evidence is gathered first (Prometheus may be slow), then the
+    /// decisions are made and recorded under the state's lock.
+    async fn tick(&mut self, now: u64) -> Option<u64> {
         let table = self.shared.table.load_full();
         let plans = plans(&table);
         if plans.is_empty() {
@@ -175,7 +175,15 @@ impl Pilot {
         }
         let store = state_of(&table);
         let lead = lead_of(&table);
-        match store.update(|state| Ok(self.evaluate(&plans, state, now, lead))) {
+        let read = store.clone();
+        let gathered = match blocking(move || read.load()).await {
+            Ok(state) => self.gather(&plans, &progresses(&plans, &state, now)).await,
+            Err(_) => Gathered::new(),
+        };
+        let (write, metrics, all) = (store.clone(), self.metrics.clone(), plans.clone());
+        let evaluated =
+            blocking(move || write.update(|state| Ok(evaluate(&all, state, (now, lead), &gathered, &metrics)))).await;
+        match evaluated {
             Ok(progresses) => {
                 if self.store_failing {
                     tracing::info!(state = %store.path().display(), "the rollout state is readable again; rollouts move on");
@@ -201,48 +209,27 @@ impl Pilot {
         }
     }
 
-    /// One evaluation of every rollout, recorded in `state`.
-    fn evaluate(
-        &mut self,
-        plans: &[(Arc<str>, Arc<RolloutPlan>)],
-        state: &mut State,
-        now: u64,
-        lead: u64,
-    ) -> Progresses {
-        let mut out = Progresses::new();
+    /// The readings of every rollout on a step that has begun.
+    async fn gather(&mut self, plans: &[(Arc<str>, Arc<RolloutPlan>)], progresses: &Progresses) -> Gathered {
+        let now = now_ms();
+        let mut gathered = Gathered::new();
         for (name, plan) in plans {
-            let known = state.routes.get(&**name).and_then(|s| reconcile(plan, s));
-            let mut progress = known.unwrap_or(Progress::start(now));
-            if known.is_none() {
-                record(state, name, plan, None, &progress, "rollout began".into(), None, Vec::new(), now);
-            }
-            if progress.since_ms > now {
-                // Scheduled, not begun: nothing to judge yet.
-                out.insert(name.to_string(), progress);
+            let progress = &progresses[&**name];
+            if !progress.status.moving() || progress.since_ms > now {
+                self.baselines.remove(&**name);
                 continue;
             }
-            let readings = self.readings(name, plan, &progress);
-            let decision = machine::decide(plan, &progress, &readings, now);
-            if let Some(next) = machine::apply(plan, &progress, &decision, now, lead) {
-                let reason = reason(&decision, &readings);
-                record(state, name, plan, Some(&progress), &next, reason, None, readings.clone(), now);
-                self.metrics.transitions.with_label_values(&[name, next.status.as_str()]).inc();
-                progress = next;
-            }
-            let stored = state.routes.entry(name.to_string()).or_insert_with(|| Stored::of(plan, &progress));
-            stored.readings = readings;
-            stored.evaluated_ms = Some(now);
-            out.insert(name.to_string(), progress);
+            let readings = match &plan.prometheus {
+                Some(base) => self.read_prometheus(base, name, plan, progress, now).await,
+                None => self.read_local(name, plan, progress),
+            };
+            gathered.insert(name.to_string(), ((progress.step, progress.since_ms), readings));
         }
-        out
+        gathered
     }
 
-    /// The gates of a moving rollout over its step's window here.
-    fn readings(&mut self, name: &str, plan: &RolloutPlan, progress: &Progress) -> Vec<Reading> {
-        if !progress.status.moving() {
-            self.baselines.remove(name);
-            return Vec::new();
-        }
+    /// The gates over the step's window from this instance's counters.
+    fn read_local(&mut self, name: &str, plan: &RolloutPlan, progress: &Progress) -> Vec<Reading> {
         let now = evidence::read(&self.shared.metrics, name, &plan.from, &plan.to);
         let key = (progress.step, progress.since_ms);
         let start = match self.baselines.get(name) {
@@ -251,6 +238,38 @@ impl Pilot {
         };
         let evidence = evidence::between(start, &now);
         machine::judge(plan, plan.steps[progress.step], &evidence)
+    }
+
+    /// The gates over the step's window from the fleet's Prometheus, each
+    /// with the query behind it; all waiting when Prometheus cannot answer.
+    async fn read_prometheus(
+        &self,
+        base: &str,
+        name: &str,
+        plan: &RolloutPlan,
+        progress: &Progress,
+        now: u64,
+    ) -> Vec<Reading> {
+        let window_s = now.saturating_sub(progress.since_ms) / 1000;
+        let q = promql::queries(name, &plan.from, &plan.to, window_s);
+        let step = plan.steps[progress.step];
+        match promql::evidence(&self.prometheus, base, &q).await {
+            Ok(evidence) => machine::judge(plan, step, &evidence)
+                .into_iter()
+                .map(|r| {
+                    let query = match r.name.as_str() {
+                        "min_samples" | "min_match" => &q.matched,
+                        "max_5xx_ratio" => &q.to_5xx,
+                        _ => &q.to_p99,
+                    };
+                    Reading { source: Some(query.clone()), ..r }
+                })
+                .collect(),
+            Err(e) => machine::judge(plan, step, &machine::Evidence::default())
+                .into_iter()
+                .map(|r| Reading { state: GateState::Wait, source: Some(format!("unavailable: {e}")), ..r })
+                .collect(),
+        }
     }
 
     /// Hands new progress to the reload task when the weights or shadowing
@@ -283,6 +302,48 @@ impl Pilot {
     }
 }
 
+/// Runs blocking work (the state file) off the async workers.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.expect("state file work does not panic")
+}
+
+/// One evaluation of every rollout, recorded in `state`: decisions only on
+/// readings taken for the step the state still has.
+fn evaluate(
+    plans: &[(Arc<str>, Arc<RolloutPlan>)],
+    state: &mut State,
+    (now, lead): (u64, u64),
+    gathered: &Gathered,
+    metrics: &RolloutMetrics,
+) -> Progresses {
+    let mut out = Progresses::new();
+    for (name, plan) in plans {
+        let known = state.routes.get(&**name).and_then(|s| reconcile(plan, s));
+        let mut progress = known.unwrap_or(Progress::start(now));
+        if known.is_none() {
+            record(state, name, plan, None, &progress, "rollout began".into(), None, Vec::new(), now);
+        }
+        let taken = gathered.get(&**name).filter(|(key, _)| *key == (progress.step, progress.since_ms));
+        let Some((_, readings)) = taken else {
+            // Scheduled, not begun, not moving, or moved since the readings.
+            out.insert(name.to_string(), progress);
+            continue;
+        };
+        let decision = machine::decide(plan, &progress, readings, now);
+        if let Some(next) = machine::apply(plan, &progress, &decision, now, lead) {
+            let reason = reason(&decision, readings);
+            record(state, name, plan, Some(&progress), &next, reason, None, readings.clone(), now);
+            metrics.transitions.with_label_values(&[name, next.status.as_str()]).inc();
+            progress = next;
+        }
+        let stored = state.routes.entry(name.to_string()).or_insert_with(|| Stored::of(plan, &progress));
+        stored.readings = readings.clone();
+        stored.evaluated_ms = Some(now);
+        out.insert(name.to_string(), progress);
+    }
+    out
+}
+
 fn reason(decision: &Decision, readings: &[Reading]) -> String {
     match decision {
         Decision::Fail { gate } => match readings.iter().find(|r| &r.name == gate) {
@@ -296,8 +357,18 @@ fn reason(decision: &Decision, readings: &[Reading]) -> String {
     }
 }
 
+/// A stored step for people: `shadow`, `10%`.
+fn step_words(step: &serde_json::Value) -> String {
+    step.as_str().map_or_else(|| format!("{step}%"), str::to_string)
+}
+
+/// A gate's value for people: counts whole, rates and ratios to 3 places.
 fn show(value: Option<f64>) -> String {
-    value.map_or("no data".into(), |v| format!("{v:.3}"))
+    match value {
+        None => "no data".into(),
+        Some(v) if v.fract() == 0.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.3}"),
+    }
 }
 
 /// Appends a transition to the audit trail, stores the new progress, and
@@ -435,6 +506,29 @@ pub fn status(plans: &[(Arc<str>, Arc<RolloutPlan>)], state: &State, now: u64) -
         .collect()
 }
 
+/// The status when the state cannot be read: the progress this instance
+/// last read and serves, shown `paused` (nothing moves without the state).
+pub fn status_without_state(
+    plans: &[(Arc<str>, Arc<RolloutPlan>)],
+    last_known: &Progresses,
+    now: u64,
+) -> Vec<RouteStatus> {
+    let mut state = State::default();
+    for (name, plan) in plans {
+        if let Some(progress) = last_known.get(&**name) {
+            state.routes.insert(name.to_string(), Stored::of(plan, progress));
+        }
+    }
+    let mut statuses = status(plans, &state, now);
+    for s in &mut statuses {
+        if s.status.moving() {
+            s.status = Status::Paused;
+            s.next = "paused: the rollout state cannot be read; the weights in force stay until it can".into();
+        }
+    }
+    statuses
+}
+
 fn next_words(plan: &RolloutPlan, progress: &Progress, gates: &[GateStatus], now: u64) -> String {
     let following = match plan.steps.get(progress.step + 1) {
         Some(step) => format!("step {step}"),
@@ -469,7 +563,7 @@ pub fn status_text(statuses: &[RouteStatus]) -> String {
         out.push_str("no route has a rollout\n");
     }
     for s in statuses {
-        let step = s.step.as_str().map_or_else(|| format!("{}%", s.step), str::to_string);
+        let step = step_words(&s.step);
         let _ = writeln!(
             out,
             "{}: step {step} ({}% on {}), {} for {}s since {}",
@@ -493,17 +587,25 @@ pub fn status_text(statuses: &[RouteStatus]) -> String {
     out
 }
 
-/// `rollout history` for people: one line per transition.
-pub fn history_text(entries: &[&Transition]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    for t in entries {
-        let from = t.from.as_ref().map_or("-".into(), |f| format!("{} {}", f.step, f.status.as_str()));
+/// `rollout history` for people: one line per transition of `route` and
+/// per reload that added, changed or removed it, oldest first.
+pub fn history_text(state: &State, route: &str) -> String {
+    let transitions = state.history.iter().filter(|t| t.route == route).map(|t| {
+        let from = t.from.as_ref().map_or("-".into(), |f| format!("{} {}", step_words(&f.step), f.status.as_str()));
         let by = t.actor.as_deref().unwrap_or("pilot");
-        let _ =
-            writeln!(out, "{} {from} -> {} {} ({}; {by})", rfc3339(t.at_ms), t.to.step, t.to.status.as_str(), t.reason);
-    }
-    out
+        (t.at_ms, format!("{from} -> {} {} ({}; {by})", step_words(&t.to.step), t.to.status.as_str(), t.reason))
+    });
+    let reloads = state.reloads.iter().filter_map(|r| {
+        let how = [("added", &r.added), ("changed", &r.changed), ("removed", &r.removed)]
+            .into_iter()
+            .find(|(_, names)| names.iter().any(|n| n == route))?
+            .0;
+        let version = &r.hash[..r.hash.len().min(12)];
+        Some((r.at_ms, format!("config reload ({}): route {how}, version {version}", r.trigger)))
+    });
+    let mut lines: Vec<(u64, String)> = transitions.chain(reloads).collect();
+    lines.sort_by_key(|(at, _)| *at);
+    lines.into_iter().map(|(at, line)| format!("{} {line}\n", rfc3339(at))).collect()
 }
 
 /// `2026-12-05T23:50:01Z` for milliseconds since the epoch.
