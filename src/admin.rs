@@ -29,7 +29,9 @@
 //! - `GET /shadow?min_match=99.9&min_samples=1000`: the live shadow-diff summary
 //!   since start (the same JSON as `strangler report --format json`).
 //! - `POST /preview?file=NAME` with a proposed `routes.yaml` as the body: what
-//!   it would move of recent traffic (see `admin/preview.rs`).
+//!   it would move of recent traffic; `GET /preview/sample?limit=100`: the
+//!   most recent samples it routes (see `admin/preview.rs`). Both need
+//!   loopback or the admin token, as rollout commands do (`admin/auth.rs`).
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -47,8 +49,11 @@ use tokio::net::TcpListener;
 
 use crate::Shared;
 
+mod auth;
 mod preview;
 mod rollout;
+
+pub use auth::TOKEN_ENV;
 
 /// The admin API as a router, so tests can drive it without a socket.
 pub fn app(shared: Arc<Shared>) -> Router {
@@ -64,6 +69,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/rollout/{route}/history", get(rollout::history))
         .route("/rollout/{route}/{command}", axum::routing::post(rollout::command))
         .route("/preview", axum::routing::post(preview::preview))
+        .route("/preview/sample", get(preview::sample))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
@@ -103,16 +109,18 @@ async fn not_found(uri: Uri) -> Response {
         StatusCode::NOT_FOUND,
         "not_found",
         format!(
-            "no admin endpoint {}; try /healthz, /readyz, /metrics, /config, /explain, /upstreams or /shadow",
+            "no admin endpoint {}; try /healthz, /readyz, /metrics, /config, /explain, /upstreams, /shadow, /rollout or /preview",
             uri.path()
         ),
     )
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> Response {
-    let message = format!("{method} {} is not served; the admin endpoints answer GET", uri.path());
+    let (allow, what) =
+        if uri.path() == "/preview" { ("POST", "it answers POST") } else { ("GET, HEAD", "it answers GET") };
+    let message = format!("{method} {} is not served; {what}", uri.path());
     let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message);
-    response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+    response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
     response
 }
 

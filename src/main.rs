@@ -51,7 +51,9 @@ enum Command {
         #[arg(default_value = "routes.yaml")]
         config: PathBuf,
         /// A running proxy's admin API (`http://HOST:PORT`): route its recent
-        /// traffic through this file and print what would move. Nothing is applied.
+        /// traffic through this file and print what would move. Nothing is
+        /// applied. Sends `$STRANGLER_ADMIN_TOKEN` as a bearer token when set
+        /// (a proxy not on loopback asks for it).
         #[arg(long, value_name = "URL")]
         preview: Option<String>,
         /// How `--preview` prints: a table for people, or the admin API's JSON.
@@ -185,6 +187,12 @@ struct ServeArgs {
     /// How often the config's content hash is compared, as a safety net for missed file events.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
+    /// Keep one request in this many for previews (`strangler check
+    /// --preview`); the last 10,000 kept are routed again. 1 keeps every
+    /// request (a quiet instance); a busy one may keep fewer to look further back.
+    #[arg(long, env = "STRANGLER_PREVIEW_SAMPLE_EVERY", default_value_t = strangler::preview::sample::SAMPLE_EVERY,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    preview_sample_every: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -407,10 +415,14 @@ fn ask_preview(admin: &str, file: &std::path::Path, text: &str) -> anyhow::Resul
             let (mut sender, connection) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
             tokio::spawn(connection);
-            let request = http::Request::post(path)
+            let mut request = http::Request::post(path)
                 .header(http::header::HOST, authority.as_str())
-                .header(http::header::CONTENT_TYPE, "application/yaml")
-                .body(http_body_util::Full::new(bytes::Bytes::from(text.to_string())))?;
+                .header(http::header::CONTENT_TYPE, "application/yaml");
+            // A proxy that is not on loopback lets only the admin token in.
+            if let Some(token) = std::env::var(strangler::admin::TOKEN_ENV).ok().filter(|t| !t.is_empty()) {
+                request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let request = request.body(http_body_util::Full::new(bytes::Bytes::from(text.to_string())))?;
             let response = sender.send_request(request).await?;
             let status = response.status().as_u16();
             let body = response.into_body().collect().await?.to_bytes();
@@ -446,6 +458,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = runtime.enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async move {
         let shared = Shared::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        shared.preview.set_every(args.preview_sample_every);
         restore_rollouts(&shared, &args.config);
         let (listen, admin) = {
             let table = shared.table.load();

@@ -2,19 +2,24 @@
 //! the answer is what it would move of this proxy's recent traffic (see
 //! [`crate::preview`]). Nothing is applied. `?file=NAME` names the file in
 //! config errors (a bad config is a 400 with its line and column).
+//! `GET /preview/sample?limit=N` shows the most recent samples themselves,
+//! so ops can see what the proxy keeps (and that it keeps no secrets).
+//! Both read traffic back, so both need loopback or the admin token.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::allowed;
 use super::{bad_query, error};
 use crate::config::ConfigError;
 use crate::Shared;
@@ -34,6 +39,9 @@ pub async fn preview(
     query: Result<Query<PreviewQuery>, QueryRejection>,
     request: Request,
 ) -> Response {
+    if let Err(why) = permitted(&request) {
+        return why;
+    }
     let Query(query) = match query {
         Ok(query) => query,
         Err(rejection) => return bad_query(rejection),
@@ -80,4 +88,61 @@ fn invalid_config(e: &ConfigError) -> Response {
         "column": e.column,
     });
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+/// A peer that may read traffic back: loopback, or the admin token; else a 403.
+fn permitted(request: &Request) -> Result<(), Response> {
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    allowed(peer, request.headers(), "previews").map_err(|why| error(StatusCode::FORBIDDEN, "forbidden", why))
+}
+
+/// The most recent samples `GET /preview/sample` shows by default.
+const SAMPLE_LIMIT: usize = 100;
+
+#[derive(Deserialize)]
+pub struct SampleQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /preview/sample?limit=N`: the sampler's counts and its `N` most
+/// recent samples, newest first, each as routing reads it.
+pub async fn sample(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<SampleQuery>, QueryRejection>,
+    request: Request,
+) -> Response {
+    if let Err(why) = permitted(&request) {
+        return why;
+    }
+    let limit = match query {
+        Ok(Query(query)) => query.limit.unwrap_or(SAMPLE_LIMIT),
+        Err(rejection) => return bad_query(rejection),
+    };
+    let sampler = &shared.preview;
+    let mut samples = sampler.snapshot();
+    let kept = samples.len();
+    samples.sort_by_key(|s| std::cmp::Reverse(s.at));
+    let now = Instant::now();
+    let shown: Vec<serde_json::Value> = samples
+        .iter()
+        .take(limit)
+        .map(|s| {
+            json!({
+                "method": s.method.as_str(),
+                "host": s.host.as_deref(),
+                "path": &*s.path,
+                "sticky_key_hash": s.sticky.map(|k| format!("{:016x}", k.key)),
+                "age_seconds": (now.saturating_duration_since(s.at).as_secs_f64() * 1000.0).round() / 1000.0,
+            })
+        })
+        .collect();
+    Json(json!({
+        "sample_every": sampler.every(),
+        "taken": sampler.taken(),
+        "skipped": sampler.skipped(),
+        "kept": kept,
+        "capacity": sampler.capacity(),
+        "samples": shown,
+    }))
+    .into_response()
 }

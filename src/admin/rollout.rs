@@ -7,18 +7,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use super::auth::allowed;
 use super::error;
 use crate::autopilot as pilot;
 use crate::rollout::machine::Command;
 use crate::Shared;
-
-/// Env var holding the token that lets a non-loopback peer send commands.
-pub const TOKEN_ENV: &str = "STRANGLER_ADMIN_TOKEN";
 
 /// `GET /rollout`: every rollout's step, status, gates and what comes next.
 /// When the state cannot be read, what this instance serves (the last
@@ -66,7 +64,7 @@ pub async fn command(
     request: Request,
 ) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    if let Err(why) = allowed(peer, request.headers()) {
+    if let Err(why) = allowed(peer, request.headers(), "rollout commands") {
         return error(StatusCode::FORBIDDEN, "forbidden", why);
     }
     let Some(cmd) = Command::parse(&command) else {
@@ -121,27 +119,6 @@ pub fn effective_weights(table: &crate::table::Table) -> Vec<serde_json::Value> 
             }))
         })
         .collect()
-}
-
-/// A loopback peer, or the admin token when one is set.
-fn allowed(peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), String> {
-    if peer.is_some_and(|p| p.ip().is_loopback()) {
-        return Ok(());
-    }
-    let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
-    let given =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match (token, given) {
-        (Some(token), Some(given)) if constant_time_eq(token.as_bytes(), given.as_bytes()) => Ok(()),
-        (None, _) => {
-            Err(format!("rollout commands need a loopback peer, or {TOKEN_ENV} set and sent as a bearer token"))
-        }
-        _ => Err("rollout commands need a loopback peer or the admin bearer token".into()),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Who asked: `X-Actor`, else the peer's address.

@@ -1,21 +1,26 @@
 //! The bounded sample of recent traffic a preview routes again.
 //!
-//! The request path pays one relaxed atomic add and a multiply per request:
-//! request number `n` is sampled when `n · φ` (Fibonacci hashing, φ = 2⁶⁴ /
-//! the golden ratio) falls in the lowest `1 / every` of the `u64` range.
-//! That keeps exactly one request in `every` over time, like a counter, but
-//! spread over the sequence without a period, so a traffic mix that repeats
-//! every few requests (a client's page load, a test's loop) is not aliased
-//! the way `n % 16 == 0` would alias it. Only a sampled request goes further:
-//! it claims the next slot of a ring of `capacity` slots, each behind its own
-//! lock, taken with `try_lock` (a slot being read is skipped, never waited
-//! for), and copies its fields into the slot's reused buffers.
+//! The request path pays a thread-local increment, a multiply and a compare
+//! per request (nothing shared between workers): the worker's request number
+//! `n` is sampled when `n · φ` (Fibonacci hashing, φ = 2⁶⁴ / the golden
+//! ratio) falls in the lowest `1 / every` of the `u64` range. That keeps
+//! exactly one request in `every` over time, like a counter, but spread over
+//! the sequence without a period, so a traffic mix that repeats every few
+//! requests (a client's page load, a test's loop) is not aliased the way
+//! `n % 16 == 0` would alias it. Each worker thread keeps its own count (a
+//! connection stays on one worker), so workers never write a shared cache
+//! line for a request that is not sampled. Only a sampled request goes
+//! further: it claims the next slot of a ring of `capacity` slots (one
+//! relaxed atomic add), each slot behind its own lock, taken with `try_lock`
+//! (a slot being read is skipped, never waited for), and copies its fields
+//! into the slot's reused buffers.
 //!
 //! A sample holds only what routing reads: the method, the host routes match
 //! on (no port, lower-case), the normalized path (no query) and, for a route
 //! with a sticky split, a hash of the sticky key and of where it is read —
 //! never a header value, a query value or the key itself.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
 use std::time::Instant;
@@ -42,6 +47,11 @@ const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 /// Seeds of the sticky hashes (any fixed values; stable across versions).
 const KEY_SEED: u64 = 0x5711_c4e7;
 const SOURCE_SEED: u64 = 0x50_0ace;
+
+thread_local! {
+    /// Requests this thread has seen, sampled or not, across samplers.
+    static SEEN: Cell<u64> = const { Cell::new(0) };
+}
 
 /// A sticky key as a sample keeps it: hashes only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,15 +103,13 @@ struct Slot {
 
 /// The recent-traffic sample of one proxy (in [`crate::Shared`]).
 pub struct Sampler {
-    /// Requests seen, sampled or not.
-    seen: AtomicU64,
     /// Samples taken: the next one goes to slot `taken % capacity`.
     taken: AtomicU64,
     /// Samples lost to a slot that was being read.
     skipped: AtomicU64,
-    /// `n · GOLDEN` at or below this is sampled.
-    threshold: u64,
-    every: u64,
+    /// `n · GOLDEN` at or below this is sampled (`u64::MAX / every`).
+    threshold: AtomicU64,
+    every: AtomicU64,
     slots: Box<[Mutex<Slot>]>,
 }
 
@@ -114,31 +122,51 @@ impl Default for Sampler {
 impl Sampler {
     /// Samples one request in `every` (at least 1), keeping the last `capacity`.
     pub fn new(every: u64, capacity: usize) -> Sampler {
-        let every = every.max(1);
-        Sampler {
-            seen: AtomicU64::new(0),
+        let sampler = Sampler {
             taken: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
-            threshold: u64::MAX / every,
-            every,
+            threshold: AtomicU64::new(0),
+            every: AtomicU64::new(1),
             slots: (0..capacity.max(1)).map(|_| Mutex::default()).collect(),
-        }
+        };
+        sampler.set_every(every);
+        sampler
+    }
+
+    /// Samples one request in `every` (at least 1) from now on: a quiet
+    /// instance may keep every request, a busy one fewer (`serve
+    /// --preview-sample-every`).
+    pub fn set_every(&self, every: u64) {
+        let every = every.max(1);
+        self.every.store(every, Ordering::Relaxed);
+        self.threshold.store(u64::MAX / every, Ordering::Relaxed);
     }
 
     /// One request in how many is sampled.
     pub fn every(&self) -> u64 {
-        self.every
+        self.every.load(Ordering::Relaxed)
     }
 
-    /// Requests seen since start, sampled or not.
-    pub fn seen(&self) -> u64 {
-        self.seen.load(Ordering::Relaxed)
+    /// How many samples the ring keeps.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Samples taken since start (the ring keeps the last `capacity`).
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
+    }
+
+    /// Samples lost because their slot was being read at that moment.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
     }
 
     /// The request path's hook, called once a request's route is known:
     /// `matched` is its normalized path and route, or why it has none (only
     /// "no route" is kept: a request refused before matching is refused by
-    /// any table). Costs one relaxed add unless the request is sampled.
+    /// any table). Costs a thread-local add, a multiply and a compare
+    /// unless the request is sampled.
     #[inline]
     pub fn observe(
         &self,
@@ -147,8 +175,12 @@ impl Sampler {
         headers: &HeaderMap,
         matched: Result<(&str, &Route), &ProxyError>,
     ) {
-        let n = self.seen.fetch_add(1, Ordering::Relaxed);
-        if n.wrapping_mul(GOLDEN) <= self.threshold {
+        let n = SEEN.with(|seen| {
+            let n = seen.get();
+            seen.set(n.wrapping_add(1));
+            n
+        });
+        if n.wrapping_mul(GOLDEN) <= self.threshold.load(Ordering::Relaxed) {
             self.record(method, uri, headers, matched);
         }
     }
@@ -277,8 +309,7 @@ mod tests {
         for i in 0..16_000 {
             observe(&sampler, &table, &request(&format!("/api/comments/{i}")));
         }
-        assert_eq!(sampler.seen(), 16_000);
-        let taken = sampler.taken.load(Ordering::Relaxed);
+        let taken = sampler.taken();
         assert!(taken.abs_diff(1000) <= 5, "one in 16: {taken}");
         let samples = sampler.snapshot();
         assert_eq!(samples.len(), 100, "bounded by the capacity");
@@ -339,7 +370,7 @@ mod tests {
         let held = sampler.slots[0].lock().unwrap();
         observe(&sampler, &table, &request("/api/comments/1"));
         drop(held);
-        assert_eq!(sampler.skipped.load(Ordering::Relaxed), 1);
+        assert_eq!(sampler.skipped(), 1);
         assert!(sampler.snapshot().is_empty());
     }
 }
