@@ -87,12 +87,19 @@ impl Split {
 
     /// Weighted rendezvous hashing of `key`.
     pub fn choose_for_key(&self, key: &[u8]) -> usize {
+        self.choose_by(|share| stable_hash(key, share.salt))
+    }
+
+    /// Weighted rendezvous hashing over a key's hash for each share (what
+    /// [`Self::choose_for_key`] computes from the key): a preview, which
+    /// keeps those hashes and not the key, picks as the proxy did.
+    pub fn choose_by(&self, hash: impl Fn(&Share) -> u64) -> usize {
         let mut best = (0, f64::NEG_INFINITY);
         for (i, share) in self.shares.iter().enumerate() {
             if share.weight == 0 {
                 continue;
             }
-            let h = stable_hash(key, share.salt);
+            let h = hash(share);
             // A uniform number in (0, 1) from the top 53 bits.
             let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
             let score = share.weight as f64 / -u.ln();

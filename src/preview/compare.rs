@@ -4,9 +4,12 @@
 //! Each sampled request lands, on each side, on a route (or none) and on an
 //! upstream — or, on a split it has no sticky key for, on each member with
 //! the member's weight as probability. A request with a sticky key lands
-//! where weighted rendezvous hashing puts the key's hash, the same way on
-//! both sides ([`crate::split::Split::choose_for_key`] over the hash's
-//! bytes), so only keys whose upstream really changes count as moving. When
+//! where weighted rendezvous hashing puts it, on both sides
+//! ([`crate::split::Split::choose_by`]): from the key's own hashes for the
+//! upstreams its split has today (so exactly where the proxy sent it, and
+//! exactly where new weights would), from its secret hash for an upstream
+//! that is new to it; so only keys whose upstream really changes count as
+//! moving. When
 //! the route stays the same, the least traffic that must move between the two
 //! distributions moves (what a split's weight change does); when it changes,
 //! all of it does.
@@ -22,7 +25,7 @@ use crate::rollout::machine::{self, Progress};
 use crate::rollout::plan::ALL;
 use crate::rollout::Progresses;
 use crate::router::Router;
-use crate::split::Split;
+use crate::split::{stable_hash, Split};
 use crate::table::{Plan, Table};
 
 /// What an edit would move, as `POST /preview` answers it. Shares are
@@ -181,8 +184,8 @@ pub fn compare(
                 }
             }
         }
-        let from = landing(now_index.map(|i| &current_views[i]), sample.sticky);
-        let to = landing(then_index.map(|i| &proposed_views[i]), sample.sticky);
+        let from = landing(now_index.map(|i| &current_views[i]), sample);
+        let to = landing(then_index.map(|i| &proposed_views[i]), sample);
         let tally = per_route.entry(from.route).or_default();
         tally.mass += 1.0;
         for (from_upstream, to_upstream, mass) in couple(&from, &to) {
@@ -301,17 +304,21 @@ fn rollout_splits(plan: &Plan, rollouts: &Progresses, now_ms: u64) -> Vec<Option
         .collect()
 }
 
-/// Where a request lands on `view` (`None`: no route).
-fn landing<'a>(view: Option<&View<'a>>, sticky: Option<StickyHash>) -> Landing<'a> {
+/// Where `sample` lands on `view` (`None`: no route).
+fn landing<'a>(view: Option<&View<'a>>, sample: &Sample) -> Landing<'a> {
     let Some(view) = view else { return Landing { route: None, upstreams: vec![(None, 1.0)] } };
     let upstreams = match view.split {
         None => vec![(Some(view.members[0]), 1.0)],
         Some(split) => {
-            let keyed =
-                sticky.filter(|key| split.sticky.as_ref().is_some_and(|s| StickyHash::source_of(s) == key.source));
+            let keyed = sample
+                .sticky
+                .filter(|key| split.sticky.as_ref().is_some_and(|s| StickyHash::source_of(s) == key.source));
             match keyed {
                 Some(key) => {
-                    let share = split.choose_for_key(&key.key.to_le_bytes());
+                    let secret = key.key.to_le_bytes();
+                    let share = split.choose_by(|share| {
+                        sample.rendezvous_hash(share.salt).unwrap_or_else(|| stable_hash(&secret, share.salt))
+                    });
                     vec![(Some(view.members[split.shares[share].upstream]), 1.0)]
                 }
                 None => by_weight(view, split),
@@ -453,8 +460,17 @@ mod tests {
             host: None,
             path: path.into(),
             sticky: user.map(|u| StickyHash::of(&header, u.as_bytes())),
+            rendezvous: Box::new([]),
             at: now - Duration::from_secs(10),
         }
+    }
+
+    /// A sample as the proxy takes it on a route with `split`: with the
+    /// key's rendezvous hash for each of its members.
+    fn taken_on(split: &Split, path: &str, user: &str, now: Instant) -> Sample {
+        let mut hashes = Vec::new();
+        super::super::sample::rendezvous(split, user.as_bytes(), &mut hashes);
+        Sample { rendezvous: hashes.into(), ..sample(path, Some(user), now) }
     }
 
     /// `counts` requests per path (users `u0`, `u1`, … when `sticky`).
@@ -525,6 +541,30 @@ mod tests {
         assert_eq!(m.sticky_keys, moved);
         assert_eq!(m.share, moved as f64 / 1000.0);
         assert!((m.share - 0.5).abs() < 0.05, "about the weights' difference: {}", m.share);
+    }
+
+    #[test]
+    fn a_key_sampled_with_its_rendezvous_hashes_moves_exactly_as_the_proxy_would_move_it() {
+        let at = Instant::now();
+        let before = "  - {name: users, prefix: /api/users, split: [{upstream: users, weight: 10}, {upstream: legacy, weight: 90}], sticky: {header: X-User-Id}}\n";
+        let after = before.replace("weight: 10", "weight: 60").replace("weight: 90", "weight: 40");
+        let today = table(before);
+        let split = today.router.entries()[0].1.backend.split().unwrap().clone();
+        let users: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
+        let traffic: Vec<Sample> = users.iter().map(|u| taken_on(&split, "/api/users/1", u, at)).collect();
+        let preview = compare(&today, &plan(&after), &Progresses::new(), &traffic, (16, at, 0)).unwrap();
+        let new = plan(&after).routes[0].split.clone().unwrap();
+        let moved = users.iter().filter(|u| split.choose_for_key(u.as_bytes()) != new.choose_for_key(u.as_bytes()));
+        assert_eq!(preview.moving_sticky_keys, moved.count(), "the keys the proxy would move, exactly: {preview:?}");
+        assert_eq!(preview.moves.len(), 1, "{preview:?}");
+        assert_eq!(preview.moves[0].to_upstream.as_deref(), Some("users"));
+
+        // A member new to the split: keys only move to it.
+        let three = before.replace("]", ", {upstream: comments, weight: 30}]");
+        let preview = compare(&today, &plan(&three), &Progresses::new(), &traffic, (16, at, 0)).unwrap();
+        assert!(preview.moves.iter().all(|m| m.to_upstream.as_deref() == Some("comments")), "{preview:?}");
+        let share = preview.moving_share;
+        assert!((share - 30.0 / 130.0).abs() < 0.05, "about the new member's weight: {share}");
     }
 
     #[test]

@@ -17,12 +17,19 @@
 //!
 //! A sample holds only what routing reads: the method, the host routes match
 //! on (no port, lower-case), the normalized path (no query) and, for a route
-//! with a sticky split, a hash of the sticky key and of where it is read —
-//! never a header value, a query value or the key itself.
+//! with a sticky split, hashes of the sticky key — never a header value, a
+//! query value or the key itself. Two kinds of hash: one under a secret drawn
+//! at start, to count distinct keys (the only one the admin API shows; a
+//! small key space such as numeric user ids cannot be enumerated back from
+//! it), and the rendezvous hash of the key for each member of the route's
+//! split (kept in memory only), so that a preview sends the key where the
+//! proxy did and, when the weights change, exactly where the new weights
+//! would. A proposed split's member that is not one of them today scores the
+//! key from its secret hash instead (right in distribution, not per key).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, TryLockError};
+use std::sync::{LazyLock, Mutex, TryLockError};
 use std::time::Instant;
 
 use http::header::{self, HeaderMap};
@@ -30,7 +37,7 @@ use http::{Method, Uri};
 
 use crate::error::ProxyError;
 use crate::router::host_for_matching;
-use crate::split::{stable_hash, StickyKey};
+use crate::split::{stable_hash, Split, StickyKey};
 use crate::table::Route;
 
 /// One request in `SAMPLE_EVERY` is sampled by default.
@@ -44,9 +51,14 @@ pub const MAX_PATH: usize = 1024;
 const MAX_HOST: usize = 255;
 /// 2⁶⁴ / φ, odd: multiplying by it spreads consecutive numbers evenly.
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-/// Seeds of the sticky hashes (any fixed values; stable across versions).
-const KEY_SEED: u64 = 0x5711_c4e7;
+/// Seed of the hash of where a key is read (any fixed value).
 const SOURCE_SEED: u64 = 0x50_0ace;
+/// The most rendezvous hashes a sample keeps (a split's members beyond these
+/// are scored from the key's secret hash).
+const MAX_MEMBERS: usize = 8;
+
+/// The secret the keys' hashes are taken under, drawn at start.
+static KEY_SEED: LazyLock<u64> = LazyLock::new(|| fastrand::u64(..));
 
 thread_local! {
     /// Requests this thread has seen, sampled or not, across samplers.
@@ -59,7 +71,7 @@ pub struct StickyHash {
     /// Where the key was read (`header x-user-id`, `cookie session`), hashed:
     /// a split reading its key elsewhere cannot reuse this one.
     pub source: u64,
-    /// The key's value, hashed.
+    /// The key's value, hashed under this process's secret.
     pub key: u64,
 }
 
@@ -74,8 +86,14 @@ impl StickyHash {
 
     /// A key as read from a request.
     pub fn of(sticky: &StickyKey, key: &[u8]) -> StickyHash {
-        StickyHash { source: StickyHash::source_of(sticky), key: stable_hash(key, KEY_SEED) }
+        StickyHash { source: StickyHash::source_of(sticky), key: stable_hash(key, *KEY_SEED) }
     }
+}
+
+/// The key's rendezvous hash for each member of `split`, by the member's salt.
+pub fn rendezvous(split: &Split, key: &[u8], out: &mut Vec<(u64, u64)>) {
+    out.clear();
+    out.extend(split.shares.iter().take(MAX_MEMBERS).map(|share| (share.salt, stable_hash(key, share.salt))));
 }
 
 /// One sampled request: what routing reads, and when it arrived.
@@ -87,7 +105,17 @@ pub struct Sample {
     /// The normalized path, without the query.
     pub path: Box<str>,
     pub sticky: Option<StickyHash>,
+    /// With `sticky`: `(salt, hash)` of the key for each member of the split
+    /// it was read for (see [`rendezvous`]).
+    pub rendezvous: Box<[(u64, u64)]>,
     pub at: Instant,
+}
+
+impl Sample {
+    /// The key's rendezvous hash for the upstream salted `salt`, if kept.
+    pub fn rendezvous_hash(&self, salt: u64) -> Option<u64> {
+        self.rendezvous.iter().find(|(s, _)| *s == salt).map(|(_, h)| *h)
+    }
 }
 
 /// A ring slot; its strings keep their capacity from one sample to the next.
@@ -98,6 +126,7 @@ struct Slot {
     host: Option<String>,
     path: String,
     sticky: Option<StickyHash>,
+    rendezvous: Vec<(u64, u64)>,
     at: Option<Instant>,
 }
 
@@ -193,7 +222,6 @@ impl Sampler {
             Err(ProxyError::NoRoute { path, .. }) => (path.as_str(), None),
             Err(_) => return,
         };
-        let sticky = route.and_then(|route| sticky_of(route, headers));
         let host = matching_host(uri, headers);
         let index = self.taken.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
         let mut slot = match self.slots[index as usize].try_lock() {
@@ -216,7 +244,12 @@ impl Sampler {
         }
         slot.path.clear();
         slot.path.push_str(bounded_path(path));
-        slot.sticky = sticky;
+        slot.sticky = None;
+        slot.rendezvous.clear();
+        if let Some((split, sticky, key)) = route.and_then(|route| sticky_key(route, headers)) {
+            slot.sticky = Some(StickyHash::of(sticky, key));
+            rendezvous(split, key, &mut slot.rendezvous);
+        }
         slot.at = Some(Instant::now());
     }
 
@@ -232,6 +265,7 @@ impl Sampler {
                     host: slot.host.as_deref().map(Box::from),
                     path: slot.path.as_str().into(),
                     sticky: slot.sticky,
+                    rendezvous: slot.rendezvous.as_slice().into(),
                     at: slot.at.unwrap_or_else(Instant::now),
                 })
             })
@@ -239,10 +273,12 @@ impl Sampler {
     }
 }
 
-/// The hashed sticky key of a request on `route`, if the route's split reads one.
-fn sticky_of(route: &Route, headers: &HeaderMap) -> Option<StickyHash> {
-    let sticky = route.backend.split()?.sticky.as_ref()?;
-    sticky.extract(headers).map(|key| StickyHash::of(sticky, key))
+/// The split of `route` in force, where it reads its key, and the request's
+/// key, if the route's split is sticky and the request has one.
+fn sticky_key<'a>(route: &'a Route, headers: &'a HeaderMap) -> Option<(&'a Split, &'a StickyKey, &'a [u8])> {
+    let split = route.backend.split()?;
+    let sticky = split.sticky.as_ref()?;
+    Some((split, sticky, sticky.extract(headers)?))
 }
 
 /// The host routes matched on (see `proxy::route`): the authority of an
