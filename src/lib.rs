@@ -50,9 +50,12 @@
 //! Beside both: [`tls`] (termination, SNI, live certificate rotation, https
 //! upstreams), [`admin`] (`/healthz`, `/readyz`, `/metrics`, `/config`,
 //! `/explain`, `/shadow`, `POST /preview`), [`explain`] (why a request takes
-//! its route) and [`preview`] (what an edit would move: a bounded sample of
-//! recent traffic, taken in `proxy/route.rs`, routed through the table in
-//! force and a proposed one).
+//! its route) and [`preview`] (what an edit would move: `preview/sample.rs`
+//! keeps a bounded sample of recent traffic, taken once a request's route is
+//! known (`proxy/mod.rs`); `preview/compare.rs` routes it through the table
+//! in force and a proposed one; `preview/lint.rs` finds routes no request
+//! can reach, for `strangler check`). Admin endpoints that act or read
+//! traffic back ask for loopback or the admin token (`admin/auth.rs`).
 //!
 //! `main.rs` is a thin CLI over [`server::run`], which takes already-bound
 //! listeners and a shutdown future so tests can run the real server on
