@@ -39,8 +39,8 @@ pub async fn preview(
     query: Result<Query<PreviewQuery>, QueryRejection>,
     request: Request,
 ) -> Response {
-    if let Err(why) = permitted(&request) {
-        return why;
+    if let Some(refusal) = refused(&request) {
+        return refusal;
     }
     let Query(query) = match query {
         Ok(query) => query,
@@ -90,10 +90,10 @@ fn invalid_config(e: &ConfigError) -> Response {
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
-/// A peer that may read traffic back: loopback, or the admin token; else a 403.
-fn permitted(request: &Request) -> Result<(), Response> {
+/// A 403 unless the peer may read traffic back (loopback, or the admin token).
+fn refused(request: &Request) -> Option<Response> {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    allowed(peer, request.headers(), "previews").map_err(|why| error(StatusCode::FORBIDDEN, "forbidden", why))
+    allowed(peer, request.headers(), "previews").err().map(|why| error(StatusCode::FORBIDDEN, "forbidden", why))
 }
 
 /// The most recent samples `GET /preview/sample` shows by default.
@@ -111,8 +111,8 @@ pub async fn sample(
     query: Result<Query<SampleQuery>, QueryRejection>,
     request: Request,
 ) -> Response {
-    if let Err(why) = permitted(&request) {
-        return why;
+    if let Some(refusal) = refused(&request) {
+        return refusal;
     }
     let limit = match query {
         Ok(Query(query)) => query.limit.unwrap_or(SAMPLE_LIMIT),
