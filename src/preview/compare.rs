@@ -62,11 +62,15 @@ pub struct Preview {
 /// Requests that would change route or upstream.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Move {
-    /// `null`: no route.
+    /// The route today (`null`: no route).
     pub from_route: Option<String>,
+    /// The route under the proposed file (`null`: no route).
     pub to_route: Option<String>,
+    /// The upstream today (`null`: no route).
     pub from_upstream: Option<String>,
+    /// The upstream under the proposed file (`null`: no route).
     pub to_upstream: Option<String>,
+    /// Its fraction of the sample.
     pub share: f64,
     /// Half the width of the share's 95% interval, from the sample's size.
     pub margin: f64,
@@ -79,22 +83,27 @@ pub struct Move {
 /// What would move of one route in force.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RouteMoves {
+    /// The route in force (`null`: requests no route takes today).
     pub route: Option<String>,
     /// Its share of the sample.
     pub share: f64,
     /// The share of the sample that is this route's and would move.
     pub moving_share: f64,
+    /// The req/s those moving requests stand for.
     pub moving_requests_per_second: f64,
+    /// Distinct sticky keys among them.
     pub moving_sticky_keys: usize,
 }
 
 /// A proposed route that would receive nothing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Unreachable {
+    /// The proposed route's name.
     pub route: String,
     /// `shadowed`: sampled requests fall under it, other routes take them
     /// all; `never_matches`: no request can reach it (see [`super::lint`]).
     pub reason: String,
+    /// Why, for people.
     pub detail: String,
     /// The routes that take its requests.
     pub taken_by: Vec<String>,

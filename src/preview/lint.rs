@@ -29,6 +29,7 @@ pub const COMMON_METHODS: [Method; 7] =
 pub struct NeverMatches {
     /// Its index in the router's entries.
     pub index: usize,
+    /// Its name.
     pub route: String,
     /// The routes that take its requests.
     pub taken_by: Vec<String>,

@@ -99,15 +99,18 @@ pub fn rendezvous(split: &Split, key: &[u8], out: &mut Vec<(u64, u64)>) {
 /// One sampled request: what routing reads, and when it arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
+    /// The request's method (routes may match on it).
     pub method: Method,
     /// The host routes match on: no port, no trailing dot, lower-case.
     pub host: Option<Box<str>>,
     /// The normalized path, without the query.
     pub path: Box<str>,
+    /// The sticky key, hashed, when the route's split reads one.
     pub sticky: Option<StickyHash>,
     /// With `sticky`: `(salt, hash)` of the key for each member of the split
     /// it was read for (see [`rendezvous`]).
     pub rendezvous: Box<[(u64, u64)]>,
+    /// When it arrived: the sample's window, and so req/s, is read from it.
     pub at: Instant,
 }
 
