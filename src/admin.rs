@@ -129,7 +129,7 @@ async fn config(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "config": in_force,
         "pending_hash": (!pending.is_empty()).then_some(&table.hash),
         "pending_restart": pending,
-        "rollouts": rollout::effective_weights(&table),
+        "rollouts": rollout::effective_weights(&shared, &table),
     }))
 }
 

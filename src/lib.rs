@@ -113,6 +113,12 @@ pub struct Shared {
     /// Where each route's rollout stands, as last read from the rollout
     /// state; every table is built with it (see [`rollout`]).
     pub rollouts: ArcSwap<rollout::Progresses>,
+    /// The process's connection to a PostgreSQL rollout state (status,
+    /// commands, reload records; the pilot keeps its own).
+    pub rollout_state: Arc<autopilot::store::Link>,
+    /// Whether this instance's pilot decides rollouts (holds the lead lock
+    /// of a PostgreSQL state, or shares a state file).
+    pub rollout_leader: AtomicBool,
 }
 
 impl Shared {
@@ -139,6 +145,8 @@ impl Shared {
             draining: AtomicBool::new(false),
             restart_settings,
             rollouts: ArcSwap::from_pointee(rollouts),
+            rollout_state: Arc::default(),
+            rollout_leader: AtomicBool::new(false),
         }))
     }
 }

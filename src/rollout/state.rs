@@ -1,7 +1,9 @@
 //! Where rollout progress lives: the state every replica follows and the
 //! audit trail of every transition. For one instance (the embedded
 //! default) a JSON file, read and written under an exclusive file lock, so
-//! the pilot and `strangler rollout pause` from a shell never interleave.
+//! the pilot and `strangler rollout pause` from a shell never interleave;
+//! for a fleet the same [`State`] in PostgreSQL (`autopilot.state:
+//! postgres://…`, see `crate::autopilot`'s store), checked here without I/O.
 //!
 //! A route's progress is stored with its step as the plan writes it
 //! (`"shadow"`, `10`), not as an index: an edit of `steps:` then maps the
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::machine::{Progress, Reading, Status};
 use super::plan::RolloutPlan;
+use crate::config::RawAutopilot;
 
 /// History entries kept in a state file; older ones are dropped first.
 pub const MAX_HISTORY: usize = 1000;
@@ -120,6 +123,37 @@ fn step_share(step: &serde_json::Value) -> Option<u32> {
         serde_json::Value::String(s) if s == "shadow" => Some(0),
         serde_json::Value::Number(n) => n.as_f64().map(|p| (p * 100.0).round() as u32),
         _ => None,
+    }
+}
+
+/// Whether `autopilot.state` names the fleet's PostgreSQL rather than a file.
+pub fn is_postgres(state: &str) -> bool {
+    state.starts_with("postgres://") || state.starts_with("postgresql://")
+}
+
+/// Checks `autopilot:`; errors carry (key, message) so the caller can point
+/// at the key in the file. Pure: a DSN is parsed, nothing is connected.
+pub fn validate_settings(raw: &RawAutopilot) -> Result<(), (&'static str, String)> {
+    if raw.interval.is_some_and(|i| i.is_zero()) {
+        return Err(("interval", "autopilot.interval must be more than 0 (e.g. 5s)".into()));
+    }
+    let postgres = raw.state.as_deref().filter(|s| is_postgres(s));
+    match (postgres, &raw.password_file) {
+        (None, Some(_)) => Err((
+            "password_file",
+            "autopilot.password_file is for a postgres:// state: set autopilot.state to one".into(),
+        )),
+        (Some(text), password_file) => {
+            let dsn = strangler_store::Dsn::parse(text).map_err(|m| ("state", m))?;
+            if dsn.has_password() && password_file.is_some() {
+                return Err((
+                    "password_file",
+                    format!("the state {dsn} has a password in it already: give it once (the DSN, password_file or PGPASSWORD)"),
+                ));
+            }
+            Ok(())
+        }
+        (None, None) => Ok(()),
     }
 }
 
