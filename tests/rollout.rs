@@ -4,9 +4,7 @@
 //! recorded with who gave them. Holds and intervals are short so each test
 //! takes seconds.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -64,73 +62,6 @@ impl Fleet {
             .arg(self.config.path())
             .output()
             .unwrap()
-    }
-}
-
-async fn admin_json(admin: SocketAddr, path: &str) -> Value {
-    get(admin, path).await.json()
-}
-
-/// The route's status on one instance's admin API.
-async fn status(admin: SocketAddr) -> Value {
-    admin_json(admin, "/rollout").await["rollouts"][0].clone()
-}
-
-/// Percent of the route's traffic on `comments`, as `/config` shows it.
-async fn effective(admin: SocketAddr) -> f64 {
-    let config = admin_json(admin, "/config").await;
-    config["rollouts"][0]["effective"]["weights"]["comments"].as_f64().unwrap()
-}
-
-/// Requests through every instance, by sticky user, until stopped: which
-/// upstream answered each user, in order.
-struct Traffic {
-    seen: Arc<Mutex<HashMap<String, Vec<String>>>>,
-    failed: Arc<Mutex<Vec<String>>>,
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(addrs: &[SocketAddr]) -> Traffic {
-        let seen = Arc::new(Mutex::new(HashMap::<String, Vec<String>>::new()));
-        let failed = Arc::new(Mutex::new(Vec::new()));
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
-        for (i, addr) in addrs.iter().copied().cycle().take(addrs.len() * 3).enumerate() {
-            let (seen, failed, stopped) = (seen.clone(), failed.clone(), stopped.clone());
-            tasks.push(tokio::spawn(async move {
-                let client = http1();
-                let mut n = i;
-                while !*stopped.borrow() {
-                    let user = format!("user-{}", n % 300);
-                    n += 7;
-                    let request = req(http::Method::GET, addr, "/items/1")
-                        .header("x-user-id", &user)
-                        .body(http_body_util::Full::new(bytes::Bytes::new()))
-                        .unwrap();
-                    match send(&client, request).await {
-                        Ok(r) if r.status == 200 => {
-                            let upstream = r.header("x-strangler-upstream").unwrap_or("?").to_string();
-                            seen.lock().unwrap().entry(user).or_default().push(upstream);
-                        }
-                        Ok(r) => failed.lock().unwrap().push(format!("{} {}", r.status, r.text())),
-                        Err(e) => failed.lock().unwrap().push(e),
-                    }
-                }
-            }));
-        }
-        Traffic { seen, failed, stop, tasks }
-    }
-
-    async fn stop(self) -> (HashMap<String, Vec<String>>, Vec<String>) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
-        let failed = std::mem::take(&mut *self.failed.lock().unwrap());
-        (seen, failed)
     }
 }
 

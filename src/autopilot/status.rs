@@ -49,6 +49,10 @@ pub struct GateStatus {
     pub bound: f64,
     /// `None` while there is not enough evidence.
     pub ok: Option<bool>,
+    /// Where the value comes from: the PromQL or fleet store query behind it,
+    /// or why that source cannot answer (absent: this instance's counters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// The status of every rollout of a table, from the state store.
@@ -70,6 +74,7 @@ pub fn status(plans: &[(Arc<str>, Arc<RolloutPlan>)], state: &State, now: u64) -
                         GateState::Fail => Some(false),
                         GateState::Wait => None,
                     },
+                    source: r.source.clone(),
                 })
                 .collect();
             RouteStatus {
@@ -174,6 +179,9 @@ pub fn status_text(statuses: &[RouteStatus]) -> String {
                 None => "waiting",
             };
             let _ = writeln!(out, "  {:<14} {:>10} against {:<8} {verdict}", g.name, show(g.value), g.bound);
+            if let Some(source) = &g.source {
+                let _ = writeln!(out, "    from {source}");
+            }
         }
         let _ = writeln!(out, "  next: {}", s.next);
     }
