@@ -174,13 +174,19 @@ pub fn spawn(shared: Arc<Shared>, moved: Arc<Notify>) -> tokio::task::JoinHandle
     let metrics = RolloutMetrics::new(&shared);
     let lead = lead::Lead::new(shared.shadow.instance());
     let mut pilot = Pilot { shared, moved, metrics, gates: gates::Gates::new(), lead, store_failing: false };
+    let recorded = pilot.lead.wake();
     tokio::spawn(async move {
         loop {
             let interval = interval_of(&pilot.shared.table.load());
-            let next_change = pilot.tick(now_ms()).await;
-            // Wake at a step's start, so weights switch on time on every replica.
+            let next_change = pilot.tick().await;
+            // Wake at a step's start, so weights switch on time on every
+            // replica, or when a replica records a transition.
             let until_change = next_change.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
-            tokio::time::sleep(until_change.map_or(interval, |d| d.min(interval))).await;
+            let wait = tokio::time::sleep(until_change.map_or(interval, |d| d.min(interval)));
+            tokio::select! {
+                () = wait => {}
+                () = recorded.notified() => {}
+            }
         }
     })
 }
@@ -200,7 +206,8 @@ pub async fn restore(shared: &Shared) -> Result<(), String> {
 
 impl Pilot {
     /// One evaluation; returns when a scheduled step next begins.
-    async fn tick(&mut self, now: u64) -> Option<u64> {
+    async fn tick(&mut self) -> Option<u64> {
+        let now = now_ms();
         let table = self.shared.table.load_full();
         let plans = plans(&table);
         if plans.is_empty() {
@@ -212,6 +219,8 @@ impl Pilot {
             StateStore::File(_) => self.decide_alone(&table, &plans, &store, times).await,
             StateStore::Postgres(pg) => self.decide_or_follow(&table, &plans, &pg.target, times).await,
         };
+        // The evidence may have taken a while: the weights are applied as of now.
+        let now = now_ms();
         match outcome {
             Ok(progresses) => {
                 if self.store_failing {
@@ -255,6 +264,9 @@ impl Pilot {
             Err(_) => Gathered::new(),
         };
         let (metrics, all) = (self.metrics.clone(), plans.to_vec());
+        // Decided as of now, not as of the tick's start: a step forward
+        // begins a full lead after the decision, however long Prometheus took.
+        let now = now_ms();
         store.update(move |state| Ok(evaluate(&all, state, (now, lead), &gathered, &metrics))).await
     }
 
@@ -281,6 +293,8 @@ impl Pilot {
             }
             let gathered = self.gather(table, plans, &progresses).await;
             let metrics = self.metrics.clone();
+            // As of now, so a step forward begins a full lead after the decision.
+            let now = now_ms();
             let change = |state: &mut State| Ok(evaluate(plans, state, (now, lead), &gathered, &metrics));
             bounded(store::update(&mut held.client, change)).await
         }

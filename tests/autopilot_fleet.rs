@@ -303,16 +303,15 @@ async fn killing_the_deciding_instance_leaves_the_other_to_go_on_from_the_same_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_store_stopped_both_keep_their_weights_show_paused_and_resume_when_it_is_back() {
-    // A hold long enough that the store is stopped before the next step is
-    // scheduled (a step already scheduled begins on time, store or not).
+    // The pilot walks alone (a command could race its own step forward); a
+    // hold long enough that the store is stopped before the step after 10%
+    // is scheduled (a step already scheduled begins on time, store or not).
     let plan = "      steps: [shadow, 10, 100]\n      hold: 3s\n      \
                 gates: { min_samples: 20, min_requests: 10, max_p99_ratio: 100 }\n";
     let mut fleet = Fleet::start(plan, same_answer()).await;
     let admins = fleet.admins();
     let traffic = Traffic::paced(&fleet.addrs(), Duration::from_millis(2));
-    let (code, out) = fleet.cli(&["promote", "items", "--actor", "test"]);
-    assert_eq!(code, Some(0), "{out}");
-    wait_for(Duration::from_secs(10), "both serve 10%", || async {
+    wait_for(Duration::from_secs(20), "both serve 10%", || async {
         effective(admins[0]).await == 10.0 && effective(admins[1]).await == 10.0
     })
     .await;

@@ -141,7 +141,7 @@ impl Gates {
             let client = match kept {
                 Some((_, client)) => client,
                 None => {
-                    let session = Session { application_name: Some("strangler-gates".into()), keepalive: None };
+                    let session = Session { application_name: Some("strangler-gates".into()), ..Session::default() };
                     strangler_store::open(dsn, password_file.as_deref(), &session).await?
                 }
             };

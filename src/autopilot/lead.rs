@@ -4,18 +4,22 @@
 //! transitions, in transactions on that same connection — so a decision is
 //! written only while the lock is held: if the session is gone, so is the
 //! lock, and the transaction fails. The others read the state every
-//! interval and apply its weights, trying for the lock each time.
+//! interval and apply its weights, trying for the lock each time; a
+//! recorded transition wakes them at once (`LISTEN`/`NOTIFY`), so a
+//! rollback reaches the fleet in milliseconds, the poll being the fallback.
 //!
 //! When the holder dies its connection closes, the server ends its session
 //! and releases the lock, and the next replica to try takes it and goes on
 //! from the stored step. Keepalives on both ends bound how long a holder cut
 //! off by the network keeps the lock (and how long it believes it does).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use strangler_store::rollouts;
 use strangler_store::tokio_postgres::Client;
 use strangler_store::Session;
+use tokio::sync::Notify;
 
 use super::store::{PgTarget, STATE_TIMEOUT};
 
@@ -36,11 +40,19 @@ pub struct Lead {
     held: Option<Held>,
     /// `application_name` of the session: who leads, as `rollout status` shows it.
     name: String,
+    /// Woken when a transition is recorded (by any replica or command).
+    wake: Arc<Notify>,
 }
 
 impl Lead {
     pub fn new(instance: &str) -> Lead {
-        Lead { held: None, name: format!("strangler-pilot {instance}") }
+        Lead { held: None, name: format!("strangler-pilot {instance}"), wake: Arc::new(Notify::new()) }
+    }
+
+    /// Woken when the state records a transition: the pilot reads it at once
+    /// instead of at its next tick.
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// The session for `target`, connected if need be, having tried for the
@@ -53,8 +65,14 @@ impl Lead {
             let mut held = match kept {
                 Some(held) => held,
                 None => {
-                    let session = Session { application_name: Some(self.name.clone()), keepalive: Some(KEEPALIVE) };
-                    Held { text: target.text.clone(), client: target.connect(&session).await?, leader: false }
+                    let session = Session {
+                        application_name: Some(self.name.clone()),
+                        keepalive: Some(KEEPALIVE),
+                        wake: Some(self.wake.clone()),
+                    };
+                    let client = target.connect(&session).await?;
+                    rollouts::listen(&client).await?;
+                    Held { text: target.text.clone(), client, leader: false }
                 }
             };
             if !held.leader {

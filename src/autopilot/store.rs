@@ -174,7 +174,7 @@ impl PgState {
             let stale = slot.as_ref().is_some_and(|(text, client)| *text != target.text || client.is_closed());
             if stale || slot.is_none() {
                 *slot = None;
-                let session = Session { application_name: Some("strangler".into()), keepalive: None };
+                let session = Session { application_name: Some("strangler".into()), ..Session::default() };
                 *slot = Some((target.text.clone(), target.connect(&session).await?));
             }
             let (_, client) = slot.as_mut().expect("connected just now");

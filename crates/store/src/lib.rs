@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
 use strangler_evidence::record::DiffRecord;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -228,6 +229,8 @@ pub struct Session {
     /// TCP keepalives on both ends after this much silence: a session that
     /// holds a lock must end soon after its peer is gone, on both sides.
     pub keepalive: Option<Duration>,
+    /// Woken by every notification the session receives (after `LISTEN`).
+    pub wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Connects to the store at `dsn` (password from the DSN, `password_file`
@@ -256,10 +259,24 @@ pub async fn open(
         ));
     }
     let tls = tls::connector(dsn)?;
-    let (mut client, connection) = config.connect(tls).await.map_err(|e| describe(&e))?;
+    let (mut client, mut connection) = config.connect(tls).await.map_err(|e| describe(&e))?;
+    let wake = session.wake.clone();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "store connection ended");
+        // Driven by hand rather than awaited whole: awaiting drops notifications.
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                    if let Some(wake) = &wake {
+                        wake.notify_one();
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "store connection ended");
+                    break;
+                }
+            }
         }
     });
     schema::migrate(&mut client).await.map_err(|e| describe(&e))?;

@@ -11,6 +11,10 @@
 //! before wrote — a route not stored yet included, which a row lock
 //! (`SELECT … FOR UPDATE`) could not cover.
 //!
+//! A change that records a transition notifies [`CHANNEL`]: replicas that
+//! [`listen`] apply a rollback (or a scheduled step) at once, not at their
+//! next read.
+//!
 //! [`try_lead`] takes [`LEAD_LOCK`] for the session: the pilot holding it
 //! decides for the fleet until its session ends (its process or its
 //! connection gone), when the server releases the lock for another.
@@ -22,6 +26,11 @@ use tokio_postgres::Client;
 
 use crate::describe;
 use crate::schema::{LEAD_LOCK, STATE_LOCK};
+
+/// The channel a change that appends a transition notifies at commit, so
+/// the replicas that [`listen`] read the state at once rather than at their
+/// next poll.
+pub const CHANNEL: &str = "strangler_rollouts";
 
 /// Config reloads [`load_history`] reads, newest first (older ones stay stored).
 pub const RECENT_RELOADS: i64 = 1000;
@@ -90,6 +99,10 @@ async fn write(tx: &tokio_postgres::Transaction<'_>, changes: &Changes) -> Resul
         )
         .await?;
     }
+    if !changes.transitions.is_empty() {
+        // Delivered at commit, to every session listening.
+        tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+    }
     if !changes.delete.is_empty() {
         tx.execute("DELETE FROM rollout_progress WHERE route = ANY($1)", &[&changes.delete]).await?;
     }
@@ -108,6 +121,11 @@ async fn write(tx: &tokio_postgres::Transaction<'_>, changes: &Changes) -> Resul
         .await?;
     }
     Ok(())
+}
+
+/// Subscribes this session to [`CHANNEL`] (see `crate::Session::wake`).
+pub async fn listen(client: &Client) -> Result<(), String> {
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|e| describe(&e))
 }
 
 /// Tries for the lead lock on this session: true when the session now
