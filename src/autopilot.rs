@@ -173,7 +173,7 @@ type Gathered = HashMap<String, ((usize, u64), Vec<Reading>)>;
 pub fn spawn(shared: Arc<Shared>, moved: Arc<Notify>) -> tokio::task::JoinHandle<()> {
     let metrics = RolloutMetrics::new(&shared);
     let lead = lead::Lead::new(shared.shadow.instance());
-    let mut pilot = Pilot { shared, moved, metrics, gates: gates::Gates::new(), lead, store_failing: false };
+    let mut pilot = Pilot { shared, moved, metrics, gates: gates::Gates::default(), lead, store_failing: false };
     let recorded = pilot.lead.wake();
     tokio::spawn(async move {
         loop {
@@ -491,10 +491,9 @@ pub async fn command(
         .update(move |state| {
             let progress = state.routes.get(&route).and_then(|s| reconcile(&plan, s)).unwrap_or(Progress::start(now));
             // A refusal changes nothing: it is the answer, not a failure of the state.
-            Ok(machine::command(&plan, &progress, cmd, now, lead).map(|next| {
+            Ok(machine::command(&plan, &progress, cmd, now, lead).inspect(|next| {
                 let reason = format!("{} by {actor}", cmd.as_str());
-                record(state, &route, &plan, Some(&progress), &next, reason, Some(actor), Vec::new(), now);
-                next
+                record(state, &route, &plan, Some(&progress), next, reason, Some(actor), Vec::new(), now);
             }))
         })
         .await;

@@ -420,6 +420,10 @@ async fn fleet_commands_do_what_they_say_and_are_recorded_with_their_actor() {
     .await;
 }
 
+/// Records to store: route, milliseconds after the step began, endpoint,
+/// result, the (kind, pointer) of each field that differs, and how many.
+type StoredRecords<'a> = (&'a str, i64, &'a str, &'a str, &'a [(&'a str, &'a str)], usize);
+
 #[tokio::test]
 async fn the_match_gate_counts_a_routes_records_as_the_report_does() {
     let pg = Postgres::start();
@@ -429,8 +433,7 @@ async fn the_match_gate_counts_a_routes_records_as_the_report_does() {
     tokio::spawn(connection);
     strangler_store::schema::migrate(&mut db).await.unwrap();
     let since_ms: i64 = 1_800_000_000_000;
-    let rows: &[(&str, i64, &str, &str, &[(&str, &str)], usize)] = &[
-        // (route, ms after `since`, endpoint, result, differing fields, how many)
+    let rows: &[StoredRecords] = &[
         ("items", 5, "/items/{id}", "match", &[], 50),
         ("items", 6, "/items/{id}", "mismatch", &[("body", "/name")], 5),
         // Noise for the endpoint, once array indexes are folded: a match.

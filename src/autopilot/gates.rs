@@ -49,12 +49,14 @@ pub struct Gates {
     fleet: Option<(String, Client)>,
 }
 
-impl Gates {
-    pub fn new() -> Gates {
+impl Default for Gates {
+    fn default() -> Gates {
         let prometheus = reqwest::Client::builder().build().expect("a client with the default TLS settings");
         Gates { baselines: HashMap::new(), prometheus, fleet: None }
     }
+}
 
+impl Gates {
     /// Forgets a route's local window (its step stopped moving).
     pub fn forget(&mut self, route: &str) {
         self.baselines.remove(route);
@@ -70,12 +72,12 @@ impl Gates {
         now: u64,
     ) -> Vec<Reading> {
         let (mut evidence, source) = match &plan.prometheus {
-            Some(base) => self.from_prometheus(base, name, plan, progress, now).await,
-            None => (self.from_counters(shared, name, plan, progress), Source::Local),
+            Some(base) => self.prometheus_evidence(base, name, plan, progress, now).await,
+            None => (self.local_evidence(shared, name, plan, progress), Source::Local),
         };
         let match_source = match fleet_store(table) {
             Some((text, dsn, password_file)) => {
-                match self.from_fleet(text, &dsn, password_file, name, progress).await {
+                match self.fleet_counts(text, &dsn, password_file, name, progress).await {
                     Ok(counts) => {
                         evidence.compared = counts.compared;
                         evidence.matched = counts.matched;
@@ -101,7 +103,7 @@ impl Gates {
     }
 
     /// The step's evidence from this instance's counters.
-    fn from_counters(&mut self, shared: &Shared, name: &str, plan: &RolloutPlan, progress: &Progress) -> Evidence {
+    fn local_evidence(&mut self, shared: &Shared, name: &str, plan: &RolloutPlan, progress: &Progress) -> Evidence {
         let now = evidence::read(&shared.metrics, name, &plan.from, &plan.to);
         let key = (progress.step, progress.since_ms);
         let start = match self.baselines.get(name) {
@@ -112,7 +114,7 @@ impl Gates {
     }
 
     /// The step's evidence from the fleet's Prometheus.
-    async fn from_prometheus(
+    async fn prometheus_evidence(
         &self,
         base: &str,
         name: &str,
@@ -128,7 +130,7 @@ impl Gates {
     }
 
     /// The route's comparisons since the step began, from the fleet store.
-    async fn from_fleet(
+    async fn fleet_counts(
         &mut self,
         text: &str,
         dsn: &Dsn,

@@ -254,7 +254,7 @@ pub async fn open(
             .keepalives_idle(idle)
             .keepalives_interval(Duration::from_secs(interval_s))
             .keepalives_retries(3);
-        config.options(&format!(
+        config.options(format!(
             "-c tcp_keepalives_idle={idle_s} -c tcp_keepalives_interval={interval_s} -c tcp_keepalives_count=3"
         ));
     }
