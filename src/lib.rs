@@ -43,9 +43,13 @@
 //!
 //! A route's autopilot: [`rollout`] (`rollout/plan.rs` checks a route's
 //! `rollout:`; `rollout/machine.rs` decides, purely, what its progress does
-//! next from the gates' evidence; `rollout/state.rs` keeps progress and the
-//! audit trail) and [`autopilot`], the loop that gathers the evidence,
-//! records decisions and has the reload task rebuild the table.
+//! next from the gates' evidence; `rollout/state.rs` holds progress and the
+//! audit trail, and the state file) and [`autopilot`], the loop that
+//! gathers the evidence (`autopilot/gates.rs`: Prometheus, the fleet store,
+//! or this instance's counters), records decisions in the state
+//! (`autopilot/store.rs`: the file, or PostgreSQL for a fleet, where
+//! `autopilot/lead.rs` lets one replica decide at a time), has the reload
+//! task rebuild the table, and shows it all (`autopilot/status.rs`).
 //!
 //! Beside both: [`tls`] (termination, SNI, live certificate rotation, https
 //! upstreams), [`admin`] (`/healthz`, `/readyz`, `/metrics`, `/config`,

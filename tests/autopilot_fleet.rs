@@ -321,8 +321,8 @@ async fn with_the_store_stopped_both_keep_their_weights_show_paused_and_resume_w
         for admin in &admins {
             let body = admin_json(*admin, "/rollout").await;
             let s = &body["rollouts"][0];
-            let reason = s["reason"].as_str().unwrap_or_default();
-            paused += usize::from(s["status"] == "paused" && reason.starts_with("store unavailable"));
+            let unavailable = s["reason"] == "store unavailable" && body["state_error"].is_string();
+            paused += usize::from(s["status"] == "paused" && unavailable);
         }
         paused == 2
     })

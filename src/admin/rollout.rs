@@ -35,7 +35,7 @@ pub async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let body = match pilot::status_from(&store, &plans, now).await {
         Ok(rollouts) => json!({ "rollouts": rollouts, "leader": leader, "state": store.describe() }),
         Err(e) => json!({
-            "rollouts": pilot::status_without_state(&plans, &shared.rollouts.load(), now, &e),
+            "rollouts": pilot::status_without_state(&plans, &shared.rollouts.load(), now),
             "leader": leader,
             "state": store.describe(),
             "state_error": e,

@@ -95,14 +95,13 @@ pub fn status(plans: &[(Arc<str>, Arc<RolloutPlan>)], state: &State, now: u64) -
         .collect()
 }
 
-/// The status when the state cannot be read (`error` says why): the
-/// progress this instance last read and serves, shown `paused` (nothing
-/// moves without the state) with the reason.
+/// The status when the state cannot be read: the progress this instance
+/// last read and serves, shown `paused` (nothing moves without the state)
+/// with the reason, `store unavailable` (the caller shows the error).
 pub fn status_without_state(
     plans: &[(Arc<str>, Arc<RolloutPlan>)],
     last_known: &Progresses,
     now: u64,
-    error: &str,
 ) -> Vec<RouteStatus> {
     let mut state = State::default();
     for (name, plan) in plans {
@@ -114,7 +113,7 @@ pub fn status_without_state(
     for s in &mut statuses {
         if s.status.moving() {
             s.status = Status::Paused;
-            s.reason = Some(format!("store unavailable: {error}"));
+            s.reason = Some("store unavailable".into());
             s.next = "paused while the rollout state is unavailable: the weights in force stay, and the rollout goes on by itself once it is back".into();
         }
     }
