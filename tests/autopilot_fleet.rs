@@ -502,6 +502,27 @@ async fn the_match_gate_counts_a_routes_records_as_the_report_does() {
     assert_eq!((gate.compared, gate.matched), (74, 60), "50 matches, 7 + 3 mismatches of noise only");
 }
 
+#[test]
+fn a_bad_autopilot_state_is_a_config_error_at_its_line_without_the_password() {
+    let check = |autopilot: &str| {
+        let text = format!(
+            "listen: \"127.0.0.1:0\"\nautopilot:\n{autopilot}upstreams:\n  a:\n    targets: [\"http://127.0.0.1:1\"]\nroutes:\n  - name: r\n    prefix: /\n    upstream: a\n"
+        );
+        let dir = ConfigDir::new(&text);
+        let out = std::process::Command::new(binary()).arg("check").arg(dir.path()).output().unwrap();
+        assert!(!out.status.success(), "accepted: {autopilot}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = check("  interval: 1s\n  state: mysql://u:hunter2@db/x\n");
+    assert!(err.contains("routes.yaml:4:3:") && err.contains("postgres://") && !err.contains("hunter2"), "{err}");
+    let err = check("  state: postgres://u@db/x?sslmode=sometimes\n");
+    assert!(err.contains("routes.yaml:3:3:") && err.contains("verify-full"), "{err}");
+    let err = check("  state: postgres://u:hunter2@db/x\n  password_file: /run/secret\n");
+    assert!(err.contains("routes.yaml:4:3:") && err.contains("give it once") && !err.contains("hunter2"), "{err}");
+    let err = check("  state: ./rollouts.json\n  password_file: /run/secret\n");
+    assert!(err.contains("routes.yaml:4:3:") && err.contains("postgres:// state"), "{err}");
+}
+
 /// Now, in milliseconds since the epoch: the clock the rollout state uses.
 fn pilot_clock() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64

@@ -134,14 +134,7 @@ impl StateStore {
                 let file = file.clone();
                 blocking(move || file.update(change)).await
             }
-            StateStore::Postgres(pg) => {
-                let mut change = Some(change);
-                pg.call(async |client: &mut Client| {
-                    let change = change.take().ok_or("the change was already tried")?;
-                    update(client, change).await
-                })
-                .await
-            }
+            StateStore::Postgres(pg) => pg.call(async move |client: &mut Client| update(client, change).await).await,
         }
     }
 
@@ -245,4 +238,73 @@ fn parse_all<T: serde::de::DeserializeOwned>(docs: Vec<serde_json::Value>, what:
 /// Runs blocking work (the state file) off the async workers.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
     tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(format!("the state file task failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::machine::Status;
+    use crate::rollout::state::{Reload, StepStatus, Transition};
+
+    fn stored(step: u32, status: Status) -> Stored {
+        Stored {
+            to: "comments".into(),
+            step: serde_json::json!(step),
+            since_ms: 1,
+            status,
+            readings: vec![],
+            evaluated_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_change_writes_only_what_it_changed_and_appends_what_it_recorded() {
+        let before: BTreeMap<String, Stored> =
+            [("a", stored(10, Status::Holding)), ("b", stored(50, Status::Holding)), ("gone", stored(1, Status::Done))]
+                .into_iter()
+                .map(|(r, s)| (r.to_string(), s))
+                .collect();
+        let mut after = State { routes: before.clone(), history: vec![], reloads: vec![] };
+        after.routes.insert("b".into(), stored(50, Status::Paused));
+        after.routes.insert("new".into(), stored(1, Status::Holding));
+        after.routes.remove("gone");
+        let to = StepStatus { step: serde_json::json!(50), status: Status::Paused };
+        let reason = "pause by alice".to_string();
+        let actor = Some("alice".to_string());
+        after.history.push(Transition { at_ms: 7, route: "b".into(), from: None, to, reason, actor, readings: vec![] });
+        let reload = Reload {
+            at_ms: 8,
+            hash: "h".into(),
+            trigger: "event".into(),
+            added: vec![],
+            removed: vec![],
+            changed: vec!["b".into()],
+        };
+        after.reloads.push(reload);
+        let changes = changes(&before, after).unwrap();
+        let upserted: Vec<&str> = changes.upsert.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(upserted, ["b", "new"], "`a` is as it was: not written");
+        assert_eq!(changes.upsert[0].1["status"], "paused");
+        assert_eq!(changes.delete, ["gone"]);
+        assert_eq!((changes.transitions[0].0.as_str(), changes.transitions[0].1), ("b", 7));
+        assert_eq!(changes.transitions[0].2["actor"], "alice");
+        assert_eq!((changes.reloads[0].0, &changes.reloads[0].1["changed"]), (8, &serde_json::json!(["b"])));
+        let back: Stored = serde_json::from_value(changes.upsert[1].1.clone()).unwrap();
+        assert_eq!(back, stored(1, Status::Holding), "documents read back as they were written");
+    }
+
+    #[test]
+    fn a_table_names_a_file_or_a_postgres_state() {
+        let table = |autopilot: &str| {
+            let text = format!(
+                "listen: \"127.0.0.1:0\"\n{autopilot}upstreams:\n  a: {{ targets: [\"http://127.0.0.1:1\"] }}\nroutes:\n  - name: r\n    prefix: /\n    upstream: a\n"
+            );
+            crate::Shared::from_text("routes.yaml", &text).unwrap().table.load_full()
+        };
+        let link = Arc::new(Link::default());
+        assert!(state_of(&table(""), &link).describe().ends_with(DEFAULT_STATE_FILE));
+        let pg = state_of(&table("autopilot: { state: \"postgres://u:hunter2@db:5432/x\" }\n"), &link);
+        assert!(matches!(pg, StateStore::Postgres(_)));
+        assert_eq!(pg.describe(), "rollout state postgres://u:***@db:5432/x");
+    }
 }

@@ -137,6 +137,13 @@ pub fn validate_settings(raw: &RawAutopilot) -> Result<(), (&'static str, String
     if raw.interval.is_some_and(|i| i.is_zero()) {
         return Err(("interval", "autopilot.interval must be more than 0 (e.g. 5s)".into()));
     }
+    if let Some(state) = raw.state.as_deref().filter(|s| s.contains("://") && !is_postgres(s)) {
+        let shown = strangler_store::dsn::mask(state);
+        return Err((
+            "state",
+            format!("autopilot.state {shown:?} must be a file path or postgres://USER@HOST:5432/DB"),
+        ));
+    }
     let postgres = raw.state.as_deref().filter(|s| is_postgres(s));
     match (postgres, &raw.password_file) {
         (None, Some(_)) => Err((
@@ -263,6 +270,21 @@ mod tests {
         assert_eq!(reconcile(&finer, &shadow).unwrap().step, 0);
         let no_shadow = plan(vec![Step::Percent(100), Step::Percent(ALL)]);
         assert_eq!(reconcile(&no_shadow, &shadow).unwrap().step, 0);
+    }
+
+    #[test]
+    fn autopilot_settings_name_a_file_or_a_postgres_state_and_its_password_once() {
+        let check = |yaml: &str| validate_settings(&serde_yaml::from_str::<RawAutopilot>(yaml).unwrap());
+        assert_eq!(check("state: ./rollouts.json\ninterval: 1s\n"), Ok(()));
+        assert_eq!(check("state: postgres://u@db/x\npassword_file: /run/secret\n"), Ok(()));
+        let (key, message) = check("state: mysql://u:hunter2@db/x\n").unwrap_err();
+        assert_eq!(key, "state");
+        assert!(message.contains("postgres://") && !message.contains("hunter2"), "{message}");
+        assert_eq!(check("state: postgres://u@db/x?sslmode=sometimes\n").unwrap_err().0, "state");
+        assert_eq!(check("state: ./r.json\npassword_file: /run/secret\n").unwrap_err().0, "password_file");
+        let (key, message) = check("state: postgres://u:hunter2@db/x\npassword_file: /run/secret\n").unwrap_err();
+        assert!(key == "password_file" && message.contains("give it once") && !message.contains("hunter2"));
+        assert_eq!(check("interval: 0s\n").unwrap_err().0, "interval");
     }
 
     #[test]

@@ -363,6 +363,22 @@ mod tests {
     }
 
     #[test]
+    fn a_mismatch_group_is_a_match_when_every_field_is_noise_for_its_endpoint() {
+        let mut noise = FleetNoise::default();
+        noise.add("items", "/items/{id}", ["/items/0/etag", "header:ETag"]);
+        let judge = |endpoint: &str, fields: &[&str]| {
+            let fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+            rejudged_as_match(&noise, "items", endpoint, &fields)
+        };
+        assert!(judge("/items/{id}", &["body /items/7/etag"]), "indexes fold");
+        assert!(judge("/items/{id}", &["header etag", "body /items/1/etag"]));
+        assert!(!judge("/items/{id}", &["status ", "header etag"]), "a status is never noise");
+        assert!(!judge("/items/{id}", &["body /items/1/etag", "body /name"]), "one real difference");
+        assert!(!judge("/items", &["body /items/1/etag"]), "noise is per endpoint");
+        assert!(!judge("/items/{id}", &[]), "a mismatch with no fields stays one");
+    }
+
+    #[test]
     fn binary_copy_rows_are_cut_out_however_the_data_is_split() {
         let mut stream = Vec::new();
         stream.extend_from_slice(CopyFrames::SIGNATURE);
