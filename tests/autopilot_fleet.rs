@@ -119,16 +119,6 @@ fn steps_entered(history: &[Value]) -> Vec<String> {
     history.iter().filter(|t| t["to"]["status"] == "holding").map(|t| t["to"]["step"].to_string()).collect()
 }
 
-/// Users whose requests reached `comments` and later `legacy` again.
-fn moved_back(seen: &std::collections::HashMap<String, Vec<String>>) -> usize {
-    seen.values()
-        .filter(|upstreams| {
-            let first_on_new = upstreams.iter().position(|u| u == "comments");
-            first_on_new.is_some_and(|i| upstreams[i..].iter().any(|u| u == "legacy"))
-        })
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_walks_a_good_candidate_to_done_with_one_decider_and_the_same_weights_on_both() {
     let started = Instant::now();
@@ -167,7 +157,8 @@ async fn a_fleet_walks_a_good_candidate_to_done_with_one_decider_and_the_same_we
     // Both switch at the instant written in the state; a poll of two
     // instances in turn may straddle it.
     assert!(disagreements.len() < 10, "the instances disagreed too long: {disagreements:?}");
-    assert_eq!(moved_back(&seen), 0, "no sticky user went back to legacy as the share grew");
+    let moved_back = seen.moved_back();
+    assert!(moved_back.is_empty(), "no sticky user went back to legacy as the share grew: {moved_back:?}");
     let history = fleet.history();
     assert_eq!(steps_entered(&history), ["\"shadow\"", "10", "50", "100"], "each step entered once: {history:#?}");
     assert_eq!(history.last().unwrap()["to"]["status"], "done");
@@ -256,7 +247,7 @@ async fn a_fleet_keeps_a_candidate_whose_answers_differ_in_shadow() {
     .await;
     let (seen, failed) = traffic.stop().await;
     assert!(failed.is_empty(), "{failed:?}");
-    assert!(seen.values().flatten().all(|u| u == "legacy"), "no client was ever answered by the candidate");
+    assert!(seen.all_from("legacy"), "no client was ever answered by the candidate");
     for admin in &admins {
         let s = status(*admin).await;
         assert_eq!((s["step"].as_str(), s["status"].as_str()), (Some("shadow"), Some("rolled_back")), "{s}");

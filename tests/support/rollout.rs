@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -27,10 +27,49 @@ pub async fn effective(admin: SocketAddr) -> f64 {
     config["rollouts"][0]["effective"]["weights"]["comments"].as_f64().unwrap()
 }
 
+/// One answer to a sticky user: who gave it, and when the request left and
+/// the answer came back.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub upstream: String,
+    pub sent: Instant,
+    pub received: Instant,
+}
+
+/// Every user's answers, as [`Traffic`] saw them.
+#[derive(Debug, Default)]
+pub struct Seen(pub HashMap<String, Vec<Answer>>);
+
+impl Seen {
+    /// Whether every answer came from `upstream`.
+    pub fn all_from(&self, upstream: &str) -> bool {
+        self.0.values().flatten().all(|a| a.upstream == upstream)
+    }
+
+    /// Users sent back to `legacy` after `comments` had answered them: a
+    /// request that left after a `comments` answer had arrived was answered
+    /// by `legacy`. (Ordered by what the client knew, so two requests of one
+    /// user in flight at once around a switch prove nothing either way.)
+    pub fn moved_back(&self) -> Vec<String> {
+        let mut users = Vec::new();
+        for (user, answers) in &self.0 {
+            let first_on_new = answers.iter().filter(|a| a.upstream == "comments").map(|a| a.received).min();
+            let back = first_on_new.and_then(|t| answers.iter().find(|a| a.upstream == "legacy" && a.sent > t));
+            if let (Some(t), Some(back)) = (first_on_new, back) {
+                users.push(format!(
+                    "{user}: on comments by {t:?}, then legacy for a request sent {:?} later",
+                    back.sent - t
+                ));
+            }
+        }
+        users
+    }
+}
+
 /// Requests through every instance, by sticky user, until stopped: which
-/// upstream answered each user, in order.
+/// upstream answered each user, and when.
 pub struct Traffic {
-    seen: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    seen: Arc<Mutex<HashMap<String, Vec<Answer>>>>,
     failed: Arc<Mutex<Vec<String>>>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -45,7 +84,7 @@ impl Traffic {
     /// Three clients per address, each pausing `pause` between requests
     /// (to leave a shared machine some room).
     pub fn paced(addrs: &[SocketAddr], pause: Duration) -> Traffic {
-        let seen = Arc::new(Mutex::new(HashMap::<String, Vec<String>>::new()));
+        let seen = Arc::new(Mutex::new(HashMap::<String, Vec<Answer>>::new()));
         let failed = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
@@ -61,10 +100,12 @@ impl Traffic {
                         .header("x-user-id", &user)
                         .body(http_body_util::Full::new(bytes::Bytes::new()))
                         .unwrap();
+                    let sent = Instant::now();
                     match send(&client, request).await {
                         Ok(r) if r.status == 200 => {
                             let upstream = r.header("x-strangler-upstream").unwrap_or("?").to_string();
-                            seen.lock().unwrap().entry(user).or_default().push(upstream);
+                            let answer = Answer { upstream, sent, received: Instant::now() };
+                            seen.lock().unwrap().entry(user).or_default().push(answer);
                         }
                         Ok(r) => failed.lock().unwrap().push(format!("{} {}", r.status, r.text())),
                         Err(e) => failed.lock().unwrap().push(e),
@@ -78,14 +119,14 @@ impl Traffic {
         Traffic { seen, failed, stop, tasks }
     }
 
-    /// Stops the clients: which upstream answered each user, in order, and the failures.
-    pub async fn stop(self) -> (HashMap<String, Vec<String>>, Vec<String>) {
+    /// Stops the clients: every user's answers, and the failures.
+    pub async fn stop(self) -> (Seen, Vec<String>) {
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
         let seen = std::mem::take(&mut *self.seen.lock().unwrap());
         let failed = std::mem::take(&mut *self.failed.lock().unwrap());
-        (seen, failed)
+        (Seen(seen), failed)
     }
 }
