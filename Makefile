@@ -14,7 +14,7 @@ CARGO ?= cargo
 # Where cargo puts binaries: honours CARGO_TARGET_DIR (relative or absolute) and .cargo/config.
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo $(CURDIR)/target)
 
-.PHONY: demo demo-fleet migrate test test-rust test-python test-k8s test-fuzz lint bench soak fuzz report venv build release clean system-deps postgres
+.PHONY: demo demo-fleet migrate test test-rust test-python test-k8s test-fuzz lint bench soak fuzz report venv build release clean system-deps postgres prometheus
 
 ## Python virtualenv with the monolith's pinned requirements.
 venv: $(VENV)/.installed
@@ -30,7 +30,7 @@ release:
 	$(CARGO) build --release --workspace --bins
 
 ## Debian packages the tests and the demo use (installed only when missing).
-system-deps: postgres
+system-deps: postgres prometheus
 	@scripts/apt-install.sh curl openssl chromium
 
 ## PostgreSQL's server binaries (the fleet store's tests, `make demo-fleet`),
@@ -38,6 +38,11 @@ system-deps: postgres
 ## /usr/lib/postgresql/<version>/bin, which scripts/pg-bin.sh finds.
 postgres:
 	@scripts/pg-bin.sh >/dev/null || scripts/apt-install.sh postgresql
+
+## Debian's Prometheus: the autopilot's fleet tests start one (its gates read
+## it); promtool, in the same package, checks the alert rules.
+prometheus:
+	@test -x /usr/bin/prometheus || scripts/apt-install.sh prometheus
 
 ## Every test: fmt + clippy, Rust (unit, integration, end-to-end, short soak,
 ## hostile input), a short fuzzing run, the monolith's pytest suite, and the
@@ -50,7 +55,7 @@ test: venv system-deps
 	$(MAKE) test-python
 	$(MAKE) test-k8s
 
-test-rust: venv build postgres
+test-rust: venv build postgres prometheus
 	$(CARGO) test --workspace
 
 ## Each fuzz target for 20 s, unoptimized build (quick to build; `make fuzz`

@@ -21,7 +21,8 @@
 //!   gives, with their source (the rollout state).
 //! - `GET /rollout`, `GET /rollout/{route}/history`,
 //!   `POST /rollout/{route}/{pause|resume|promote|abort}`: the autopilot
-//!   (see `admin/rollout.rs`; commands need loopback or the admin token).
+//!   (see `admin/rollout.rs`; `leader` says whether this instance decides;
+//!   commands need loopback or the admin token).
 //!
 //! Errors are JSON in the proxy's shape (`crate::error`): a bad query is a
 //! 400, an unknown path a 404.
@@ -141,7 +142,7 @@ async fn config(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "config": in_force,
         "pending_hash": (!pending.is_empty()).then_some(&table.hash),
         "pending_restart": pending,
-        "rollouts": rollout::effective_weights(&table),
+        "rollouts": rollout::effective_weights(&shared, &table),
     }))
 }
 

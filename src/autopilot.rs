@@ -1,39 +1,53 @@
 //! The autopilot's runner, the pilot: every `autopilot.interval` it reads
-//! the rollout state,
-//! evaluates the gates of each moving rollout, records what the machine
-//! decides, and hands the resulting progress to the reload task, which
-//! builds the version in force again with the new weights.
+//! the rollout state, evaluates the gates of each moving rollout, records
+//! what the machine decides, and hands the resulting progress to the reload
+//! task, which builds the version in force again with the new weights.
 //!
-//! It decides nothing itself ([`super::machine`] does) and holds no
-//! progress of its own between ticks: the state store is the truth, so a
+//! It decides nothing itself ([`crate::rollout::machine`] does) and holds
+//! no progress of its own between ticks: the state store is the truth, so a
 //! command from a shell (`strangler rollout pause`) or another replica is
-//! picked up at the next tick. When the store cannot be read, the weights
-//! in force stay as they are (never a surprise jump) and the rollout does
-//! not move until it can.
+//! picked up at the next tick.
+//!
+//! - [`store`]: where the state lives — a file for one instance (every
+//!   instance sharing it decides, one at a time under the file lock), or
+//!   the fleet's PostgreSQL, where [`lead`] lets one replica decide at a
+//!   time and the others follow what it records.
+//! - [`gates`]: a step's readings from Prometheus, the fleet store or this
+//!   instance's counters.
+//! - [`status`]: `rollout status` and `rollout history` for people and scripts.
+//!
+//! When the store cannot be used, the weights in force stay as they are
+//! (never a surprise jump), `status` shows the rollout paused with the
+//! reason, and it goes on by itself once the store is back. No client
+//! request ever waits on any of this.
+
+pub mod gates;
+pub mod lead;
+pub mod status;
+pub mod store;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
-use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::rollout::evidence::{self, Totals};
-use crate::rollout::machine::{self, Decision, GateState, Progress, Reading, Status};
+use crate::rollout::machine::{self, Decision, Progress, Reading, Status};
 pub use crate::rollout::now_ms;
 use crate::rollout::plan::RolloutPlan;
-use crate::rollout::prometheus as promql;
-use crate::rollout::state::{reconcile, FileState, State, StepStatus, Stored, Transition};
+use crate::rollout::state::{reconcile, State, StepStatus, Stored, Transition};
 use crate::rollout::Progresses;
 use crate::table::Table;
 use crate::Shared;
+use status::show;
+pub use status::{history_text, rfc3339, status, status_text, status_without_state, GateStatus, RouteStatus};
+pub use store::{state_of, StateStore, DEFAULT_STATE_FILE, STATE_TIMEOUT};
 
 /// Default time between two evaluations.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Default state file for one instance.
-pub const DEFAULT_STATE_FILE: &str = "./strangler-rollouts.json";
 
 /// The rollouts of a table: (route name, plan).
 pub fn plans(table: &Table) -> Vec<(Arc<str>, Arc<RolloutPlan>)> {
@@ -43,12 +57,6 @@ pub fn plans(table: &Table) -> Vec<(Arc<str>, Arc<RolloutPlan>)> {
         .iter()
         .filter_map(|(_, r)| r.rollout.as_ref().map(|(plan, _)| (r.name.clone(), plan.clone())))
         .collect()
-}
-
-/// Where a table keeps its rollout state.
-pub fn state_of(table: &Table) -> FileState {
-    let path = table.raw.autopilot.as_ref().and_then(|a| a.state.clone());
-    FileState::new(path.unwrap_or_else(|| DEFAULT_STATE_FILE.into()))
 }
 
 fn interval_of(table: &Table) -> Duration {
@@ -74,6 +82,25 @@ pub fn progresses(plans: &[(Arc<str>, Arc<RolloutPlan>)], state: &State, now_ms:
         .collect()
 }
 
+/// Every rollout's status from the store (for `GET /rollout` and `strangler
+/// rollout status`), with the deciding pilot for a PostgreSQL state; an
+/// error when the state cannot be read.
+pub async fn status_from(
+    store: &StateStore,
+    plans: &[(Arc<str>, Arc<RolloutPlan>)],
+    now: u64,
+) -> Result<Vec<RouteStatus>, String> {
+    let state = store.load().await?;
+    let mut statuses = status(plans, &state, now);
+    if let StateStore::Postgres(_) = store {
+        let decider = store.leader().await?.unwrap_or_else(|| "none (no replica holds the lead lock)".into());
+        for s in &mut statuses {
+            s.decided_by = Some(decider.clone());
+        }
+    }
+    Ok(statuses)
+}
+
 /// The rollout metrics: step, status and transitions per route.
 #[derive(Clone)]
 struct RolloutMetrics {
@@ -81,6 +108,7 @@ struct RolloutMetrics {
     status: IntGaugeVec,
     transitions: IntCounterVec,
     store_errors: prometheus::IntCounter,
+    leader: prometheus::IntGauge,
 }
 
 impl RolloutMetrics {
@@ -106,6 +134,13 @@ impl RolloutMetrics {
                 )
                 .expect("a valid metric"),
             ),
+            leader: m.register(
+                prometheus::IntGauge::new(
+                    "strangler_rollout_leader",
+                    "1 while this instance decides rollouts (holds the lead lock, or shares a state file), else 0.",
+                )
+                .expect("a valid metric"),
+            ),
         }
     }
 
@@ -118,15 +153,15 @@ impl RolloutMetrics {
     }
 }
 
-/// The pilot's memory between ticks: each moving step's counters when this
-/// instance first saw it (the start of its evidence window here).
+/// The pilot's memory between ticks: the gates' windows and connections,
+/// and its session with a PostgreSQL state.
 struct Pilot {
     shared: Arc<Shared>,
     moved: Arc<Notify>,
     metrics: RolloutMetrics,
-    baselines: HashMap<String, ((usize, u64), Totals)>,
+    gates: gates::Gates,
+    lead: lead::Lead,
     store_failing: bool,
-    prometheus: reqwest::Client,
 }
 
 /// A step's readings, with the (step, start) they were taken for: a
@@ -137,56 +172,59 @@ type Gathered = HashMap<String, ((usize, u64), Vec<Reading>)>;
 /// rollout trigger ([`crate::reload::Watcher::rollout`]).
 pub fn spawn(shared: Arc<Shared>, moved: Arc<Notify>) -> tokio::task::JoinHandle<()> {
     let metrics = RolloutMetrics::new(&shared);
-    let prometheus = reqwest::Client::builder().build().expect("a client with the default TLS settings");
-    let mut pilot = Pilot { shared, moved, metrics, baselines: HashMap::new(), store_failing: false, prometheus };
+    let lead = lead::Lead::new(shared.shadow.instance());
+    let mut pilot = Pilot { shared, moved, metrics, gates: gates::Gates::default(), lead, store_failing: false };
+    let recorded = pilot.lead.wake();
     tokio::spawn(async move {
         loop {
             let interval = interval_of(&pilot.shared.table.load());
-            let next_change = pilot.tick(now_ms()).await;
-            // Wake at a step's start, so weights switch on time on every replica.
+            let next_change = pilot.tick().await;
+            // Wake at a step's start, so weights switch on time on every
+            // replica, or when a replica records a transition.
             let until_change = next_change.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
-            tokio::time::sleep(until_change.map_or(interval, |d| d.min(interval))).await;
+            let wait = tokio::time::sleep(until_change.map_or(interval, |d| d.min(interval)));
+            tokio::select! {
+                () = wait => {}
+                () = recorded.notified() => {}
+            }
         }
     })
 }
 
 /// Before the first request: the progress the store has, so a restarted
 /// instance serves the weights the fleet serves, not the first step's.
-pub fn restore(shared: &Shared) -> Result<(), String> {
-    let table = shared.table.load();
+pub async fn restore(shared: &Shared) -> Result<(), String> {
+    let table = shared.table.load_full();
     let plans = plans(&table);
     if plans.is_empty() {
         return Ok(());
     }
-    let state = state_of(&table).load()?;
+    let state = state_of(&table, &shared.rollout_state).load().await?;
     shared.rollouts.store(Arc::new(progresses(&plans, &state, now_ms())));
     Ok(())
 }
 
 impl Pilot {
-    /// One evaluation; returns when a scheduled step next begins. The
-    /// evidence is gathered first (Prometheus may be slow), then the
-    /// decisions are made and recorded under the state's lock.
-    async fn tick(&mut self, now: u64) -> Option<u64> {
+    /// One evaluation; returns when a scheduled step next begins.
+    async fn tick(&mut self) -> Option<u64> {
+        let now = now_ms();
         let table = self.shared.table.load_full();
         let plans = plans(&table);
         if plans.is_empty() {
             return None;
         }
-        let store = state_of(&table);
-        let lead = lead_of(&table);
-        let read = store.clone();
-        let gathered = match blocking(move || read.load()).await {
-            Ok(state) => self.gather(&plans, &progresses(&plans, &state, now)).await,
-            Err(_) => Gathered::new(),
+        let store = state_of(&table, &self.shared.rollout_state);
+        let times = (now, lead_of(&table));
+        let outcome = match &store {
+            StateStore::File(_) => self.decide_alone(&table, &plans, &store, times).await,
+            StateStore::Postgres(pg) => self.decide_or_follow(&table, &plans, &pg.target, times).await,
         };
-        let (write, metrics, all) = (store.clone(), self.metrics.clone(), plans.clone());
-        let evaluated =
-            blocking(move || write.update(|state| Ok(evaluate(&all, state, (now, lead), &gathered, &metrics)))).await;
-        match evaluated {
+        // The evidence may have taken a while: the weights are applied as of now.
+        let now = now_ms();
+        match outcome {
             Ok(progresses) => {
                 if self.store_failing {
-                    tracing::info!(state = %store.path().display(), "the rollout state is readable again; rollouts move on");
+                    tracing::info!(state = %store.describe(), "the rollout state is usable again; rollouts move on");
                     self.store_failing = false;
                 }
                 let next_change = progresses.values().filter_map(|p| machine::next_change(p, now)).min();
@@ -209,67 +247,101 @@ impl Pilot {
         }
     }
 
+    /// A state file: this instance decides, under the file's lock (every
+    /// instance sharing the file does, one at a time). The evidence is
+    /// gathered first (Prometheus may be slow), then the decisions are made
+    /// and recorded under the lock.
+    async fn decide_alone(
+        &mut self,
+        table: &Table,
+        plans: &[(Arc<str>, Arc<RolloutPlan>)],
+        store: &StateStore,
+        (now, lead): (u64, u64),
+    ) -> Result<Progresses, String> {
+        self.set_leader(true);
+        let gathered = match store.load().await {
+            Ok(state) => self.gather(table, plans, &progresses(plans, &state, now)).await,
+            Err(_) => Gathered::new(),
+        };
+        let (metrics, all) = (self.metrics.clone(), plans.to_vec());
+        // Decided as of now, not as of the tick's start: a step forward
+        // begins a full lead after the decision, however long Prometheus took.
+        let now = now_ms();
+        store.update(move |state| Ok(evaluate(&all, state, (now, lead), &gathered, &metrics))).await
+    }
+
+    /// A PostgreSQL state: the holder of the lead lock gathers, decides and
+    /// records on its session; every other replica reads what it recorded.
+    async fn decide_or_follow(
+        &mut self,
+        table: &Table,
+        plans: &[(Arc<str>, Arc<RolloutPlan>)],
+        target: &store::PgTarget,
+        (now, lead): (u64, u64),
+    ) -> Result<Progresses, String> {
+        let was_leader = self.lead.leads();
+        let mut held = match self.lead.take(target).await {
+            Ok(held) => held,
+            Err(e) => return Err(self.lost_lead(was_leader, e)),
+        };
+        self.set_leader(held.leader);
+        let outcome = async {
+            let state = bounded(store::load(&held.client)).await?;
+            let progresses = progresses(plans, &state, now);
+            if !held.leader {
+                return Ok(progresses);
+            }
+            let gathered = self.gather(table, plans, &progresses).await;
+            let metrics = self.metrics.clone();
+            // As of now, so a step forward begins a full lead after the decision.
+            let now = now_ms();
+            let change = |state: &mut State| Ok(evaluate(plans, state, (now, lead), &gathered, &metrics));
+            bounded(store::update(&mut held.client, change)).await
+        }
+        .await;
+        match outcome {
+            Ok(progresses) => {
+                self.lead.keep(held);
+                Ok(progresses)
+            }
+            Err(e) => Err(self.lost_lead(held.leader, e)),
+        }
+    }
+
+    /// After a failed call on the pilot's session (now closed): it decides
+    /// no more. Returns the error.
+    fn lost_lead(&self, was_leader: bool, error: String) -> String {
+        if was_leader {
+            tracing::warn!(error = %error, "this instance no longer decides the fleet's rollouts (its session with the state ended)");
+        }
+        self.set_leader(false);
+        error
+    }
+
+    fn set_leader(&self, leader: bool) {
+        self.shared.rollout_leader.store(leader, Ordering::Relaxed);
+        self.metrics.leader.set(i64::from(leader));
+    }
+
     /// The readings of every rollout on a step that has begun.
-    async fn gather(&mut self, plans: &[(Arc<str>, Arc<RolloutPlan>)], progresses: &Progresses) -> Gathered {
+    async fn gather(
+        &mut self,
+        table: &Table,
+        plans: &[(Arc<str>, Arc<RolloutPlan>)],
+        progresses: &Progresses,
+    ) -> Gathered {
         let now = now_ms();
         let mut gathered = Gathered::new();
         for (name, plan) in plans {
             let progress = &progresses[&**name];
             if !progress.status.moving() || progress.since_ms > now {
-                self.baselines.remove(&**name);
+                self.gates.forget(name);
                 continue;
             }
-            let readings = match &plan.prometheus {
-                Some(base) => self.read_prometheus(base, name, plan, progress, now).await,
-                None => self.read_local(name, plan, progress),
-            };
+            let readings = self.gates.read(&self.shared, table, (name, plan), progress, now).await;
             gathered.insert(name.to_string(), ((progress.step, progress.since_ms), readings));
         }
         gathered
-    }
-
-    /// The gates over the step's window from this instance's counters.
-    fn read_local(&mut self, name: &str, plan: &RolloutPlan, progress: &Progress) -> Vec<Reading> {
-        let now = evidence::read(&self.shared.metrics, name, &plan.from, &plan.to);
-        let key = (progress.step, progress.since_ms);
-        let start = match self.baselines.get(name) {
-            Some((k, start)) if *k == key => start,
-            _ => &self.baselines.entry(name.to_string()).insert_entry((key, now.clone())).into_mut().1,
-        };
-        let evidence = evidence::between(start, &now);
-        machine::judge(plan, plan.steps[progress.step], &evidence)
-    }
-
-    /// The gates over the step's window from the fleet's Prometheus, each
-    /// with the query behind it; all waiting when Prometheus cannot answer.
-    async fn read_prometheus(
-        &self,
-        base: &str,
-        name: &str,
-        plan: &RolloutPlan,
-        progress: &Progress,
-        now: u64,
-    ) -> Vec<Reading> {
-        let window_s = now.saturating_sub(progress.since_ms) / 1000;
-        let q = promql::queries(name, &plan.from, &plan.to, window_s);
-        let step = plan.steps[progress.step];
-        match promql::evidence(&self.prometheus, base, &q).await {
-            Ok(evidence) => machine::judge(plan, step, &evidence)
-                .into_iter()
-                .map(|r| {
-                    let query = match r.name.as_str() {
-                        "min_samples" | "min_match" => &q.matched,
-                        "max_5xx_ratio" => &q.to_5xx,
-                        _ => &q.to_p99,
-                    };
-                    Reading { source: Some(query.clone()), ..r }
-                })
-                .collect(),
-            Err(e) => machine::judge(plan, step, &machine::Evidence::default())
-                .into_iter()
-                .map(|r| Reading { state: GateState::Wait, source: Some(format!("unavailable: {e}")), ..r })
-                .collect(),
-        }
     }
 
     /// Hands new progress to the reload task when the weights or shadowing
@@ -302,9 +374,11 @@ impl Pilot {
     }
 }
 
-/// Runs blocking work (the state file) off the async workers.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(work).await.expect("state file work does not panic")
+/// A call to the state within [`STATE_TIMEOUT`].
+async fn bounded<T>(call: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::time::timeout(STATE_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {STATE_TIMEOUT:?}")))
 }
 
 /// One evaluation of every rollout, recorded in `state`: decisions only on
@@ -357,20 +431,6 @@ fn reason(decision: &Decision, readings: &[Reading]) -> String {
     }
 }
 
-/// A stored step for people: `shadow`, `10%`.
-fn step_words(step: &serde_json::Value) -> String {
-    step.as_str().map_or_else(|| format!("{step}%"), str::to_string)
-}
-
-/// A gate's value for people: counts whole, rates and ratios to 3 places.
-fn show(value: Option<f64>) -> String {
-    match value {
-        None => "no data".into(),
-        Some(v) if v.fract() == 0.0 => format!("{v:.0}"),
-        Some(v) => format!("{v:.3}"),
-    }
-}
-
 /// Appends a transition to the audit trail, stores the new progress, and
 /// logs it.
 #[allow(clippy::too_many_arguments)]
@@ -418,197 +478,28 @@ impl std::fmt::Display for CommandError {
 }
 
 /// Applies a command to a route's rollout in the store and records who asked.
-pub fn command(
-    store: &FileState,
+pub async fn command(
+    store: &StateStore,
     route: &str,
-    plan: &RolloutPlan,
+    plan: Arc<RolloutPlan>,
     cmd: machine::Command,
     actor: &str,
     (now, lead): (u64, u64),
 ) -> Result<Progress, CommandError> {
-    let mut refused = None;
-    let done = store.update(|state| {
-        let progress = state.routes.get(route).and_then(|s| reconcile(plan, s)).unwrap_or(Progress::start(now));
-        let next = machine::command(plan, &progress, cmd, now, lead).inspect_err(|why| refused = Some(why.clone()))?;
-        let reason = format!("{} by {actor}", cmd.as_str());
-        record(state, route, plan, Some(&progress), &next, reason, Some(actor.to_string()), Vec::new(), now);
-        Ok(next)
-    });
-    done.map_err(|e| match refused {
-        Some(why) => CommandError::Refused(why),
-        None => CommandError::State(e),
-    })
-}
-
-/// One route's rollout as `rollout status` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RouteStatus {
-    pub route: String,
-    /// The step as the plan writes it: `"shadow"`, `1`, … `100`.
-    pub step: serde_json::Value,
-    pub status: Status,
-    /// RFC 3339 time the step (or status) began.
-    pub since: String,
-    pub seconds_on_step: u64,
-    /// Percent of traffic on `to` now.
-    pub percent: f64,
-    pub from: String,
-    pub to: String,
-    pub gates: Vec<GateStatus>,
-    /// What happens next, in words.
-    pub next: String,
-}
-
-/// A gate's value against its bound.
-#[derive(Debug, Clone, Serialize)]
-pub struct GateStatus {
-    pub name: String,
-    pub value: Option<f64>,
-    pub bound: f64,
-    /// `None` while there is not enough evidence.
-    pub ok: Option<bool>,
-}
-
-/// The status of every rollout of a table, from the state store.
-pub fn status(plans: &[(Arc<str>, Arc<RolloutPlan>)], state: &State, now: u64) -> Vec<RouteStatus> {
-    let progresses = progresses(plans, state, now);
-    plans
-        .iter()
-        .map(|(name, plan)| {
-            let progress = progresses[&**name];
-            let readings = state.routes.get(&**name).map(|s| s.readings.clone()).unwrap_or_default();
-            let gates: Vec<GateStatus> = readings
-                .iter()
-                .map(|r| GateStatus {
-                    name: r.name.clone(),
-                    value: r.value,
-                    bound: r.bound,
-                    ok: match r.state {
-                        GateState::Pass => Some(true),
-                        GateState::Fail => Some(false),
-                        GateState::Wait => None,
-                    },
-                })
-                .collect();
-            RouteStatus {
-                route: name.to_string(),
-                step: plan.steps[progress.step].to_json(),
-                status: progress.status,
-                since: rfc3339(progress.since_ms),
-                seconds_on_step: now.saturating_sub(progress.since_ms) / 1000,
-                percent: f64::from(machine::effective(plan, &progress, now).share) / 100.0,
-                from: plan.from.clone(),
-                to: plan.to.clone(),
-                next: next_words(plan, &progress, &gates, now),
-                gates,
-            }
+    let (route, actor) = (route.to_string(), actor.to_string());
+    let done = store
+        .update(move |state| {
+            let progress = state.routes.get(&route).and_then(|s| reconcile(&plan, s)).unwrap_or(Progress::start(now));
+            // A refusal changes nothing: it is the answer, not a failure of the state.
+            Ok(machine::command(&plan, &progress, cmd, now, lead).inspect(|next| {
+                let reason = format!("{} by {actor}", cmd.as_str());
+                record(state, &route, &plan, Some(&progress), next, reason, Some(actor), Vec::new(), now);
+            }))
         })
-        .collect()
-}
-
-/// The status when the state cannot be read: the progress this instance
-/// last read and serves, shown `paused` (nothing moves without the state).
-pub fn status_without_state(
-    plans: &[(Arc<str>, Arc<RolloutPlan>)],
-    last_known: &Progresses,
-    now: u64,
-) -> Vec<RouteStatus> {
-    let mut state = State::default();
-    for (name, plan) in plans {
-        if let Some(progress) = last_known.get(&**name) {
-            state.routes.insert(name.to_string(), Stored::of(plan, progress));
-        }
+        .await;
+    match done {
+        Ok(Ok(progress)) => Ok(progress),
+        Ok(Err(why)) => Err(CommandError::Refused(why)),
+        Err(e) => Err(CommandError::State(e)),
     }
-    let mut statuses = status(plans, &state, now);
-    for s in &mut statuses {
-        if s.status.moving() {
-            s.status = Status::Paused;
-            s.next = "paused: the rollout state cannot be read; the weights in force stay until it can".into();
-        }
-    }
-    statuses
-}
-
-fn next_words(plan: &RolloutPlan, progress: &Progress, gates: &[GateStatus], now: u64) -> String {
-    let following = match plan.steps.get(progress.step + 1) {
-        Some(step) => format!("step {step}"),
-        None => "done (100% on the new upstream, shadow off)".into(),
-    };
-    if progress.since_ms > now && progress.status.moving() {
-        let step = plan.steps[progress.step];
-        return format!("step {step} begins in {} ms on every replica", progress.since_ms - now);
-    }
-    match progress.status {
-        Status::Holding => {
-            let left = (plan.hold.as_millis() as u64).saturating_sub(now.saturating_sub(progress.since_ms)) / 1000;
-            format!("holds {left}s more, then {following} if every gate passes")
-        }
-        Status::Progressing => {
-            let waiting: Vec<&str> = gates.iter().filter(|g| g.ok != Some(true)).map(|g| g.name.as_str()).collect();
-            format!("{following} once {} pass", waiting.join(", "))
-        }
-        Status::Paused => format!("paused: `resume` goes on, `promote` moves to {following}"),
-        Status::RolledBack => {
-            format!("rolled back: all traffic on {}; `resume` starts again from the first step", plan.from)
-        }
-        Status::Done => "done".into(),
-    }
-}
-
-/// `rollout status` for people: one block per route.
-pub fn status_text(statuses: &[RouteStatus]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    if statuses.is_empty() {
-        out.push_str("no route has a rollout\n");
-    }
-    for s in statuses {
-        let step = step_words(&s.step);
-        let _ = writeln!(
-            out,
-            "{}: step {step} ({}% on {}), {} for {}s since {}",
-            s.route,
-            s.percent,
-            s.to,
-            s.status.as_str(),
-            s.seconds_on_step,
-            s.since
-        );
-        for g in &s.gates {
-            let verdict = match g.ok {
-                Some(true) => "ok",
-                Some(false) => "FAIL",
-                None => "waiting",
-            };
-            let _ = writeln!(out, "  {:<14} {:>10} against {:<8} {verdict}", g.name, show(g.value), g.bound);
-        }
-        let _ = writeln!(out, "  next: {}", s.next);
-    }
-    out
-}
-
-/// `rollout history` for people: one line per transition of `route` and
-/// per reload that added, changed or removed it, oldest first.
-pub fn history_text(state: &State, route: &str) -> String {
-    let transitions = state.history.iter().filter(|t| t.route == route).map(|t| {
-        let from = t.from.as_ref().map_or("-".into(), |f| format!("{} {}", step_words(&f.step), f.status.as_str()));
-        let by = t.actor.as_deref().unwrap_or("pilot");
-        (t.at_ms, format!("{from} -> {} {} ({}; {by})", step_words(&t.to.step), t.to.status.as_str(), t.reason))
-    });
-    let reloads = state.reloads.iter().filter_map(|r| {
-        let how = [("added", &r.added), ("changed", &r.changed), ("removed", &r.removed)]
-            .into_iter()
-            .find(|(_, names)| names.iter().any(|n| n == route))?
-            .0;
-        let version = &r.hash[..r.hash.len().min(12)];
-        Some((r.at_ms, format!("config reload ({}): route {how}, version {version}", r.trigger)))
-    });
-    let mut lines: Vec<(u64, String)> = transitions.chain(reloads).collect();
-    lines.sort_by_key(|(at, _)| *at);
-    lines.into_iter().map(|(at, line)| format!("{} {line}\n", rfc3339(at))).collect()
-}
-
-/// `2026-12-05T23:50:01Z` for milliseconds since the epoch.
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }

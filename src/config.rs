@@ -47,9 +47,17 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAutopilot {
-    /// The state file (default `./strangler-rollouts.json`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Where rollout progress and the audit trail live: a state file for one
+    /// instance (default `./strangler-rollouts.json`), or the fleet's
+    /// PostgreSQL, `postgres://USER@HOST:PORT/DB?sslmode=…`, which every
+    /// replica follows and one at a time decides for. Shown with its
+    /// password masked.
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "masked_dsn")]
     pub state: Option<String>,
+    /// A file whose first line is the PostgreSQL state's password (a mounted
+    /// Secret); else the DSN's password, else `PGPASSWORD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
     /// Time between two evaluations of the gates (default 5s).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde::option")]
     pub interval: Option<Duration>,

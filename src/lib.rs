@@ -43,9 +43,13 @@
 //!
 //! A route's autopilot: [`rollout`] (`rollout/plan.rs` checks a route's
 //! `rollout:`; `rollout/machine.rs` decides, purely, what its progress does
-//! next from the gates' evidence; `rollout/state.rs` keeps progress and the
-//! audit trail) and [`autopilot`], the loop that gathers the evidence,
-//! records decisions and has the reload task rebuild the table.
+//! next from the gates' evidence; `rollout/state.rs` holds progress and the
+//! audit trail, and the state file) and [`autopilot`], the loop that
+//! gathers the evidence (`autopilot/gates.rs`: Prometheus, the fleet store,
+//! or this instance's counters), records decisions in the state
+//! (`autopilot/store.rs`: the file, or PostgreSQL for a fleet, where
+//! `autopilot/lead.rs` lets one replica decide at a time), has the reload
+//! task rebuild the table, and shows it all (`autopilot/status.rs`).
 //!
 //! Beside both: [`tls`] (termination, SNI, live certificate rotation, https
 //! upstreams), [`admin`] (`/healthz`, `/readyz`, `/metrics`, `/config`,
@@ -122,6 +126,12 @@ pub struct Shared {
     pub rollouts: ArcSwap<rollout::Progresses>,
     /// The bounded sample of recent requests a preview routes again.
     pub preview: preview::Sampler,
+    /// The process's connection to a PostgreSQL rollout state (status,
+    /// commands, reload records; the pilot keeps its own).
+    pub rollout_state: Arc<autopilot::store::Link>,
+    /// Whether this instance's pilot decides rollouts (holds the lead lock
+    /// of a PostgreSQL state, or shares a state file).
+    pub rollout_leader: AtomicBool,
 }
 
 impl Shared {
@@ -149,6 +159,8 @@ impl Shared {
             restart_settings,
             rollouts: ArcSwap::from_pointee(rollouts),
             preview: preview::Sampler::default(),
+            rollout_state: Arc::default(),
+            rollout_leader: AtomicBool::new(false),
         }))
     }
 }

@@ -227,13 +227,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `strangler rollout ACTION [ROUTE]`: 0 done, 1 refused or not found, 2 the
-/// state cannot be used.
+/// state cannot be used. A PostgreSQL state is reached on a runtime of its own.
 fn rollout(args: RolloutArgs) -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(rollout_on(args))
+}
+
+async fn rollout_on(args: RolloutArgs) -> anyhow::Result<i32> {
     use strangler::autopilot as pilot;
     use strangler::rollout::machine::Command as Cmd;
     let shared = Shared::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let table = shared.table.load();
-    let store = pilot::state_of(&table);
+    let table = shared.table.load_full();
+    let store = pilot::state_of(&table, &shared.rollout_state);
     let plans = pilot::plans(&table);
     let plan = args.route.as_deref().map(|route| plans.iter().find(|(name, _)| **name == *route));
     let command = match args.action {
@@ -252,18 +257,11 @@ fn rollout(args: RolloutArgs) -> anyhow::Result<i32> {
         }
         (_, None, _) => anyhow::bail!("this action needs a ROUTE"),
     };
-    let state = match store.load() {
-        Ok(state) => state,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(2);
-        }
-    };
     let now = pilot::now_ms();
-    if let (Some(cmd), Some(route), Some(plan)) = (command, route, &plan) {
+    if let (Some(cmd), Some(route), Some(plan)) = (command, route, plan) {
         let actor = args.actor.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
         let lead = pilot::lead_of(&table);
-        return Ok(match pilot::command(&store, route, plan, cmd, &actor, (now, lead)) {
+        return Ok(match pilot::command(&store, route, plan, cmd, &actor, (now, lead)).await {
             Ok(progress) => {
                 println!("{route}: {} ({} by {actor})", progress.status.as_str(), cmd.as_str());
                 0
@@ -280,6 +278,13 @@ fn rollout(args: RolloutArgs) -> anyhow::Result<i32> {
     }
     if args.action == RolloutAction::History {
         let route = route.unwrap_or_default();
+        let state = match store.history(route).await {
+            Ok(state) => state,
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(2);
+            }
+        };
         match args.format {
             OutputFormat::Json => {
                 let entries: Vec<_> = state.history.iter().filter(|t| t.route == route).collect();
@@ -289,7 +294,13 @@ fn rollout(args: RolloutArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    let mut statuses = pilot::status(&plans, &state, now);
+    let mut statuses = match pilot::status_from(&store, &plans, now).await {
+        Ok(statuses) => statuses,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(2);
+        }
+    };
     statuses.retain(|s| route.is_none_or(|r| s.route == r));
     match args.format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&statuses)?),
@@ -459,7 +470,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let shared = Shared::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
         shared.preview.set_every(args.preview_sample_every);
-        restore_rollouts(&shared, &args.config);
+        restore_rollouts(&shared, &args.config).await;
         let (listen, admin) = {
             let table = shared.table.load();
             (table.listen, table.admin)
@@ -501,8 +512,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Before listening: the rollouts' stored progress, so a restarted instance
 /// serves the fleet's weights from its first request. Without the state,
 /// each rollout starts on its first step (the pilot keeps trying).
-fn restore_rollouts(shared: &std::sync::Arc<Shared>, config: &std::path::Path) {
-    match strangler::autopilot::restore(shared) {
+async fn restore_rollouts(shared: &std::sync::Arc<Shared>, config: &std::path::Path) {
+    match strangler::autopilot::restore(shared).await {
         Ok(()) if !shared.rollouts.load().is_empty() => {
             reload::Reloader::new(config.to_path_buf(), shared.clone()).reapply(reload::ROLLOUT_TRIGGER);
         }

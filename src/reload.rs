@@ -164,7 +164,7 @@ impl Reloader {
             shared.metrics.set_config_hash(&hash);
             let edit = RouteEdit::between(&current.raw, &table.raw);
             tracing::info!(trigger, hash = %hash, routes, added = ?edit.added, removed = ?edit.removed, changed = ?edit.changed, "config reloaded");
-            audit(&table, trigger, edit);
+            audit(shared, &table, trigger, edit);
         }
         ReloadOutcome::Applied { hash }
     }
@@ -199,8 +199,10 @@ impl RouteEdit {
 }
 
 /// Records a reload in the rollout state's audit trail, beside the
-/// rollouts' transitions, when the config uses the autopilot.
-fn audit(table: &Table, trigger: &str, edit: RouteEdit) {
+/// rollouts' transitions, when the config uses the autopilot. On the
+/// runtime, not in the way of the reload: a state that is down loses the
+/// record (logged), never delays the version.
+fn audit(shared: &Shared, table: &Table, trigger: &str, edit: RouteEdit) {
     let uses_autopilot = table.raw.autopilot.is_some() || table.raw.routes.iter().any(|r| r.rollout.is_some());
     if !uses_autopilot {
         return;
@@ -213,13 +215,17 @@ fn audit(table: &Table, trigger: &str, edit: RouteEdit) {
         removed: edit.removed,
         changed: edit.changed,
     };
-    let store = crate::autopilot::state_of(table);
-    if let Err(e) = store.update(|state| {
-        state.reloads.push(entry);
-        Ok(())
-    }) {
-        tracing::warn!(error = %e, "the reload could not be recorded in the rollout state");
-    }
+    let store = crate::autopilot::state_of(table, &shared.rollout_state);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    runtime.spawn(async move {
+        let recorded = store.update(|state| {
+            state.reloads.push(entry);
+            Ok(())
+        });
+        if let Err(e) = recorded.await {
+            tracing::warn!(error = %e, "the reload could not be recorded in the rollout state");
+        }
+    });
 }
 
 impl Reloader {

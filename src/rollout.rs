@@ -11,8 +11,9 @@
 //! - [`machine`]: the pure decision of what a rollout does next, from its
 //!   progress, the gates' readings and the clock. No I/O, so every rule is a
 //!   unit test.
-//! - [`state`]: where progress and the audit trail live: a locked JSON file
-//!   for one instance.
+//! - [`state`]: progress and the audit trail, and where they live for one
+//!   instance: a locked JSON file (for a fleet, PostgreSQL: the same
+//!   records, kept by `crate::autopilot`'s store).
 //! - [`evidence`]: a step's evidence from this instance's own counters;
 //!   [`prometheus`]: from the fleet's Prometheus, with the PromQL shown.
 //!

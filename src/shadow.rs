@@ -669,6 +669,11 @@ impl ShadowRuntime {
         }
     }
 
+    /// This replica's name in its records (`POD_NAME`, else the hostname).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// At shutdown: waits (up to `within`) until the store has every record
     /// queued for it. Nothing to wait for without a store.
     pub fn flush_store(&self, within: Duration) {

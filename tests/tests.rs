@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod answers;
 mod architecture;
+mod autopilot_fleet;
 mod cli;
 mod e2e;
 mod errors;

@@ -4,6 +4,7 @@
 //! (`Authorization: Bearer $STRANGLER_ADMIN_TOKEN`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, Request, State};
@@ -18,42 +19,38 @@ use crate::autopilot as pilot;
 use crate::rollout::machine::Command;
 use crate::Shared;
 
-/// `GET /rollout`: every rollout's step, status, gates and what comes next.
-/// When the state cannot be read, what this instance serves (the last
-/// progress it read) with status `paused` and the reason: nothing moves
-/// until the state is back.
+/// `GET /rollout`: every rollout's step, status, gates and what comes next,
+/// whether this instance decides (`leader`) and, for a PostgreSQL state,
+/// which pilot does. When the state cannot be read, what this instance
+/// serves (the last progress it read) with status `paused` and the reason:
+/// nothing moves until the state is back.
 pub async fn status(State(shared): State<Arc<Shared>>) -> Response {
-    let table = shared.table.load();
-    let store = pilot::state_of(&table);
+    let table = shared.table.load_full();
+    let store = pilot::state_of(&table, &shared.rollout_state);
     let plans = pilot::plans(&table);
-    let last_known = shared.rollouts.load_full();
-    let answer = tokio::task::spawn_blocking(move || {
-        let now = pilot::now_ms();
-        match store.load() {
-            Ok(state) => json!({ "rollouts": pilot::status(&plans, &state, now) }),
-            Err(e) => json!({
-                "rollouts": pilot::status_without_state(&plans, &last_known, now),
-                "state_error": e,
-            }),
-        }
-    })
-    .await;
-    match answer {
-        Ok(body) => Json(body).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-    }
+    let now = pilot::now_ms();
+    let leader = shared.rollout_leader.load(Ordering::Relaxed);
+    let body = match pilot::status_from(&store, &plans, now).await {
+        Ok(rollouts) => json!({ "rollouts": rollouts, "leader": leader, "state": store.describe() }),
+        Err(e) => json!({
+            "rollouts": pilot::status_without_state(&plans, &shared.rollouts.load(), now),
+            "leader": leader,
+            "state": store.describe(),
+            "state_error": e,
+        }),
+    };
+    Json(body).into_response()
 }
 
 /// `GET /rollout/{route}/history`: the route's audit trail, oldest first.
 pub async fn history(State(shared): State<Arc<Shared>>, Path(route): Path<String>) -> Response {
-    let store = pilot::state_of(&shared.table.load());
-    match tokio::task::spawn_blocking(move || store.load()).await {
-        Ok(Ok(state)) => {
+    let store = pilot::state_of(&shared.table.load(), &shared.rollout_state);
+    match store.history(&route).await {
+        Ok(state) => {
             let entries: Vec<_> = state.history.into_iter().filter(|t| t.route == route).collect();
             Json(json!({ "route": route, "history": entries })).into_response()
         }
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", e),
     }
 }
 
@@ -79,28 +76,23 @@ pub async fn command(
         return error(StatusCode::NOT_FOUND, "not_found", format!("route {route:?} has no rollout"));
     };
     let actor = actor(request.headers(), peer);
-    let (store, lead) = (pilot::state_of(&table), pilot::lead_of(&table));
-    let done = tokio::task::spawn_blocking(move || {
-        pilot::command(&store, &route, &plan, cmd, &actor, (pilot::now_ms(), lead)).map(|p| (route, p))
-    })
-    .await;
-    match done {
-        Ok(Ok((route, progress))) => Json(json!({
+    let (store, lead) = (pilot::state_of(&table, &shared.rollout_state), pilot::lead_of(&table));
+    match pilot::command(&store, &route, plan, cmd, &actor, (pilot::now_ms(), lead)).await {
+        Ok(progress) => Json(json!({
             "route": route,
             "status": progress.status,
             "step_index": progress.step,
         }))
         .into_response(),
-        Ok(Err(pilot::CommandError::Refused(why))) => error(StatusCode::CONFLICT, "conflict", why),
-        Ok(Err(pilot::CommandError::State(why))) => error(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", why),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Err(pilot::CommandError::Refused(why)) => error(StatusCode::CONFLICT, "conflict", why),
+        Err(pilot::CommandError::State(why)) => error(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", why),
     }
 }
 
 /// For `/config`: per rolling-out route, the file's weights and the ones in
 /// force, and where the latter come from.
-pub fn effective_weights(table: &crate::table::Table) -> Vec<serde_json::Value> {
-    let source = format!("rollout state {}", pilot::state_of(table).path().display());
+pub fn effective_weights(shared: &Shared, table: &crate::table::Table) -> Vec<serde_json::Value> {
+    let source = pilot::state_of(table, &shared.rollout_state).describe();
     table
         .router
         .entries()

@@ -1,7 +1,9 @@
 //! Where rollout progress lives: the state every replica follows and the
 //! audit trail of every transition. For one instance (the embedded
 //! default) a JSON file, read and written under an exclusive file lock, so
-//! the pilot and `strangler rollout pause` from a shell never interleave.
+//! the pilot and `strangler rollout pause` from a shell never interleave;
+//! for a fleet the same [`State`] in PostgreSQL (`autopilot.state:
+//! postgres://…`, see `crate::autopilot`'s store), checked here without I/O.
 //!
 //! A route's progress is stored with its step as the plan writes it
 //! (`"shadow"`, `10`), not as an index: an edit of `steps:` then maps the
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::machine::{Progress, Reading, Status};
 use super::plan::RolloutPlan;
+use crate::config::RawAutopilot;
 
 /// History entries kept in a state file; older ones are dropped first.
 pub const MAX_HISTORY: usize = 1000;
@@ -120,6 +123,44 @@ fn step_share(step: &serde_json::Value) -> Option<u32> {
         serde_json::Value::String(s) if s == "shadow" => Some(0),
         serde_json::Value::Number(n) => n.as_f64().map(|p| (p * 100.0).round() as u32),
         _ => None,
+    }
+}
+
+/// Whether `autopilot.state` names the fleet's PostgreSQL rather than a file.
+pub fn is_postgres(state: &str) -> bool {
+    state.starts_with("postgres://") || state.starts_with("postgresql://")
+}
+
+/// Checks `autopilot:`; errors carry (key, message) so the caller can point
+/// at the key in the file. Pure: a DSN is parsed, nothing is connected.
+pub fn validate_settings(raw: &RawAutopilot) -> Result<(), (&'static str, String)> {
+    if raw.interval.is_some_and(|i| i.is_zero()) {
+        return Err(("interval", "autopilot.interval must be more than 0 (e.g. 5s)".into()));
+    }
+    if let Some(state) = raw.state.as_deref().filter(|s| s.contains("://") && !is_postgres(s)) {
+        let shown = strangler_store::dsn::mask(state);
+        return Err((
+            "state",
+            format!("autopilot.state {shown:?} must be a file path or postgres://USER@HOST:5432/DB"),
+        ));
+    }
+    let postgres = raw.state.as_deref().filter(|s| is_postgres(s));
+    match (postgres, &raw.password_file) {
+        (None, Some(_)) => Err((
+            "password_file",
+            "autopilot.password_file is for a postgres:// state: set autopilot.state to one".into(),
+        )),
+        (Some(text), password_file) => {
+            let dsn = strangler_store::Dsn::parse(text).map_err(|m| ("state", m))?;
+            if dsn.has_password() && password_file.is_some() {
+                return Err((
+                    "password_file",
+                    format!("the state {dsn} has a password in it already: give it once (the DSN, password_file or PGPASSWORD)"),
+                ));
+            }
+            Ok(())
+        }
+        (None, None) => Ok(()),
     }
 }
 
@@ -229,6 +270,21 @@ mod tests {
         assert_eq!(reconcile(&finer, &shadow).unwrap().step, 0);
         let no_shadow = plan(vec![Step::Percent(100), Step::Percent(ALL)]);
         assert_eq!(reconcile(&no_shadow, &shadow).unwrap().step, 0);
+    }
+
+    #[test]
+    fn autopilot_settings_name_a_file_or_a_postgres_state_and_its_password_once() {
+        let check = |yaml: &str| validate_settings(&serde_yaml::from_str::<RawAutopilot>(yaml).unwrap());
+        assert_eq!(check("state: ./rollouts.json\ninterval: 1s\n"), Ok(()));
+        assert_eq!(check("state: postgres://u@db/x\npassword_file: /run/secret\n"), Ok(()));
+        let (key, message) = check("state: mysql://u:hunter2@db/x\n").unwrap_err();
+        assert_eq!(key, "state");
+        assert!(message.contains("postgres://") && !message.contains("hunter2"), "{message}");
+        assert_eq!(check("state: postgres://u@db/x?sslmode=sometimes\n").unwrap_err().0, "state");
+        assert_eq!(check("state: ./r.json\npassword_file: /run/secret\n").unwrap_err().0, "password_file");
+        let (key, message) = check("state: postgres://u:hunter2@db/x\npassword_file: /run/secret\n").unwrap_err();
+        assert!(key == "password_file" && message.contains("give it once") && !message.contains("hunter2"));
+        assert_eq!(check("interval: 0s\n").unwrap_err().0, "interval");
     }
 
     #[test]

@@ -115,6 +115,10 @@ pub fn validate(file: &str, text: &str) -> Result<Plan, ConfigError> {
     if let Some(shadow) = &raw.shadow {
         crate::shadow::validate_store(shadow).map_err(|(key, message)| source.error_at(&["shadow:", key], message))?;
     }
+    if let Some(autopilot) = &raw.autopilot {
+        crate::rollout::state::validate_settings(autopilot)
+            .map_err(|(key, message)| source.error_at(&["autopilot:", key], message))?;
+    }
     let upstreams = raw
         .upstreams
         .iter()

@@ -13,7 +13,12 @@
 //!   reconnection with capped, jittered backoff; beside it the upkeep:
 //!   learned noise shared between replicas and retention.
 //! - [`read`]: the records back out for `strangler report --from postgres://…`,
-//!   filtered in SQL and streamed with `COPY … TO STDOUT`.
+//!   filtered in SQL and streamed with `COPY … TO STDOUT`; and a route's
+//!   compared and matched counts judged as the report judges them (the
+//!   autopilot's match gate).
+//! - [`rollouts`]: the autopilot's state for a fleet — each route's progress,
+//!   the audit trail, config reloads — changed in transactions under an
+//!   advisory lock, and the lead lock one replica's pilot holds.
 //!
 //! ## Why `tokio-postgres`
 //!
@@ -30,6 +35,7 @@
 pub mod dsn;
 pub mod metrics;
 pub mod read;
+pub mod rollouts;
 pub mod schema;
 pub mod tls;
 mod upkeep;
@@ -40,6 +46,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
 use strangler_evidence::record::DiffRecord;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -211,12 +218,65 @@ impl Backoff {
 
 /// Connects and migrates: a client ready for the store's tables.
 pub(crate) async fn connect(settings: &StoreSettings) -> Result<tokio_postgres::Client, String> {
-    let config = settings.dsn.connect_config(settings.password_file.as_deref())?;
-    let tls = tls::connector(&settings.dsn)?;
-    let (mut client, connection) = config.connect(tls).await.map_err(|e| describe(&e))?;
+    open(&settings.dsn, settings.password_file.as_deref(), &Session::default()).await
+}
+
+/// What a connection is for, beyond the DSN's own settings.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// `application_name`, as `pg_stat_activity` shows it (the DSN's, else `strangler`).
+    pub application_name: Option<String>,
+    /// TCP keepalives on both ends after this much silence: a session that
+    /// holds a lock must end soon after its peer is gone, on both sides.
+    pub keepalive: Option<Duration>,
+    /// Woken by every notification the session receives (after `LISTEN`).
+    pub wake: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// Connects to the store at `dsn` (password from the DSN, `password_file`
+/// or `PGPASSWORD`) and migrates its schema: a client ready for the store's
+/// tables. The connection is driven by a task on the caller's runtime.
+pub async fn open(
+    dsn: &Dsn,
+    password_file: Option<&std::path::Path>,
+    session: &Session,
+) -> Result<tokio_postgres::Client, String> {
+    let mut config = dsn.connect_config(password_file)?;
+    if let Some(name) = &session.application_name {
+        // PostgreSQL keeps 63 bytes of it.
+        let cut = (0..=name.len().min(63)).rev().find(|i| name.is_char_boundary(*i)).unwrap_or(0);
+        config.application_name(&name[..cut]);
+    }
+    if let Some(idle) = session.keepalive {
+        let (idle_s, interval_s) = (idle.as_secs().max(1), (idle.as_secs() / 2).max(1));
+        config
+            .keepalives(true)
+            .keepalives_idle(idle)
+            .keepalives_interval(Duration::from_secs(interval_s))
+            .keepalives_retries(3);
+        config.options(format!(
+            "-c tcp_keepalives_idle={idle_s} -c tcp_keepalives_interval={interval_s} -c tcp_keepalives_count=3"
+        ));
+    }
+    let tls = tls::connector(dsn)?;
+    let (mut client, mut connection) = config.connect(tls).await.map_err(|e| describe(&e))?;
+    let wake = session.wake.clone();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "store connection ended");
+        // Driven by hand rather than awaited whole: awaiting drops notifications.
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                    if let Some(wake) = &wake {
+                        wake.notify_one();
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "store connection ended");
+                    break;
+                }
+            }
         }
     });
     schema::migrate(&mut client).await.map_err(|e| describe(&e))?;

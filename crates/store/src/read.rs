@@ -2,13 +2,18 @@
 //! the filters go into the SQL (the `(route, ts)` index serves them), and the
 //! rows stream with `COPY (SELECT record …) TO STDOUT (FORMAT binary)`, each
 //! parsed into a [`DiffRecord`] as it arrives, in constant memory.
+//!
+//! [`match_counts`] is the report's judgement of one route over one span,
+//! counted in SQL: the autopilot's match gate reads it every few seconds.
 
 use std::pin::pin;
 use std::sync::mpsc::SyncSender;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
-use strangler_evidence::record::DiffRecord;
+use serde_json::Value;
+use strangler_evidence::noise::FleetNoise;
+use strangler_evidence::record::{DiffKind, DiffRecord, Difference, Outcome, PrimarySide, ShadowSide};
 use tokio_postgres::Client;
 
 use crate::{describe, Dsn};
@@ -211,6 +216,100 @@ pub fn read_noise(dsn: &str, routes: &[String], mut each: impl FnMut(&str, &str,
     })
 }
 
+/// A route's shadow comparisons over a span, as `strangler report` counts
+/// them: `compared` is match + mismatch, `matched` includes the mismatches
+/// whose every difference is noise the fleet learned for their endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MatchCounts {
+    pub compared: u64,
+    pub matched: u64,
+}
+
+/// The comparisons of `route` since `since_ms` (epoch milliseconds), judged
+/// with the fleet's noise as the report judges them (the autopilot's match
+/// gate). SQL counts the matches and groups the mismatches by endpoint and
+/// the set of fields that differ; each group is then judged once, by the
+/// evidence crate's own rule ([`FleetNoise::rejudge`]) on a record made of
+/// those fields, so the gate and the report cannot disagree.
+pub async fn match_counts(client: &Client, route: &str, since_ms: i64) -> Result<MatchCounts, String> {
+    let noise_rows = client
+        .query("SELECT DISTINCT endpoint, pointer FROM shadow_noise WHERE route = $1", &[&route])
+        .await
+        .map_err(|e| describe(&e))?;
+    let mut noise = FleetNoise::default();
+    for row in &noise_rows {
+        noise.add(route, row.get(0), [row.get::<_, &str>(1)]);
+    }
+    let groups = client
+        .query(
+            "SELECT result, endpoint, fields, count(*) FROM (
+                 SELECT result,
+                        CASE WHEN result = 'mismatch' THEN endpoint ELSE '' END AS endpoint,
+                        CASE WHEN result = 'mismatch' THEN ARRAY(
+                            SELECT (d->>'kind') || ' ' || (d->>'pointer')
+                            FROM jsonb_path_query(record, 'lax $.diffs[*]') AS d ORDER BY 1)
+                        ELSE '{}'::text[] END AS fields
+                 FROM shadow_records
+                 WHERE route = $1 AND ts >= to_timestamp($2::bigint::double precision / 1000)
+                   AND result IN ('match', 'mismatch')
+             ) judged GROUP BY 1, 2, 3",
+            &[&route, &since_ms],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    let mut counts = MatchCounts::default();
+    for row in &groups {
+        let n = row.get::<_, i64>(3).max(0) as u64;
+        counts.compared += n;
+        let matched = match row.get::<_, &str>(0) {
+            "match" => true,
+            _ => rejudged_as_match(&noise, route, row.get(1), &row.get::<_, Vec<String>>(2)),
+        };
+        if matched {
+            counts.matched += n;
+        }
+    }
+    Ok(counts)
+}
+
+/// Whether a mismatch of `route` and `endpoint` whose differing fields are
+/// `fields` (`KIND POINTER`) is a match under the fleet's noise.
+fn rejudged_as_match(noise: &FleetNoise, route: &str, endpoint: &str, fields: &[String]) -> bool {
+    let diffs = fields
+        .iter()
+        .map(|f| {
+            let (kind, pointer) = f.split_once(' ').unwrap_or((f, ""));
+            let kind = match kind {
+                "status" => DiffKind::Status,
+                "header" => DiffKind::Header,
+                _ => DiffKind::Body,
+            };
+            Difference { kind, pointer: pointer.to_string(), primary: Value::Null, shadow: Value::Null }
+        })
+        .collect();
+    let mut record = DiffRecord {
+        ts: String::new(),
+        request_id: String::new(),
+        id: None,
+        instance: None,
+        config_hash: None,
+        shadow_request_id: None,
+        client_ip: None,
+        route: route.to_string(),
+        endpoint: endpoint.to_string(),
+        method: String::new(),
+        path: String::new(),
+        query: None,
+        primary: PrimarySide { upstream: String::new(), status: None, latency_ms: None, body_bytes: None },
+        shadow: ShadowSide { upstream: String::new(), status: None, latency_ms: None, body_bytes: None, error: None },
+        result: Outcome::Mismatch,
+        reason: None,
+        diffs,
+        noise: Vec::new(),
+    };
+    noise.rejudge(&mut record)
+}
+
 /// The `WHERE` clause for `query` (COPY takes no bind parameters, so values
 /// are written as quoted literals).
 fn where_clause(query: &Query) -> Result<String, String> {
@@ -261,6 +360,22 @@ mod tests {
         );
         assert_eq!(where_clause(&Query::default()).unwrap(), "");
         assert!(where_clause(&Query { routes: vec!["a\0b".into()], ..Query::default() }).is_err());
+    }
+
+    #[test]
+    fn a_mismatch_group_is_a_match_when_every_field_is_noise_for_its_endpoint() {
+        let mut noise = FleetNoise::default();
+        noise.add("items", "/items/{id}", ["/items/0/etag", "header:ETag"]);
+        let judge = |endpoint: &str, fields: &[&str]| {
+            let fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+            rejudged_as_match(&noise, "items", endpoint, &fields)
+        };
+        assert!(judge("/items/{id}", &["body /items/7/etag"]), "indexes fold");
+        assert!(judge("/items/{id}", &["header etag", "body /items/1/etag"]));
+        assert!(!judge("/items/{id}", &["status ", "header etag"]), "a status is never noise");
+        assert!(!judge("/items/{id}", &["body /items/1/etag", "body /name"]), "one real difference");
+        assert!(!judge("/items", &["body /items/1/etag"]), "noise is per endpoint");
+        assert!(!judge("/items/{id}", &[]), "a mismatch with no fields stays one");
     }
 
     #[test]

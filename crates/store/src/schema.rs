@@ -9,13 +9,20 @@ use tokio_postgres::Client;
 pub const MIGRATION_LOCK: i64 = 0x7374_7261_6e67_6c65;
 /// Advisory lock key that the replica enforcing retention holds.
 pub const RETENTION_LOCK: i64 = 0x7374_7261_6e67_6c66;
+/// Advisory lock key every change of the rollout state takes for its
+/// transaction, so a change reads what the one before it wrote.
+pub const STATE_LOCK: i64 = 0x7374_7261_6e67_6c67;
+/// Advisory lock key the deciding replica's pilot holds for its session:
+/// one replica at a time evaluates gates and records transitions.
+pub const LEAD_LOCK: i64 = 0x7374_7261_6e67_6c68;
 
 /// The migrations, in order: `(version, name, SQL)`. Never edit one that
 /// has shipped; add the next.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "shadow records and learned noise",
-    "CREATE TABLE shadow_records (
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "shadow records and learned noise",
+        "CREATE TABLE shadow_records (
         id uuid PRIMARY KEY,
         ts timestamptz NOT NULL,
         route text NOT NULL,
@@ -37,12 +44,39 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
         first_seen timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (route, endpoint, pointer, instance)
     );",
-)];
+    ),
+    (
+        2,
+        "rollout state: progress, transitions, config reloads",
+        "-- One row per rolling-out route: its step, status and last readings (a JSON document
+    -- the proxy writes; the store only keeps it).
+    CREATE TABLE rollout_progress (
+        route text PRIMARY KEY,
+        doc jsonb NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    -- The audit trail: appended, never changed.
+    CREATE TABLE rollout_history (
+        id bigserial PRIMARY KEY,
+        at timestamptz NOT NULL,
+        route text NOT NULL,
+        doc jsonb NOT NULL
+    );
+    CREATE INDEX rollout_history_route ON rollout_history (route, id);
+    CREATE TABLE config_reloads (
+        id bigserial PRIMARY KEY,
+        at timestamptz NOT NULL,
+        doc jsonb NOT NULL
+    );",
+    ),
+];
 
 /// Applies the migrations this database lacks; returns the versions it applied.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    // "relation already exists, skipping" is no news to a replica's log or a shell.
+    tx.batch_execute("SET LOCAL client_min_messages = warning").await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version integer PRIMARY KEY,
