@@ -20,7 +20,8 @@
 //!    [`forwarded`] names the client behind `trusted_proxies`),
 //!    `proxy/prepare.rs` ([`headers`], body buffering, the mirror's start),
 //!    `proxy/send.rs` (retries, fallback; [`split`] chose the primary),
-//!    `proxy/finish.rs` (answer edits, [`metrics`], access log); failures
+//!    `proxy/finish.rs` (answer edits, [`metrics`], the [`access_log`] line
+//!    written at the answer's end); failures
 //!    become [`error`]s answered as JSON.
 //! 4. [`upstream`]: upstream groups — target choice, outlier ejection,
 //!    retry budget, concurrency cap — over [`client`]: connections to
@@ -38,8 +39,9 @@
 //! effects, then `retire` of what the old version had) → the [`Shared`]
 //! `ArcSwap` the hot path reads; [`health`] starts the new version's checks.
 //!
-//! Beside both: [`tls`] (termination, SNI, live certificate rotation, https
-//! upstreams), [`admin`] (`/healthz`, `/readyz`, `/metrics`, `/config`,
+//! Beside both: [`access_log`] (JSON lines in per-worker buffers, written by
+//! a thread of their own), [`tls`] (termination, SNI, live certificate
+//! rotation, https upstreams), [`admin`] (`/healthz`, `/readyz`, `/metrics`, `/config`,
 //! `/explain`, `/shadow`) and [`explain`] (why a request takes its route).
 //!
 //! `main.rs` is a thin CLI over [`server::run`], which takes already-bound
@@ -51,6 +53,7 @@
 //! does not use. Imports between these modules run one way only
 //! (`tests/architecture.rs` checks it).
 
+pub mod access_log;
 pub mod admin;
 pub mod client;
 pub mod config;

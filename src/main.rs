@@ -220,12 +220,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Scheduler::WorkStealing if threads == 1 => (tokio::runtime::Builder::new_current_thread(), 1),
         Scheduler::WorkStealing => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(threads);
+            // A thread's access-log lines are handed over as it goes idle: no
+            // timer of ours runs on a given thread of this runtime.
+            builder.worker_threads(threads).on_thread_park(strangler::access_log::flush_this_thread);
             (builder, 1)
         }
     };
     let runtime = runtime.enable_all().build().context("cannot start the runtime")?;
-    runtime.block_on(async move {
+    let shared = runtime.block_on(async move {
         let shared = Shared::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (listen, admin) = {
             let table = shared.table.load();
@@ -257,10 +259,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             balance_connections: matches!(args.connection_balance, ConnectionBalance::Exact),
             ..ServeOptions::default()
         };
-        server::run(proxy_listener, admin_listener, shared, options, shutdown_signal()).await;
+        server::run(proxy_listener, admin_listener, shared.clone(), options, shutdown_signal()).await;
         tracing::info!("stopped");
-        Ok(())
-    })
+        Ok::<_, anyhow::Error>(shared)
+    })?;
+    // Requests the drain timeout cut off are dropped with the runtime, and
+    // logged then (as 499s): their lines too are written before exiting.
+    drop(runtime);
+    strangler::access_log::flush_this_thread();
+    if let Some(log) = &shared.table.load().access_log {
+        log.sink().flushed_blocking(server::ACCESS_LOG_FLUSH_WAIT);
+    }
+    Ok(())
 }
 
 /// TLS on the main listener, the certificate watcher, and the optional plain listener.

@@ -12,7 +12,8 @@
 //!    budget, a concurrency slot each), then the fallback.
 //! 5. `finish.rs`, `finish()`: the upstream's answer made the client's
 //!    (headers, version, upgrade tunnel, the mirror's copy); then
-//!    `record()` counts the request and writes the access log.
+//!    `Exchange::record()` counts the request, and the [`Exchange`] the
+//!    server keeps until the answer's end writes the access-log line.
 //!
 //! Every stage edits the request or answer in place and streams bodies;
 //! errors are [`ProxyError`]s, answered as JSON by [`handle`]. Mirroring
@@ -26,7 +27,6 @@ mod send;
 #[cfg(test)]
 mod testing;
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,11 +42,12 @@ use crate::table::{Route, RouteUpstream, Table};
 use crate::Shared;
 
 use admit::admit;
-use finish::finish;
+use finish::{finish, AccessFields};
 use prepare::{prepare, start_mirror, RequestBody};
 use route::route;
 use send::send;
 
+pub use finish::Exchange;
 // The pure steps of routing, shared with `explain` so that it answers
 // what the proxy does.
 pub use prepare::upstream_path_and_query;
@@ -99,11 +100,6 @@ impl<'a> ClientIp<'a> {
         let (trusted, peer) = (self.trusted, self.downstream.remote.ip());
         *self.resolved.get_or_insert_with(|| trusted.client_ip(peer, headers))
     }
-
-    /// The address if something asked for it.
-    fn known(&self) -> Option<IpAddr> {
-        self.resolved
-    }
 }
 
 /// Counts a request as in flight until dropped.
@@ -115,12 +111,15 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Serves one downstream request. Never fails: every error becomes a JSON answer.
+/// Serves one downstream request. Never fails: every error becomes a JSON
+/// answer. Returns the answer and its [`Exchange`], which the server keeps
+/// until the answer's body has gone out (it counts the bytes and writes
+/// the access-log line when dropped).
 pub async fn handle(
     shared: Arc<Shared>,
     downstream: Arc<Downstream>,
     mut req: Request<ProxyBody>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> (Response<ProxyBody>, Exchange) {
     let start = Instant::now();
     shared.metrics.in_flight.inc();
     let _in_flight = InFlight(&shared.metrics.in_flight);
@@ -128,29 +127,29 @@ pub async fn handle(
     let upgrade = headers::is_upgrade_request(req.headers());
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     let request_id = headers::request_id(req.headers());
-    let table = shared.table.load_full();
+    // Dropped with this future if the client leaves first: then logged as a 499.
+    let mut exchange = Exchange::new(shared.table.load_full(), request_id, req.method().clone(), start);
+    let table = &exchange.table;
     let mut client = ClientIp::new(&downstream, &table.trusted_proxies);
-    if finish::access_logged() {
-        client.get(req.headers());
-    }
-    let method = req.method().clone();
-    let mut outcome = Outcome::default();
-    let response = match forward(&shared, &table, req, upgrade, &request_id, &mut client, &mut outcome).await {
+    exchange.access = AccessFields::sample(table, &req, &mut client);
+    let forwarded = forward(&shared, table, req, upgrade, &exchange.request_id, &mut client, &mut exchange.outcome);
+    let response = match forwarded.await {
         Ok(response) => response,
         Err(err) => {
-            tracing::debug!(request_id = ?request_id, error = %err, "request failed");
-            err.into_response(Some(&request_id))
+            tracing::debug!(request_id = ?exchange.request_id, error = %err, "request failed");
+            err.into_response(Some(&exchange.request_id))
         }
     };
-    Ok(finish::record(response, &table, &method, &outcome, &request_id, client.known(), start))
+    let response = exchange.record(response);
+    (response, exchange)
 }
 
-/// What the access log and metrics need to know about how a request went;
-/// the stages fill it in as they get that far.
-#[derive(Default)]
-struct Outcome<'t> {
-    path: Option<Box<str>>,
-    route: Option<&'t Route>,
+/// How far a request got, as indices into the table it started on, for the
+/// metrics and the access log; the stages fill it in as they get that far.
+#[derive(Default, Clone, Copy)]
+struct Outcome {
+    /// Index into the router's entries of the request's route.
+    route: Option<usize>,
     /// Index into `route.upstreams` of the upstream that answered (or was
     /// last tried); `None` when the request never got that far (a 429, say).
     upstream: Option<usize>,
@@ -159,21 +158,25 @@ struct Outcome<'t> {
     misdirected_from: Option<usize>,
 }
 
-impl<'t> Outcome<'t> {
-    fn used(&self) -> Option<&'t RouteUpstream> {
-        Some(&self.route?.upstreams[self.upstream?])
+impl Outcome {
+    fn route<'t>(&self, table: &'t Table) -> Option<&'t Route> {
+        Some(&table.router.entries()[self.route?].1)
+    }
+
+    fn used<'t>(&self, table: &'t Table) -> Option<&'t RouteUpstream> {
+        Some(&self.route(table)?.upstreams[self.upstream?])
     }
 }
 
 /// One request through the stages, each a function of its own.
-async fn forward<'t>(
+async fn forward(
     shared: &Shared,
-    table: &'t Table,
+    table: &Table,
     mut req: Request<ProxyBody>,
     upgrade: bool,
     request_id: &HeaderValue,
     client: &mut ClientIp<'_>,
-    outcome: &mut Outcome<'t>,
+    outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // A cheap clone (shared bytes): the normalized path may borrow from it
     // while the request's headers are edited.
@@ -188,5 +191,6 @@ async fn forward<'t>(
     let (mut parts, body) = req.into_parts();
     let (mut body, tap) = RequestBody::keep(&plan, &parts.headers, body, mirror).await?;
     let response = send(&plan, &mut parts, &mut body, outcome).await?;
-    finish(response, downstream_upgrade, downstream_version, request_id, tap, outcome)
+    let upstream = outcome.used(table).map(|u| &u.upstream.name);
+    finish(response, downstream_upgrade, downstream_version, request_id, tap, upstream)
 }

@@ -56,7 +56,7 @@ pub(super) fn prepare<'t, 'u>(
     upgrade: bool,
     request_id: &HeaderValue,
 ) -> Result<Plan<'t, 'u>, ProxyError> {
-    let Routed { route, path, prefix_len, host } = routed;
+    let Routed { route, path, prefix_len, host, .. } = routed;
     let path_and_query = upstream_path_and_query(route, &path, prefix_len, req.uri())?;
     let absolute_form = req.uri().authority().is_some();
     let hdrs = req.headers_mut();

@@ -21,7 +21,7 @@ pub(super) async fn send<'t>(
     plan: &Plan<'t, '_>,
     parts: &mut http::request::Parts,
     body: &mut RequestBody,
-    outcome: &mut Outcome<'t>,
+    outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let route = plan.route;
     let mut attempt = Attempt { parts, path_and_query: &plan.path_and_query, body, replayable: plan.replayable };

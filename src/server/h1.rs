@@ -40,7 +40,7 @@ use tokio::net::TcpStream;
 use super::deadline::Deadlines;
 use super::worker::Drain;
 use crate::client::body::ProxyBody;
-use crate::proxy::{self, Downstream};
+use crate::proxy::{self, Downstream, Exchange};
 use crate::wire;
 use crate::wire::request::{self, Head, Parsed, Refusal};
 use crate::wire::response::{self, Answering, Delimited};
@@ -125,10 +125,14 @@ async fn serve_request(
 ) -> bool {
     let is_head = parsed.request.method() == Method::HEAD;
     let version = parsed.request.version();
-    let Some(response) = answer(stream, shared, downstream, parsed.request).await else { return false };
+    // Dropped at the end of this function, the exchange writes the access
+    // log line: after the last byte, or when a write failed.
+    let Some((response, mut exchange)) = answer(stream, shared, downstream, parsed.request).await else {
+        return false;
+    };
     let keep_alive = parsed.keep_alive && !*drain.borrow();
     let to = Answering { is_head, version, keep_alive };
-    matches!(write_response(stream, out, response, to).await, Ok(true))
+    matches!(write_response(stream, out, response, to, Some(&mut exchange)).await, Ok(true))
 }
 
 /// Waits, holding no buffer, until the client sends more. `false` when the
@@ -214,19 +218,19 @@ fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
 
 /// Proxies the request. `None` if the client closes its connection before
 /// the answer is ready: the request is then dropped, upstream exchange and
-/// all (hyper does the same).
+/// all (hyper does the same; the access log says 499).
 async fn answer(
     stream: &TcpStream,
     shared: &Arc<Shared>,
     downstream: &Arc<Downstream>,
     request: Request<ProxyBody>,
-) -> Option<Response<ProxyBody>> {
+) -> Option<(Response<ProxyBody>, Exchange)> {
     // Not boxed on its own: it lives in `serve_request`'s box.
     let mut handling = std::pin::pin!(proxy::handle(shared.clone(), downstream.clone(), request));
     let mut watching = true;
     poll_fn(|cx| {
-        if let Poll::Ready(Ok(response)) = handling.as_mut().poll(cx) {
-            return Poll::Ready(Some(response));
+        if let Poll::Ready(answered) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Some(answered));
         }
         // The socket turns readable only on EOF (or a pipelined request);
         // a peek tells which.
@@ -243,12 +247,14 @@ async fn answer(
     .await
 }
 
-/// Writes the answer; `Ok(true)` when the connection can carry another request.
+/// Writes the answer; `Ok(true)` when the connection can carry another
+/// request. `exchange` counts the body bytes written.
 async fn write_response(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
     response: Response<ProxyBody>,
     to: Answering,
+    mut exchange: Option<&mut Exchange>,
 ) -> std::io::Result<bool> {
     let (parts, mut body) = response.into_parts();
     // Taken before the first frame: polling changes it.
@@ -270,14 +276,17 @@ async fn write_response(
             None,
             parts.headers.get(&crate::headers::X_REQUEST_ID),
         );
-        return Box::pin(write_response(stream, out, failed, Answering { keep_alive: false, ..to })).await;
+        if let Some(exchange) = exchange.as_deref_mut() {
+            exchange.answered_with(failed.status());
+        }
+        return Box::pin(write_response(stream, out, failed, Answering { keep_alive: false, ..to }, exchange)).await;
     }
     let head = response::encode_head(out, parts.status, &parts.headers, exact_length, to);
     if head.body == Delimited::HeadOnly {
         stream.write_all(out).await?;
         return Ok(head.keep_alive);
     }
-    let complete = write_body(stream, out, body, head.body, first).await?;
+    let complete = write_body(stream, out, body, head.body, first, exchange).await?;
     Ok(head.keep_alive && complete)
 }
 
@@ -286,24 +295,26 @@ type Polled = Poll<Option<Result<http_body::Frame<Bytes>, crate::client::body::B
 
 /// Streams the body after the head already in `out`, starting with `first`;
 /// `Ok(false)` if it failed or did not match its declared length (the
-/// connection must close then).
+/// connection must close then). Body bytes count as sent (`exchange`) once
+/// the write that carries them has succeeded.
 async fn write_body(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
     mut body: ProxyBody,
     framing: Delimited,
     first: Polled,
+    exchange: Option<&mut Exchange>,
 ) -> std::io::Result<bool> {
     let mut sent = 0u64;
     let mut complete = true;
     let mut next = first;
+    let mut writer = BodyWriter { stream, out, exchange, unwritten: 0 };
     loop {
         let frame = match next {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 // More is coming, maybe not soon: what is here goes out now.
-                stream.write_all(out).await?;
-                out.clear();
+                writer.flush().await?;
                 body.frame().await
             }
         };
@@ -322,7 +333,7 @@ async fn write_body(
         }
         if !data.is_empty() {
             sent += data.len() as u64;
-            put_data(stream, out, &data, framing == Delimited::Chunked).await?;
+            writer.put_data(&data, framing == Delimited::Chunked).await?;
         }
         if !complete || body.is_end_stream() {
             break;
@@ -332,30 +343,58 @@ async fn write_body(
         complete &= sent == n;
     }
     if framing == Delimited::Chunked && complete {
-        out.extend_from_slice(b"0\r\n\r\n");
+        writer.out.extend_from_slice(b"0\r\n\r\n");
     }
-    stream.write_all(out).await?;
-    out.clear();
+    writer.flush().await?;
     Ok(complete)
 }
 
-/// Adds a piece of body behind what `out` holds: copied when small, else
-/// written straight from its own buffer.
-async fn put_data(stream: &mut TcpStream, out: &mut Vec<u8>, data: &[u8], chunked: bool) -> std::io::Result<()> {
-    if chunked {
-        let _ = write!(out, "{:x}\r\n", data.len());
+/// Writes an answer's body behind its head, counting the body bytes that
+/// have gone out.
+struct BodyWriter<'a> {
+    stream: &'a mut TcpStream,
+    /// The head and small pieces of body, coalesced into one write.
+    out: &'a mut Vec<u8>,
+    exchange: Option<&'a mut Exchange>,
+    /// Body bytes in `out`.
+    unwritten: usize,
+}
+
+impl BodyWriter<'_> {
+    /// Writes what `out` holds.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.write_all(self.out).await?;
+        self.out.clear();
+        let written = std::mem::take(&mut self.unwritten);
+        self.count(written);
+        Ok(())
     }
-    if out.len() + data.len() <= COALESCE {
-        out.extend_from_slice(data);
-    } else {
-        stream.write_all(out).await?;
-        out.clear();
-        stream.write_all(data).await?;
+
+    fn count(&mut self, n: usize) {
+        if let Some(exchange) = self.exchange.as_deref_mut() {
+            exchange.sent(n);
+        }
     }
-    if chunked {
-        out.extend_from_slice(b"\r\n");
+
+    /// Adds a piece of body behind what `out` holds: copied when small,
+    /// else written straight from its own buffer.
+    async fn put_data(&mut self, data: &[u8], chunked: bool) -> std::io::Result<()> {
+        if chunked {
+            let _ = write!(self.out, "{:x}\r\n", data.len());
+        }
+        if self.out.len() + data.len() <= COALESCE {
+            self.out.extend_from_slice(data);
+            self.unwritten += data.len();
+        } else {
+            self.flush().await?;
+            self.stream.write_all(data).await?;
+            self.count(data.len());
+        }
+        if chunked {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Answers a refused head with its JSON error and closes the connection,
@@ -366,7 +405,7 @@ async fn refuse(stream: &mut TcpStream, out: &mut Vec<u8>, refusal: Refusal, lin
     tracing::debug!(status = status.as_u16(), reason = message, "request head refused");
     let response = crate::error::json_error(status, code, "downstream", message.into(), None, None);
     let to = Answering { is_head: false, version: Version::HTTP_11, keep_alive: false };
-    if write_response(stream, out, response, to).await.is_err() {
+    if write_response(stream, out, response, to, None).await.is_err() {
         return;
     }
     let _ = stream.shutdown().await;

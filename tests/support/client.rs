@@ -34,7 +34,8 @@ impl TestResponse {
     }
 }
 
-type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+/// The tests' HTTP client (HTTP/1.1 or HTTP/2 prior knowledge).
+pub type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 /// An HTTP/1.1 client with a keep-alive pool.
 pub fn http1() -> TestClient {
