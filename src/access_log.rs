@@ -436,6 +436,20 @@ pub fn write_line(out: &mut Vec<u8>, ts: &[u8], fields: impl FnOnce(&mut Line<'_
     out.extend_from_slice(b"}\n");
 }
 
+/// A field's name as written before its value (`,"name":`), made once at
+/// compile time by [`key!`](crate::access_log::key).
+#[derive(Clone, Copy)]
+pub struct Key(pub &'static str);
+
+/// The [`Key`] of a field: `key!("route")` is `,"route":`.
+#[macro_export]
+macro_rules! access_log_key {
+    ($name:literal) => {
+        $crate::access_log::Key(concat!(",\"", $name, "\":"))
+    };
+}
+pub use access_log_key as key;
+
 /// The fields of one JSON line after `ts`, in the order they are added.
 /// Keys are the caller's constants and are written as they are; values are
 /// escaped.
@@ -444,23 +458,29 @@ pub struct Line<'a> {
 }
 
 impl Line<'_> {
-    fn key(&mut self, key: &str) {
-        debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{key}");
-        self.out.extend_from_slice(b",\"");
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
+    fn key(&mut self, key: Key) {
+        self.out.extend_from_slice(key.0.as_bytes());
     }
 
     /// A string, escaped; bytes that are not UTF-8 become U+FFFD.
-    pub fn string(&mut self, key: &str, value: &[u8]) {
+    pub fn string(&mut self, key: Key, value: &[u8]) {
         self.key(key);
         self.out.push(b'"');
         escape(self.out, value);
         self.out.push(b'"');
     }
 
+    /// A string that needs no escaping (hex, an HTTP method): written as it is.
+    pub fn plain(&mut self, key: Key, value: &str) {
+        debug_assert_eq!(plain_prefix(value.as_bytes()), value.len(), "{value:?} needs escaping");
+        self.key(key);
+        self.out.push(b'"');
+        self.out.extend_from_slice(value.as_bytes());
+        self.out.push(b'"');
+    }
+
     /// A string, or `null`.
-    pub fn string_or_null(&mut self, key: &str, value: Option<&[u8]>) {
+    pub fn string_or_null(&mut self, key: Key, value: Option<&[u8]>) {
         match value {
             Some(value) => self.string(key, value),
             None => {
@@ -470,13 +490,13 @@ impl Line<'_> {
         }
     }
 
-    pub fn number(&mut self, key: &str, value: u64) {
+    pub fn number(&mut self, key: Key, value: u64) {
         self.key(key);
         self.out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     /// An address as a string: `"192.0.2.1"`, `"2001:db8::1"`.
-    pub fn ip(&mut self, key: &str, ip: IpAddr) {
+    pub fn ip(&mut self, key: Key, ip: IpAddr) {
         self.key(key);
         self.out.push(b'"');
         match ip {
@@ -501,6 +521,39 @@ impl Line<'_> {
 /// characters (C0, DEL and C1, so that no line can move a terminal's
 /// cursor), and bytes that are not UTF-8 (as `\ufffd`).
 pub fn escape(out: &mut Vec<u8>, value: &[u8]) {
+    // Almost every value is printable ASCII without quotes or backslashes:
+    // copied as it is, checked 8 bytes at a time.
+    let plain = plain_prefix(value);
+    out.extend_from_slice(&value[..plain]);
+    if plain < value.len() {
+        escape_rest(out, &value[plain..]);
+    }
+}
+
+/// How many bytes at the start of `value` need no escaping: printable ASCII
+/// other than `"` and `\`.
+fn plain_prefix(value: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Whether any byte of `w` is zero (exact for the word as a whole).
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
+    let mut words = value.chunks_exact(8);
+    let mut plain = 0;
+    for word in &mut words {
+        let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        // A byte below 0x20 or at/above 0x7F, or a `"` or `\`.
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
+        let high = (w | w.wrapping_add(ONES)) & HIGH != 0;
+        if control || high || has_zero(w ^ (ONES * u64::from(b'"'))) || has_zero(w ^ (ONES * u64::from(b'\\'))) {
+            break;
+        }
+        plain += 8;
+    }
+    plain + value[plain..].iter().take_while(|&&b| (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\').count()
+}
+
+/// [`escape`] from the first byte that may need it.
+fn escape_rest(out: &mut Vec<u8>, value: &[u8]) {
     for chunk in value.utf8_chunks() {
         escape_utf8(out, chunk.valid().as_bytes());
         if !chunk.invalid().is_empty() {
@@ -572,6 +625,23 @@ mod tests {
     }
 
     #[test]
+    fn every_byte_is_escaped_the_same_at_any_place_in_a_long_value() {
+        // The 8-byte fast path and the byte-by-byte one agree, wherever the byte falls.
+        for byte in 0..=255u8 {
+            for at in 0..20 {
+                let mut value = b"0123456789abcdefghij".to_vec();
+                value[at] = byte;
+                let mut expected = Vec::new();
+                escape_rest(&mut expected, &value);
+                assert_eq!(escaped(&value).as_bytes(), expected, "byte {byte:#x} at {at}");
+            }
+        }
+        assert_eq!(plain_prefix(b"0123456789abcdef\"quoted"), 16);
+        assert_eq!(plain_prefix(b"abcdefg~"), 8, "0x7E is printable");
+        assert_eq!(plain_prefix(b"abcdefg\x7f"), 7);
+    }
+
+    #[test]
     fn c1_control_characters_are_escaped() {
         let csi = "x\u{9b}31m".as_bytes();
         assert_eq!(escaped(csi), r"x\u009b31m");
@@ -583,17 +653,18 @@ mod tests {
     fn a_line_is_one_json_object_with_its_fields_in_order() {
         let mut out = Vec::new();
         write_line(&mut out, b"2026-11-26T10:00:00Z", |line| {
-            line.ip("v4", "192.0.2.10".parse().unwrap());
-            line.ip("v6", "2001:db8::1".parse().unwrap());
-            line.string("s", b"a\"b");
-            line.string_or_null("missing", None);
-            line.number("n", u64::MAX);
+            line.ip(key!("v4"), "192.0.2.10".parse().unwrap());
+            line.ip(key!("v6"), "2001:db8::1".parse().unwrap());
+            line.string(key!("s"), b"a\"b");
+            line.plain(key!("p"), "GET");
+            line.string_or_null(key!("missing"), None);
+            line.number(key!("n"), u64::MAX);
         });
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("}\n") && text.matches('\n').count() == 1, "{text:?}");
         assert_eq!(
             text,
-            "{\"ts\":\"2026-11-26T10:00:00Z\",\"v4\":\"192.0.2.10\",\"v6\":\"2001:db8::1\",\"s\":\"a\\\"b\",\"missing\":null,\"n\":18446744073709551615}\n"
+            "{\"ts\":\"2026-11-26T10:00:00Z\",\"v4\":\"192.0.2.10\",\"v6\":\"2001:db8::1\",\"s\":\"a\\\"b\",\"p\":\"GET\",\"missing\":null,\"n\":18446744073709551615}\n"
         );
         serde_json::from_str::<serde_json::Value>(&text).expect("valid JSON");
     }
@@ -675,7 +746,7 @@ mod tests {
             AccessLog::instantiate(&file_settings(&path, 1024, Duration::from_secs(3600)), None, &dropped()).unwrap();
         let read = || std::fs::read_to_string(&path).unwrap();
         let sink = log.sink().clone();
-        let one = |n: u64| sink.append(|line| line.number("n", n));
+        let one = |n: u64| sink.append(|line| line.number(key!("n"), n));
         one(0);
         assert!(sink.flushed_blocking(Duration::from_secs(5)));
         assert_eq!(read(), "", "one short line waits in the buffer");
@@ -701,9 +772,9 @@ mod tests {
         let path = dir.path().join("access.log");
         let log = AccessLog::instantiate(&file_settings(&path, 64 << 10, Duration::from_millis(50)), None, &dropped())
             .unwrap();
-        log.sink().append(|line| line.number("n", 1));
+        log.sink().append(|line| line.number(key!("n"), 1));
         std::thread::sleep(Duration::from_millis(60));
-        log.sink().append(|line| line.number("n", 2));
+        log.sink().append(|line| line.number(key!("n"), 2));
         assert!(log.sink().flushed_blocking(Duration::from_secs(5)));
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
     }
@@ -720,8 +791,8 @@ mod tests {
         let moved = AccessLog::instantiate(&b, Some(&first), &dropped()).unwrap();
         assert!(!Arc::ptr_eq(first.sink(), moved.sink()));
         // A line buffered for a.log goes there when the next one is for b.log.
-        first.sink().append(|line| line.number("n", 1));
-        moved.sink().append(|line| line.number("n", 2));
+        first.sink().append(|line| line.number(key!("n"), 1));
+        moved.sink().append(|line| line.number(key!("n"), 2));
         flush_this_thread();
         assert!(first.sink().flushed_blocking(Duration::from_secs(5)));
         assert!(moved.sink().flushed_blocking(Duration::from_secs(5)));

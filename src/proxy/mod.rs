@@ -27,6 +27,7 @@ mod send;
 #[cfg(test)]
 mod testing;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -115,33 +116,41 @@ impl Drop for InFlight<'_> {
 /// answer. Returns the answer and its [`Exchange`], which the server keeps
 /// until the answer's body has gone out (it counts the bytes and writes
 /// the access-log line when dropped).
-pub async fn handle(
+///
+/// A plain function around an `async move` block rather than an `async fn`,
+/// as are the stages' below: an `async fn` keeps its own copy of each
+/// argument beside the caller's for its whole life (the request's 320 bytes
+/// twice), and every future is copied whole at each `await` on the way down.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn handle(
     shared: Arc<Shared>,
     downstream: Arc<Downstream>,
     mut req: Request<ProxyBody>,
-) -> (Response<ProxyBody>, Exchange) {
-    let start = Instant::now();
-    shared.metrics.in_flight.inc();
-    let _in_flight = InFlight(&shared.metrics.in_flight);
-    // Hop-by-hop headers go before anything is read or added.
-    let upgrade = headers::is_upgrade_request(req.headers());
-    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
-    let request_id = headers::request_id(req.headers());
-    // Dropped with this future if the client leaves first: then logged as a 499.
-    let mut exchange = Exchange::new(shared.table.load_full(), request_id, req.method().clone(), start);
-    let table = &exchange.table;
-    let mut client = ClientIp::new(&downstream, &table.trusted_proxies);
-    exchange.access = AccessFields::sample(table, &req, &mut client);
-    let forwarded = forward(&shared, table, req, upgrade, &exchange.request_id, &mut client, &mut exchange.outcome);
-    let response = match forwarded.await {
-        Ok(response) => response,
-        Err(err) => {
-            tracing::debug!(request_id = ?exchange.request_id, error = %err, "request failed");
-            err.into_response(Some(&exchange.request_id))
-        }
-    };
-    let response = exchange.record(response);
-    (response, exchange)
+) -> impl Future<Output = (Response<ProxyBody>, Exchange)> {
+    async move {
+        let start = Instant::now();
+        shared.metrics.in_flight.inc();
+        let _in_flight = InFlight(&shared.metrics.in_flight);
+        // Hop-by-hop headers go before anything is read or added.
+        let upgrade = headers::is_upgrade_request(req.headers());
+        headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+        let request_id = headers::request_id(req.headers());
+        // Dropped with this future if the client leaves first: then logged as a 499.
+        let mut exchange = Exchange::new(shared.table.load_full(), request_id, req.method().clone(), start);
+        let table = &exchange.table;
+        let mut client = ClientIp::new(&downstream, &table.trusted_proxies);
+        exchange.access = AccessFields::sample(table, &req, &mut client);
+        let forwarded = forward(&shared, table, req, upgrade, &exchange.request_id, &mut client, &mut exchange.outcome);
+        let response = match forwarded.await {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::debug!(request_id = ?exchange.request_id, error = %err, "request failed");
+                err.into_response(Some(&exchange.request_id))
+            }
+        };
+        let response = exchange.record(response);
+        (response, exchange)
+    }
 }
 
 /// How far a request got, as indices into the table it started on, for the
@@ -169,28 +178,31 @@ impl Outcome {
 }
 
 /// One request through the stages, each a function of its own.
-async fn forward(
-    shared: &Shared,
-    table: &Table,
+#[allow(clippy::manual_async_fn)] // no second copy of `req`: see `handle`
+fn forward<'a, 'c: 'a>(
+    shared: &'a Shared,
+    table: &'a Table,
     mut req: Request<ProxyBody>,
     upgrade: bool,
-    request_id: &HeaderValue,
-    client: &mut ClientIp<'_>,
-    outcome: &mut Outcome,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    // A cheap clone (shared bytes): the normalized path may borrow from it
-    // while the request's headers are edited.
-    let uri = req.uri().clone();
-    let routed = route(table, req.method(), &uri, req.headers(), outcome)?;
-    admit(routed.route, req.headers(), client)?;
-    let plan = prepare(routed, &mut req, client.downstream, upgrade, request_id)?;
-    outcome.upstream = Some(plan.primary);
-    let mirror = start_mirror(&shared.shadow, &plan, &req, request_id, client, upgrade);
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let downstream_version = req.version();
-    let (mut parts, body) = req.into_parts();
-    let (mut body, tap) = RequestBody::keep(&plan, &parts.headers, body, mirror).await?;
-    let response = send(&plan, &mut parts, &mut body, outcome).await?;
-    let upstream = outcome.used(table).map(|u| &u.upstream.name);
-    finish(response, downstream_upgrade, downstream_version, request_id, tap, upstream)
+    request_id: &'a HeaderValue,
+    client: &'a mut ClientIp<'c>,
+    outcome: &'a mut Outcome,
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + use<'a, 'c> {
+    async move {
+        // A cheap clone (shared bytes): the normalized path may borrow from it
+        // while the request's headers are edited.
+        let uri = req.uri().clone();
+        let routed = route(table, req.method(), &uri, req.headers(), outcome)?;
+        admit(routed.route, req.headers(), client)?;
+        let plan = prepare(routed, &mut req, client.downstream, upgrade, request_id)?;
+        outcome.upstream = Some(plan.primary);
+        let mirror = start_mirror(&shared.shadow, &plan, &req, request_id, client, upgrade);
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let downstream_version = req.version();
+        let (mut parts, body) = req.into_parts();
+        let (mut body, tap) = RequestBody::keep(&plan, &parts.headers, body, mirror).await?;
+        let response = send(&plan, &mut parts, &mut body, outcome).await?;
+        let upstream = outcome.used(table).map(|u| &u.upstream.name);
+        finish(response, downstream_upgrade, downstream_version, request_id, tap, upstream)
+    }
 }

@@ -266,10 +266,13 @@ fn proxy_service(
         if let Some(requests) = &requests {
             requests.started();
         }
-        let requests = requests.clone();
-        let handling = proxy::handle(shared.clone(), downstream.clone(), req.map(ProxyBody::Streamed));
+        let (requests, shared, downstream) = (requests.clone(), shared.clone(), downstream.clone());
+        // The proxy's future is made inside the box: made outside, it would
+        // be stored twice (captured, then awaited).
         Box::pin(async move {
-            let (response, exchange) = handling.await;
+            let (mut response, exchange) = proxy::handle(shared, downstream, req.map(ProxyBody::Streamed)).await;
+            // Our own loop writes it into the head; hyper writes the map.
+            response.headers_mut().insert(crate::headers::X_REQUEST_ID.clone(), exchange.request_id().clone());
             // After a 101 the connection is a tunnel: no head comes next.
             let requests = requests.filter(|_| response.status() != http::StatusCode::SWITCHING_PROTOCOLS);
             Ok(response.map(|body| Answer::new(body, requests, Some(exchange))))

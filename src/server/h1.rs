@@ -115,24 +115,29 @@ pub(crate) async fn serve(
 /// can carry another request. `false` also when the client left first, or
 /// when the worker started draining meanwhile (the answer then says
 /// `Connection: close`).
-async fn serve_request(
-    stream: &mut TcpStream,
-    shared: &Arc<Shared>,
-    downstream: &Arc<Downstream>,
+/// (A plain function around an `async move` block: an `async fn` would keep
+/// a second copy of `parsed`, see [`proxy::handle`].)
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn serve_request<'a>(
+    stream: &'a mut TcpStream,
+    shared: &'a Arc<Shared>,
+    downstream: &'a Arc<Downstream>,
     parsed: Parsed<ProxyBody>,
-    drain: &Drain,
-    out: &mut Vec<u8>,
-) -> bool {
-    let is_head = parsed.request.method() == Method::HEAD;
-    let version = parsed.request.version();
-    // Dropped at the end of this function, the exchange writes the access
-    // log line: after the last byte, or when a write failed.
-    let Some((response, mut exchange)) = answer(stream, shared, downstream, parsed.request).await else {
-        return false;
-    };
-    let keep_alive = parsed.keep_alive && !*drain.borrow();
-    let to = Answering { is_head, version, keep_alive };
-    matches!(write_response(stream, out, response, to, Some(&mut exchange)).await, Ok(true))
+    drain: &'a Drain,
+    out: &'a mut Vec<u8>,
+) -> impl Future<Output = bool> + 'a {
+    async move {
+        let is_head = parsed.request.method() == Method::HEAD;
+        let version = parsed.request.version();
+        // Dropped at the end of this function, the exchange writes the access
+        // log line: after the last byte, or when a write failed.
+        let Some((response, mut exchange)) = answer(stream, shared, downstream, parsed.request).await else {
+            return false;
+        };
+        let keep_alive = parsed.keep_alive && !*drain.borrow();
+        let to = Answering { is_head, version, keep_alive };
+        matches!(write_response(stream, out, response, to, Some(&mut exchange)).await, Ok(true))
+    }
 }
 
 /// Waits, holding no buffer, until the client sends more. `false` when the
@@ -281,7 +286,8 @@ async fn write_response(
         }
         return Box::pin(write_response(stream, out, failed, Answering { keep_alive: false, ..to }, exchange)).await;
     }
-    let head = response::encode_head(out, parts.status, &parts.headers, exact_length, to);
+    let request_id = exchange.as_deref().map(Exchange::request_id);
+    let head = response::encode_head(out, parts.status, &parts.headers, exact_length, to, request_id);
     if head.body == Delimited::HeadOnly {
         stream.write_all(out).await?;
         return Ok(head.keep_alive);
