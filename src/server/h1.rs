@@ -31,7 +31,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
@@ -102,8 +102,10 @@ pub(crate) async fn serve(
         };
         // Boxed (one allocation per request, the proxy's future included):
         // an idle connection's task then holds only what waiting needs, not
-        // the request's state (~6 KiB).
-        let kept = Box::pin(serve_request(stream, shared, downstream, parsed, drain, &mut out)).await;
+        // the request's state (~4 KiB). The box is allocated first and the
+        // future made in it: made first, it would be copied in whole.
+        let serving = Box::write(Box::new_uninit(), serve_request(stream, shared, downstream, parsed, drain, &mut out));
+        let kept = Box::into_pin(serving).await;
         if !kept {
             let _ = stream.shutdown().await;
             return Ended::Closed;
@@ -129,9 +131,12 @@ fn serve_request<'a>(
     async move {
         let is_head = parsed.request.method() == Method::HEAD;
         let version = parsed.request.version();
+        // Pinned here, in this future's box: made in `answer`, the request
+        // would be stored once more there.
+        let handling = std::pin::pin!(proxy::handle(shared.clone(), downstream.clone(), parsed.request));
         // Dropped at the end of this function, the exchange writes the access
         // log line: after the last byte, or when a write failed.
-        let Some((response, mut exchange)) = answer(stream, shared, downstream, parsed.request).await else {
+        let Some((response, mut exchange)) = answer(stream, handling).await else {
             return false;
         };
         let keep_alive = parsed.keep_alive && !*drain.borrow();
@@ -221,17 +226,14 @@ fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
     future.poll(&mut Context::from_waker(Waker::noop()))
 }
 
-/// Proxies the request. `None` if the client closes its connection before
-/// the answer is ready: the request is then dropped, upstream exchange and
-/// all (hyper does the same; the access log says 499).
-async fn answer(
-    stream: &TcpStream,
-    shared: &Arc<Shared>,
-    downstream: &Arc<Downstream>,
-    request: Request<ProxyBody>,
-) -> Option<(Response<ProxyBody>, Exchange)> {
-    // Not boxed on its own: it lives in `serve_request`'s box.
-    let mut handling = std::pin::pin!(proxy::handle(shared.clone(), downstream.clone(), request));
+/// Drives the proxy's `handling` of a request to its answer. `None` if the
+/// client closes its connection before the answer is ready: the request is
+/// then dropped, upstream exchange and all (hyper does the same; the access
+/// log says 499).
+async fn answer<F>(stream: &TcpStream, mut handling: Pin<&mut F>) -> Option<(Response<ProxyBody>, Exchange)>
+where
+    F: Future<Output = (Response<ProxyBody>, Exchange)>,
+{
     let mut watching = true;
     poll_fn(|cx| {
         if let Poll::Ready(answered) = handling.as_mut().poll(cx) {
