@@ -2,7 +2,7 @@
 #
 # strangler — the reverse proxy.
 #
-#   docker build -t strangler:dev .
+#   docker build -t strangler:dev --build-arg STRANGLER_COMMIT="$(git rev-parse --short=12 HEAD)" .
 #
 # Build context is the repository root (the Cargo workspace). The root
 # .dockerignore keeps target/, .git, virtualenvs and demo data out of it.
@@ -12,6 +12,10 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
+# The commit strangler_build_info{commit} reports (build.rs reads it; the
+# context has no .git, so it is "unknown" unless given):
+#   docker build --build-arg STRANGLER_COMMIT="$(git rev-parse --short=12 HEAD)" .
+ARG STRANGLER_COMMIT=unknown
 # The whole workspace is copied: Cargo.lock pins every dependency and
 # --locked refuses to build if it is out of date. BuildKit cache mounts keep
 # the registry and target/ between builds, so only changed crates recompile.

@@ -1,6 +1,7 @@
 # strangler — the two commands a new user needs:
 #   make demo   start everything (monolith, extracted services, SMTP sink, proxy)
 #   make test   run every test
+# and `make demo-fleet`: the demo with two proxy replicas sharing a PostgreSQL store.
 # Both work on a fresh machine with only Rust and Python 3: this Makefile
 # installs the rest (a virtualenv with pinned Python packages; Debian
 # packages through apt-get when missing).
@@ -13,7 +14,7 @@ CARGO ?= cargo
 # Where cargo puts binaries: honours CARGO_TARGET_DIR (relative or absolute) and .cargo/config.
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo $(CURDIR)/target)
 
-.PHONY: demo test test-rust test-python test-k8s test-fuzz lint bench soak fuzz report venv build release clean system-deps
+.PHONY: demo demo-fleet migrate test test-rust test-python test-k8s test-fuzz lint bench soak fuzz report venv build release clean system-deps postgres
 
 ## Python virtualenv with the monolith's pinned requirements.
 venv: $(VENV)/.installed
@@ -29,12 +30,19 @@ release:
 	$(CARGO) build --release --workspace --bins
 
 ## Debian packages the tests and the demo use (installed only when missing).
-system-deps:
+system-deps: postgres
 	@scripts/apt-install.sh curl openssl chromium
+
+## PostgreSQL's server binaries (the fleet store's tests, `make demo-fleet`),
+## from Debian's `postgresql` when initdb is missing; Debian keeps them in
+## /usr/lib/postgresql/<version>/bin, which scripts/pg-bin.sh finds.
+postgres:
+	@scripts/pg-bin.sh >/dev/null || scripts/apt-install.sh postgresql
 
 ## Every test: fmt + clippy, Rust (unit, integration, end-to-end, short soak,
 ## hostile input), a short fuzzing run, the monolith's pytest suite, and the
-## Kubernetes manifests (rendered, schema-validated, checked by `strangler check`).
+## Kubernetes manifests (rendered, schema-validated, checked by `strangler check`;
+## alert rules checked and unit-tested by promtool).
 test: venv system-deps
 	$(MAKE) lint
 	$(MAKE) test-rust
@@ -42,7 +50,7 @@ test: venv system-deps
 	$(MAKE) test-python
 	$(MAKE) test-k8s
 
-test-rust: venv build
+test-rust: venv build postgres
 	$(CARGO) test --workspace
 
 ## Each fuzz target for 20 s, unoptimized build (quick to build; `make fuzz`
@@ -55,6 +63,8 @@ test-python: venv
 
 test-k8s: build
 	@command -v kubectl >/dev/null || scripts/apt-install.sh kubectl || true
+	@# promtool (alert rules' checks and unit tests) comes with Debian's prometheus package.
+	@command -v promtool >/dev/null || scripts/apt-install.sh prometheus
 	STRANGLER_BIN=$(TARGET_DIR)/debug/strangler bash k8s/validate.sh
 
 lint:
@@ -67,16 +77,37 @@ lint:
 demo: venv release system-deps
 	STRANGLER_BIN_DIR=$(TARGET_DIR)/release scripts/demo.sh
 
-## The shadow-diff report of the demo's traffic (HTML, one self-contained file).
+## Against a running `make demo`: walk comments from the monolith to the comments service,
+## reads through the autopilot (shadow -> 1% -> 50% -> 100%), then the writes, then the legacy
+## routes removed; `make migrate ARGS=--rollback` walks back, ARGS=--break deploys a broken
+## build of comments and watches the autopilot roll it back by itself.
+migrate: venv
+	STRANGLER_BIN=$(TARGET_DIR)/release/strangler $(PY) tools/migrate.py $(ARGS)
+
+## The whole demo as a fleet: two proxy replicas on :8080 sharing a PostgreSQL
+## store (a server of its own, installed when missing); Ctrl-C stops everything.
+demo-fleet: venv release system-deps
+	STRANGLER_BIN_DIR=$(TARGET_DIR)/release scripts/demo-fleet.sh
+
+## The shadow-diff report of the demo's traffic (HTML, one self-contained file):
+## from the store while `make demo-fleet` runs, else from the diff logs.
 report: release
-	$(TARGET_DIR)/release/strangler report demo-data/shadow-diffs.jsonl --format html -o demo-data/shadow-report.html
+	@if [ -f demo-data/fleet-store ]; then \
+	  PGPASSWORD="$$(cat demo-data/fleet-store-password)" $(TARGET_DIR)/release/strangler report \
+	    --from "$$(cat demo-data/fleet-store)" --format html -o demo-data/shadow-report.html; \
+	else \
+	  $(TARGET_DIR)/release/strangler report demo-data/shadow-diffs*.jsonl --format html -o demo-data/shadow-report.html; \
+	fi
 	@echo "wrote demo-data/shadow-report.html"
 
 ## strangler vs nginx vs HAProxy on loopback (installs them); writes bench/RESULTS.md.
-## Also the criterion benchmarks of the route lookup and the report reader.
-bench:
+## Also the criterion benchmarks of the route lookup and the report reader, the
+## store reader (1M records from PostgreSQL) and the primary's p99 with the store on.
+bench: postgres
 	$(CARGO) bench -p strangler -p strangler-offline --bench router --bench report
+	$(CARGO) bench -p strangler-store --bench read
 	scripts/bench.sh
+	scripts/bench-store.sh
 
 ## Long fault-and-load runs (release build); the short versions are in `make test`.
 soak:

@@ -3,6 +3,8 @@
 #   legacy-monolith/run.sh [PORT]        (default 5000)
 # Env: TASKAPP_DB, TASKAPP_DATA_DIR, TASKAPP_JWT_SECRET, TASKAPP_SMTP_HOST,
 #      TASKAPP_SMTP_PORT, TASKAPP_MAX_UPLOAD, TASKAPP_INTERNAL_TOKEN,
+#      COMMENTS_SERVICE_URL (set: one worker follows the comments service's feed),
+#      TASKAPP_CONSUMER_POLL, TASKAPP_CONSUMER_MAX_BACKOFF, TASKAPP_CONSUMER_BATCH,
 #      TASKAPP_WORKERS (default 2), TASKAPP_BIND_HOST (default 127.0.0.1),
 #      TASKAPP_PYTHON (python with requirements installed; default: the venv
 #      at legacy-monolith/.venv if present, else /tmp/venv-mono, else python3)

@@ -2,8 +2,9 @@
 # `make demo`: the whole strangler-fig migration on one machine.
 # Starts the SMTP sink, the legacy monolith (gunicorn, seeded SQLite), the
 # extracted `users` and `comments` services (backfilled, then following the
-# monolith's change feed) and the proxy with the root routes.yaml. Ctrl-C
-# stops everything; nothing is left running.
+# monolith's change feed; the monolith follows the comments service's feed
+# in turn) and the proxy with the root routes.yaml. Ctrl-C stops everything;
+# nothing is left running. `make migrate` walks comments across meanwhile.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -17,6 +18,12 @@ export TASKAPP_JWT_SECRET="${TASKAPP_JWT_SECRET:-demo-secret-change-me}"
 export TASKAPP_SMTP_HOST=127.0.0.1 TASKAPP_SMTP_PORT=2525
 export MONOLITH_URL=http://127.0.0.1:5000
 export USERS_DB="$DATA/users.db" COMMENTS_DB="$DATA/comments.db"
+# The shared secret of every /internal/* endpoint (feeds, ownership): the
+# monolith and both services read it; `make migrate` sends it.
+export TASKAPP_INTERNAL_TOKEN="${TASKAPP_INTERNAL_TOKEN:-demo-internal-token}"
+# The monolith follows the comments service's feed (the writes it takes once
+# it owns comments, see `make migrate`); one consumer per monolith.
+if [ -x "$BIN/comments" ]; then export COMMENTS_SERVICE_URL=http://127.0.0.1:7002; fi
 
 pids=()
 stopping=0
@@ -60,10 +67,17 @@ for svc in users comments; do
   fi
 done
 
-"$BIN/strangler" serve --config routes.yaml > "$DATA/proxy.log" 2>&1 &
-pids+=($!)
-wait_http http://127.0.0.1:9901/readyz proxy
+# One proxy with routes.yaml; `make demo-fleet` passes several replicas as
+# DEMO_PROXIES="CONFIG:ADMIN_PORT:NAME ..." (extra flags in DEMO_PROXY_ARGS).
+for proxy in ${DEMO_PROXIES:-routes.yaml:9901:proxy}; do
+  IFS=: read -r config admin_port name <<<"$proxy"
+  # shellcheck disable=SC2086
+  POD_NAME="$name" "$BIN/strangler" serve --config "$config" ${DEMO_PROXY_ARGS:-} > "$DATA/$name.log" 2>&1 &
+  pids+=($!)
+  wait_http "http://127.0.0.1:$admin_port/readyz" "$name"
+done
 
+[ -n "${DEMO_BANNER:-}" ] && echo "$DEMO_BANNER"
 cat <<MSG
 
 strangler demo is up. Logs and data are in demo-data/.
@@ -83,6 +97,7 @@ Try:
   curl -s localhost:9901/metrics | grep strangler_requests_total
   curl -s localhost:9901/shadow                                   # live shadow-diff summary
   make report                                                     # demo-data/shadow-report.html
+  make migrate                     # walk comments over to the service, reads and writes (ARGS=--rollback: back)
 
 Ctrl-C stops everything.
 MSG

@@ -16,6 +16,13 @@
 //!   weights and health); `user` is a sticky key, put where the route's
 //!   `sticky` reads it, to show which member of a split it lands on.
 //!
+//!   `rollouts` lists each route with a rollout: the weights the file
+//!   gives (all on its `upstream`) and the effective weights its progress
+//!   gives, with their source (the rollout state).
+//! - `GET /rollout`, `GET /rollout/{route}/history`,
+//!   `POST /rollout/{route}/{pause|resume|promote|abort}`: the autopilot
+//!   (see `admin/rollout.rs`; commands need loopback or the admin token).
+//!
 //! Errors are JSON in the proxy's shape (`crate::error`): a bad query is a
 //! 400, an unknown path a 404.
 //! - `GET /upstreams`: every upstream's targets, health, ejections and in-flight counts.
@@ -38,6 +45,8 @@ use tokio::net::TcpListener;
 
 use crate::Shared;
 
+mod rollout;
+
 /// The admin API as a router, so tests can drive it without a socket.
 pub fn app(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -48,6 +57,9 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/explain", get(explain))
         .route("/upstreams", get(upstreams))
         .route("/shadow", get(shadow))
+        .route("/rollout", get(rollout::status))
+        .route("/rollout/{route}/history", get(rollout::history))
+        .route("/rollout/{route}/{command}", axum::routing::post(rollout::command))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
@@ -55,7 +67,8 @@ pub fn app(shared: Arc<Shared>) -> Router {
 
 /// Serves the admin API until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    if let Err(e) = axum::serve(listener, app(shared)).with_graceful_shutdown(shutdown).await {
+    let app = app(shared).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "admin listener failed");
     }
 }
@@ -116,6 +129,7 @@ async fn config(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "config": in_force,
         "pending_hash": (!pending.is_empty()).then_some(&table.hash),
         "pending_restart": pending,
+        "rollouts": rollout::effective_weights(&table),
     }))
 }
 

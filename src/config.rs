@@ -42,6 +42,9 @@ pub struct RawConfig {
     /// lines on stderr, every request; see [`crate::access_log`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<RawAccessLog>,
+    /// Where routes' rollout progress is kept and how often it is evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autopilot: Option<RawAutopilot>,
 }
 
 /// `access_log:` as written: `off`, or its settings.
@@ -134,6 +137,18 @@ impl<'de> Deserialize<'de> for RawAccessLog {
     }
 }
 
+/// The autopilot's settings (see [`crate::rollout`]).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutopilot {
+    /// The state file (default `./strangler-rollouts.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Time between two evaluations of the gates (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde::option")]
+    pub interval: Option<Duration>,
+}
+
 /// TLS on the listener.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -187,9 +202,26 @@ pub struct RawUpstreamTls {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawShadowLog {
-    /// Diff log path; `-` writes the records to stdout (for a cluster's log pipeline).
+    /// Diff log path; `-` writes the records to stdout (for a cluster's log
+    /// pipeline); `off` writes none (with a `store`, records go there only).
     #[serde(default = "default_shadow_log")]
     pub log: String,
+    /// The fleet store, `postgres://USER@HOST:PORT/DB?sslmode=…`: every
+    /// replica writes its records and learned noise there (beside `log`).
+    /// Shown with its password masked.
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "masked_dsn")]
+    pub store: Option<String>,
+    /// A file whose first line is the store's password (a mounted Secret);
+    /// else the DSN's password, else `PGPASSWORD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// How long the store keeps records (`14d`); enforced by one replica at a time.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+    /// Records held while the store is slow or down; beyond them, records
+    /// are dropped and counted (`strangler_shadow_records_dropped_total`).
+    #[serde(default = "default_store_queue")]
+    pub store_queue: usize,
     /// Shadow requests in flight across all routes; beyond it, drop and count.
     #[serde(default = "default_max_inflight")]
     pub max_inflight: usize,
@@ -204,6 +236,10 @@ impl Default for RawShadowLog {
     fn default() -> Self {
         RawShadowLog {
             log: default_shadow_log(),
+            store: None,
+            password_file: None,
+            retention: default_retention(),
+            store_queue: default_store_queue(),
             max_inflight: default_max_inflight(),
             max_log_size: default_max_log_size(),
             max_log_files: default_max_log_files(),
@@ -213,6 +249,19 @@ impl Default for RawShadowLog {
 
 fn default_shadow_log() -> String {
     "./shadow-diffs.jsonl".into()
+}
+fn default_retention() -> Duration {
+    strangler_store::DEFAULT_RETENTION
+}
+fn default_store_queue() -> usize {
+    strangler_store::DEFAULT_QUEUE
+}
+/// The store's DSN as `/config` shows it: password masked.
+fn masked_dsn<S: serde::Serializer>(dsn: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match dsn {
+        Some(dsn) => s.serialize_str(&strangler_store::dsn::mask(dsn)),
+        None => s.serialize_none(),
+    }
 }
 fn default_max_inflight() -> usize {
     256
@@ -259,6 +308,16 @@ pub struct RawShadow {
     pub sample_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<RawHeaderEdits>,
+}
+
+impl RawShadow {
+    /// Shadowing to `upstream` with every other setting at its default (a
+    /// rollout's implied comparison).
+    pub fn of(upstream: &str) -> RawShadow {
+        let mut only = serde_yaml::Mapping::new();
+        only.insert("upstream".into(), upstream.into());
+        serde_yaml::from_value(only.into()).expect("every other key of `shadow` has a default")
+    }
 }
 
 fn default_sample() -> f64 {
@@ -502,6 +561,10 @@ pub struct RawRoute {
     pub host: Option<String>,
     #[serde(default)]
     pub strip_prefix: bool,
+    /// The route's autopilot: traffic moves from `upstream` to `rollout.to`
+    /// in steps, gated on evidence (see [`crate::rollout`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RawRollout>,
 }
 
 /// Method names as routes write them (any case), as `http` methods.
@@ -649,4 +712,83 @@ mod tests {
         let err = Source { file: "f", text }.error_at(&["name: b", "upstream", "x"], "m");
         assert_eq!((err.line, err.column), (Some(5), Some(15)));
     }
+}
+
+/// A route's autopilot: where its traffic goes, in which steps, and the
+/// evidence each step needs before the next (see [`crate::rollout`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    /// The upstream traffic moves to; the route's `upstream` is where it
+    /// starts and where a rollback returns it.
+    pub to: String,
+    /// `shadow` (compare only), then percents of traffic (of sticky keys) on `to`.
+    pub steps: Vec<RawStep>,
+    /// The least time spent on each step.
+    #[serde(default = "default_hold", with = "humantime_serde")]
+    pub hold: Duration,
+    #[serde(default)]
+    pub gates: RawGates,
+    /// What a failed gate does: `rollback` (default) or `pause`.
+    #[serde(default)]
+    pub on_fail: OnFail,
+    /// A Prometheus server (`http://…`) to read the 5xx and latency gates
+    /// from, summed over the fleet; without it, this instance's counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<String>,
+}
+
+fn default_hold() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// One step of a rollout as written: `shadow` or a percent.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawStep {
+    Percent(f64),
+    Named(String),
+}
+
+/// The bounds a step's evidence must meet.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGates {
+    /// Compared shadow requests needed within the step before it may pass.
+    pub min_samples: u64,
+    /// Fleet match rate in percent, judged as `strangler report` judges.
+    pub min_match: f64,
+    /// Requests `to` must have answered within the step before its 5xx rate
+    /// and p99 are judged: one error in three requests is not a verdict.
+    pub min_requests: u64,
+    /// `to`'s 5xx rate may be at most this many times `upstream`'s.
+    pub max_5xx_ratio: f64,
+    /// Below this 5xx rate (percent) `to` passes whatever the ratio.
+    pub min_5xx_floor: f64,
+    /// `to`'s p99 latency may be at most this many times `upstream`'s.
+    pub max_p99_ratio: f64,
+}
+
+impl Default for RawGates {
+    fn default() -> Self {
+        RawGates {
+            min_samples: 1000,
+            min_match: 99.9,
+            min_requests: 100,
+            max_5xx_ratio: 1.5,
+            min_5xx_floor: 0.1,
+            max_p99_ratio: 1.3,
+        }
+    }
+}
+
+/// What a failed gate does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFail {
+    /// Back to `upstream` at 100%, shadow on, status `rolled_back`.
+    #[default]
+    Rollback,
+    /// Stay on the step, status `paused`, until a person decides.
+    Pause,
 }

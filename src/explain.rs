@@ -12,7 +12,7 @@ use crate::error::ProxyError;
 use crate::proxy::{choose_route, downstream_host, matching_host, upstream_path_and_query};
 use crate::router::RouteKey;
 use crate::split::StickyKey;
-use crate::table::{Backend, Table};
+use crate::table::Table;
 
 /// A request to explain, as the admin API and the CLI take it.
 #[derive(Debug, Default, Clone, Copy)]
@@ -211,15 +211,15 @@ pub fn explain(table: &Table, question: &Question<'_>, health: Health) -> Explan
     out.status = 200;
     out.route = Some(route.name.to_string());
     let primary = &route.upstreams[0].upstream;
-    match &route.backend {
-        Backend::Single => {
+    match route.backend.split() {
+        None => {
             out.upstream = Some(primary.name.to_string());
             out.targets = primary.targets.iter().map(|t| t.url.to_string()).collect();
             if question.user.is_some() {
                 out.notes.push("`user` ignored: the route is no split".into());
             }
         }
-        Backend::Split(split) => {
+        Some(split) => {
             out.split = split
                 .shares
                 .iter()

@@ -31,13 +31,22 @@
 //! 5. [`shadow`]: a sampled copy of the request to a candidate, compared
 //!    with the primary's answer off the request path; [`diff`], [`record`]
 //!    and [`summary`] come from the socket-free crate `strangler-evidence`
-//!    (`crates/evidence`), shared with the offline tools.
+//!    (`crates/evidence`), shared with the offline tools. Records go to the
+//!    diff log and, with `shadow.store`, to the fleet's PostgreSQL store
+//!    (`strangler-store`, `crates/store`), which also shares learned noise
+//!    between replicas.
 //!
 //! A reload's path: [`reload`] (watch, read) → [`config`] (parse: raw serde
 //! types, file:line:column errors) → [`table`] (`table/validate.rs`: pure
 //! checks into a plan; `table/instantiate.rs`: the only step with side
 //! effects, then `retire` of what the old version had) → the [`Shared`]
 //! `ArcSwap` the hot path reads; [`health`] starts the new version's checks.
+//!
+//! A route's autopilot: [`rollout`] (`rollout/plan.rs` checks a route's
+//! `rollout:`; `rollout/machine.rs` decides, purely, what its progress does
+//! next from the gates' evidence; `rollout/state.rs` keeps progress and the
+//! audit trail) and [`autopilot`], the loop that gathers the evidence,
+//! records decisions and has the reload task rebuild the table.
 //!
 //! Beside both: [`access_log`] (JSON lines in per-worker buffers, written by
 //! a thread of their own), [`tls`] (termination, SNI, live certificate
@@ -55,6 +64,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod autopilot;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -67,6 +77,7 @@ pub mod path;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod rollout;
 pub mod router;
 pub mod server;
 pub mod shadow;
@@ -102,6 +113,9 @@ pub struct Shared {
     /// The settings read at start-up that a reload cannot change (listeners,
     /// top-level `shadow:`, `tls:`): what `/config` shows as in force.
     pub restart_settings: reload::RestartSettings,
+    /// Where each route's rollout stands, as last read from the rollout
+    /// state; every table is built with it (see [`rollout`]).
+    pub rollouts: ArcSwap<rollout::Progresses>,
 }
 
 impl Shared {
@@ -114,10 +128,12 @@ impl Shared {
     /// Builds the shared state from config text (`file` names it in errors).
     pub fn from_text(file: &str, text: &str) -> Result<Arc<Shared>, ConfigError> {
         let metrics = Metrics::new();
-        let table = Table::build(file, text, &Context { metrics: &metrics, previous: None })?;
+        let rollouts = rollout::Progresses::new();
+        let table = Table::build(file, text, &Context { metrics: &metrics, previous: None, rollouts: &rollouts })?;
         // The start-up load is no reload: `strangler_config_reloads_total` stays at 0.
         metrics.set_config_hash(&table.hash);
         let shadow = shadow::ShadowRuntime::new(table.raw.shadow.clone(), &metrics);
+        shadow.precreate_series(table.shadowed_routes());
         let restart_settings = reload::RestartSettings::of(&table);
         Ok(Arc::new(Shared {
             shadow,
@@ -125,6 +141,7 @@ impl Shared {
             metrics,
             draining: AtomicBool::new(false),
             restart_settings,
+            rollouts: ArcSwap::from_pointee(rollouts),
         }))
     }
 }

@@ -71,6 +71,39 @@ enum Command {
     Report(strangler_offline::report::cli::ReportArgs),
     /// Re-send logged mismatches to a new build and show which are fixed.
     Replay(strangler_offline::replay::ReplayArgs),
+    /// Watch and steer routes' autopilot rollouts, in the state the config names.
+    Rollout(RolloutArgs),
+}
+
+#[derive(clap::Args)]
+struct RolloutArgs {
+    action: RolloutAction,
+    /// The route (every action but `status` needs one).
+    route: Option<String>,
+    /// The config file, which names the rollouts and their state.
+    #[arg(long, env = "STRANGLER_CONFIG", default_value = "routes.yaml")]
+    config: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    format: OutputFormat,
+    /// Who asks, recorded in the history (default: $USER).
+    #[arg(long)]
+    actor: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RolloutAction {
+    Status,
+    History,
+    Pause,
+    Resume,
+    Promote,
+    Abort,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
 }
 
 /// How requests are spread over worker threads.
@@ -172,7 +205,80 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Report(args) => std::process::exit(strangler_offline::report::cli::run(args)?),
         Command::Replay(args) => std::process::exit(strangler_offline::replay::run(args)?),
+        Command::Rollout(args) => std::process::exit(rollout(args)?),
     }
+}
+
+/// `strangler rollout ACTION [ROUTE]`: 0 done, 1 refused or not found, 2 the
+/// state cannot be used.
+fn rollout(args: RolloutArgs) -> anyhow::Result<i32> {
+    use strangler::autopilot as pilot;
+    use strangler::rollout::machine::Command as Cmd;
+    let shared = Shared::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let table = shared.table.load();
+    let store = pilot::state_of(&table);
+    let plans = pilot::plans(&table);
+    let plan = args.route.as_deref().map(|route| plans.iter().find(|(name, _)| **name == *route));
+    let command = match args.action {
+        RolloutAction::Status | RolloutAction::History => None,
+        RolloutAction::Pause => Some(Cmd::Pause),
+        RolloutAction::Resume => Some(Cmd::Resume),
+        RolloutAction::Promote => Some(Cmd::Promote),
+        RolloutAction::Abort => Some(Cmd::Abort),
+    };
+    let (route, plan) = match (args.action, args.route.as_deref(), plan.flatten()) {
+        (RolloutAction::Status, None, _) => (None, None),
+        (_, Some(route), Some((_, plan))) => (Some(route), Some(plan.clone())),
+        (_, Some(route), None) => {
+            eprintln!("{}: route {route:?} has no rollout", args.config.display());
+            return Ok(1);
+        }
+        (_, None, _) => anyhow::bail!("this action needs a ROUTE"),
+    };
+    let state = match store.load() {
+        Ok(state) => state,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(2);
+        }
+    };
+    let now = pilot::now_ms();
+    if let (Some(cmd), Some(route), Some(plan)) = (command, route, &plan) {
+        let actor = args.actor.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
+        let lead = pilot::lead_of(&table);
+        return Ok(match pilot::command(&store, route, plan, cmd, &actor, (now, lead)) {
+            Ok(progress) => {
+                println!("{route}: {} ({} by {actor})", progress.status.as_str(), cmd.as_str());
+                0
+            }
+            Err(pilot::CommandError::Refused(why)) => {
+                eprintln!("{route}: {why}");
+                1
+            }
+            Err(pilot::CommandError::State(why)) => {
+                eprintln!("{why}");
+                2
+            }
+        });
+    }
+    if args.action == RolloutAction::History {
+        let route = route.unwrap_or_default();
+        match args.format {
+            OutputFormat::Json => {
+                let entries: Vec<_> = state.history.iter().filter(|t| t.route == route).collect();
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            }
+            OutputFormat::Text => print!("{}", pilot::history_text(&state, route)),
+        }
+        return Ok(0);
+    }
+    let mut statuses = pilot::status(&plans, &state, now);
+    statuses.retain(|s| route.is_none_or(|r| s.route == r));
+    match args.format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&statuses)?),
+        OutputFormat::Text => print!("{}", pilot::status_text(&statuses)),
+    }
+    Ok(0)
 }
 
 fn check(config: &std::path::Path) -> anyhow::Result<()> {
@@ -229,6 +335,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = runtime.enable_all().build().context("cannot start the runtime")?;
     let shared = runtime.block_on(async move {
         let shared = Shared::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        restore_rollouts(&shared, &args.config);
         let (listen, admin) = {
             let table = shared.table.load();
             (table.listen, table.admin)
@@ -248,6 +355,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         let watcher = reload::spawn(args.config.clone(), shared.clone(), args.poll_interval);
         spawn_sighup(watcher.trigger.clone());
+        let _pilot = strangler::autopilot::spawn(shared.clone(), watcher.rollout.clone());
         let options = ServeOptions {
             header_read_timeout: args.header_read_timeout,
             keepalive_timeout: args.keepalive_timeout,
@@ -260,6 +368,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..ServeOptions::default()
         };
         server::run(proxy_listener, admin_listener, shared.clone(), options, shutdown_signal()).await;
+        shared.shadow.flush_store(Duration::from_secs(5));
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(shared)
     })?;
@@ -271,6 +380,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         log.sink().flushed_blocking(server::ACCESS_LOG_FLUSH_WAIT);
     }
     Ok(())
+}
+
+/// Before listening: the rollouts' stored progress, so a restarted instance
+/// serves the fleet's weights from its first request. Without the state,
+/// each rollout starts on its first step (the pilot keeps trying).
+fn restore_rollouts(shared: &std::sync::Arc<Shared>, config: &std::path::Path) {
+    match strangler::autopilot::restore(shared) {
+        Ok(()) if !shared.rollouts.load().is_empty() => {
+            reload::Reloader::new(config.to_path_buf(), shared.clone()).reapply(reload::ROLLOUT_TRIGGER);
+        }
+        Ok(()) => {}
+        Err(e) => tracing::warn!(error = %e, "rollout state unreadable at start; rollouts start on their first step"),
+    }
 }
 
 /// TLS on the main listener, the certificate watcher, and the optional plain listener.

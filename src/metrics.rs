@@ -14,6 +14,9 @@ use prometheus::{
     TextEncoder,
 };
 
+mod process;
+pub use process::ProcessCollector;
+
 /// Every metric the proxy exports, registered in its own registry (so that
 /// several proxies can run in one test process).
 pub struct Metrics {
@@ -134,6 +137,8 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone())).unwrap();
         registry.register(Box::new(reloads.clone())).unwrap();
         registry.register(Box::new(config_info.clone())).unwrap();
+        registry.register(Box::new(ProcessCollector::new())).unwrap();
+        registry.register(Box::new(build_info())).unwrap();
         Arc::new(Metrics {
             registry,
             requests,
@@ -263,6 +268,22 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut out).unwrap();
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// The commit this binary was built from, as build.rs found it (`unknown`
+/// outside a git checkout, e.g. a Docker build without `.git`, unless the
+/// build sets `STRANGLER_COMMIT`).
+pub const BUILD_COMMIT: &str = env!("STRANGLER_COMMIT");
+
+/// `strangler_build_info{version,commit} 1`: which build each pod runs, so a
+/// dashboard or alert can tell a rollout's old and new pods apart.
+fn build_info() -> IntGauge {
+    let opts = Opts::new("strangler_build_info", "The running build: 1, labelled with its version and commit.")
+        .const_label("version", env!("CARGO_PKG_VERSION"))
+        .const_label("commit", BUILD_COMMIT);
+    let gauge = IntGauge::with_opts(opts).expect("a valid name");
+    gauge.set(1);
+    gauge
 }
 
 /// Deletes every series of `vec` whose labels include all of `labels`.

@@ -103,8 +103,28 @@ impl Reloader {
             Ok(plan) => plan,
             Err(e) => return reject(shared, e, trigger),
         };
+        self.swap_in(plan, &current, trigger)
+    }
+
+    /// Builds the version in force again with the rollouts' progress as it
+    /// now stands (`shared.rollouts`), and swaps it in: a rollout step moves
+    /// weights without an edit of the file. Runs on the reload task, so it
+    /// never races a reload of the file.
+    pub fn reapply(&self, trigger: &str) -> ReloadOutcome {
+        let current = self.shared.table.load();
+        match table::validate(&current.file, &current.text) {
+            Ok(plan) => self.swap_in(plan, &current, trigger),
+            // The text was valid when it went in force; kept an error, never a panic.
+            Err(e) => reject(&self.shared, e, trigger),
+        }
+    }
+
+    /// Instantiates `plan` against the version in force and swaps it in.
+    fn swap_in(&self, plan: table::Plan, current: &Table, trigger: &str) -> ReloadOutcome {
+        let shared = &*self.shared;
         let hash = plan.hash.clone();
-        let ctx = Context { metrics: &shared.metrics, previous: Some(&current) };
+        let rollouts = shared.rollouts.load();
+        let ctx = Context { metrics: &shared.metrics, previous: Some(current), rollouts: &rollouts };
         let table = match table::instantiate(plan, &ctx) {
             Ok(table) => table,
             Err(e) => return self.reject_for_now(hash, e, trigger),
@@ -123,7 +143,8 @@ impl Reloader {
         let table = Arc::new(table);
         shared.table.store(table.clone());
         shared.shadow.serve_routes(table.router.entries().iter().map(|(_, r)| &*r.name));
-        for route in table::retire(&current, &table, &shared.metrics) {
+        shared.shadow.precreate_series(table.shadowed_routes());
+        for route in table::retire(current, &table, &shared.metrics) {
             shared.shadow.forget_route(&route);
         }
         crate::health::spawn_for(&table);
@@ -136,10 +157,68 @@ impl Reloader {
         if table.wants_shadow_log() {
             shared.shadow.start_background();
         }
-        shared.metrics.record_reload(true);
-        shared.metrics.set_config_hash(&hash);
-        tracing::info!(trigger, hash = %hash, routes, "config reloaded");
+        if trigger == ROLLOUT_TRIGGER {
+            tracing::info!(hash = %hash, routes, "rollout weights applied");
+        } else {
+            shared.metrics.record_reload(true);
+            shared.metrics.set_config_hash(&hash);
+            let edit = RouteEdit::between(&current.raw, &table.raw);
+            tracing::info!(trigger, hash = %hash, routes, added = ?edit.added, removed = ?edit.removed, changed = ?edit.changed, "config reloaded");
+            audit(&table, trigger, edit);
+        }
         ReloadOutcome::Applied { hash }
+    }
+}
+
+/// Which routes an edit added, removed and changed, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteEdit {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl RouteEdit {
+    /// Compares the routes of two versions of the file.
+    pub fn between(old: &crate::config::RawConfig, new: &crate::config::RawConfig) -> RouteEdit {
+        let as_json = |raw: &crate::config::RawConfig| -> BTreeMap<String, serde_json::Value> {
+            raw.routes.iter().map(|r| (r.name.clone(), serde_json::to_value(r).unwrap_or_default())).collect()
+        };
+        let (old, new) = (as_json(old), as_json(new));
+        let mut edit = RouteEdit::default();
+        for (name, route) in &new {
+            match old.get(name) {
+                None => edit.added.push(name.clone()),
+                Some(before) if before != route => edit.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        edit.removed = old.keys().filter(|name| !new.contains_key(*name)).cloned().collect();
+        edit
+    }
+}
+
+/// Records a reload in the rollout state's audit trail, beside the
+/// rollouts' transitions, when the config uses the autopilot.
+fn audit(table: &Table, trigger: &str, edit: RouteEdit) {
+    let uses_autopilot = table.raw.autopilot.is_some() || table.raw.routes.iter().any(|r| r.rollout.is_some());
+    if !uses_autopilot {
+        return;
+    }
+    let entry = crate::rollout::state::Reload {
+        at_ms: crate::rollout::now_ms(),
+        hash: table.hash.clone(),
+        trigger: trigger.to_string(),
+        added: edit.added,
+        removed: edit.removed,
+        changed: edit.changed,
+    };
+    let store = crate::autopilot::state_of(table);
+    if let Err(e) = store.update(|state| {
+        state.reloads.push(entry);
+        Ok(())
+    }) {
+        tracing::warn!(error = %e, "the reload could not be recorded in the rollout state");
     }
 }
 
@@ -230,12 +309,18 @@ impl RestartSettings {
     }
 }
 
+/// The trigger of a rebuild for a rollout's new weights: not a reload of
+/// the file, so not counted in `strangler_config_reloads_total`.
+pub const ROLLOUT_TRIGGER: &str = "rollout";
+
 /// Keeps the file watcher alive; dropping it stops watching.
 pub struct Watcher {
     _debouncer:
         Option<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>>,
     /// An explicit reload (SIGHUP): retries a rejected version too.
     pub trigger: Arc<Notify>,
+    /// A rollout moved (`shared.rollouts` changed): build the version in force again.
+    pub rollout: Arc<Notify>,
 }
 
 /// Starts the reload task: events for the config file, the poll timer and
@@ -245,6 +330,8 @@ pub fn spawn(path: PathBuf, shared: Arc<Shared>, poll_interval: Duration) -> Wat
     let events = Arc::new(Notify::new());
     let debouncer = watch_directory(&path, events.clone());
     let explicit = trigger.clone();
+    let rollout = Arc::new(Notify::new());
+    let moved = rollout.clone();
     let reloader = Arc::new(Reloader::new(path, shared));
     tokio::spawn(async move {
         let mut poll = tokio::time::interval(poll_interval);
@@ -254,12 +341,17 @@ pub fn spawn(path: PathBuf, shared: Arc<Shared>, poll_interval: Duration) -> Wat
                 _ = explicit.notified() => ("signal", true),
                 _ = events.notified() => ("event", false),
                 _ = poll.tick() => ("poll", false),
+                _ = moved.notified() => (ROLLOUT_TRIGGER, false),
             };
             let reloader = reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload(why, forced)).await;
+            let _ = tokio::task::spawn_blocking(move || match why {
+                ROLLOUT_TRIGGER => reloader.reapply(why),
+                _ => reloader.reload(why, forced),
+            })
+            .await;
         }
     });
-    Watcher { _debouncer: debouncer, trigger }
+    Watcher { _debouncer: debouncer, trigger, rollout }
 }
 
 fn watch_directory(

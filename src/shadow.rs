@@ -7,8 +7,15 @@
 //!
 //! Every sampled request that could not be compared is recorded with a
 //! reason; nothing is dropped silently. Records go to the diff log (one JSON
-//! object per line, rotated by size), to metrics, and to the live summary
-//! behind the admin `/shadow` endpoint.
+//! object per line, rotated by size), to the fleet store when one is set
+//! (`shadow.store`, see `strangler_store`), to metrics, and to the live
+//! summary behind the admin `/shadow` endpoint.
+//!
+//! Every record carries an `id` (UUIDv7), the `instance` that wrote it and
+//! the `config_hash` its request was routed by. Noise learned here (fields
+//! that differ between two answers of the primary) is shared through the
+//! store, and what any replica learned is merged in every few seconds, so
+//! the whole fleet judges a route alike.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Write;
@@ -22,7 +29,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response};
 use http_body::Body as _;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::client::body::{Capture, Captured, OnEnd, ProxyBody, Tee};
@@ -33,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::record::{reason, DiffKind, DiffRecord, Difference, Outcome, PrimarySide, ShadowSide};
 use crate::split::stable_hash;
 use crate::upstream::Upstream;
+use strangler_store::{NoisePointer, Row, Store, StoreMetrics, StoreSettings};
 
 /// Marks mirrored requests; a request that carries it is never mirrored again.
 pub static X_STRANGLER_SHADOW: HeaderName = HeaderName::from_static("x-strangler-shadow");
@@ -42,8 +50,41 @@ pub static X_STRANGLER_SHADOW_OF: HeaderName = HeaderName::from_static("x-strang
 
 /// Distinct pointers per route in `strangler_shadow_field_mismatches_total`; the rest count as `other`.
 const MAX_POINTER_LABELS: usize = 200;
-/// Distinct noise fields remembered per route.
+/// Distinct noise fields remembered per route (over all its endpoints).
 const MAX_NOISE_FIELDS: usize = 500;
+
+/// A route's learned noise: per endpoint, the fields that differ between two
+/// answers of the primary.
+#[derive(Default)]
+struct RouteNoise {
+    fields: usize,
+    endpoints: HashMap<String, BTreeSet<String>>,
+}
+
+impl RouteNoise {
+    /// Adds `field` for `endpoint`; whether it is new (and within the bound).
+    fn add(&mut self, endpoint: &str, field: &str) -> bool {
+        if self.fields >= MAX_NOISE_FIELDS {
+            return false;
+        }
+        let known = match self.endpoints.get_mut(endpoint) {
+            Some(known) => known,
+            None => self.endpoints.entry(endpoint.to_string()).or_default(),
+        };
+        let new = !known.contains(field) && known.insert(field.to_string());
+        self.fields += usize::from(new);
+        new
+    }
+}
+
+/// This replica's name: `POD_NAME` (Kubernetes' downward API), else the hostname.
+fn instance_name() -> String {
+    let named = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    named(std::env::var("POD_NAME").ok())
+        .or_else(|| named(std::fs::read_to_string("/proc/sys/kernel/hostname").ok()))
+        .or_else(|| named(std::env::var("HOSTNAME").ok()))
+        .unwrap_or_else(|| "unknown".to_string())
+}
 
 /// Where the sample key comes from.
 #[derive(Debug, Clone)]
@@ -73,6 +114,34 @@ pub struct ShadowSettings {
     pub compare: CompareOptions,
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     pub remove_headers: Vec<HeaderName>,
+}
+
+/// Checks the store settings of the top-level `shadow:` section; errors
+/// carry (key, message) so the caller can point at the key in the file.
+/// Pure: the DSN is parsed, nothing is read or connected.
+pub fn validate_store(raw: &RawShadowLog) -> Result<(), (&'static str, String)> {
+    if raw.store_queue == 0 {
+        return Err(("store_queue", "shadow.store_queue must be at least 1".into()));
+    }
+    if raw.retention < Duration::from_secs(60) {
+        return Err(("retention", "shadow.retention must be at least 1m (e.g. 14d)".into()));
+    }
+    let Some(text) = &raw.store else {
+        return match raw.password_file {
+            Some(_) => Err(("password_file", "shadow.password_file is for the store: set shadow.store too".into())),
+            None => Ok(()),
+        };
+    };
+    let dsn = strangler_store::Dsn::parse(text).map_err(|m| ("store", m))?;
+    if dsn.has_password() && raw.password_file.is_some() {
+        return Err((
+            "password_file",
+            format!(
+                "the store {dsn} has a password in it already: give it once (the DSN, password_file or PGPASSWORD)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a route's `shadow:` block; errors carry (offending value, message)
@@ -147,13 +216,20 @@ pub struct ShadowRoute {
     pub upstream: Arc<Upstream>,
     pub noise: Option<Arc<Upstream>>,
     pub settings: ShadowSettings,
+    /// The config version this route belongs to (`Table.hash`), for its records.
+    pub config_hash: Arc<str>,
 }
 
 impl ShadowRoute {
     /// A validated plan with its upstreams resolved (`upstream` and `noise`
     /// are the ones `plan` names).
-    pub fn instantiate(plan: ShadowPlan, upstream: Arc<Upstream>, noise: Option<Arc<Upstream>>) -> ShadowRoute {
-        ShadowRoute { upstream, noise, settings: plan.settings }
+    pub fn instantiate(
+        plan: ShadowPlan,
+        upstream: Arc<Upstream>,
+        noise: Option<Arc<Upstream>>,
+        config_hash: Arc<str>,
+    ) -> ShadowRoute {
+        ShadowRoute { upstream, noise, settings: plan.settings, config_hash }
     }
 
     /// Whether this request is mirrored: method allowed, not itself a
@@ -213,12 +289,14 @@ struct MirroredRequest {
     headers: HeaderMap,
     received: SystemTime,
     primary_upstream: Arc<str>,
+    /// The config version the request was routed by.
+    config_hash: Arc<str>,
 }
 
 impl MirroredRequest {
     /// An owned copy of the facts, with `headers` (empty for a request that
     /// is only recorded as skipped).
-    fn new(facts: &RequestFacts<'_>, headers: HeaderMap) -> Self {
+    fn new(facts: &RequestFacts<'_>, headers: HeaderMap, config_hash: &Arc<str>) -> Self {
         MirroredRequest {
             route: facts.route.clone(),
             request_id: facts.request_id.to_str().unwrap_or_default().to_string(),
@@ -230,6 +308,7 @@ impl MirroredRequest {
             headers,
             received: SystemTime::now(),
             primary_upstream: facts.primary_upstream.clone(),
+            config_hash: config_hash.clone(),
         }
     }
 }
@@ -259,11 +338,11 @@ impl PendingMirror {
     /// diff-log writer, off this thread.
     pub fn start(runtime: &Arc<ShadowRuntime>, shadow: &Arc<ShadowRoute>, facts: RequestFacts<'_>) -> Option<Self> {
         let Some(permit) = runtime.try_permit() else {
-            let request = MirroredRequest::new(&facts, HeaderMap::new());
+            let request = MirroredRequest::new(&facts, HeaderMap::new(), &shadow.config_hash);
             runtime.record_skip_later(request, &shadow.upstream.name, reason::INFLIGHT_CAP);
             return None;
         };
-        let request = MirroredRequest::new(&facts, facts.headers.clone());
+        let request = MirroredRequest::new(&facts, facts.headers.clone(), &shadow.config_hash);
         let (primary_tx, primary_rx) = oneshot::channel();
         Some(PendingMirror(Box::new(Pending {
             runtime: runtime.clone(),
@@ -371,7 +450,16 @@ pub struct ShadowRuntime {
     settings: RawShadowLog,
     inflight: Arc<Semaphore>,
     log: Mutex<Option<mpsc::Sender<LogItem>>>,
-    noise: Mutex<HashMap<Arc<str>, BTreeSet<String>>>,
+    /// This replica's name in its records: `POD_NAME`, else the hostname.
+    instance: Arc<str>,
+    /// Noise learned here or by any replica (through the store).
+    noise: Mutex<HashMap<Arc<str>, RouteNoise>>,
+    /// `strangler_shadow_noise_fields{route}`: fields known as noise.
+    noise_fields: IntGaugeVec,
+    /// The fleet store, once started (with `shadow.store`).
+    store: std::sync::OnceLock<Store>,
+    /// Its metrics, registered with the runtime's.
+    store_metrics: Option<StoreMetrics>,
     pointer_labels: Mutex<HashMap<Arc<str>, HashSet<String>>>,
     /// Routes that left the config (see [`ShadowRuntime::forget_route`]).
     gone: Mutex<HashSet<String>>,
@@ -424,6 +512,17 @@ impl ShadowRuntime {
         }
     }
 
+    /// Creates each shadowed route's result series at 0, so the fleet's
+    /// match-rate rules and alerts see `mismatch` as 0 rather than absent
+    /// (a ratio over a missing series is no answer, not "all matched").
+    pub fn precreate_series<'a>(&self, shadowed: impl Iterator<Item = &'a str>) {
+        for route in shadowed {
+            for outcome in [Outcome::Match, Outcome::Mismatch, Outcome::ShadowError, Outcome::Skipped] {
+                self.requests.with_label_values(&[route, outcome.as_str()]);
+            }
+        }
+    }
+
     /// Forgets a route that left the config: its metric series and what
     /// was learned of its noise (the live summary keeps its history).
     pub fn forget_route(&self, route: &str) {
@@ -432,6 +531,7 @@ impl ShadowRuntime {
             crate::metrics::remove_where(vec, &[("route", route)]);
         }
         crate::metrics::remove_where(&self.latency, &[("route", route)]);
+        crate::metrics::remove_where(&self.noise_fields, &[("route", route)]);
         self.noise.lock().unwrap_or_else(|e| e.into_inner()).remove(route);
         self.pointer_labels.lock().unwrap_or_else(|e| e.into_inner()).remove(route);
     }
@@ -473,11 +573,35 @@ impl ShadowRuntime {
             )
             .unwrap(),
         );
+        let noise_fields = metrics.register(
+            IntGaugeVec::new(
+                Opts::new(
+                    "strangler_shadow_noise_fields",
+                    "Fields known as noise (they differ between two answers of the primary), by route: learned here or, with a store, by any replica.",
+                ),
+                &["route"],
+            )
+            .unwrap(),
+        );
+        let store_metrics = match settings.store {
+            Some(_) => match StoreMetrics::register(&metrics.registry) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot register the store's metrics; the store stays off");
+                    None
+                }
+            },
+            None => None,
+        };
         Arc::new(ShadowRuntime {
             inflight: Arc::new(Semaphore::new(settings.max_inflight)),
             settings,
             log: Mutex::new(None),
+            instance: instance_name().into(),
             noise: Mutex::default(),
+            noise_fields,
+            store: std::sync::OnceLock::new(),
+            store_metrics,
             pointer_labels: Mutex::default(),
             gone: Mutex::default(),
             requests,
@@ -503,12 +627,68 @@ impl ShadowRuntime {
             *log = Some(tx);
         }
         drop(log);
+        self.start_store();
         if self.thread.get().is_none() {
             match ShadowThread::start() {
                 Ok(lane) => {
                     let _ = self.thread.set(lane);
                 }
                 Err(e) => tracing::warn!(error = %e, "no thread for the shadow; mirrored requests share the workers"),
+            }
+        }
+    }
+
+    /// Starts the fleet store's thread when `shadow.store` is set (once).
+    fn start_store(self: &Arc<Self>) {
+        let (Some(text), Some(metrics)) = (&self.settings.store, &self.store_metrics) else { return };
+        if self.store.get().is_some() {
+            return;
+        }
+        let dsn = match strangler_store::Dsn::parse(text) {
+            Ok(dsn) => dsn,
+            Err(e) => return tracing::error!(error = %e, "the shadow store stays off"),
+        };
+        let settings = StoreSettings {
+            dsn,
+            password_file: self.settings.password_file.as_ref().map(PathBuf::from),
+            retention: self.settings.retention,
+            queue: self.settings.store_queue,
+            instance: self.instance.to_string(),
+        };
+        let runtime = Arc::downgrade(self);
+        let on_noise = move |pointers: Vec<NoisePointer>| {
+            if let Some(runtime) = runtime.upgrade() {
+                runtime.merge_noise(&pointers);
+            }
+        };
+        match Store::start(settings, metrics.clone(), on_noise) {
+            Ok(store) => {
+                let _ = self.store.set(store);
+            }
+            Err(e) => tracing::error!(error = %e, "no thread for the shadow store; it stays off"),
+        }
+    }
+
+    /// At shutdown: waits (up to `within`) until the store has every record
+    /// queued for it. Nothing to wait for without a store.
+    pub fn flush_store(&self, within: Duration) {
+        if let Some(store) = self.store.get() {
+            if !store.flush(within) {
+                tracing::warn!(?within, "shadow records still queued for the store at shutdown are lost");
+            }
+        }
+    }
+
+    /// Noise that replicas learned (through the store), added to what this
+    /// one judges with; routes no longer in the config are left out.
+    fn merge_noise(&self, pointers: &[NoisePointer]) {
+        let gone = self.gone.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut noise = self.noise.lock().unwrap_or_else(|e| e.into_inner());
+        for p in pointers.iter().filter(|p| !gone.contains(&p.route)) {
+            let route: Arc<str> = p.route.as_str().into();
+            let known = noise.entry(route).or_default();
+            if known.add(&p.endpoint, &p.pointer) {
+                self.noise_fields.with_label_values(&[&p.route]).set(known.fields as i64);
             }
         }
     }
@@ -681,11 +861,11 @@ impl ShadowRuntime {
             }
             _ => BTreeSet::new(),
         };
-        let learned = self.learn_noise(&request.route, &noisy_now);
+        let learned = self.learn_noise(&request.route, &record.endpoint, &noisy_now);
         let mut excluded = BTreeSet::new();
         comparison.diffs.retain(|d| {
             let key = field_key(d);
-            let noisy = d.kind != DiffKind::Status && learned.contains(&key);
+            let noisy = strangler_evidence::noise::is_noise(d, &learned);
             if noisy {
                 excluded.insert(key);
             }
@@ -697,21 +877,33 @@ impl ShadowRuntime {
         record
     }
 
-    /// Adds newly seen noise fields for a route and returns all it has learned.
-    fn learn_noise(&self, route: &Arc<str>, fields: &BTreeSet<String>) -> BTreeSet<String> {
+    /// Adds newly seen noise fields for a route's endpoint (shared with the
+    /// fleet through the store) and returns all that is known for it.
+    fn learn_noise(&self, route: &Arc<str>, endpoint: &str, fields: &BTreeSet<String>) -> BTreeSet<String> {
         let mut noise = self.noise.lock().unwrap_or_else(|e| e.into_inner());
         let known = noise.entry(route.clone()).or_default();
+        let mut learned = false;
         for field in fields {
-            if known.len() < MAX_NOISE_FIELDS {
-                known.insert(field.clone());
+            if known.add(endpoint, field) {
+                learned = true;
+                if let Some(store) = self.store.get() {
+                    store.publish_noise(NoisePointer {
+                        route: route.to_string(),
+                        endpoint: endpoint.to_string(),
+                        pointer: field.clone(),
+                    });
+                }
             }
         }
-        known.clone()
+        if learned && self.metered(route) {
+            self.noise_fields.with_label_values(&[route]).set(known.fields as i64);
+        }
+        known.endpoints.get(endpoint).cloned().unwrap_or_default()
     }
 
     /// Counts, summarizes and logs a finished record.
-    fn finish(&self, record: DiffRecord) {
-        let Some(line) = self.account(&record) else { return };
+    fn finish(&self, mut record: DiffRecord) {
+        let Some(line) = self.account(&mut record) else { return };
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = log.as_ref() {
             if tx.try_send(LogItem::Line(line)).is_err() && self.metered(&record.route) {
@@ -720,14 +912,21 @@ impl ShadowRuntime {
         }
     }
 
-    /// Counts and summarizes a finished record; its log line.
-    fn account(&self, record: &DiffRecord) -> Option<String> {
+    /// Names, counts and summarizes a finished record, and hands it to the
+    /// store; its log line.
+    fn account(&self, record: &mut DiffRecord) -> Option<String> {
+        record.id = Some(uuid::Uuid::now_v7().to_string());
+        record.instance = Some(self.instance.to_string());
         let route = record.route.as_str();
         if self.metered(route) {
             self.count(record);
         }
         self.summary.lock().unwrap_or_else(|e| e.into_inner()).add(record);
-        serde_json::to_string(record).ok()
+        let line = serde_json::to_string(record).ok()?;
+        if let Some(store) = self.store.get() {
+            store.send(Row::of(record, line.clone()));
+        }
+        Some(line)
     }
 
     /// Whether `route` is still in the config: a mirror that finishes after
@@ -762,13 +961,10 @@ impl ShadowRuntime {
 }
 
 /// The name a differing field is counted under: `status`, `header:NAME`, or
-/// a body pointer with array indexes folded (`/items/*/id`).
+/// a body pointer with array indexes folded (`/items/*/id`) — the evidence
+/// crate's rule, which the report applies too.
 fn field_key(d: &Difference) -> String {
-    match d.kind {
-        DiffKind::Status => "status".to_string(),
-        DiffKind::Header => format!("header:{}", d.pointer),
-        DiffKind::Body => diff::fold_indexes(&d.pointer),
-    }
+    strangler_evidence::noise::field_key(d)
 }
 
 fn answer_view<'a>(status: u16, headers: &'a HeaderMap, captured: &'a Captured) -> Answer<'a> {
@@ -787,6 +983,10 @@ fn base_record(request: &MirroredRequest, shadow_upstream: &str, result: Outcome
         ts: humantime::format_rfc3339_millis(request.received).to_string(),
         request_id: request.request_id.clone(),
         shadow_request_id: None,
+        // `id` and `instance` are given by `ShadowRuntime::account`, when the record is final.
+        id: None,
+        instance: None,
+        config_hash: Some(request.config_hash.to_string()),
         client_ip: Some(request.client_ip.to_string()),
         route: request.route.to_string(),
         endpoint: diff::endpoint_template(&request.path),
@@ -925,6 +1125,9 @@ async fn fetch(
     tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(FetchError::Timeout(timeout)))
 }
 
+/// `shadow.log: off`: no diff log file.
+pub const LOG_OFF: &str = "off";
+
 /// How long the diff-log writer lets records gather before a write.
 const LOG_GATHER: Duration = Duration::from_millis(10);
 
@@ -948,16 +1151,27 @@ impl LogItem {
         match self {
             LogItem::Line(line) => Some(line),
             LogItem::Skip(skip) => {
-                let record = base_record(&skip.request, &skip.shadow_upstream, Outcome::Skipped, Some(skip.why));
-                runtime.upgrade()?.account(&record)
+                let mut record = base_record(&skip.request, &skip.shadow_upstream, Outcome::Skipped, Some(skip.why));
+                runtime.upgrade()?.account(&mut record)
             }
         }
     }
 }
 
 /// The diff-log writer: one line per record, rotated past `max_log_size`
-/// into `log.1` … `log.N`; `-` writes to stdout.
+/// into `log.1` … `log.N`; `-` writes to stdout, `off` nowhere (records are
+/// still made here, for the store and the metrics).
 fn write_log(mut rx: mpsc::Receiver<LogItem>, settings: RawShadowLog, runtime: std::sync::Weak<ShadowRuntime>) {
+    if settings.log == LOG_OFF {
+        while let Some(item) = rx.blocking_recv() {
+            std::thread::sleep(LOG_GATHER);
+            drop(item.into_line(&runtime));
+            while let Ok(more) = rx.try_recv() {
+                drop(more.into_line(&runtime));
+            }
+        }
+        return;
+    }
     let to_stdout = settings.log == "-";
     let path = PathBuf::from(&settings.log);
     let open = |path: &PathBuf| std::fs::OpenOptions::new().create(true).append(true).open(path);

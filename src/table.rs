@@ -31,6 +31,8 @@ use crate::config::{ConfigError, RawConfig};
 use crate::forwarded::TrustedProxies;
 use crate::metrics::RouteStats;
 use crate::ratelimit::RateLimiter;
+use crate::rollout::machine::Effective;
+use crate::rollout::plan::RolloutPlan;
 use crate::router::Router;
 use crate::shadow::ShadowRoute;
 use crate::split::Split;
@@ -47,6 +49,8 @@ pub struct Table {
     /// SHA-256 of the file's bytes, hex.
     pub hash: String,
     pub file: String,
+    /// The file's text, to build this version again with a rollout's new weights.
+    pub text: String,
     pub loaded_at: SystemTime,
     /// Response header naming the upstream that answered, if switched on.
     pub upstream_header: Option<HeaderName>,
@@ -80,6 +84,8 @@ pub struct Route {
     pub misdirected: IntCounterVec,
     /// Mirroring to a candidate upstream for comparison.
     pub shadow: Option<Arc<ShadowRoute>>,
+    /// The route's autopilot and the weights its progress gave this version.
+    pub rollout: Option<(Arc<RolloutPlan>, Effective)>,
 }
 
 /// One upstream as a route uses it, with the route's metric handles for it.
@@ -94,12 +100,36 @@ pub enum Backend {
     /// Always `upstreams[0]`.
     Single,
     Split(Split),
+    /// A rollout step that begins at a set instant: requests before it use
+    /// `before`, from it on `after`. Every replica switches at that instant
+    /// by its own clock, not when it next rebuilds its table, so a sticky
+    /// user crossing replicas is never sent back.
+    Scheduled(Box<ScheduledSplit>),
+}
+
+/// Two splits and the instant between them.
+pub struct ScheduledSplit {
+    pub before: Split,
+    pub after: Split,
+    pub at: SystemTime,
+}
+
+impl Backend {
+    /// The split in force for a request arriving now, if the route splits.
+    pub fn split(&self) -> Option<&Split> {
+        match self {
+            Backend::Single => None,
+            Backend::Split(split) => Some(split),
+            Backend::Scheduled(s) if SystemTime::now() >= s.at => Some(&s.after),
+            Backend::Scheduled(s) => Some(&s.before),
+        }
+    }
 }
 
 impl Route {
     /// Index (into `upstreams`) of the primary upstream for this request.
     pub fn choose(&self, headers: &http::HeaderMap) -> usize {
-        let Backend::Split(split) = &self.backend else { return 0 };
+        let Some(split) = self.backend.split() else { return 0 };
         let chosen = self.member_for_share(split, split.choose(headers));
         self.upstreams[chosen].split_decisions.inc();
         chosen
@@ -135,7 +165,7 @@ impl Route {
         if fallback != from {
             return Some(fallback);
         }
-        let Backend::Split(split) = &self.backend else { return None };
+        let split = self.backend.split()?;
         split.shares.iter().find(|s| s.weight > 0 && s.upstream != from).map(|s| s.upstream)
     }
 
@@ -147,6 +177,11 @@ impl Route {
 }
 
 impl Table {
+    /// The names of the routes that shadow: their result series start at 0.
+    pub fn shadowed_routes(&self) -> impl Iterator<Item = &str> {
+        self.router.entries().iter().filter(|(_, r)| r.shadow.is_some()).map(|(_, r)| &*r.name)
+    }
+
     /// Whether this version needs the shadow-diff log: a route shadows, or
     /// the top-level `shadow:` section is set.
     pub fn wants_shadow_log(&self) -> bool {

@@ -9,6 +9,11 @@
 //! used by the next handshake; open connections keep theirs. A broken,
 //! expired or mismatched certificate is rejected, logged and counted, and
 //! the old one stays.
+//!
+//! `strangler_tls_cert_not_after_seconds{cert,name}` is each served
+//! certificate's expiry (unix seconds; `cert` the file, `name` its first
+//! name), set at load and at each applied rotation; a certificate no longer
+//! served (its name changed) loses its series.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,7 +22,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
-use prometheus::IntCounterVec;
+use prometheus::{IntCounterVec, IntGaugeVec};
 use rustls::crypto::ring as provider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -45,6 +50,8 @@ pub struct LoadedCert {
     /// Lower-case DNS names from the leaf's SANs (`*.example.com` allowed).
     pub names: Vec<String>,
     pub not_after: String,
+    /// The end of the leaf's validity, in seconds since the epoch.
+    pub not_after_unix: i64,
 }
 
 /// Reads and checks one certificate chain and its private key: PEM, a key
@@ -61,14 +68,15 @@ pub fn load_pair(pair: &RawCertPair) -> Result<LoadedCert, TlsError> {
         PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| err(key_path, format!("not a PEM private key: {e:?}")))?;
     let signing_key = provider::sign::any_supported_type(&key)
         .map_err(|e| err(key_path, format!("unsupported private key (RSA or ECDSA expected): {e}")))?;
-    let (names, not_after) = inspect_leaf(leaf).map_err(|m| err(cert_path, m))?;
+    let (names, not_after, not_after_unix) = inspect_leaf(leaf).map_err(|m| err(cert_path, m))?;
     let certified = CertifiedKey::new(chain, signing_key);
     certified.keys_match().map_err(|e| err(key_path, format!("the key does not match the certificate: {e}")))?;
-    Ok(LoadedCert { key: Arc::new(certified), names, not_after })
+    Ok(LoadedCert { key: Arc::new(certified), names, not_after, not_after_unix })
 }
 
-/// SAN DNS names (or the CN when there are none) and validity of a leaf.
-fn inspect_leaf(der: &CertificateDer<'_>) -> Result<(Vec<String>, String), String> {
+/// SAN DNS names (or the CN when there are none) and the end of validity
+/// (text, unix seconds) of a leaf.
+fn inspect_leaf(der: &CertificateDer<'_>) -> Result<(Vec<String>, String, i64), String> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let validity = cert.validity();
@@ -96,13 +104,15 @@ fn inspect_leaf(der: &CertificateDer<'_>) -> Result<(Vec<String>, String), Strin
             cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(|s| s.to_ascii_lowercase()),
         );
     }
-    Ok((names, validity.not_after.to_rfc2822().unwrap_or_default()))
+    Ok((names, validity.not_after.to_rfc2822().unwrap_or_default(), validity.not_after.timestamp()))
 }
 
 /// The certificates in force: the default, then the others by name.
 struct CertSet {
     default: Arc<CertifiedKey>,
     by_name: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+    /// Per certificate: the labels of its expiry series and its expiry.
+    expiry: Vec<([String; 2], i64)>,
 }
 
 impl CertSet {
@@ -129,6 +139,7 @@ pub struct CertResolver {
     set: ArcSwap<CertSet>,
     hash: Mutex<String>,
     reloads: IntCounterVec,
+    not_after: IntGaugeVec,
 }
 
 impl std::fmt::Debug for CertResolver {
@@ -158,7 +169,24 @@ impl CertResolver {
             )
             .unwrap(),
         );
-        Ok(Arc::new(CertResolver { pairs, set: ArcSwap::from_pointee(set), hash: Mutex::new(hash), reloads }))
+        let not_after = metrics.register(
+            IntGaugeVec::new(
+                prometheus::Opts::new(
+                    "strangler_tls_cert_not_after_seconds",
+                    "When each served certificate expires (unix seconds), by file and first name.",
+                ),
+                &["cert", "name"],
+            )
+            .unwrap(),
+        );
+        publish_expiry(&not_after, &[], &set.expiry);
+        Ok(Arc::new(CertResolver {
+            pairs,
+            set: ArcSwap::from_pointee(set),
+            hash: Mutex::new(hash),
+            reloads,
+            not_after,
+        }))
     }
 
     /// Re-reads the certificate files; swaps them in when they changed and are valid.
@@ -169,7 +197,9 @@ impl CertResolver {
         }
         match load_set(&self.pairs) {
             Ok((set, hash)) => {
-                self.set.store(Arc::new(set));
+                let set = Arc::new(set);
+                let old = self.set.swap(set.clone());
+                publish_expiry(&self.not_after, &old.expiry, &set.expiry);
                 *self.hash.lock().unwrap_or_else(|e| e.into_inner()) = hash;
                 self.reloads.with_label_values(&["success"]).inc();
                 tracing::info!("TLS certificates reloaded");
@@ -240,13 +270,31 @@ impl CertResolver {
     }
 }
 
+/// Sets the expiry series of the certificates served now and deletes those
+/// of certificates served before and not any more.
+fn publish_expiry(gauge: &IntGaugeVec, before: &[([String; 2], i64)], now: &[([String; 2], i64)]) {
+    for (labels, _) in before {
+        if !now.iter().any(|(l, _)| l == labels) {
+            let _ = gauge.remove_label_values(&[&labels[0], &labels[1]]);
+        }
+    }
+    for (labels, not_after) in now {
+        gauge.with_label_values(&[&labels[0], &labels[1]]).set(*not_after);
+    }
+}
+
 fn load_set(pairs: &[RawCertPair]) -> Result<(CertSet, String), TlsError> {
     let hash = files_hash(pairs);
     let mut loaded = pairs.iter().map(load_pair).collect::<Result<Vec<_>, _>>()?;
+    let expiry = pairs
+        .iter()
+        .zip(&loaded)
+        .map(|(pair, c)| ([pair.cert.clone(), c.names.first().cloned().unwrap_or_default()], c.not_after_unix))
+        .collect();
     let first = loaded.remove(0);
     let mut by_name = vec![(first.names, first.key.clone())];
     by_name.extend(loaded.into_iter().map(|c| (c.names, c.key)));
-    Ok((CertSet { default: first.key, by_name }, hash))
+    Ok((CertSet { default: first.key, by_name, expiry }, hash))
 }
 
 fn files_hash(pairs: &[RawCertPair]) -> String {

@@ -362,6 +362,7 @@ async fn services_answer_like_the_monolith() {
     let mut mismatches = Vec::new();
     let mut checked = 0;
     let mut statuses = std::collections::BTreeMap::new();
+    let mut misdirected = 0;
     for (method, path, label, tok, svc, name) in &cases {
         let via_proxy = method == Method::GET || method == Method::HEAD;
         let sides: Vec<(&str, &str)> = if *name == "users" {
@@ -375,6 +376,13 @@ async fn services_answer_like_the_monolith() {
         }
         let want = answer(mono, method, path, &headers, None).await;
         let got = answer(*svc, method, path, &headers, None).await;
+        // A replica answers 421 for a token subject or an id above what it has
+        // applied (read-your-writes): the proxy's fallback serves the monolith's answer.
+        let behind = got.status == 421
+            && matches!(want.status, 401 | 404)
+            && (*method == Method::HEAD
+                || got.json().is_some_and(|v| v["error"] == "misdirected" && v["owner"] == "legacy"));
+        misdirected += usize::from(behind);
         checked += 1;
         *statuses.entry(want.status).or_insert(0usize) += 1;
         let compare = |who: String, got: &Answer| {
@@ -386,9 +394,12 @@ async fn services_answer_like_the_monolith() {
                 )
             })
         };
-        mismatches.extend(compare(format!("{name} service"), &got));
+        if !behind {
+            mismatches.extend(compare(format!("{name} service"), &got));
+        }
         if via_proxy {
             for (upstream, user) in &sides {
+                let upstream = if behind { &"legacy" } else { upstream };
                 let mut h = headers.clone();
                 h.push(("X-User-Id", user));
                 let r = call(proxy, method.clone(), path, &h, None).await;
@@ -401,7 +412,8 @@ async fn services_answer_like_the_monolith() {
             }
         }
     }
-    eprintln!("{checked} requests compared; monolith statuses: {statuses:?}");
+    eprintln!("{checked} requests compared ({misdirected} sent on to the monolith); monolith statuses: {statuses:?}");
+    assert!(misdirected > 0, "no case above what the services applied");
     for status in [200, 400, 401, 404, 500] {
         assert!(statuses.contains_key(&status), "no case answered {status}: {statuses:?}");
     }
@@ -514,6 +526,12 @@ async fn stopping_a_service_mid_run_loses_no_request() {
 async fn bad_input_gets_the_same_answer_from_both_implementations() {
     let Some(stack) = Stack::start().await else { return };
     let (mono, svc) = (stack.monolith.addr, stack.comments.addr);
+    // Only the owner of comments takes writes; to compare the write checks the
+    // service is made owner by hand while the monolith keeps taking writes too
+    // (a split brain only a test creates).
+    comments::open_db(&stack.dir.path().join("comments.db"))
+        .and_then(|c| c.execute_batch("UPDATE ownership SET owner = 'comments' WHERE feature = 'comments'"))
+        .expect("making the comments service owner");
 
     // A comment, its author, and someone else.
     let c1 = call(mono, Method::GET, "/api/comments/1", &[("Authorization", &bearer(1))], None).await.json();

@@ -17,6 +17,9 @@ fn rec(minute: u64, i: u64, route: &str, result: Outcome) -> DiffRecord {
         ts: format!("2026-11-25T20:{:02}:{:02}.{:03}Z", minute % 60, i % 60, i % 1000),
         request_id: format!("{route}-{minute}-{i}"),
         shadow_request_id: None,
+        id: None,
+        instance: None,
+        config_hash: None,
         client_ip: None,
         route: route.into(),
         endpoint: format!("/api/{route}/{{id}}"),
@@ -188,7 +191,22 @@ fn json_report_merges_replicas_and_judges_routes() {
     assert_eq!(comments["counts"]["compared"], 1500, "merged from both replicas");
     assert_eq!(comments["verdict"], json!({"ready": true, "reasons": []}));
     let tasks = route(&v, "tasks");
-    assert_eq!(tasks["verdict"]["reasons"], json!(["not enough samples: 300 < 1000"]));
+    // 300 compared from 20:00:00 to the report's end at 20:55:27: 700 more take about 2h 9m.
+    assert_eq!(
+        tasks["verdict"]["reasons"],
+        json!(["not enough samples: 300 < 1000, about 2h 9m more at the current rate (5.4 compared per minute)"])
+    );
+    assert_eq!(tasks["verdict"]["samples_eta_seconds"], 7764);
+    // Every route's timeline has the same buckets, to the end of the report.
+    let timelines: Vec<&Value> = v["routes"].as_array().unwrap().iter().map(|r| &r["timeline"]).collect();
+    for t in &timelines {
+        assert_eq!(t["bucket_seconds"], timelines[0]["bucket_seconds"]);
+        assert_eq!(t["buckets"].as_array().unwrap().len(), timelines[0]["buckets"].as_array().unwrap().len());
+        assert_eq!(t["end"], "2026-11-25T21:00:00Z", "the bucket holding the last record (20:55:27) ends at 21:00");
+    }
+    let errors: u64 =
+        users["timeline"]["buckets"].as_array().unwrap().iter().map(|b| b["shadow_error"].as_u64().unwrap()).sum();
+    assert_eq!(errors, 3, "shadow errors are on the timeline");
 }
 
 #[test]
@@ -232,13 +250,51 @@ fn markdown_report_has_the_tables() {
         "{md}"
     );
     assert!(md.contains("| comments | ✅ ready |"), "{md}");
-    assert!(md.contains("| tasks | ❌ not enough samples: 300 < 1000 |"), "{md}");
+    assert!(
+        md.contains("| tasks | ❌ not enough samples: 300 < 1000, about 2h 9m more at the current rate (5.4 compared per minute) |"),
+        "{md}"
+    );
     assert!(md.contains("| 12 | 60.0% | {/created\\_at, /email} |"), "{md}");
     assert!(md.contains("ignore: [\"/items/*/etag\", \"/updated_at\"]"), "{md}");
     assert!(md.contains("**corrupt lines 1**"), "{md}");
     assert!(md.contains("| too\\_large | 5 |"), "{md}");
     assert!(!md.contains("<script>"), "traffic values must be escaped");
     assert!(md.contains("&lt;script>alert(1)&lt;/script>@example.com") || md.contains("&lt;script>"), "{md}");
+}
+
+/// Per chart, the values of its rate-axis and request-axis tick labels.
+fn chart_ticks(html: &str) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let labels = |svg: &str, class: &str| -> Vec<f64> {
+        let marker = format!("class=\"{class}\"");
+        svg.split(&marker)
+            .skip(1)
+            .map(|rest| {
+                let text = &rest[rest.find('>').unwrap() + 1..rest.find("</text>").unwrap()];
+                text.trim_end_matches('%').replace('k', "e3").parse::<f64>().unwrap_or_else(|e| panic!("{text}: {e}"))
+            })
+            .collect()
+    };
+    html.split("<svg class=\"timeline\"")
+        .skip(1)
+        .map(|svg| {
+            let svg = &svg[..svg.find("</svg>").unwrap()];
+            (labels(svg, "rate-tick"), labels(svg, "count-tick"))
+        })
+        .collect()
+}
+
+fn assert_round(ticks: &[f64]) {
+    assert!(ticks.len() >= 2, "{ticks:?}");
+    let step = ticks[1] - ticks[0];
+    let magnitude = 10f64.powf(step.log10().floor());
+    let mantissa = step / magnitude;
+    assert!([1.0, 2.0, 5.0].iter().any(|m| (mantissa - m).abs() < 1e-6), "step {step} of {ticks:?}");
+    for pair in ticks.windows(2) {
+        assert!((pair[1] - pair[0] - step).abs() < 1e-6, "uneven ticks {ticks:?}");
+    }
+    for t in ticks {
+        assert!(((t / step).round() * step - t).abs() < 1e-6, "{t} is not a multiple of {step}: {ticks:?}");
+    }
 }
 
 fn chromium() -> Option<PathBuf> {
@@ -266,10 +322,22 @@ fn html_report_is_self_contained_escaped_and_renders() {
         }
     }
     assert!(html.contains("<svg"));
-    assert!(html.contains("not enough samples: 300 &lt; 1000"));
+    assert!(html.contains("not enough samples: 300 &lt; 1000, about 2h 9m more at the current rate"));
     assert!(html.contains("match rate 99.0% &lt; 99.9%"));
     assert!(html.contains("ready to cut over"));
     assert!(html.contains("/created_at</code><code class=\"f\">/email</code>"));
+
+    // Both axes of every chart have round ticks: equal steps of 1, 2 or 5 times a power of ten.
+    let charts = chart_ticks(&html);
+    assert_eq!(charts.len(), 3, "one chart per route");
+    for (rate, counts) in &charts {
+        assert_round(rate);
+        assert_round(counts);
+        assert_eq!(*rate.last().unwrap(), 100.0, "the rate axis ends at 100%");
+        assert_eq!(counts[0], 0.0, "the request axis starts at 0");
+    }
+    let comments = &charts[0].0;
+    assert_eq!(comments, &[99.85, 99.9, 99.95, 100.0], "all matches: the threshold shows with room below it");
 
     if std::env::var("STRANGLER_SKIP_BROWSER").as_deref() == Ok("1") {
         eprintln!("STRANGLER_SKIP_BROWSER=1: not rendering the report in Chromium");
@@ -405,4 +473,147 @@ async fn replay_with_primary_compares_in_full_minus_noise() {
     assert_eq!(v["not_fixed"][0]["request_id"], "req-2");
     assert_eq!(v["not_fixed"][0]["fields"], json!(["/headers/host"]));
     assert_eq!(primary.hits(), 2);
+}
+
+/// Record `i` (one a second from 20:00) of `instance`, with a UUIDv7-shaped id of its own.
+fn fleet_rec(i: u64, route: &str, instance: &str, result: Outcome) -> DiffRecord {
+    let mut r = rec(i / 60, i, route, result);
+    r.ts = format!("2026-11-25T{:02}:{:02}:{:02}.000Z", 20 + i / 3600, (i / 60) % 60, i % 60);
+    r.id = Some(format!("019ab3c4-{:04x}-7000-8000-{i:012x}", route.len()));
+    r.instance = Some(instance.into());
+    r.config_hash = Some("5e1f00d2c4a1b7e9".into());
+    r
+}
+
+fn write_jsonl(path: &Path, records: &[DiffRecord]) {
+    let text: String = records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+    std::fs::write(path, text).unwrap();
+}
+
+fn json_report(files: &[&Path], args: &[&str]) -> Value {
+    let run = report(files, &[&["--format", "json"], args].concat());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+#[test]
+fn overlapping_exports_count_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let all: Vec<DiffRecord> = (0..1200).map(|i| fleet_rec(i, "users", "pod-a", Outcome::Match)).collect();
+    // Two exports of the same pod's log that overlap by 10 minutes (600 records).
+    let (early, late) = (dir.path().join("until-20h15.jsonl"), dir.path().join("from-20h05.jsonl"));
+    write_jsonl(&early, &all[..900]);
+    write_jsonl(&late, &all[300..]);
+    let v = json_report(&[&early], &["--from", late.to_str().unwrap()]);
+    assert_eq!(v["totals"]["sampled"], 1200);
+    assert_eq!(v["totals"]["match"], 1200);
+    assert_eq!(v["inputs"]["duplicates_ignored"], 600);
+    assert_eq!(v["inputs"]["files"].as_array().unwrap().len(), 2);
+    assert_eq!(v["instances"], json!([{"name": "pod-a", "count": 1200}]));
+    assert_eq!(v["ready"], true);
+    // The same file twice, once through stdin: still once.
+    let out = Command::new(binary())
+        .args(["report", "--format", "json", "-"])
+        .arg(&early)
+        .stdin(std::fs::File::open(&early).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["totals"]["sampled"], 900);
+    assert_eq!(v["inputs"]["duplicates_ignored"], 900);
+}
+
+/// A route whose primary puts a random `nonce` in every answer, otherwise equal answers.
+fn nonce_mismatch(i: u64, instance: &str) -> DiffRecord {
+    let mut r = fleet_rec(i, "orders", instance, Outcome::Mismatch);
+    r.diffs = vec![diff(DiffKind::Body, "/nonce", json!(format!("{i:x}-p")), json!(format!("{i:x}-s")))];
+    r
+}
+
+#[test]
+fn noise_one_replica_learned_late_is_noise_for_the_whole_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    // Replica a probes the primary, but only learns the nonce is noise after 300 requests.
+    let mut a: Vec<DiffRecord> = (0..300).map(|i| nonce_mismatch(i, "pod-a")).collect();
+    for i in 300..700 {
+        let mut r = fleet_rec(i, "orders", "pod-a", Outcome::Match);
+        r.noise = vec!["/nonce".into()];
+        a.push(r);
+    }
+    // Replica b never probes: every one of its answers is a mismatch on the nonce.
+    let b: Vec<DiffRecord> = (1000..1600).map(|i| nonce_mismatch(i, "pod-b")).collect();
+    let (pa, pb) = (dir.path().join("pod-a.jsonl"), dir.path().join("pod-b.jsonl"));
+    write_jsonl(&pa, &a);
+    write_jsonl(&pb, &b);
+    let v = json_report(&[&pa, &pb], &[]);
+    let orders = route(&v, "orders");
+    assert_eq!(orders["counts"]["compared"], 1300);
+    assert_eq!(orders["counts"]["mismatch"], 0);
+    assert_eq!(orders["match_rate"]["percent"], 100.0);
+    assert_eq!(orders["rejudged_as_match"], 900);
+    assert_eq!(orders["verdict"], json!({"ready": true, "reasons": []}));
+    assert_eq!(orders["triage"], json!([]));
+    assert_eq!(orders["noise"][0]["name"], "/nonce");
+    assert_eq!(orders["ignore_snippet"], "shadow:\n  ignore: [\"/nonce\"]\n");
+    assert_eq!(v["totals"]["mismatch"], 0);
+    assert_eq!(v["ready"], true);
+    // The pod that never probed, alone, is judged with what the fleet learned.
+    let v = json_report(&[&pa, &pb], &["--instance", "pod-b", "--min-samples", "500"]);
+    assert_eq!(route(&v, "orders")["counts"]["mismatch"], 0);
+    assert_eq!(route(&v, "orders")["counts"]["match"], 600);
+}
+
+#[test]
+fn route_time_and_instance_filters_narrow_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = Vec::new();
+    for i in 0..3600 {
+        let pod = if i % 2 == 0 { "pod-a" } else { "pod-b" };
+        records.push(fleet_rec(i, ["users", "comments", "tasks"][(i % 3) as usize], pod, Outcome::Match));
+    }
+    let path = dir.path().join("fleet.jsonl");
+    write_jsonl(&path, &records);
+    let routes = |v: &Value| -> Vec<String> {
+        v["routes"].as_array().unwrap().iter().map(|r| r["route"].as_str().unwrap().to_string()).collect()
+    };
+
+    let v = json_report(&[&path], &["--route", "users", "--route", "tasks"]);
+    assert_eq!(routes(&v), ["tasks", "users"]);
+    assert_eq!(v["totals"]["sampled"], 2400);
+    assert_eq!(v["inputs"]["filtered_out"], 1200);
+
+    // 20:10 (inclusive) to 20:40 (exclusive): 1800 records.
+    let v = json_report(&[&path], &["--since", "2026-11-25T20:10:00Z", "--until", "2026-11-25T20:40:00Z"]);
+    assert_eq!(v["totals"]["sampled"], 1800);
+    assert_eq!(v["span"]["first"], "2026-11-25T20:10:00Z");
+    assert_eq!(v["span"]["last"], "2026-11-25T20:39:59Z");
+
+    let v = json_report(&[&path], &["--instance", "pod-b", "--route", "users"]);
+    assert_eq!(v["totals"]["sampled"], 600);
+    assert_eq!(v["instances"], json!([{"name": "pod-b", "count": 600}]));
+
+    // A relative --until: everything in 2026 is more than a minute ago... or, on a machine whose
+    // clock says otherwise, nothing is; either way the flag is accepted.
+    let run = report(&[&path], &["--format", "json", "--until", "1m"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = report(&[&path], &["--until", "2026-11-25T20:00:00Z", "--since", "2026-11-25T21:00:00Z"]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("--until must be later than --since"), "{}", run.stderr);
+}
+
+#[test]
+fn a_store_source_that_cannot_be_reached_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    write_jsonl(&path, &[fleet_rec(1, "users", "pod-a", Outcome::Match)]);
+    let run = report(&[&path], &["--from", "postgres://strangler:hunter2@127.0.0.1:1/shadow?sslmode=disable"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("postgres://strangler:***@127.0.0.1:1/shadow"), "{}", run.stderr);
+    assert!(run.stderr.contains("cannot read the store"), "{}", run.stderr);
+    assert!(!run.stderr.contains("hunter2"), "the password never shows: {}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    let run = report(&[], &[]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("no records to read"), "{}", run.stderr);
 }

@@ -47,6 +47,10 @@ MIX = [
 # the monolith's change feed: a 404 for it within this window is "lagged", not failed
 SYNC_GRACE_S = 5.0
 MAX_ERRORS = 10
+# 421 Misdirected Request: neither side took the write (comments mid-handover,
+# see docs/runbook.md "Moving writes"); nothing was done, so send it again shortly
+MISDIRECTED_RETRY_S = 0.2
+MISDIRECTED_GIVE_UP_S = 10.0
 
 
 class Client:
@@ -123,6 +127,7 @@ class Stats:
         self.ok = 0
         self.failed = 0
         self.lagged = 0
+        self.misdirected = 0
         self.by_status = Counter()
         self.by_op = Counter()
         self.errors: list[dict] = []
@@ -152,11 +157,18 @@ class Session:
 
 def call(client, stats, op, sess, method, path, expect, body=None, shape=None, lag_ok=False):
     """Send, check, record. Returns parsed JSON (or None)."""
-    try:
-        status, ctype, raw = client.request(method, path, sess.headers(), body)
-    except Exception as e:  # network error: counts as a failure
-        stats.record(op, method, path, "error", False, f"{type(e).__name__}: {e}")
-        return None
+    give_up = time.monotonic() + MISDIRECTED_GIVE_UP_S
+    while True:
+        try:
+            status, ctype, raw = client.request(method, path, sess.headers(), body)
+        except Exception as e:  # network error: counts as a failure
+            stats.record(op, method, path, "error", False, f"{type(e).__name__}: {e}")
+            return None
+        if status != 421 or time.monotonic() >= give_up:
+            break
+        with stats.lock:
+            stats.misdirected += 1
+        time.sleep(MISDIRECTED_RETRY_S)
     if status not in expect:
         if lag_ok and status == 404:
             stats.record(op, method, path, status, True, lagged=True)
@@ -367,6 +379,7 @@ def main(argv=None):
             "errors": stats.errors,
             "by_op": dict(sorted(stats.by_op.items())),
             "lagged_404": stats.lagged,
+            "misdirected_retried": stats.misdirected,
             "elapsed_s": round(elapsed, 3),
             "rps": round(stats.requests / elapsed, 1) if elapsed > 0 else None,
         }

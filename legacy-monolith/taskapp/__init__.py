@@ -43,4 +43,10 @@ def create_app(config=None):
         w = Worker(app.config)
         w.start()
         app.extensions["taskapp_worker"] = w
+    app.extensions["taskapp_consumer"] = None
+    if app.config["COMMENTS_SERVICE_URL"]:
+        from .feed_consumer import Consumer
+        c = Consumer(app.config)
+        c.start()
+        app.extensions["taskapp_consumer"] = c
     return app

@@ -41,4 +41,12 @@ def from_env():
         # background notification worker
         "NOTIFY_WORKER": _bool("TASKAPP_NOTIFY_WORKER", True),
         "NOTIFY_POLL_SECONDS": _float("TASKAPP_NOTIFY_POLL", 1.0),
+        # the comments service, whose change feed (GET /internal/events) this monolith
+        # consumes while the service owns comment writes; unset = no consumer
+        "COMMENTS_SERVICE_URL": (os.environ.get("COMMENTS_SERVICE_URL") or "").rstrip("/") or None,
+        # consumer: poll interval when the feed is idle, longest back-off while the service
+        # is down or answers an error, events asked for per request
+        "CONSUMER_POLL_SECONDS": _float("TASKAPP_CONSUMER_POLL", 0.2),
+        "CONSUMER_MAX_BACKOFF_SECONDS": _float("TASKAPP_CONSUMER_MAX_BACKOFF", 5.0),
+        "CONSUMER_BATCH": _int("TASKAPP_CONSUMER_BATCH", 500),
     }

@@ -8,6 +8,7 @@ committed atomically or not at all.
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import time
 
@@ -37,6 +38,9 @@ def init_schema(path):
         conn = connect(path)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            migrate(conn, schema)
+            conn.execute("COMMIT")
             conn.executescript("BEGIN IMMEDIATE;\n" + schema + "\nCOMMIT;")
             return
         except sqlite3.OperationalError as e:
@@ -47,6 +51,32 @@ def init_schema(path):
             time.sleep(0.1)
         finally:
             conn.close()
+
+
+def migrate(conn, schema):
+    """Bring a file made by an older schema.sql up to date, inside the caller's
+    transaction and before the schema runs (idempotent; a new file has nothing to do).
+
+    * notifications.dedup_key (one notification per key, e.g. per new comment);
+    * events.op accepting 'handover': SQLite cannot alter a CHECK, so the table
+      is rebuilt from schema.sql's definition, keeping every id and the
+      AUTOINCREMENT sequence (feed cursors elsewhere stay valid)."""
+    tables = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
+    if "notifications" in tables:
+        cols = {r["name"] for r in conn.execute("PRAGMA table_info(notifications)")}
+        if "dedup_key" not in cols:
+            conn.execute("ALTER TABLE notifications ADD COLUMN dedup_key TEXT")
+    if "events" in tables and "'handover'" not in tables["events"]:
+        m = re.search(r"CREATE TABLE IF NOT EXISTS events \((.*?)\n\);", schema, re.S)
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        conn.execute(f"CREATE TABLE events_migrated ({m.group(1)}\n)")
+        conn.execute("INSERT INTO events_migrated (id, entity, entity_id, op, payload, created_at)"
+                     " SELECT id, entity, entity_id, op, payload, created_at FROM events ORDER BY id")
+        conn.execute("DROP TABLE events")
+        conn.execute("ALTER TABLE events_migrated RENAME TO events")
+        if seq is not None:
+            conn.execute("DELETE FROM sqlite_sequence WHERE name = 'events'")
+            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (seq[0],))
 
 
 def get_db():

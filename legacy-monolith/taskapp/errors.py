@@ -11,16 +11,17 @@ from werkzeug.exceptions import InternalServerError, RequestEntityTooLarge
 
 
 class APIError(Exception):
-    def __init__(self, status, error, message, field=None, headers=None):
+    def __init__(self, status, error, message, field=None, headers=None, extra=None):
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
         self.field = field
         self.headers = headers or {}
+        self.extra = extra or {}  # more keys for the body (e.g. owner/epoch of a 421)
 
     def to_response(self):
-        body = {"error": self.error, "message": self.message}
+        body = {"error": self.error, "message": self.message, **self.extra}
         if self.field is not None:
             body["field"] = self.field
         resp = jsonify(body)
@@ -52,6 +53,18 @@ def not_found(entity, ident):
 
 def conflict(message, field=None):
     return APIError(409, "conflict", message, field=field)
+
+
+def misdirected(feature, owner, epoch):
+    """421: this side does not own the feature's writes; the request was not processed."""
+    return APIError(421, "misdirected", f"{feature} are owned by {owner} (epoch {epoch})",
+                    extra={"owner": owner, "epoch": epoch})
+
+
+def not_owner(feature, owner, epoch):
+    """409 for a handover asked of a side that is not the owner."""
+    return APIError(409, "conflict", f"{feature} are owned by {owner} (epoch {epoch}), not by this side",
+                    extra={"owner": owner, "epoch": epoch})
 
 
 def register(app):

@@ -33,14 +33,33 @@ MAX_ATTEMPTS = 5
 STALE_SECONDS = 300
 
 
-def enqueue(db, kind, recipient_id, subject, body):
+def enqueue(db, kind, recipient_id, subject, body, dedup_key=None):
+    """Queue one mail inside the caller's transaction. With a dedup_key, a second
+    enqueue under the same key is a no-op (exactly once per key)."""
     row = db.execute("SELECT email FROM users WHERE id = ?", (recipient_id,)).fetchone()
     if row is None:
         return
     ts = now_ts()
     db.execute(
-        "INSERT INTO notifications (kind, recipient_id, to_addr, subject, body, next_attempt_at, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)", (kind, recipient_id, row["email"], subject, body, ts, ts))
+        "INSERT OR IGNORE INTO notifications (kind, recipient_id, to_addr, subject, body, next_attempt_at,"
+        " created_at, dedup_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (kind, recipient_id, row["email"], subject, body, ts, ts, dedup_key))
+
+
+def comment_added(db, comment):
+    """One mail per new comment, whichever side took the write: to the task's assignee,
+    or to its creator when unassigned (the author too, like self-assignment).
+    Keyed 'comment_added:<id>', so a comment applied twice from a feed mails once."""
+    task = db.execute("SELECT id, project_id, title, assignee_id, creator_id FROM tasks WHERE id = ?",
+                      (comment["task_id"],)).fetchone()
+    if task is None:
+        return
+    recipient = task["assignee_id"] if task["assignee_id"] is not None else task["creator_id"]
+    enqueue(db, "comment_added", recipient,
+            f"[taskapp] New comment on task #{task['id']}: {task['title']}",
+            f"User {comment['author_id']} commented on task #{task['id']} \"{task['title']}\" "
+            f"in project {task['project_id']}:\n\n{comment['body']}\n",
+            dedup_key=f"comment_added:{comment['id']}")
 
 
 def _ts_in(seconds):

@@ -112,15 +112,19 @@ CREATE INDEX IF NOT EXISTS idx_activity_actor   ON activity_log(actor_id);
 -- Transactional outbox / change feed, served at GET /internal/events.
 -- Inserted in the SAME transaction as the write it describes.
 --   entity : 'user' | 'project' | 'project_member' | 'task' | 'comment' | 'attachment'
---   op     : 'create' | 'update' | 'delete'
+--            | 'ownership' (a write handover, see the `ownership` table)
+--   op     : 'create' | 'update' | 'delete' | 'handover' (entity 'ownership' only)
 --   payload: compact JSON text, keys sorted. For create/update: the full
 --            resource exactly as the API returns it (datetimes already as
---            RFC 822 strings). For delete: {"id": <entity_id>}.
+--            RFC 822 strings). For delete: {"id": <entity_id>}. For a
+--            handover: {"epoch","feature","high_water","owner"}, entity_id 0.
+-- (A database made before 'handover' existed gets this CHECK through the
+--  table rebuild in db.migrate(), which keeps every id and the sequence.)
 CREATE TABLE IF NOT EXISTS events (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     entity     TEXT    NOT NULL,
     entity_id  INTEGER NOT NULL,
-    op         TEXT    NOT NULL CHECK (op IN ('create', 'update', 'delete')),
+    op         TEXT    NOT NULL CHECK (op IN ('create', 'update', 'delete', 'handover')),
     payload    TEXT    NOT NULL,
     created_at TEXT    NOT NULL
 );
@@ -130,7 +134,7 @@ CREATE TABLE IF NOT EXISTS events (
 -- ... WHERE status='pending'), so several workers never send one twice.
 CREATE TABLE IF NOT EXISTS notifications (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind            TEXT    NOT NULL,               -- 'task_assigned' | 'task_completed'
+    kind            TEXT    NOT NULL,               -- 'task_assigned' | 'task_completed' | 'comment_added'
     recipient_id    INTEGER NOT NULL,
     to_addr         TEXT    NOT NULL,
     subject         TEXT    NOT NULL,
@@ -142,6 +146,40 @@ CREATE TABLE IF NOT EXISTS notifications (
     claimed_at      TEXT,
     last_error      TEXT,
     created_at      TEXT    NOT NULL,
-    sent_at         TEXT
+    sent_at         TEXT,
+    dedup_key       TEXT                            -- e.g. 'comment_added:42': at most one row per key
+                                                    -- (NULL: no dedup); added by db.migrate() to older files
 );
 CREATE INDEX IF NOT EXISTS idx_notifications_status ON notifications(status, next_attempt_at);
+CREATE UNIQUE INDEX IF NOT EXISTS idx_notifications_dedup ON notifications(dedup_key);
+
+-- Who accepts the writes of a movable feature (issue 18). One row per
+-- feature; `comments` starts owned by 'legacy' (this monolith), epoch 1.
+-- A handover is ONE transaction on the current owner: owner := new owner,
+-- epoch := epoch + 1, high_water := the largest id of the feature that
+-- exists or ever existed here, plus an 'ownership'/'handover' event in
+-- `events`. The other side takes over when it applies that event from the
+-- feed. Ownership coming back (the service hands back) is applied from the
+-- service's feed by taskapp/feed_consumer.py; events with an epoch <= the
+-- stored one are replays and are ignored.
+CREATE TABLE IF NOT EXISTS ownership (
+    feature    TEXT    PRIMARY KEY,                 -- 'comments'
+    owner      TEXT    NOT NULL,                    -- 'legacy' | 'comments'
+    epoch      INTEGER NOT NULL,                    -- bumped by every handover
+    high_water INTEGER NOT NULL DEFAULT 0,          -- largest id at the last handover
+    updated_at TEXT                                 -- UTC, NULL until the first handover
+);
+INSERT OR IGNORE INTO ownership (feature, owner, epoch, high_water) VALUES ('comments', 'legacy', 1, 0);
+
+-- Cursors of the feeds this monolith consumes. 'comments' = the comments
+-- service's GET /internal/events; `applied_event_id` is advanced in the
+-- same transaction as the rows it applied. `last_error` is the consumer's
+-- current failure (NULL while it works), written only when it changes.
+CREATE TABLE IF NOT EXISTS feed_cursors (
+    source           TEXT    PRIMARY KEY,
+    applied_event_id INTEGER NOT NULL DEFAULT 0,
+    updated_at       TEXT,
+    last_error       TEXT,
+    last_error_at    TEXT
+);
+INSERT OR IGNORE INTO feed_cursors (source) VALUES ('comments');

@@ -30,13 +30,17 @@ def test_reports(client, api):
     api.task(ha, p["id"], status="done", assignee_id=b["id"])
     api.task(ha, p["id"], status="todo", priority="high", assignee_id=b["id"], due_date="2000-01-01")
     api.task(ha, p["id"], status="in_progress", priority="low", assignee_id=b["id"], due_date="2999-01-01")
-    api.task(ha, p["id"], status="done", due_date="2000-01-01")
+    t = api.task(ha, p["id"], status="done", due_date="2000-01-01")
+    for body in ("one", "two"):
+        assert client.post(f"/api/tasks/{t['id']}/comments", json={"body": body}, headers=hb).status_code == 201
+    other = api.task(ha, api.project(ha)["id"])
+    assert client.post(f"/api/tasks/{other['id']}/comments", json={"body": "x"}, headers=hb).status_code == 201
     r = client.get(f"/api/reports/projects/{p['id']}", headers=hb)
     assert r.status_code == 200
     assert r.json == {"project_id": p["id"], "total_tasks": 4,
                       "by_status": {"todo": 1, "in_progress": 1, "done": 2},
                       "by_priority": {"low": 1, "medium": 2, "high": 1},
-                      "completion_percentage": 50.0, "overdue": 1}
+                      "completion_percentage": 50.0, "overdue": 1, "total_comments": 2}
     r = client.get(f"/api/reports/users/{b['id']}/workload", headers=ha)
     assert r.json == {"user_id": b["id"], "open_tasks": 2, "by_status": {"todo": 1, "in_progress": 1},
                       "by_priority": {"low": 1, "medium": 0, "high": 1}, "overdue": 1}

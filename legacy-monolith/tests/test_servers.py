@@ -58,11 +58,20 @@ def test_gunicorn_real_http(tmp_path, sink):
         st, _, body = http("GET", base + "/internal/events?after=0")
         evs = json.loads(body)["events"]
         assert [e["entity"] for e in evs][-2:] == ["task", "comment"]
-        # the assignment mail is sent exactly once even with 2 workers polling
-        files = wait_for_files(mail_dir, 1)
+        # the assignment mail and the new-comment mail are each sent exactly once even with
+        # 2 workers polling
+        files = wait_for_files(mail_dir, 2)
         time.sleep(0.6)
-        files = wait_for_files(mail_dir, 1)
-        assert len(files) == 1
+        files = wait_for_files(mail_dir, 2)
+        assert len(files) == 2
+        subjects = set()
+        for name in files:
+            with open(os.path.join(mail_dir, name), "rb") as f:
+                msg = email.message_from_bytes(f.read())
+            assert msg["To"] == "gtwo@example.com"
+            subjects.add(msg["Subject"])
+        assert subjects == {f"[taskapp] You were assigned task #{tid}: Ship it",
+                            f"[taskapp] New comment on task #{tid}: Ship it"}
     finally:
         stop(proc)
         log.close()

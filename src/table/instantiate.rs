@@ -20,12 +20,16 @@ use crate::client::Connector;
 use crate::config::{ConfigError, Source};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::rollout::machine::{self, Effective, Progress};
+use crate::rollout::plan::ALL;
+use crate::rollout::Progresses;
 use crate::router::Router;
 use crate::shadow::ShadowRoute;
+use crate::split::Split;
 use crate::upstream::{Upstream, UpstreamCounters};
 
 use super::validate::{ConnectionSettings, Plan, RoutePlan, TargetPlan};
-use super::{Backend, Route, RouteUpstream, Table};
+use super::{Backend, Route, RouteUpstream, ScheduledSplit, Table};
 
 /// What instantiating needs besides the plan.
 pub struct Context<'a> {
@@ -34,6 +38,8 @@ pub struct Context<'a> {
     /// The version in force, whose connectors, pools, target states and
     /// rate limiters are reused where the settings are the same.
     pub previous: Option<&'a Table>,
+    /// Where each rollout stands: its step's weights and shadowing apply.
+    pub rollouts: &'a Progresses,
 }
 
 /// The long-lived parts of a table, keyed by what makes them the same
@@ -73,8 +79,13 @@ pub fn instantiate(plan: Plan, ctx: &Context<'_>) -> Result<Table, ConfigError> 
             (name.clone(), Arc::new(upstream))
         })
         .collect::<BTreeMap<_, _>>();
-    let routes =
-        plan.routes.into_iter().map(|r| (r.key.clone(), route(r, &upstreams, ctx, previous, &mut resources))).collect();
+    // Shadow records name the version their request was routed by.
+    let config_hash: Arc<str> = plan.hash.as_str().into();
+    let routes = plan
+        .routes
+        .into_iter()
+        .map(|r| (r.key.clone(), route(r, &upstreams, ctx, previous, &mut resources, &config_hash)))
+        .collect();
     let router = Router::new(routes).map_err(|_| {
         // validate() refused duplicates already; kept as an error, never a panic.
         ConfigError { file: plan.file.clone(), line: None, column: None, message: "duplicate routes".into() }
@@ -87,6 +98,7 @@ pub fn instantiate(plan: Plan, ctx: &Context<'_>) -> Result<Table, ConfigError> 
         raw: plan.raw,
         hash: plan.hash,
         file: plan.file,
+        text: plan.text,
         loaded_at: SystemTime::now(),
         upstream_header: plan.upstream_header,
         trusted_proxies: plan.trusted_proxies,
@@ -167,6 +179,7 @@ fn route(
     ctx: &Context<'_>,
     previous: Option<&Resources>,
     resources: &mut Resources,
+    config_hash: &Arc<str>,
 ) -> Route {
     let metrics = ctx.metrics;
     let members = r
@@ -188,10 +201,30 @@ fn route(
         resources.limiters.insert(rl.identity, limiter.clone());
         limiter
     });
-    let shadow = r.shadow.map(|plan| {
+    let now = crate::rollout::now_ms();
+    let rollout = r.rollout.map(|plan| {
+        let progress = ctx.rollouts.get(&r.name).copied().unwrap_or_else(|| Progress::start(0));
+        let effective = machine::effective(&plan, &progress, now);
+        let next = machine::next_change(&progress, now).map(|at| (at, machine::effective(&plan, &progress, at)));
+        (Arc::new(plan), effective, next)
+    });
+    let backend = match &rollout {
+        Some((plan, effective, None)) => Backend::Split(rollout_split(plan, effective, r.sticky)),
+        Some((plan, effective, Some((at, then)))) => Backend::Scheduled(Box::new(ScheduledSplit {
+            before: rollout_split(plan, effective, r.sticky.clone()),
+            after: rollout_split(plan, then, r.sticky),
+            at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(*at),
+        })),
+        None => r.split.map_or(Backend::Single, Backend::Split),
+    };
+    // Shadowing stays on across a scheduled switch; the rebuild at the
+    // switch turns it off when the new step is 100%.
+    let shadowing =
+        rollout.as_ref().is_none_or(|(_, effective, next)| effective.shadow || next.is_some_and(|(_, e)| e.shadow));
+    let shadow = r.shadow.filter(|_| shadowing).map(|plan| {
         let upstream = upstreams[&plan.upstream].clone();
         let noise = plan.noise.as_ref().map(|n| upstreams[n].clone());
-        Arc::new(ShadowRoute::instantiate(plan, upstream, noise))
+        Arc::new(ShadowRoute::instantiate(plan, upstream, noise, config_hash.clone()))
     });
     Route {
         fallbacks: metrics.fallbacks(&r.name),
@@ -199,14 +232,26 @@ fn route(
         misdirected: metrics.misdirected(),
         name: r.name.into(),
         upstreams: members,
-        backend: r.split.map_or(Backend::Single, Backend::Split),
+        backend,
         fallback: r.fallback,
         fallback_methods: r.fallback_methods,
         retry_buffer: r.retry_buffer,
         rate_limit,
         strip_prefix: r.strip_prefix,
         shadow,
+        rollout: rollout.map(|(plan, effective, _)| (plan, effective)),
     }
+}
+
+/// A rollout's split between `from` (member 0) and `to` (member 1) at the
+/// step's share: weighted rendezvous hashing moves sticky keys only
+/// towards `to` as its share grows (see [`crate::split`]).
+fn rollout_split(
+    plan: &crate::rollout::plan::RolloutPlan,
+    effective: &Effective,
+    sticky: Option<crate::split::StickyKey>,
+) -> Split {
+    Split::new(vec![(0, ALL - effective.share, &plan.from), (1, effective.share, &plan.to)], sticky)
 }
 
 /// Releases what `old` had and `new` lacks, once `new` is in force: the

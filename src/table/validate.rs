@@ -19,6 +19,7 @@ use crate::config::{parse_methods, ConfigError, RawConfig, RawRoute, RawUpstream
 use crate::forwarded::TrustedProxies;
 use crate::path;
 use crate::ratelimit::RateKey;
+use crate::rollout::plan::RolloutPlan;
 use crate::router::{RouteKey, Router};
 use crate::shadow::ShadowPlan;
 use crate::split::{Split, StickyKey};
@@ -78,6 +79,10 @@ pub struct RoutePlan {
     pub rate_limit: Option<RateLimitPlan>,
     pub strip_prefix: bool,
     pub shadow: Option<ShadowPlan>,
+    /// The autopilot: `split` is then `None` and instantiating builds it
+    /// from the rollout's progress, with this sticky key.
+    pub rollout: Option<RolloutPlan>,
+    pub sticky: Option<StickyKey>,
 }
 
 /// A route's token bucket settings.
@@ -112,6 +117,9 @@ pub fn validate(file: &str, text: &str) -> Result<Plan, ConfigError> {
         .map_err(|(value, message)| source.error_at(&["trusted_proxies", &value], message))?;
     let access_log = access_log::plan(raw.access_log.as_ref())
         .map_err(|invalid| source.error_at(&["access_log", invalid.key], invalid.message))?;
+    if let Some(shadow) = &raw.shadow {
+        crate::shadow::validate_store(shadow).map_err(|(key, message)| source.error_at(&["shadow:", key], message))?;
+    }
     let upstreams = raw
         .upstreams
         .iter()
@@ -245,10 +253,16 @@ fn validate_route(
         Err((name.to_string(), format!("unknown upstream {name:?} (known: {list})")))
     };
     let mut members = Vec::new();
+    let rollout = match &r.rollout {
+        None => None,
+        Some(raw) => Some(crate::rollout::plan::validate(raw, r.upstream.as_deref(), r.split.is_some(), known)?),
+    };
     let split = match (&r.upstream, &r.split) {
         (Some(name), None) => {
             members.push(known(name)?);
-            if r.sticky.is_some() {
+            if let Some(rollout) = &rollout {
+                members.push(rollout.to.clone());
+            } else if r.sticky.is_some() {
                 return Err(("sticky".into(), "sticky needs a split".into()));
             }
             None
@@ -290,10 +304,20 @@ fn validate_route(
         parse_methods(r.fallback_methods.as_deref().unwrap_or(&[])).map_err(|m| ("fallback_methods".to_string(), m))?;
     // Checked in the order a reader meets them: rate_limit, then shadow.
     let rate_limit = rate_limit(r)?;
-    let shadow = match &r.shadow {
+    let implied_shadow = rollout.as_ref().map(|plan| crate::config::RawShadow::of(&plan.to));
+    let shadow = match r.shadow.as_ref().or(implied_shadow.as_ref()) {
         None => None,
         Some(raw) => {
             known(&raw.upstream)?;
+            if let Some(plan) = rollout.as_ref().filter(|plan| plan.to != raw.upstream) {
+                return Err((
+                    raw.upstream.clone(),
+                    format!(
+                        "shadow.upstream must be rollout.to ({:?}): the rollout's gates judge its answers",
+                        plan.to
+                    ),
+                ));
+            }
             if let Some(noise) = &raw.noise {
                 known(noise)?;
             }
@@ -311,6 +335,8 @@ fn validate_route(
         rate_limit,
         strip_prefix: r.strip_prefix,
         shadow,
+        sticky: if rollout.is_some() { sticky_key(r)? } else { None },
+        rollout,
     })
 }
 

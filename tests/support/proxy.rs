@@ -145,11 +145,17 @@ pub fn binary() -> &'static str {
 
 impl BinaryProxy {
     pub async fn start(config: &Path, extra: &[&str]) -> BinaryProxy {
+        Self::start_with_env(config, extra, &[]).await
+    }
+
+    /// As [`Self::start`], with these environment variables set (`POD_NAME`, ...).
+    pub async fn start_with_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> BinaryProxy {
         let mut child = tokio::process::Command::new(binary())
             .arg("serve")
             .arg("--config")
             .arg(config)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)

@@ -77,6 +77,12 @@ pub struct Monolith {
 impl Monolith {
     /// Seeds `<dir>/monolith.db` with `--small` and starts gunicorn on a free port.
     pub async fn start(dir: &Path) -> Monolith {
+        Self::start_with(dir, &[]).await
+    }
+
+    /// As `start`, with more environment for the monolith (set last, so it
+    /// overrides the defaults above: e.g. `TASKAPP_NOTIFY_WORKER=1`).
+    pub async fn start_with(dir: &Path, env: &[(&str, &str)]) -> Monolith {
         let root = repo_root();
         let python = venv_python();
         let db = dir.join("monolith.db");
@@ -104,6 +110,8 @@ impl Monolith {
                 .env("TASKAPP_JWT_SECRET", E2E_SECRET)
                 .env("TASKAPP_NOTIFY_WORKER", "0")
                 .env_remove("TASKAPP_INTERNAL_TOKEN")
+                .env_remove("COMMENTS_SERVICE_URL")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())
@@ -184,6 +192,19 @@ impl Service {
         F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::spawn_on(listener, sync, serve)
+    }
+
+    /// Serves on a listener bound beforehand (so others can be told its
+    /// address before it starts).
+    pub fn spawn_on<F>(
+        listener: TcpListener,
+        sync: SyncHandle,
+        serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F,
+    ) -> Service
+    where
+        F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+    {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel();
         let server = tokio::spawn(serve(listener, stopped));
@@ -206,6 +227,18 @@ impl Service {
         if let Some(sync) = self.sync.take() {
             sync.stop().await;
         }
+    }
+
+    /// Stops following the feed (the service keeps serving what it has applied).
+    pub async fn pause_sync(&mut self) {
+        if let Some(sync) = self.sync.take() {
+            sync.stop().await;
+        }
+    }
+
+    /// Follows the feed again, with a loop started by the caller.
+    pub fn resume_sync(&mut self, sync: SyncHandle) {
+        self.sync = Some(sync);
     }
 
     /// Stops at once: the server task and every connection it holds are dropped.

@@ -7,6 +7,8 @@
 //!
 //! - [`record`]: the diff record, one JSON object per line in the shadow-diff log.
 //! - [`diff`]: comparing two answers to the same request.
+//! - [`noise`]: which differences are noise (fields that differ between two
+//!   answers of the primary), the one rule of the live shadow and the report.
 //! - [`summary`]: the bounded, mergeable aggregate of records and the
 //!   cutover verdict per route (the admin `/shadow` endpoint and
 //!   `strangler report` both show it).
@@ -15,6 +17,7 @@
 //! on the wire (the `http` crate is used for its header map only).
 
 pub mod diff;
+pub mod noise;
 pub mod record;
 pub mod summary;
 #[cfg(any(test, feature = "testkit"))]

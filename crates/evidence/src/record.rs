@@ -13,6 +13,15 @@ pub struct DiffRecord {
     pub ts: String,
     /// The user's request (its `X-Request-Id`), as in the access log.
     pub request_id: String,
+    /// Unique id of this record (a UUIDv7, time-ordered): a reader counts a record given twice once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The replica that wrote it: `POD_NAME`, else the hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The routes.yaml version in force when it was written (`Table.hash`, as on `/config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
     /// The `X-Request-Id` the candidate was sent: the mirrored copy is a
     /// request of its own (it carries `request_id` in
     /// `X-Strangler-Shadow-Of`). `None` when no copy was sent.

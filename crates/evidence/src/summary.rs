@@ -13,7 +13,7 @@
 //! Bounds: 3 examples per field and per group, 200 distinct fields, groups and
 //! noise fields per endpoint (the rest is counted as `other`), 500 endpoints
 //! per route, 50 distinct error messages, 480 latency buckets, 512 time
-//! buckets per route.
+//! buckets per route, 100 instances and config versions.
 
 pub mod stats;
 
@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::noise;
 use crate::record::{DiffKind, DiffRecord, Outcome};
 use stats::{fold_pointer, parse_rfc3339_ms, wilson, Histogram, Quantiles};
 
@@ -39,6 +40,11 @@ pub const MAX_TIME_BUCKETS: usize = 512;
 pub const MAX_VALUE_CHARS: usize = 400;
 /// The endpoint name under which endpoints beyond [`MAX_ENDPOINTS`] are counted.
 pub const OTHER_ENDPOINTS: &str = "(other endpoints)";
+/// Distinct instances and config versions counted; the rest are `(other)`.
+pub const MAX_INSTANCES: usize = 100;
+/// What a record without an `instance` or `config_hash` (written before they
+/// existed) is counted under.
+pub const UNKNOWN: &str = "(unknown)";
 
 /// How a report is judged and how much of it is shown.
 #[derive(Debug, Clone, Serialize)]
@@ -64,17 +70,21 @@ impl Default for ViewOptions {
     }
 }
 
-/// Where the records came from (filled in by the log reader of `strangler report`;
+/// Where the records came from (filled in by the reader of `strangler report`;
 /// empty in the live summary).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Inputs {
+    /// The sources read: files, and stores (shown without their password).
     pub files: Vec<String>,
-    /// Non-blank lines read.
+    /// Records read (non-blank lines of a file, rows of a store), valid or not.
     pub lines: u64,
     /// Lines that were not a valid record (reported on stderr and skipped).
     pub corrupt_lines: u64,
-    /// Records left out by `--since` or `--route`.
+    /// Records left out by `--route`, `--since`, `--until` or `--instance`.
     pub filtered_out: u64,
+    /// Records whose `id` was already counted (the same record given twice,
+    /// e.g. by two overlapping exports): counted once.
+    pub duplicates_ignored: u64,
 }
 
 /// The streaming aggregate. `Default` is empty; `add` and `merge` grow it.
@@ -85,6 +95,8 @@ pub struct Summary {
     bad_timestamps: u64,
     first_ms: Option<i64>,
     last_ms: Option<i64>,
+    instances: Capped<u64, MAX_INSTANCES>,
+    config_hashes: Capped<u64, MAX_INSTANCES>,
     pub inputs: Inputs,
 }
 
@@ -94,6 +106,8 @@ struct RouteAgg {
     endpoints: HashMap<String, Vec<(String, Stats)>>,
     pairs: usize,
     timeline: Timeline,
+    /// The route's first record (for the rate at which it gathers samples).
+    first_ms: Option<i64>,
 }
 
 /// A map that keeps at most `MAX` keys and counts what it had to leave out.
@@ -239,6 +253,8 @@ struct Stats {
     fields: Capped<FieldAgg, MAX_DISTINCT>,
     noise: Capped<u64, MAX_DISTINCT>,
     noise_records: u64,
+    /// Mismatches as written that count as matches: every difference was noise for the fleet.
+    rejudged: u64,
     skipped_reasons: Capped<u64, 32>,
     error_reasons: Capped<u64, 32>,
     error_messages: Capped<u64, MAX_MESSAGES>,
@@ -256,12 +272,9 @@ fn kind_index(kind: DiffKind) -> usize {
 
 /// The field a difference is counted under: `status`, `header:NAME`, or the
 /// body pointer with array indexes folded (`""` for a whole text or binary body).
+/// The same name noise is known by ([`noise::key`]).
 pub fn field_label(kind: DiffKind, pointer: &str) -> String {
-    match kind {
-        DiffKind::Status => "status".to_string(),
-        DiffKind::Header => format!("header:{}", pointer.to_ascii_lowercase()),
-        DiffKind::Body => fold_pointer(pointer),
-    }
+    noise::key(kind, pointer)
 }
 
 /// A value cut to [`MAX_VALUE_CHARS`] of JSON text (as a string) when longer.
@@ -313,7 +326,7 @@ impl Stats {
         if !r.noise.is_empty() {
             self.noise_records += 1;
             for n in &r.noise {
-                if let Some(c) = self.noise.entry(&fold_pointer(n)) {
+                if let Some(c) = self.noise.entry(&noise::normalize(n)) {
                     *c += 1;
                 }
             }
@@ -399,6 +412,7 @@ impl Stats {
         self.fields.merge(o.fields);
         self.noise.merge(o.noise);
         self.noise_records += o.noise_records;
+        self.rejudged += o.rejudged;
         self.skipped_reasons.merge(o.skipped_reasons);
         self.error_reasons.merge(o.error_reasons);
         self.error_messages.merge(o.error_messages);
@@ -407,13 +421,19 @@ impl Stats {
     }
 }
 
-/// Match and mismatch counts over time, in buckets of round widths (1 s,
-/// 5 s, 10 s, 30 s, 1 min, ... 1 day, 1 week) that widen as the span grows so that at most [`MAX_TIME_BUCKETS`] exist.
+/// Matches, mismatches and shadow errors over time, in buckets of round
+/// widths (1 s, 5 s, 10 s, 30 s, 1 min, ... 1 day, 1 week) that widen as the
+/// span grows so that at most [`MAX_TIME_BUCKETS`] exist.
 #[derive(Debug, Clone)]
 struct Timeline {
     width_s: i64,
-    buckets: BTreeMap<i64, [u64; 2]>,
+    /// Bucket index (start / width) → counts by [`MATCHED`], [`MISMATCHED`], [`ERRORS`].
+    buckets: BTreeMap<i64, [u64; 3]>,
 }
+
+const MATCHED: usize = 0;
+const MISMATCHED: usize = 1;
+const ERRORS: usize = 2;
 
 impl Default for Timeline {
     fn default() -> Self {
@@ -428,10 +448,25 @@ fn wider(width_s: i64) -> i64 {
     WIDTHS.iter().copied().find(|w| *w > width_s).unwrap_or(width_s * 2)
 }
 
+/// Buckets of `width_s` from the one holding `from_ms` to the one holding `to_ms`.
+fn bucket_count(width_s: i64, from_ms: i64, to_ms: i64) -> i64 {
+    to_ms.div_euclid(1000).div_euclid(width_s) - from_ms.div_euclid(1000).div_euclid(width_s) + 1
+}
+
+/// The one bucket width of a report: the narrowest round width, no
+/// narrower than `narrowest`, that shows `from_ms..=to_ms` in at most `target` buckets.
+fn report_width(narrowest: i64, from_ms: i64, to_ms: i64, target: usize) -> i64 {
+    let mut width = narrowest.max(1);
+    while bucket_count(width, from_ms, to_ms) > target.max(2) as i64 {
+        width = wider(width);
+    }
+    width
+}
+
 impl Timeline {
-    fn add(&mut self, ms: i64, matched: bool) {
+    fn add(&mut self, ms: i64, column: usize) {
         let idx = ms.div_euclid(1000).div_euclid(self.width_s);
-        self.buckets.entry(idx).or_default()[(!matched) as usize] += 1;
+        self.buckets.entry(idx).or_default()[column] += 1;
         while self.buckets.len() > MAX_TIME_BUCKETS {
             self.widen(wider(self.width_s));
         }
@@ -442,11 +477,9 @@ impl Timeline {
             return;
         }
         let factor = width_s / self.width_s;
-        let mut out: BTreeMap<i64, [u64; 2]> = BTreeMap::new();
+        let mut out: BTreeMap<i64, [u64; 3]> = BTreeMap::new();
         for (idx, c) in std::mem::take(&mut self.buckets) {
-            let e = out.entry(idx.div_euclid(factor)).or_default();
-            e[0] += c[0];
-            e[1] += c[1];
+            add3(out.entry(idx.div_euclid(factor)).or_default(), c);
         }
         self.buckets = out;
         self.width_s = width_s;
@@ -457,42 +490,45 @@ impl Timeline {
         self.widen(width);
         o.widen(width);
         for (idx, c) in o.buckets {
-            let e = self.buckets.entry(idx).or_default();
-            e[0] += c[0];
-            e[1] += c[1];
+            add3(self.buckets.entry(idx).or_default(), c);
         }
         while self.buckets.len() > MAX_TIME_BUCKETS {
             self.widen(wider(self.width_s));
         }
     }
 
-    fn view(&self, target: usize) -> TimelineView {
-        let (Some(first), Some(last)) = (self.buckets.keys().next(), self.buckets.keys().next_back()) else {
-            return TimelineView { bucket_seconds: self.width_s as u64, buckets: vec![] };
-        };
+    /// Every bucket of `width_s` (at least this timeline's width) from the
+    /// one holding `from_ms` to the one holding `to_ms`, empty ones included.
+    fn view(&self, width_s: i64, from_ms: i64, to_ms: i64) -> TimelineView {
         let mut t = self.clone();
-        let target = target.max(2) as i64;
-        let span_s = (last - first + 1) * self.width_s;
-        let mut width = self.width_s;
-        while span_s / width > target {
-            width = wider(width);
-        }
-        t.widen(width);
-        let (first, last) = (*t.buckets.keys().next().unwrap(), *t.buckets.keys().next_back().unwrap());
+        t.widen(width_s);
+        let w = t.width_s;
+        let (Some(&first), Some(&last)) = (t.buckets.keys().next(), t.buckets.keys().next_back()) else {
+            return TimelineView { bucket_seconds: w as u64, end: None, buckets: vec![] };
+        };
+        let first = first.min(from_ms.div_euclid(1000).div_euclid(w));
+        let last = last.max(to_ms.div_euclid(1000).div_euclid(w));
         let buckets = (first..=last)
             .map(|idx| {
                 let c = t.buckets.get(&idx).copied().unwrap_or_default();
-                let n = c[0] + c[1];
+                let n = c[MATCHED] + c[MISMATCHED];
                 TimePoint {
-                    start: stats::format_ms(idx * t.width_s * 1000),
+                    start: stats::format_ms(idx * w * 1000),
                     compared: n,
-                    matched: c[0],
-                    mismatched: c[1],
-                    match_percent: (n > 0).then(|| pct(c[0], n)),
+                    matched: c[MATCHED],
+                    mismatched: c[MISMATCHED],
+                    shadow_error: c[ERRORS],
+                    match_percent: (n > 0).then(|| pct(c[MATCHED], n)),
                 }
             })
             .collect();
-        TimelineView { bucket_seconds: t.width_s as u64, buckets }
+        TimelineView { bucket_seconds: w as u64, end: Some(stats::format_ms((last + 1) * w * 1000)), buckets }
+    }
+}
+
+fn add3(into: &mut [u64; 3], c: [u64; 3]) {
+    for (a, b) in into.iter_mut().zip(c) {
+        *a += b;
     }
 }
 
@@ -516,6 +552,12 @@ impl Summary {
 
     /// Counts one record.
     pub fn add(&mut self, r: &DiffRecord) {
+        self.add_judged(r, false);
+    }
+
+    /// Counts one record that a reader judged again ([`crate::noise::FleetNoise::rejudge`]);
+    /// `rejudged` says its mismatch became a match.
+    pub fn add_judged(&mut self, r: &DiffRecord, rejudged: bool) {
         self.records += 1;
         let ms = parse_rfc3339_ms(&r.ts);
         match ms {
@@ -525,14 +567,31 @@ impl Summary {
             }
             None => self.bad_timestamps += 1,
         }
+        if let Some(c) = self.instances.entry(r.instance.as_deref().unwrap_or(UNKNOWN)) {
+            *c += 1;
+        }
+        if let Some(c) = self.config_hashes.entry(r.config_hash.as_deref().unwrap_or(UNKNOWN)) {
+            *c += 1;
+        }
         let route = match self.routes.get_mut(r.route.as_str()) {
             Some(route) => route,
             None => self.routes.entry(r.route.clone()).or_default(),
         };
-        if let (Some(ms), Outcome::Match | Outcome::Mismatch) = (ms, r.result) {
-            route.timeline.add(ms, r.result == Outcome::Match);
+        if let Some(ms) = ms {
+            route.first_ms = Some(route.first_ms.map_or(ms, |f| f.min(ms)));
+            let column = match r.result {
+                Outcome::Match => Some(MATCHED),
+                Outcome::Mismatch => Some(MISMATCHED),
+                Outcome::ShadowError => Some(ERRORS),
+                Outcome::Skipped => None,
+            };
+            if let Some(column) = column {
+                route.timeline.add(ms, column);
+            }
         }
-        route.stats_for(&r.endpoint, &r.method).add(r);
+        let stats = route.stats_for(&r.endpoint, &r.method);
+        stats.add(r);
+        stats.rejudged += rejudged as u64;
     }
 
     /// Adds another summary's counts (another replica's log, another thread's share).
@@ -551,9 +610,16 @@ impl Summary {
         self.inputs.lines += other.inputs.lines;
         self.inputs.corrupt_lines += other.inputs.corrupt_lines;
         self.inputs.filtered_out += other.inputs.filtered_out;
+        self.inputs.duplicates_ignored += other.inputs.duplicates_ignored;
+        self.instances.merge(other.instances);
+        self.config_hashes.merge(other.config_hashes);
         for (name, theirs) in other.routes {
             let mine = self.routes.entry(name).or_default();
             mine.timeline.merge(theirs.timeline);
+            mine.first_ms = match (mine.first_ms, theirs.first_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             for (endpoint, methods) in theirs.endpoints {
                 for (method, stats) in methods {
                     mine.stats_for(&endpoint, &method).merge(stats);
@@ -562,10 +628,14 @@ impl Summary {
         }
     }
 
-    /// The report: judged with `opts`, routes sorted by name.
+    /// The report: judged with `opts`, routes sorted by name. Every route's
+    /// timeline has the same buckets, over the span of the whole report.
     pub fn view(&self, opts: &ViewOptions) -> Report {
         let mut names: Vec<&String> = self.routes.keys().collect();
         names.sort();
+        let (from_ms, to_ms) = (self.first_ms.unwrap_or(0), self.last_ms.unwrap_or(0));
+        let narrowest = self.routes.values().map(|r| r.timeline.width_s).max().unwrap_or(1);
+        let width = report_width(narrowest, from_ms, to_ms, opts.time_buckets);
         let mut totals = Stats::default();
         let mut routes = Vec::new();
         for name in names {
@@ -590,13 +660,17 @@ impl Summary {
                 })
             });
             let stats = all.view(opts);
-            let verdict = Verdict::judge(&stats, opts);
+            // The pace at which the route gathers samples: compared requests
+            // since its first record, up to the end of the report.
+            let elapsed_s = agg.first_ms.map_or(0.0, |f| (to_ms - f) as f64 / 1000.0);
+            let per_second = (elapsed_s >= 1.0).then(|| stats.counts.compared as f64 / elapsed_s);
+            let verdict = Verdict::judge(&stats, opts, per_second);
             totals.merge(all);
             routes.push(RouteView {
                 route: name.clone(),
                 verdict,
                 stats,
-                timeline: agg.timeline.view(opts.time_buckets),
+                timeline: agg.timeline.view(width, from_ms, to_ms),
                 endpoints,
             });
         }
@@ -612,6 +686,8 @@ impl Summary {
             },
             ready: !routes.is_empty() && routes.iter().all(|r| r.verdict.ready),
             totals,
+            instances: counts_of(&self.instances),
+            config_hashes: counts_of(&self.config_hashes),
             routes,
         }
     }
@@ -654,6 +730,10 @@ pub struct Report {
     pub totals: Counts,
     /// Every route is ready.
     pub ready: bool,
+    /// Records per replica that wrote them (`(unknown)`: written before records named it).
+    pub instances: Vec<NameCount>,
+    /// Records per routes.yaml version in force when they were written.
+    pub config_hashes: Vec<NameCount>,
     pub routes: Vec<RouteView>,
 }
 
@@ -703,14 +783,30 @@ pub struct Verdict {
     pub ready: bool,
     /// Empty when ready.
     pub reasons: Vec<String>,
+    /// With too few samples: about how long until there are enough, at the
+    /// pace the route gathered them so far (seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples_eta_seconds: Option<u64>,
 }
 
 impl Verdict {
-    fn judge(s: &StatsView, opts: &ViewOptions) -> Verdict {
+    /// `per_second`: compared requests per second so far, when known.
+    fn judge(s: &StatsView, opts: &ViewOptions, per_second: Option<f64>) -> Verdict {
         let mut reasons = Vec::new();
+        let mut samples_eta_seconds = None;
         let n = s.counts.compared;
         if n < opts.min_samples {
-            reasons.push(format!("not enough samples: {n} < {}", opts.min_samples));
+            let mut reason = format!("not enough samples: {n} < {}", opts.min_samples);
+            match per_second.filter(|r| *r > 0.0) {
+                Some(rate) => {
+                    let eta = ((opts.min_samples - n) as f64 / rate).ceil() as u64;
+                    samples_eta_seconds = Some(eta);
+                    reason.push_str(&format!(", about {} more at the current rate ({})", about(eta), pace(rate)));
+                }
+                None if n == 0 => reason.push_str(", none compared yet"),
+                None => {}
+            }
+            reasons.push(reason);
         }
         if let Some(rate) = &s.match_rate {
             if rate.percent < opts.min_match {
@@ -729,7 +825,35 @@ impl Verdict {
                 ));
             }
         }
-        Verdict { ready: reasons.is_empty(), reasons }
+        Verdict { ready: reasons.is_empty(), reasons, samples_eta_seconds }
+    }
+}
+
+/// A duration in words, as precise as an estimate deserves: `under a
+/// minute`, `25m`, `3h 10m`, `4days 6h`.
+pub fn about(seconds: u64) -> String {
+    if seconds < 60 {
+        return "under a minute".to_string();
+    }
+    let rounded = if seconds < 2 * 86_400 { (seconds + 30) / 60 * 60 } else { (seconds + 1800) / 3600 * 3600 };
+    humantime::format_duration(std::time::Duration::from_secs(rounded)).to_string()
+}
+
+/// A rate of compared requests in the unit that reads best: `12 per minute`.
+pub fn pace(per_second: f64) -> String {
+    let (v, unit) = if per_second >= 1.0 {
+        (per_second, "second")
+    } else if per_second * 60.0 >= 1.0 {
+        (per_second * 60.0, "minute")
+    } else if per_second * 3600.0 >= 1.0 {
+        (per_second * 3600.0, "hour")
+    } else {
+        (per_second * 86_400.0, "day")
+    };
+    if v >= 10.0 {
+        format!("{v:.0} compared per {unit}")
+    } else {
+        format!("{v:.1} compared per {unit}")
     }
 }
 
@@ -800,9 +924,13 @@ pub struct LatencyView {
     pub shadow: Quantiles,
 }
 
+/// A route's match rate over time. Every route of a report has the same
+/// buckets, from the report's first record to its last.
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelineView {
     pub bucket_seconds: u64,
+    /// The end of the last bucket (`None` without buckets).
+    pub end: Option<String>,
     pub buckets: Vec<TimePoint>,
 }
 
@@ -814,6 +942,7 @@ pub struct TimePoint {
     pub matched: u64,
     #[serde(rename = "mismatch")]
     pub mismatched: u64,
+    pub shadow_error: u64,
     pub match_percent: Option<f64>,
 }
 
@@ -823,6 +952,9 @@ pub struct StatsView {
     pub counts: Counts,
     /// `None` before any request was compared.
     pub match_rate: Option<Rate>,
+    /// Matches (counted in `match`) that were written as mismatches: every
+    /// field that differed is noise, seen so by some replica of the fleet.
+    pub rejudged_as_match: u64,
     /// Mismatched requests with at least one difference of each kind.
     pub mismatches_by_kind: ByKind,
     /// Mismatches grouped by the exact set of differing fields, largest first.
@@ -892,6 +1024,7 @@ impl Stats {
         StatsView {
             counts,
             match_rate,
+            rejudged_as_match: self.rejudged,
             mismatches_by_kind: ByKind { status: self.by_kind[0], header: self.by_kind[1], body: self.by_kind[2] },
             triage,
             triage_other,

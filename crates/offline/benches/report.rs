@@ -1,14 +1,29 @@
-//! Report throughput: parse + aggregate diff records (records/s).
+//! Report throughput (records/s): parse + judge + aggregate diff records in
+//! memory, and `strangler report`'s whole reading of a 1M-record JSON-lines
+//! file from disk (both passes: noise evidence, then records with ids
+//! de-duplicated and judged again).
+
+use std::io::Write;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
+use strangler_evidence::noise::FleetNoise;
 use strangler_evidence::record::{DiffKind, DiffRecord, Difference, Outcome, PrimarySide, ShadowSide};
-use strangler_evidence::summary::{Summary, ViewOptions};
+use strangler_evidence::summary::ViewOptions;
+use strangler_offline::report::collect::{self, Collector, SeenIds};
+use strangler_offline::report::query::Query;
+use strangler_offline::report::source::{self, Progress};
 use strangler_offline::report::{html, input};
 
-/// A realistic log: 95% matches, mismatches on a few fields, noise, skips, errors.
+/// A realistic log of three replicas: 95% matches, mismatches on a few
+/// fields, noise, skips, errors; every record with an id, instance and config hash.
 fn log(n: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(n * 600);
+    let mut out = Vec::with_capacity(n * 700);
+    write_log(n, &mut out);
+    out
+}
+
+fn write_log(n: usize, out: &mut impl Write) {
     for i in 0..n {
         let result = match i % 100 {
             0..=94 => Outcome::Match,
@@ -44,6 +59,16 @@ fn log(n: usize) -> Vec<u8> {
             ),
             request_id: format!("01JD{i:020}"),
             shadow_request_id: None,
+            id: Some(format!(
+                "0193{:04x}-{:04x}-7{:03x}-8{:03x}-{:012x}",
+                i >> 32,
+                (i >> 16) & 0xffff,
+                i & 0xfff,
+                i % 0xfff,
+                i
+            )),
+            instance: Some(format!("strangler-7d9f8c6b5-{}", ["x2x9q", "k8v4w", "p3m7z"][i % 3])),
+            config_hash: Some("9f2c41d7a0b3e8c5".into()),
             client_ip: None,
             route: ["users-read", "comments-read", "task-comments-read"][i % 3].into(),
             endpoint: ["/api/users/{id}", "/api/comments/{id}", "/api/tasks/{id}/comments"][i % 3].into(),
@@ -72,10 +97,17 @@ fn log(n: usize) -> Vec<u8> {
             diffs,
             noise: if i % 10 == 0 { vec!["/updated_at".into()] } else { vec![] },
         };
-        serde_json::to_writer(&mut out, &r).unwrap();
-        out.push(b'\n');
+        serde_json::to_writer(&mut *out, &r).unwrap();
+        out.write_all(b"\n").unwrap();
     }
-    out
+}
+
+/// Parses, judges and aggregates a log held in memory.
+fn read(data: &[u8]) -> strangler_evidence::summary::Summary {
+    let (query, noise, seen) = (Query::default(), FleetNoise::default(), SeenIds::default());
+    let mut collector = Collector::new(&query, &noise, &seen);
+    input::read_log("bench", &mut &data[..], &mut collector, &mut |_| {}).unwrap();
+    collector.summary
 }
 
 fn bench(c: &mut Criterion) {
@@ -86,16 +118,35 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.bench_function("parse_and_aggregate", |b| {
         b.iter(|| {
-            let mut summary = Summary::new();
-            input::read_log("bench", &mut &data[..], &input::Filter::default(), &mut summary, &mut |_| {}).unwrap();
+            let summary = read(&data);
             assert_eq!(summary.records(), N as u64);
             summary
         })
     });
-    let mut summary = Summary::new();
-    input::read_log("bench", &mut &data[..], &input::Filter::default(), &mut summary, &mut |_| {}).unwrap();
+    let summary = read(&data);
     group.throughput(Throughput::Elements(1));
     group.bench_function("view_html", |b| b.iter(|| html::render(&summary.view(&ViewOptions::default())).len()));
+    group.finish();
+
+    // The figure the README quotes: 1M records from a file on disk, as `strangler report FILE` reads them.
+    const MILLION: usize = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shadow-diffs.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    write_log(MILLION, &mut file);
+    file.flush().unwrap();
+    drop(file);
+    let sources = source::open_all(&[path], &[]).unwrap();
+    let mut group = c.benchmark_group("report_file");
+    group.throughput(Throughput::Elements(MILLION as u64));
+    group.sample_size(10);
+    group.bench_function("read_1m_records", |b| {
+        b.iter(|| {
+            let summary = collect::gather(&sources, &Query::default(), &Progress::default()).unwrap();
+            assert_eq!(summary.records(), MILLION as u64);
+            summary
+        })
+    });
     group.finish();
 }
 

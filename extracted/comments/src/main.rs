@@ -35,7 +35,8 @@ struct ServeArgs {
     /// Base URL of the legacy monolith (for the change feed).
     #[arg(long, env = "MONOLITH_URL", default_value = "http://127.0.0.1:5000")]
     monolith_url: String,
-    /// Value for the X-Internal-Token header of /internal/events.
+    /// Shared secret of /internal/*: sent in X-Internal-Token to the monolith's
+    /// feed, and required on this service's own /internal/* when set.
     #[arg(long, env = "TASKAPP_INTERNAL_TOKEN", hide_env_values = true)]
     internal_token: Option<String>,
     /// HS256 secret of the monolith's tokens.
@@ -85,7 +86,10 @@ async fn serve(db_path: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("TASKAPP_JWT_SECRET is not set: using the insecure development secret");
     }
     let conn = open_db(&db_path)?;
-    let state = AppState::with_max_body(conn, args.jwt_secret.clone(), args.max_body);
+    if args.internal_token.is_none() {
+        tracing::warn!("TASKAPP_INTERNAL_TOKEN is not set: /internal/* (feed, ownership hand-back) is open to anyone");
+    }
+    let state = AppState::configured(conn, args.jwt_secret.clone(), args.max_body, args.internal_token.clone());
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let sync = args.sync.then(|| {
         spawn_sync(&state, SyncConfig::new(args.monolith_url.clone(), args.internal_token.clone(), args.sync_interval))

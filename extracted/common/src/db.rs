@@ -11,6 +11,14 @@ pub const SYNC_STATE_SQL: &str = "CREATE TABLE IF NOT EXISTS sync_state (
     last_event_id INTEGER NOT NULL
 );";
 
+/// The largest id of each entity this replica has ever applied (from the feed or a
+/// backfill). An id above it may exist on the monolith already: the replica is
+/// behind, so it cannot answer "unknown" or "not found" authoritatively.
+pub const HIGH_WATER_SQL: &str = "CREATE TABLE IF NOT EXISTS applied_high_water (
+    entity TEXT PRIMARY KEY,   -- 'user', 'task', 'comment'
+    max_id INTEGER NOT NULL
+);";
+
 /// Open (creating if needed) a database with WAL, foreign keys and a busy timeout,
 /// then run `schema` (idempotent DDL) and the sync-state table.
 pub fn open(path: &Path, schema: &str) -> rusqlite::Result<Connection> {
@@ -20,6 +28,7 @@ pub fn open(path: &Path, schema: &str) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(schema)?;
     conn.execute_batch(SYNC_STATE_SQL)?;
+    conn.execute_batch(HIGH_WATER_SQL)?;
     Ok(conn)
 }
 
@@ -39,6 +48,29 @@ pub fn set_cursor(conn: &Connection, id: i64) -> rusqlite::Result<()> {
         [id],
     )?;
     Ok(())
+}
+
+/// Record that `entity` `id` has been applied (never lowers the mark).
+pub fn raise_high_water(conn: &Connection, entity: &str, id: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO applied_high_water (entity, max_id) VALUES (?1, ?2)
+         ON CONFLICT(entity) DO UPDATE SET max_id = MAX(max_id, excluded.max_id)",
+        rusqlite::params![entity, id],
+    )?;
+    Ok(())
+}
+
+/// The largest `entity` id applied so far: the recorded mark, or the largest id
+/// in `table` (a database written before marks were recorded).
+pub fn high_water(conn: &Connection, entity: &str, table: &'static str) -> rusqlite::Result<i64> {
+    conn.query_row(
+        &format!(
+            "SELECT MAX(COALESCE((SELECT max_id FROM applied_high_water WHERE entity = ?1), 0),
+                        COALESCE((SELECT MAX(id) FROM {table}), 0))"
+        ),
+        [entity],
+        |r| r.get(0),
+    )
 }
 
 /// Open the monolith's database file read-only (for backfill).

@@ -12,11 +12,34 @@ pub struct ApiError {
     pub error: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Further members of the JSON body, e.g. a 421's `owner` and `epoch`.
+    pub extra: Vec<(&'static str, Value)>,
+    /// `Retry-After` in seconds (a 503 that will pass once a replica catches up).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, error, message: message.into(), field: None }
+        ApiError { status, error, message: message.into(), field: None, extra: Vec::new(), retry_after: None }
+    }
+    /// 421: this side did not process the request and names the side that can
+    /// (`owner`, with its ownership `epoch`); the proxy retries it there once.
+    pub fn misdirected(owner: &str, epoch: i64, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::MISDIRECTED_REQUEST, "misdirected", message);
+        e.extra = vec![("owner", Value::from(owner)), ("epoch", Value::from(epoch))];
+        e
+    }
+    /// 409 on an ownership change asked of a side that does not own the feature.
+    pub fn not_owner(owner: &str, epoch: i64, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::CONFLICT, "conflict", message);
+        e.extra = vec![("owner", Value::from(owner)), ("epoch", Value::from(epoch))];
+        e
+    }
+    /// 503 with `Retry-After`: the answer depends on data this side has not applied yet.
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u32) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        e.retry_after = Some(retry_after_secs);
+        e
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -52,6 +75,9 @@ impl ApiError {
         if let Some(f) = &self.field {
             m.insert("field".into(), Value::String(f.clone()));
         }
+        for (k, v) in &self.extra {
+            m.insert((*k).into(), v.clone());
+        }
         Value::Object(m)
     }
 }
@@ -61,6 +87,9 @@ impl IntoResponse for ApiError {
         let mut resp = json_response(self.status, &self.body());
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

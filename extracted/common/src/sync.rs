@@ -18,7 +18,7 @@ use serde_json::Value;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Event {
@@ -63,13 +63,22 @@ impl SyncConfig {
     }
 }
 
-/// Observable sync state (exposed in /healthz).
+/// Observable sync state (exposed in /healthz), and the handshake with request
+/// handlers that need the replica to be fresh (`wait_fresh_round`).
 #[derive(Debug, Default)]
 pub struct SyncStatus {
     pub last_event_id: AtomicI64,
     pub last_success_unix: AtomicI64,
     pub consecutive_errors: AtomicU64,
     pub applied_total: AtomicU64,
+    /// Rounds (fetch until drained, apply) begun so far; the n-th round is number n.
+    pub rounds_started: AtomicU64,
+    /// The number of the last round that completed without error.
+    pub rounds_done: AtomicU64,
+    /// Asks the loop to start a round now instead of at the next tick.
+    pub wake: Notify,
+    /// Signalled after every round, successful or not.
+    pub round_ended: Notify,
 }
 
 impl SyncStatus {
@@ -188,7 +197,13 @@ pub async fn run_loop(
         if *stop.borrow() {
             break;
         }
-        let wait = match sync_once(&client, &db, applier.as_ref(), &cfg, &status).await {
+        let round = status.rounds_started.fetch_add(1, Ordering::SeqCst) + 1;
+        let result = sync_once(&client, &db, applier.as_ref(), &cfg, &status).await;
+        if result.is_ok() {
+            status.rounds_done.store(round, Ordering::SeqCst);
+        }
+        status.round_ended.notify_waiters();
+        let wait = match result {
             Ok(_) => {
                 status.consecutive_errors.store(0, Ordering::Relaxed);
                 backoff = cfg.interval;
@@ -205,9 +220,35 @@ pub async fn run_loop(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
+            _ = status.wake.notified() => {}
         }
     }
     tracing::info!("sync loop stopped");
+}
+
+/// Wait until a round that began after this call has applied the feed, waking
+/// the loop so that it starts one at once. `true` then: whatever the monolith
+/// had committed before the call is applied now. `false` after `timeout`
+/// (the monolith is unreachable, or no loop runs).
+/// While rounds fail the loop keeps its backoff (it is not woken).
+pub async fn wait_fresh_round(status: &SyncStatus, timeout: Duration) -> bool {
+    let target = status.rounds_started.load(Ordering::SeqCst) + 1;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let ended = status.round_ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        if status.rounds_done.load(Ordering::SeqCst) >= target {
+            return true;
+        }
+        // While the monolith fails, the loop's backoff stands: no round per request.
+        if status.consecutive_errors.load(Ordering::Relaxed) == 0 {
+            status.wake.notify_one();
+        }
+        if tokio::time::timeout_at(deadline, ended).await.is_err() {
+            return false;
+        }
+    }
 }
 
 /// Handle to a spawned sync loop; stops it when dropped or on `stop()`.

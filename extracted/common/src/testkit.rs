@@ -194,6 +194,11 @@ pub async fn assert_same(
 ) -> Resp {
     let a = send(method, &format!("{mono}{path}"), headers, body).await;
     let b = send(method, &format!("{svc}{path}"), headers, body).await;
+    assert_same_answers(method, path, headers, &a, &b);
+    a
+}
+
+fn assert_same_answers(method: &str, path: &str, headers: &[(&str, &str)], a: &Resp, b: &Resp) {
     let ctx = format!(
         "{method} {path} headers={headers:?}\n monolith: {} {:?} {}\n service:  {} {:?} {}",
         a.status,
@@ -210,5 +215,42 @@ pub async fn assert_same(
         assert_eq!(a.json(), b.json(), "JSON differs: {ctx}");
     }
     assert_eq!(a.body, b.body, "body bytes differ: {ctx}");
-    a
+}
+
+/// Whether `r` is the 421 a replica answers for what it has not applied yet
+/// (`{"error": "misdirected", "owner": "legacy", ...}`).
+pub fn is_misdirected_to_legacy(r: &Resp) -> bool {
+    r.status == 421
+        && r.header("content-type").as_deref() == Some("application/json")
+        && serde_json::from_slice::<Value>(&r.body)
+            .is_ok_and(|v| v["error"] == "misdirected" && v["owner"] == "legacy" && v["epoch"].is_i64())
+}
+
+/// `assert_same`, except that where the monolith answers 401 or 404 the service
+/// may answer 421 naming `legacy` instead: a replica that has not applied an id
+/// sends the client to the monolith (the proxy retries there), so the client
+/// gets the monolith's answer either way. Returns the monolith's answer and
+/// whether the service said 421.
+pub async fn assert_same_or_misdirected(
+    mono: &str,
+    svc: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> (Resp, bool) {
+    let a = send(method, &format!("{mono}{path}"), headers, body).await;
+    let b = send(method, &format!("{svc}{path}"), headers, body).await;
+    if b.status != 421 {
+        assert_same_answers(method, path, headers, &a, &b);
+        return (a, false);
+    }
+    assert!(
+        matches!(a.status, 401 | 404) && (method == "HEAD" || is_misdirected_to_legacy(&b)),
+        "{method} {path}: the service answered 421 where the monolith answered {} {}\n service: {}",
+        a.status,
+        a.text(),
+        b.text()
+    );
+    (a, true)
 }

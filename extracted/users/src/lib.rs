@@ -3,6 +3,12 @@
 //! Serves `GET /api/users` and `GET /api/users/<id>` from its own SQLite
 //! database, byte-for-byte like the monolith, kept up to date from the
 //! monolith's change feed (`/internal/events`).
+//!
+//! Read-your-writes across the feed lag: a replica that has not applied a user
+//! yet does not call it unknown. A signature-valid token whose subject is above
+//! the largest user id applied, or `GET /api/users/<id>` with such an id, gets
+//! `421 Misdirected Request` (the proxy's `users-read` route retries it on the
+//! monolith) instead of `401 invalid token` / `404`.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -34,6 +40,10 @@ CREATE TABLE IF NOT EXISTS users (
     created_at TEXT NOT NULL,   -- UTC 'YYYY-MM-DD HH:MM:SS' like the monolith
     updated_at TEXT NOT NULL
 );";
+
+/// The change feed's default poll interval (`--sync-interval`, `USERS_SYNC_INTERVAL`):
+/// a registration reaches this service at most about this long after it committed.
+pub const DEFAULT_SYNC_INTERVAL: &str = "500ms";
 
 pub const DEV_JWT_SECRET: &str = "dev-insecure-jwt-secret-do-not-use-in-production";
 const ALLOW: &str = "OPTIONS, GET, HEAD";
@@ -84,11 +94,38 @@ async fn healthz(State(st): State<SharedState>) -> Response {
     json_response(StatusCode::OK, &json!({"status": "ok", "sync": st.sync_status.to_json()}))
 }
 
+/// The `epoch` of this service's 421s: users have no ownership record (the
+/// monolith always owns user writes), so 0.
+pub const NO_EPOCH: i64 = 0;
+
+/// The 421 for a user this replica has not applied yet: the monolith can answer.
+fn behind(uid: i64) -> ApiError {
+    ApiError::misdirected(
+        "legacy",
+        NO_EPOCH,
+        format!("the users service's replica is behind: user {uid} is not applied yet"),
+    )
+}
+
+/// Not found here: `Ok` (authoritative: absent) when `uid` is not above the
+/// largest user id applied, else the 421.
+fn absent(conn: &Connection, uid: i64) -> Result<(), ApiError> {
+    if uid > db::high_water(conn, "user", "users")? {
+        Err(behind(uid))
+    } else {
+        Ok(())
+    }
+}
+
 fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<i64, ApiError> {
     let uid = auth::verify_bearer(headers, &st.jwt_secret)?;
     let conn = st.db.lock().map_err(|_| ApiError::internal())?;
     let exists = conn.query_row("SELECT 1 FROM users WHERE id = ?1", [uid], |_| Ok(())).optional()?;
-    exists.map(|_| uid).ok_or_else(|| ApiError::unauthorized("invalid token"))
+    if exists.is_none() {
+        absent(&conn, uid)?;
+        return Err(ApiError::unauthorized("invalid token"));
+    }
+    Ok(uid)
 }
 
 fn user_json(r: &rusqlite::Row) -> rusqlite::Result<Value> {
@@ -162,7 +199,10 @@ fn get_user(st: &AppState, id: Result<i64, ApiError>, headers: &HeaderMap) -> Re
         .optional()?;
     match user {
         Some(u) => Ok(json_response(StatusCode::OK, &u)),
-        None => Err(ApiError::not_found("user", id)),
+        None => {
+            absent(&conn, id)?;
+            Err(ApiError::not_found("user", id))
+        }
     }
 }
 
@@ -191,6 +231,7 @@ impl Applier for UsersApplier {
                         sync::payload_ts(ev, "updated_at")?,
                     ],
                 )?;
+                db::raise_high_water(tx, "user", ev.entity_id)?;
             }
             "delete" => {
                 tx.execute("DELETE FROM users WHERE id = ?1", [ev.entity_id])?;
@@ -217,7 +258,7 @@ pub fn backfill(conn: &mut Connection, monolith_db: &FsPath) -> anyhow::Result<(
     };
     drop(snap);
     let tx = conn.transaction()?;
-    tx.execute("DELETE FROM users", [])?;
+    tx.execute_batch("DELETE FROM users; DELETE FROM applied_high_water;")?;
     {
         let mut ins = tx.prepare(
             "INSERT INTO users (id, username, email, full_name, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -226,6 +267,7 @@ pub fn backfill(conn: &mut Connection, monolith_db: &FsPath) -> anyhow::Result<(
             ins.execute(params![r.0, r.1, r.2, r.3, r.4, r.5])?;
         }
     }
+    db::raise_high_water(&tx, "user", rows.last().map(|r| r.0).unwrap_or(0))?;
     db::set_cursor(&tx, max_event)?;
     tx.commit()?;
     Ok((rows.len(), max_event))

@@ -45,7 +45,7 @@ struct ServeArgs {
     #[arg(long, env = "USERS_SYNC", default_value_t = true, action = clap::ArgAction::Set)]
     sync: bool,
     /// Poll interval of the change feed (e.g. 500ms, 2s).
-    #[arg(long, env = "USERS_SYNC_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "USERS_SYNC_INTERVAL", default_value = users::DEFAULT_SYNC_INTERVAL, value_parser = humantime::parse_duration)]
     sync_interval: Duration,
 }
 

@@ -1,9 +1,13 @@
 //! Integration tests of the `users` service: its own DB, auth, backfill, sync,
-//! and a contract test against the REAL monolith (gunicorn, from /work/main/.venv).
+//! read-your-writes across the feed lag (421 for users not applied yet), and a
+//! contract test against the REAL monolith (gunicorn, from the worktree's .venv).
 
 use extracted_common::db;
 use extracted_common::sync::{self, Event, SyncConfig};
-use extracted_common::testkit::{assert_same, send, token, token_with, unix_now, Monolith, Resp};
+use extracted_common::testkit::{
+    assert_same, assert_same_or_misdirected, is_misdirected_to_legacy, send, token, token_with, unix_now, Monolith,
+    Resp,
+};
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -36,13 +40,21 @@ fn insert_user(c: &Connection, id: i64, full_name: &str) {
     .unwrap();
 }
 
+/// Users 1..=n; applied so far: users up to n + 5 (the last five since deleted).
 fn fixture(n: i64) -> (tempfile::TempDir, SharedState) {
     let dir = tempfile::tempdir().unwrap();
     let conn = open_db(&dir.path().join("users.db")).unwrap();
     for i in 1..=n {
         insert_user(&conn, i, if i == 1 { "Zoë" } else { "Ada Lovelace" });
     }
+    db::raise_high_water(&conn, "user", n + 5).unwrap();
     (dir, AppState::new(conn, SECRET))
+}
+
+fn behind(uid: i64) -> String {
+    format!(
+        r#"{{"epoch":0,"error":"misdirected","message":"the users service's replica is behind: user {uid} is not applied yet","owner":"legacy"}}"#
+    )
 }
 
 async fn get(url: &str, tok: Option<&str>) -> Resp {
@@ -101,10 +113,13 @@ async fn endpoints_against_own_db() {
         r#"{"error":"validation_error","field":"per_page","message":"per_page must be >= 1"}"#,
     );
     assert_err(
-        &get(&format!("{u}/api/users/999"), Some(&t)).await,
+        &get(&format!("{u}/api/users/30"), Some(&t)).await,
         404,
-        r#"{"error":"not_found","message":"user 999 not found"}"#,
+        r#"{"error":"not_found","message":"user 30 not found"}"#,
     );
+    // above the largest user applied: perhaps registered a moment ago; the proxy asks the monolith
+    assert_err(&get(&format!("{u}/api/users/31"), Some(&t)).await, 421, &behind(31));
+    assert_err(&get(&format!("{u}/api/users/999"), Some(&t)).await, 421, &behind(999));
 
     for p in ["/api/users/abc", "/api/users/", "/api/userz", "/api/users/1/x", "/api/users/-1"] {
         let r = get(&format!("{u}{p}"), Some(&t)).await;
@@ -137,7 +152,7 @@ async fn auth_failures() {
     let bad = [
         "garbage".to_string(),
         token("other-secret", 1, 3600),
-        token(SECRET, 99, 3600),                                             // unknown user
+        token(SECRET, 5, 3600), // unknown (deleted) user
         token_with(SECRET, &json!({"sub": 1, "iat": now, "exp": now + 60})), // sub not a string
         token_with(SECRET, &json!({"sub": "x", "iat": now, "exp": now + 60})),
         token_with(SECRET, &json!({"sub": "1", "exp": now + 60})), // no iat
@@ -153,6 +168,12 @@ async fn auth_failures() {
         401,
         expired,
     );
+    // a valid signature for a subject above the largest user applied: 421, never 401
+    let newcomer = format!("Bearer {}", token(SECRET, 9, 3600));
+    for u in [url.clone(), format!("{}/api/users", svc.url), format!("{}/api/users/2", svc.url)] {
+        assert_err(&send("GET", &u, &[("Authorization", &newcomer)], None).await, 421, &behind(9));
+    }
+    assert_err(&send("OPTIONS", &url, &[("Authorization", &newcomer)], None).await, 421, &behind(9));
     // the scheme is case-insensitive
     let r = send("GET", &url, &[("Authorization", &format!("bEaReR {}", token(SECRET, 2, 60)))], None).await;
     assert_eq!(r.status, 200);
@@ -205,7 +226,8 @@ async fn backfill_copies_users_and_sets_cursor() {
         json!({"created_at": "Mon, 01 Jan 2024 09:00:00 GMT", "email": "u2@x.io", "full_name": "N",
         "id": 2, "updated_at": "Thu, 01 Feb 2024 10:00:00 GMT", "username": "u2"})
     );
-    assert_eq!(get(&format!("{}/api/users/42", svc.url), Some(&token(SECRET, 1, 60))).await.status, 404);
+    // gone; above the 3 users copied, so the service sends the reader to the monolith
+    assert!(is_misdirected_to_legacy(&get(&format!("{}/api/users/42", svc.url), Some(&token(SECRET, 1, 60))).await));
 }
 
 // ----------------------------------------------------------------- fake feed
@@ -401,12 +423,17 @@ async fn contract_against_real_monolith() {
         "/nothing",
         "/api/users/99999999999999999999999",
     ];
+    let mut misdirected = Vec::new();
     for p in paths {
-        assert_same(m, s, "GET", p, a, None).await;
+        if assert_same_or_misdirected(m, s, "GET", p, a, None).await.1 {
+            misdirected.push(p);
+        }
         assert_same(m, s, "GET", p, &[], None).await;
     }
+    // ids above the 10 users applied: the client gets the monolith's 404 through the proxy
+    assert_eq!(misdirected, ["/api/users/11", "/api/users/999999"]);
     for p in ["/api/users", "/api/users/3", "/api/users/99"] {
-        assert_same(m, s, "HEAD", p, a, None).await;
+        assert_same_or_misdirected(m, s, "HEAD", p, a, None).await;
     }
     // wrong methods -> 405 (before auth)
     for (meth, p) in [
@@ -444,9 +471,14 @@ async fn contract_against_real_monolith() {
         format!("BEARER {tok}"),
     ];
     for t in &toks {
-        assert_same(m, s, "GET", "/api/users/1", &[("Authorization", t)], None).await;
-        assert_same(m, s, "GET", "/api/users?page=0", &[("Authorization", t)], None).await;
+        // the token of subject 77 (above the users applied): 421 from the service
+        assert_same_or_misdirected(m, s, "GET", "/api/users/1", &[("Authorization", t)], None).await;
+        assert_same_or_misdirected(m, s, "GET", "/api/users?page=0", &[("Authorization", t)], None).await;
     }
+    let t77 = format!("Bearer {}", token(secret, 77, 60));
+    assert!(is_misdirected_to_legacy(
+        &send("GET", &format!("{s}/api/users/1"), &[("Authorization", &t77)], None).await
+    ));
 
     // writes through the monolith reach the service through the feed within 5 s
     let body = json!({"full_name": "Zoë Ünïcode \u{1F600} \"q\""}).to_string();
@@ -472,6 +504,73 @@ async fn contract_against_real_monolith() {
     // the new user's own token works on the service too
     let t11 = format!("Bearer {}", mono.login_with("newbie", "longpassword").await);
     assert_same(m, s, "GET", "/api/users/11", &[("Authorization", &t11)], None).await;
+}
+
+// ------------------------------------------------------- read-your-writes
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_registered_on_the_monolith_reads_through_421_then_200_never_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "ryw-secret";
+    let Some(mono) = Monolith::start(dir.path(), secret, None).await else { return };
+    let mut conn = open_db(&dir.path().join("users.db")).unwrap();
+    backfill(&mut conn, &mono.db).unwrap();
+    let st = AppState::new(conn, secret);
+    let interval = humantime::parse_duration(users::DEFAULT_SYNC_INTERVAL).unwrap();
+    let _sync = spawn_sync(&st, SyncConfig::new(mono.url.clone(), None, interval));
+    let svc = start(st).await;
+    let (m, s) = (mono.url.as_str(), svc.url.as_str());
+
+    let mut windows = Vec::new();
+    let mut misdirected = 0;
+    for i in 0..10u64 {
+        // Each round ends just after a feed round applied the last user: a growing
+        // pause spreads the registrations over the whole sync interval.
+        tokio::time::sleep(interval * i as u32 / 10).await;
+        let reg = json!({"username": format!("fresh{i}"), "email": format!("fresh{i}@example.com"), "password": "longpassword"});
+        let r = send("POST", &format!("{m}/api/auth/register"), &[], Some(reg.to_string().as_bytes())).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let registered = Instant::now();
+        let id = r.json()["id"].as_i64().unwrap();
+        // the token login would issue (minted here so that the read follows the registration at once)
+        let auth = format!("Bearer {}", token(secret, id, 3600));
+        let h: &[(&str, &str)] = &[("Authorization", &auth)];
+        let path = format!("/api/users/{id}");
+        // what the proxy's fallback gets: the monolith answers at once
+        assert_eq!(send("GET", &format!("{m}{path}"), h, None).await.status, 200);
+        loop {
+            let r = send("GET", &format!("{s}{path}"), h, None).await;
+            if r.status == 200 {
+                assert_eq!(r.json()["username"], format!("fresh{i}"));
+                windows.push(registered.elapsed());
+                break;
+            }
+            assert!(is_misdirected_to_legacy(&r), "neither 200 nor 421 while catching up: {} {}", r.status, r.text());
+            misdirected += 1;
+            assert!(registered.elapsed() < interval + Duration::from_secs(5), "user {id} never applied");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert!(misdirected > 0, "no read reached the service before it applied the registration");
+    windows.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    eprintln!(
+        "read-your-writes window (registration committed -> users service applied it, sync every {interval:?}): \
+         n={} min={:.0}ms p50={:.0}ms max={:.0}ms; {misdirected} reads answered 421 meanwhile",
+        windows.len(),
+        ms(windows[0]),
+        ms(windows[windows.len() / 2]),
+        ms(*windows.last().unwrap())
+    );
+    assert!(*windows.last().unwrap() < interval + Duration::from_secs(2));
+
+    // the whole flow with a real login: register, log in, read your profile at once
+    let reg = json!({"username": "walker", "email": "walker@example.com", "password": "longpassword"});
+    let id = send("POST", &format!("{m}/api/auth/register"), &[], Some(reg.to_string().as_bytes())).await.json()["id"]
+        .as_i64()
+        .unwrap();
+    let auth = format!("Bearer {}", mono.login_with("walker", "longpassword").await);
+    let r = send("GET", &format!("{s}/api/users/{id}"), &[("Authorization", &auth)], None).await;
+    assert!(r.status == 200 || is_misdirected_to_legacy(&r), "{} {}", r.status, r.text());
 }
 
 #[test]

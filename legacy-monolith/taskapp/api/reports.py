@@ -1,4 +1,5 @@
-"""Reports. "Overdue" = due_date < today (UTC) and status != 'done'."""
+"""Reports. "Overdue" = due_date < today (UTC) and status != 'done'.
+The project report also counts the comments on the project's tasks."""
 import datetime as _dt
 
 from flask import jsonify
@@ -29,8 +30,12 @@ def project_report(project_id):
     overdue = db.execute("SELECT COUNT(*) FROM tasks WHERE project_id = ? AND status != 'done'"
                          " AND due_date IS NOT NULL AND due_date < ?", (project_id, _today())).fetchone()[0]
     pct = round(100.0 * by_status["done"] / total, 1) if total else 0.0
+    # comments taken by the comments service count too: feed_consumer.py applies them here
+    comments = db.execute("SELECT COUNT(*) FROM comments JOIN tasks ON tasks.id = comments.task_id"
+                          " WHERE tasks.project_id = ?", (project_id,)).fetchone()[0]
     return jsonify({"project_id": project_id, "total_tasks": total, "by_status": by_status,
-                    "by_priority": by_priority, "completion_percentage": pct, "overdue": overdue})
+                    "by_priority": by_priority, "completion_percentage": pct, "overdue": overdue,
+                    "total_comments": comments})
 
 
 @bp.get("/reports/users/<int:user_id>/workload")

@@ -43,7 +43,11 @@ fn counts_rates_groups_and_verdicts() {
     let loose = ViewOptions { min_match: 98.0, min_samples: 1000, ..Default::default() };
     assert!(s.view(&loose).routes[0].verdict.ready);
     let strict = ViewOptions { min_match: 98.0, min_samples: 5000, ..Default::default() };
-    assert_eq!(s.view(&strict).routes[0].verdict.reasons, vec!["not enough samples: 1000 < 5000".to_string()]);
+    assert_eq!(
+        s.view(&strict).routes[0].verdict.reasons,
+        vec!["not enough samples: 1000 < 5000, about 1h 7m more at the current rate (1.0 compared per second)"
+            .to_string()]
+    );
 }
 
 #[test]
@@ -140,15 +144,84 @@ fn merge_equals_adding_everything_to_one() {
 fn timeline_widens_and_stays_bounded() {
     let mut t = Timeline::default();
     for s in 0..10_000i64 {
-        t.add(s * 1000, s % 10 != 0);
+        t.add(s * 1000, if s % 10 != 0 { MATCHED } else { MISMATCHED });
     }
     assert!(t.buckets.len() <= MAX_TIME_BUCKETS);
-    let v = t.view(50);
+    let width = report_width(t.width_s, 0, 9_999_000, 50);
+    let v = t.view(width, 0, 9_999_000);
     assert!(v.buckets.len() <= 50 && v.buckets.len() >= 15, "{}", v.buckets.len());
     assert_eq!(v.bucket_seconds, 300);
     let total: u64 = v.buckets.iter().map(|b| b.compared).sum();
     assert_eq!(total, 10_000);
     assert!((v.buckets[3].match_percent.unwrap() - 90.0).abs() < 1.0);
+}
+
+#[test]
+fn every_route_has_the_same_buckets_over_the_whole_report() {
+    let mut s = Summary::new();
+    // "early" runs for the first 10 minutes, "late" for the last 2 of 60.
+    for i in 0..600 {
+        s.add(&record(i, "early", Outcome::Match, vec![]));
+    }
+    for i in 3480..3600 {
+        s.add(&record(i, "late", Outcome::Match, vec![]));
+        let mut e = record(i, "late", Outcome::ShadowError, vec![]);
+        e.reason = Some("shadow_timeout".into());
+        s.add(&e);
+    }
+    let v = s.view(&ViewOptions::default());
+    let (early, late) = (&v.routes[0].timeline, &v.routes[1].timeline);
+    assert_eq!(early.bucket_seconds, late.bucket_seconds);
+    assert_eq!(early.bucket_seconds, 300, "one hour in at most 50 round buckets");
+    assert_eq!(early.buckets.len(), late.buckets.len());
+    assert_eq!(early.buckets[0].start, late.buckets[0].start);
+    assert_eq!(early.end, late.end, "both run to the end of the report");
+    assert!(early.buckets.last().unwrap().match_percent.is_none(), "no traffic at the end: a gap, not a shorter axis");
+    let errors: u64 = late.buckets.iter().map(|b| b.shadow_error).sum();
+    assert_eq!(errors, 120, "shadow errors are on the timeline");
+}
+
+#[test]
+fn too_few_samples_says_how_long_until_enough_at_the_current_rate() {
+    let mut s = Summary::new();
+    // 367 compared requests in 3660 s (6 per minute): 633 more take 6313 s.
+    for i in 0..367 {
+        s.add(&record(i * 10, "r", Outcome::Match, vec![]));
+    }
+    let v = s.view(&ViewOptions::default());
+    let verdict = &v.routes[0].verdict;
+    assert_eq!(
+        verdict.reasons,
+        vec!["not enough samples: 367 < 1000, about 1h 45m more at the current rate (6.0 compared per minute)"]
+    );
+    assert_eq!(verdict.samples_eta_seconds, Some(6313));
+    assert_eq!(about(30), "under a minute");
+    assert_eq!(about(3 * 86_400 + 7000), "3days 2h");
+    assert_eq!(pace(0.5), "30 compared per minute");
+    let mut one = Summary::new();
+    one.add(&record(1, "r", Outcome::Skipped, vec![]));
+    assert_eq!(
+        one.view(&ViewOptions::default()).routes[0].verdict.reasons,
+        vec!["not enough samples: 0 < 1000, none compared yet"]
+    );
+}
+
+#[test]
+fn instances_and_config_versions_are_counted() {
+    let mut s = Summary::new();
+    for i in 0..5 {
+        let mut r = record(i, "r", Outcome::Match, vec![]);
+        r.instance = Some(if i < 3 { "pod-a" } else { "pod-b" }.into());
+        r.config_hash = Some("c0ffee".into());
+        s.add(&r);
+    }
+    s.add(&record(9, "r", Outcome::Match, vec![]));
+    let v = s.to_json(&ViewOptions::default());
+    assert_eq!(
+        v["instances"],
+        json!([{"name": "pod-a", "count": 3}, {"name": "pod-b", "count": 2}, {"name": UNKNOWN, "count": 1}])
+    );
+    assert_eq!(v["config_hashes"], json!([{"name": "c0ffee", "count": 5}, {"name": UNKNOWN, "count": 1}]));
 }
 
 #[test]

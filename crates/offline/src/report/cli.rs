@@ -1,13 +1,16 @@
-//! `strangler report FILE...`: the cutover report from one or many diff logs.
+//! `strangler report [FILE...] [--from PATH_OR_URL...]`: the cutover report
+//! from the diff logs of every replica, or from the fleet's store.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use clap::{Args, ValueEnum};
 use strangler_evidence::summary::ViewOptions;
 
-use super::input::{self, Filter};
-use super::{html, markdown};
+use super::query::{self, Query};
+use super::source::{self, Progress};
+use super::{collect, html, markdown};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -20,20 +23,30 @@ pub enum Format {
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// Diff logs (`.jsonl`, or gzip-compressed), one per replica; `-` reads stdin.
-    #[arg(required = true)]
+    /// The same record given twice (same `id`) counts once.
     pub files: Vec<PathBuf>,
+    /// Another source of records: a diff log, or the fleet's store
+    /// (`postgres://USER@HOST:PORT/DB`). Repeatable.
+    #[arg(long = "from", value_name = "PATH_OR_URL")]
+    pub from: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Html)]
     pub format: Format,
     /// Write the report here instead of stdout.
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,
-    /// Only records from this time on: RFC 3339 (`2026-11-25T20:00:00Z`) or a duration back from now (`2h`).
+    /// Only records from this time on: RFC 3339 (`2026-11-25T20:00:00Z`) or a duration back from now (`24h`).
     #[arg(long)]
     pub since: Option<String>,
-    /// Only this route.
+    /// Only records before this time: RFC 3339 or a duration back from now.
     #[arg(long)]
-    pub route: Option<String>,
+    pub until: Option<String>,
+    /// Only this route (repeatable).
+    #[arg(long = "route", value_name = "ROUTE")]
+    pub routes: Vec<String>,
+    /// Only records written by this replica (its `instance`: the pod name; repeatable).
+    #[arg(long = "instance", value_name = "INSTANCE")]
+    pub instances: Vec<String>,
     /// A route is ready when its match rate is at least this (percent)...
     #[arg(long, default_value_t = 99.9)]
     pub min_match: f64,
@@ -45,19 +58,36 @@ pub struct ReportArgs {
     pub fail_if_not_ready: bool,
 }
 
+impl ReportArgs {
+    /// The records the report is about.
+    pub fn query(&self, now: SystemTime) -> anyhow::Result<Query> {
+        let time = |flag: &str, text: &Option<String>| -> anyhow::Result<Option<i64>> {
+            text.as_deref().map(|t| query::parse_time(t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}"))).transpose()
+        };
+        let q = Query {
+            routes: self.routes.clone(),
+            since_ms: time("--since", &self.since)?,
+            until_ms: time("--until", &self.until)?,
+            instances: self.instances.clone(),
+        };
+        if let (Some(since), Some(until)) = (q.since_ms, q.until_ms) {
+            if until <= since {
+                anyhow::bail!("--until must be later than --since");
+            }
+        }
+        Ok(q)
+    }
+}
+
 /// Runs the command; returns the process exit code.
 pub fn run(args: ReportArgs) -> anyhow::Result<i32> {
-    let since_ms = match &args.since {
-        Some(text) => {
-            Some(input::parse_since(text, std::time::SystemTime::now()).map_err(|e| anyhow::anyhow!("--since: {e}"))?)
-        }
-        None => None,
-    };
+    let query = args.query(SystemTime::now())?;
     if !(0.0..=100.0).contains(&args.min_match) {
         anyhow::bail!("--min-match must be a percentage between 0 and 100");
     }
-    let filter = Filter { since_ms, route: args.route.clone() };
-    let summary = input::read_logs(&args.files, &filter)?;
+    let sources = source::open_all(&args.files, &args.from)?;
+    let progress = Progress::for_sources(&sources);
+    let summary = collect::gather(&sources, &query, &progress)?;
     let opts = ViewOptions { min_match: args.min_match, min_samples: args.min_samples, ..ViewOptions::default() };
     let report = summary.view(&opts);
     let text = match args.format {

@@ -5,8 +5,9 @@ use std::fmt::Write;
 
 use serde_json::Value;
 use strangler_evidence::summary::stats::Quantiles;
-use strangler_evidence::summary::{fmt_pct, Report, RouteView, StatsView, TimelineView};
+use strangler_evidence::summary::{fmt_pct, NameCount, Report, RouteView, StatsView};
 
+use super::chart;
 use super::markdown::field_name;
 
 /// Escapes text for HTML element content and attribute values.
@@ -95,7 +96,8 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(
         o,
         "<header class=\"card\"><div class=\"route-head\"><h1>Shadow traffic report</h1>{}</div>\
-         <div class=\"sub\">Generated {} · {} file(s): {} · span {} → {} · thresholds: match rate ≥ {}% over ≥ {} compared requests</div>\
+         <div class=\"sub\">Generated {} · {} source(s): {} · span {} → {} · thresholds: match rate ≥ {}% over ≥ {} compared requests</div>\
+         <div class=\"sub\">{}</div>\
          <div class=\"kpis\">{}{}{}{}{}{}{}</div></header>",
         badge(r.ready, if r.ready { "all routes ready" } else { "not ready" }),
         esc(&r.generated_at),
@@ -105,6 +107,7 @@ pub fn render(r: &Report) -> String {
         esc(r.span.last.as_deref().unwrap_or("–")),
         r.options.min_match,
         r.options.min_samples,
+        provenance(r),
         kpi("records", &t.sampled.to_string(), false),
         kpi("compared", &t.compared.to_string(), false),
         kpi("match rate", &overall, false),
@@ -149,11 +152,29 @@ pub fn render(r: &Report) -> String {
     }
     let _ = writeln!(
         o,
-        "<footer>strangler report · {} lines read, {} corrupt, {} filtered out · values are shown as recorded (redacted fields stay redacted)</footer>\
+        "<footer>strangler report · {} records read, {} corrupt, {} filtered out, {} duplicates ignored · values are shown as recorded (redacted fields stay redacted)</footer>\
          </main></body></html>",
-        r.inputs.lines, r.inputs.corrupt_lines, r.inputs.filtered_out
+        r.inputs.lines, r.inputs.corrupt_lines, r.inputs.filtered_out, r.inputs.duplicates_ignored
     );
     o
+}
+
+/// Which replicas and config versions wrote the records, and what was not counted twice.
+fn provenance(r: &Report) -> String {
+    let list = |items: &[NameCount]| {
+        items.iter().map(|n| format!("<code>{}</code> {}", esc(&n.name), n.count)).collect::<Vec<_>>().join(", ")
+    };
+    let rejudged: u64 = r.routes.iter().map(|route| route.stats.rejudged_as_match).sum();
+    format!(
+        "Instances ({}): {} · config versions ({}): {} · duplicate records ignored: {} · mismatches judged match \
+         because every differing field is noise the fleet saw: {}",
+        r.instances.len(),
+        list(&r.instances),
+        r.config_hashes.len(),
+        list(&r.config_hashes),
+        r.inputs.duplicates_ignored,
+        rejudged
+    )
 }
 
 fn badge(ok: bool, text: &str) -> String {
@@ -202,7 +223,15 @@ fn route_section(o: &mut String, i: usize, route: &RouteView, min_match: f64) {
         o,
         "<div class=\"kpis\">{}{}{}{}{}{}</div>",
         kpi("compared", &s.counts.compared.to_string(), false),
-        kpi(&format!("match rate (95% CI {ci})"), &rate, false),
+        kpi(
+            &if s.rejudged_as_match > 0 {
+                format!("match rate (95% CI {ci}; {} judged match by fleet noise)", s.rejudged_as_match)
+            } else {
+                format!("match rate (95% CI {ci})")
+            },
+            &rate,
+            false
+        ),
         kpi(
             &format!("mismatches (status {} · header {} · body {})", k.status, k.header, k.body),
             &s.counts.mismatched.to_string(),
@@ -212,7 +241,7 @@ fn route_section(o: &mut String, i: usize, route: &RouteView, min_match: f64) {
         kpi("skipped", &s.counts.skipped.to_string(), false),
         kpi("noisy responses", &s.noise.iter().map(|n| n.count).max().unwrap_or(0).to_string(), false),
     );
-    chart(o, &route.timeline, min_match);
+    chart::render(o, &route.timeline, min_match);
     stats_body(o, s);
     if route.endpoints.len() > 1 {
         o.push_str(
@@ -387,125 +416,4 @@ fn latency(o: &mut String, p: &Quantiles, s: &Quantiles) {
         );
     }
     o.push_str("</table>");
-}
-
-/// The match rate over time as an SVG line chart, with the threshold and volume bars.
-fn chart(o: &mut String, t: &TimelineView, min_match: f64) {
-    if t.buckets.is_empty() {
-        o.push_str("<h3>Match rate over time</h3><p class=\"muted\">No compared requests.</p>");
-        return;
-    }
-    let (w, h) = (1100.0f64, 220.0f64);
-    let (left, right, top, bottom) = (52.0, 16.0, 14.0, 40.0);
-    let (pw, ph) = (w - left - right, h - top - bottom);
-    let lowest = t.buckets.iter().filter_map(|b| b.match_percent).fold(100.0f64, f64::min).min(min_match);
-    let pad = ((100.0 - lowest) * 0.15).max(0.05);
-    let ymin = (lowest - pad).max(0.0);
-    let ymax = 100.0;
-    let n = t.buckets.len();
-    let x = |i: usize| left + if n == 1 { pw / 2.0 } else { pw * i as f64 / (n - 1) as f64 };
-    let y = |v: f64| top + ph * (1.0 - (v - ymin) / (ymax - ymin));
-    let max_count = t.buckets.iter().map(|b| b.compared).max().unwrap_or(1).max(1) as f64;
-    let _ = write!(
-        o,
-        "<h3>Match rate over time <span class=\"legend\"><i style=\"background:var(--acc)\"></i>match rate\
-         <i style=\"background:var(--bad);opacity:.6\"></i>threshold {min_match}%<i style=\"background:#d0d5dd\"></i>compared requests</span></h3>\
-         <svg viewBox=\"0 0 {w} {h}\" width=\"100%\" role=\"img\" aria-label=\"match rate over time\" xmlns=\"http://www.w3.org/2000/svg\">"
-    );
-    // Volume bars.
-    let bw = (pw / n as f64 * 0.7).max(1.0);
-    for (i, b) in t.buckets.iter().enumerate() {
-        let bh = b.compared as f64 / max_count * (ph * 0.35);
-        let _ = write!(
-            o,
-            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{bh:.1}\" fill=\"#eaecf0\"/>",
-            x(i) - bw / 2.0,
-            top + ph - bh
-        );
-    }
-    // Grid and y labels.
-    for k in 0..=4 {
-        let v = ymin + (ymax - ymin) * k as f64 / 4.0;
-        let yy = y(v);
-        let _ = write!(
-            o,
-            "<line x1=\"{left}\" x2=\"{:.1}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#eaecf0\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}%</text>",
-            left + pw,
-            left - 6.0,
-            yy + 4.0,
-            fmt_axis(v, ymax - ymin)
-        );
-    }
-    // Threshold.
-    let ty = y(min_match);
-    let _ = write!(o, "<line x1=\"{left}\" x2=\"{:.1}\" y1=\"{ty:.1}\" y2=\"{ty:.1}\" stroke=\"#b42318\" stroke-dasharray=\"5 4\" opacity=\".7\"/>", left + pw);
-    // The line, broken where a bucket had no compared requests.
-    let mut d = String::new();
-    let mut pen = false;
-    for (i, b) in t.buckets.iter().enumerate() {
-        match b.match_percent {
-            Some(p) => {
-                let _ = write!(d, "{}{:.1},{:.1} ", if pen { "L" } else { "M" }, x(i), y(p));
-                pen = true;
-            }
-            None => pen = false,
-        }
-    }
-    let _ =
-        write!(o, "<path d=\"{d}\" fill=\"none\" stroke=\"#3559e0\" stroke-width=\"2\" stroke-linejoin=\"round\"/>");
-    for (i, b) in t.buckets.iter().enumerate() {
-        if let Some(p) = b.match_percent {
-            let color = if p < min_match { "#b42318" } else { "#3559e0" };
-            let _ = write!(
-                o,
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.6\" fill=\"{color}\"><title>{} · {}% of {}</title></circle>",
-                x(i),
-                y(p),
-                esc(&b.start),
-                fmt_pct(p),
-                b.compared
-            );
-        }
-    }
-    // X labels: first, middle, last.
-    let mut idx = vec![0, n / 2, n - 1];
-    idx.dedup();
-    for i in idx {
-        let anchor = if i == 0 {
-            "start"
-        } else if i == n - 1 {
-            "end"
-        } else {
-            "middle"
-        };
-        let label = t.buckets[i].start.replace('T', " ").trim_end_matches('Z').to_string();
-        let _ = write!(
-            o,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{} UTC</text>",
-            x(i),
-            h - 16.0,
-            esc(&label)
-        );
-    }
-    let _ = write!(
-        o,
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{} buckets of {}</text></svg>",
-        left + pw,
-        h - 2.0,
-        n,
-        humantime::format_duration(std::time::Duration::from_secs(t.bucket_seconds))
-    );
-}
-
-fn fmt_axis(v: f64, range: f64) -> String {
-    let decimals = if range >= 10.0 {
-        0
-    } else if range >= 1.0 {
-        1
-    } else if range >= 0.1 {
-        2
-    } else {
-        3
-    };
-    format!("{v:.decimals$}")
 }

@@ -1,59 +1,23 @@
-//! Reading diff logs: plain or gzip JSON lines, one file per replica, line by
-//! line with constant memory, corrupt lines reported and skipped.
+//! Reading diff logs: plain or gzip JSON lines, line by line with constant
+//! memory, corrupt lines reported and skipped. Read twice: [`read_noise`]
+//! (the noise evidence only, fast) and [`read_log`] (every record).
 
+use std::borrow::Cow;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
+use memchr::memmem;
+use serde::Deserialize;
+use strangler_evidence::noise::FleetNoise;
 use strangler_evidence::record::DiffRecord;
-use strangler_evidence::summary::stats::parse_rfc3339_ms;
-use strangler_evidence::summary::Summary;
+
+use super::collect::Collector;
+use super::query::Query;
 
 /// Corrupt lines reported one by one on stderr, per file; the rest are only counted.
 pub const MAX_REPORTED_CORRUPT: u64 = 50;
-
-/// Which records count.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// Only records at or after this time (epoch milliseconds).
-    pub since_ms: Option<i64>,
-    /// Only this route.
-    pub route: Option<String>,
-}
-
-impl Filter {
-    pub fn keeps(&self, r: &DiffRecord) -> bool {
-        if let Some(route) = &self.route {
-            if &r.route != route {
-                return false;
-            }
-        }
-        if let Some(since) = self.since_ms {
-            // A record whose time cannot be read is kept (and counted as such).
-            if parse_rfc3339_ms(&r.ts).is_some_and(|t| t < since) {
-                return false;
-            }
-        }
-        true
-    }
-}
-
-/// `--since`: an RFC 3339 time, or a duration (`2h`, `30m`, `1day`) back from now.
-pub fn parse_since(text: &str, now: SystemTime) -> Result<i64, String> {
-    if let Some(ms) = parse_rfc3339_ms(text.trim()) {
-        return Ok(ms);
-    }
-    match humantime::parse_duration(text.trim()) {
-        Ok(d) => {
-            let t = now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH);
-            let ms = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis();
-            Ok(ms as i64)
-        }
-        Err(e) => Err(format!("{text:?} is neither an RFC 3339 time (2026-11-25T20:00:00Z) nor a duration (2h): {e}")),
-    }
-}
 
 /// Counts the bytes read from a file for the progress bar.
 struct Counting<R> {
@@ -84,13 +48,52 @@ pub fn open(path: &Path, bar: Option<ProgressBar>) -> io::Result<Box<dyn BufRead
     })
 }
 
-/// Aggregates one log into `summary`, reporting corrupt lines to `errors`
-/// as `FILE:LINE: invalid record: ...`.
+/// The part of a record the noise pass needs.
+#[derive(Deserialize)]
+struct NoiseFacts<'a> {
+    #[serde(borrow)]
+    route: Cow<'a, str>,
+    #[serde(borrow)]
+    endpoint: Cow<'a, str>,
+    #[serde(default, borrow)]
+    noise: Vec<Cow<'a, str>>,
+}
+
+/// Pass 1: adds the noise evidence of every record of the query's routes to
+/// `noise`. Lines that carry none (`"noise":[]` or no `"noise"` at all: most
+/// of them) are skipped without being parsed; corrupt lines are left to [`read_log`].
+pub fn read_noise(reader: &mut dyn BufRead, query: &Query, noise: &mut FleetNoise) -> io::Result<()> {
+    let key = memmem::Finder::new(b"\"noise\"");
+    let empty = b"\"noise\":[]";
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(());
+        }
+        let line = buf.trim_ascii();
+        let mut found = key.find_iter(line);
+        // Inside a JSON string a quote is escaped, so `"noise"` is a key or
+        // the whole string "noise"; one occurrence followed by `:[]` is the
+        // record's own, empty list.
+        let Some(first) = found.next() else { continue };
+        if found.next().is_none() && line[first..].starts_with(empty) {
+            continue;
+        }
+        if let Ok(facts) = serde_json::from_slice::<NoiseFacts>(line) {
+            if !facts.noise.is_empty() && query.keeps_route(&facts.route) {
+                noise.add(&facts.route, &facts.endpoint, facts.noise.iter().map(|n| n.as_ref()));
+            }
+        }
+    }
+}
+
+/// Pass 2: every record of one log to `collector`, reporting corrupt lines
+/// to `errors` as `FILE:LINE: invalid record: ...`.
 pub fn read_log(
     name: &str,
     reader: &mut dyn BufRead,
-    filter: &Filter,
-    summary: &mut Summary,
+    collector: &mut Collector<'_>,
     errors: &mut dyn FnMut(String),
 ) -> io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
@@ -106,18 +109,11 @@ pub fn read_log(
         if line.is_empty() {
             continue;
         }
-        summary.inputs.lines += 1;
         match serde_json::from_slice::<DiffRecord>(line) {
-            Ok(record) => {
-                if filter.keeps(&record) {
-                    summary.add(&record);
-                } else {
-                    summary.inputs.filtered_out += 1;
-                }
-            }
+            Ok(record) => collector.add(record),
             Err(e) => {
                 corrupt += 1;
-                summary.inputs.corrupt_lines += 1;
+                collector.corrupt();
                 if corrupt <= MAX_REPORTED_CORRUPT {
                     errors(format!("{name}:{line_no}: invalid record: {e}"));
                 }
@@ -127,67 +123,5 @@ pub fn read_log(
     if corrupt > MAX_REPORTED_CORRUPT {
         errors(format!("{name}: {} more invalid records not shown", corrupt - MAX_REPORTED_CORRUPT));
     }
-    summary.inputs.files.push(name.to_string());
     Ok(())
-}
-
-/// Reads every log (in parallel, one thread per file up to the core count)
-/// and merges them. A progress bar is drawn on stderr when it is a terminal.
-pub fn read_logs(paths: &[PathBuf], filter: &Filter) -> anyhow::Result<Summary> {
-    let total: u64 = paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
-    let bar = (io::stderr().is_terminal() && total > 0).then(|| {
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} reading logs [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar
-    });
-    let report = |bar: &Option<ProgressBar>, msg: String| match bar {
-        Some(bar) => bar.suspend(|| eprintln!("{msg}")),
-        None => {
-            let _ = writeln!(io::stderr().lock(), "{msg}");
-        }
-    };
-    let read_one = |path: &PathBuf| -> anyhow::Result<Summary> {
-        let name = path.display().to_string();
-        let mut summary = Summary::default();
-        let mut reader = open(path, bar.clone()).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-        read_log(&name, &mut *reader, filter, &mut summary, &mut |m| report(&bar, m))
-            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-        Ok(summary)
-    };
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(paths.len()).max(1);
-    let mut results: Vec<Option<anyhow::Result<Summary>>> = (0..paths.len()).map(|_| None).collect();
-    if threads == 1 {
-        for (i, p) in paths.iter().enumerate() {
-            results[i] = Some(read_one(p));
-        }
-    } else {
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let done = std::sync::Mutex::new(&mut results);
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= paths.len() {
-                        break;
-                    }
-                    let r = read_one(&paths[i]);
-                    done.lock().unwrap()[i] = Some(r);
-                });
-            }
-        });
-    }
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
-    let mut summary = Summary::default();
-    for r in results {
-        summary.merge(r.expect("every file was read")?);
-    }
-    Ok(summary)
 }

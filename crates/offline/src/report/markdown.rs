@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use serde_json::Value;
-use strangler_evidence::summary::{fmt_pct, Report, StatsView};
+use strangler_evidence::summary::{fmt_pct, NameCount, Report, StatsView};
 
 /// Text safe inside a Markdown table cell: pipes, backticks, angle brackets
 /// and newlines escaped (values come from live traffic).
@@ -62,7 +62,7 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "Generated {} from {} file(s): {}. Records {} (lines {}, **corrupt lines {}**, filtered out {}). Span {} → {}.\n",
+        "Generated {} from {} source(s): {}. Records {} (read {}, **corrupt lines {}**, filtered out {}, duplicates ignored {}). Span {} → {}.\n",
         r.generated_at,
         r.inputs.files.len(),
         r.inputs.files.iter().map(|f| format!("`{}`", f.replace('`', "'"))).collect::<Vec<_>>().join(", "),
@@ -70,9 +70,14 @@ pub fn render(r: &Report) -> String {
         r.inputs.lines,
         r.inputs.corrupt_lines,
         r.inputs.filtered_out,
+        r.inputs.duplicates_ignored,
         r.span.first.as_deref().unwrap_or("–"),
         r.span.last.as_deref().unwrap_or("–"),
     );
+    let list = |items: &[NameCount]| {
+        items.iter().map(|n| format!("{} ({})", cell(&n.name), n.count)).collect::<Vec<_>>().join(", ")
+    };
+    let _ = writeln!(o, "Instances: {}. Config versions: {}.\n", list(&r.instances), list(&r.config_hashes));
     let _ = writeln!(o, "| Route | Verdict | Compared | Match rate (95% CI) | Mismatch | Shadow errors | Skipped |");
     let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|");
     for route in &r.routes {
@@ -108,11 +113,13 @@ pub fn render(r: &Report) -> String {
                 .iter()
                 .filter_map(|b| b.match_percent.map(|p| format!("{}%", fmt_pct(p))))
                 .collect();
+            let errors: u64 = route.timeline.buckets.iter().map(|b| b.shadow_error).sum();
             let _ = writeln!(
                 o,
-                "\nMatch rate over time ({} s buckets): {}\n",
+                "\nMatch rate over time ({} s buckets): {}{}\n",
                 route.timeline.bucket_seconds,
-                points.join(" · ")
+                points.join(" · "),
+                if errors > 0 { format!(" (shadow errors: {errors})") } else { String::new() }
             );
         }
         if route.endpoints.len() > 1 {
@@ -152,9 +159,14 @@ fn rate(s: &StatsView) -> String {
 fn stats(o: &mut String, s: &StatsView) {
     let _ = writeln!(
         o,
-        "Compared **{}**, match **{}**, mismatch **{}** (status {}, header {}, body {}), match rate **{}**.\n",
+        "Compared **{}**, match **{}**{}, mismatch **{}** (status {}, header {}, body {}), match rate **{}**.\n",
         s.counts.compared,
         s.counts.matched,
+        if s.rejudged_as_match > 0 {
+            format!(" ({} of them written as mismatches whose every field is fleet noise)", s.rejudged_as_match)
+        } else {
+            String::new()
+        },
         s.counts.mismatched,
         s.mismatches_by_kind.status,
         s.mismatches_by_kind.header,
