@@ -8,9 +8,12 @@
 # /proc/PID/stat.
 #
 # Usage: bench/profile.sh [routes] (default 1). Environment:
+#   PROXY=strangler|nginx which proxy is profiled (default strangler; nginx: one process, no master,
+#                         the configuration bench/run.py gives it)
 #   BUILD=release|quick   which build of strangler (default release; `quick` has symbols and builds faster)
-#   ACCESS_LOG=off|file   strangler's access log (default off; `file`: its default JSON into a file)
+#   ACCESS_LOG=off|file   the access log (default off; `file`: each proxy's default format into a file)
 #   SECONDS_MEASURED=N    seconds of load counted (default 10)
+#   VALGRIND_EXTRA=...    more callgrind options (`--dump-instr=yes`: costs per call site)
 # Needs strangler's build and bench/upstream's release build (scripts/bench.sh makes both);
 # finds them through `cargo metadata`, so CARGO_TARGET_DIR is honoured.
 # Writes bench/raw/profile-<routes>-<access log>/ (git-ignored): callgrind.out, summary.txt
@@ -21,7 +24,8 @@ routes="${1:-1}"
 build="${BUILD:-release}"
 access_log="${ACCESS_LOG:-off}"
 measured="${SECONDS_MEASURED:-10}"
-out="bench/raw/profile-$routes-$access_log"; rm -rf "$out"; mkdir -p "$out"
+proxy="${PROXY:-strangler}"
+out="bench/raw/profile-$proxy-$routes-$access_log"; rm -rf "$out"; mkdir -p "$out"
 # Cargo's target directory for a build run in directory $1, as scripts/bench.sh builds there.
 target_dir() {
   (cd "$1" && cargo metadata --format-version 1 --no-deps) |
@@ -37,10 +41,35 @@ upstream="$(target_dir bench/upstream)/release/bench-upstream"
   for ((i = 0; i < routes - 1; i++)); do echo "  - {name: r$i, prefix: /svc$i/api, upstream: up}"; done
   echo '  - {name: all, prefix: /, upstream: up}'
 } > "$out/routes.yaml"
+nginx_conf() {
+  cat <<NGINX
+worker_processes 1; master_process off; daemon off;
+pid $PWD/$out/nginx.pid; error_log $PWD/$out/error.log warn;
+events { worker_connections 1024; }
+http {
+  $(if [ "$access_log" = off ]; then echo "access_log off;"; else echo "access_log $PWD/$out/access.log;"; fi)
+  keepalive_requests 10000000; keepalive_timeout 300s;
+  client_body_temp_path $PWD/$out/body; proxy_temp_path $PWD/$out/proxy;
+  fastcgi_temp_path $PWD/$out/fcgi; uwsgi_temp_path $PWD/$out/uwsgi; scgi_temp_path $PWD/$out/scgi;
+  proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$http_host;
+  proxy_set_header X-Forwarded-For \$remote_addr; proxy_buffering off; proxy_request_buffering off;
+  upstream up { server 127.0.0.1:29000; keepalive 256; keepalive_requests 10000000; }
+  server { listen 127.0.0.1:29080; location / { proxy_pass http://up; } }
+}
+NGINX
+}
 "$upstream" 127.0.0.1:29000 1 2>/dev/null & up=$!
-valgrind --tool=callgrind --cache-sim=yes --callgrind-out-file="$out/callgrind.out" \
-  "$strangler" serve --config "$out/routes.yaml" --threads 1 --log-level warn 2>"$out/valgrind.log" & vg=$!
-for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:29081/healthz && break; sleep 0.2; done
+if [ "$proxy" = nginx ]; then
+  nginx_conf > "$out/nginx.conf"
+  command=(nginx -c "$PWD/$out/nginx.conf")
+  ready=http://127.0.0.1:29080/
+else
+  command=("$strangler" serve --config "$out/routes.yaml" --threads 1 --log-level warn)
+  ready=http://127.0.0.1:29081/healthz
+fi
+valgrind --tool=callgrind --cache-sim=yes ${VALGRIND_EXTRA:-} --callgrind-out-file="$out/callgrind.out" \
+  "${command[@]}" 2>"$out/valgrind.log" & vg=$!
+for _ in $(seq 100); do curl -s -o /dev/null "$ready" && break; sleep 0.2; done
 url="http://127.0.0.1:29080/svc$((routes / 2))/api/users/7"
 wrk -t1 -c8 -d3s "$url" > "$out/warm-up.txt"
 callgrind_control -z "$vg" > /dev/null 2>&1
@@ -53,7 +82,7 @@ requests=$(grep -oE '^ +[0-9]+ requests' "$out/wrk.txt" | tr -dc 0-9)
 dump=$(ls "$out"/callgrind.out.1 2>/dev/null | head -1)
 [ -n "$dump" ] || dump="$out/callgrind.out"
 {
-  echo "build: $build; access log: $access_log; routes: $routes; requests counted: $requests"
+  echo "proxy: $proxy; build: $build; access log: $access_log; routes: $routes; requests counted: $requests"
   python3 - "$dump" "$requests" <<'PY'
 import sys
 events, totals = None, None

@@ -131,12 +131,17 @@ fn serve_request<'a>(
     async move {
         let is_head = parsed.request.method() == Method::HEAD;
         let version = parsed.request.version();
-        // Pinned here, in this future's box: made in `answer`, the request
-        // would be stored once more there.
-        let handling = std::pin::pin!(proxy::handle(shared.clone(), downstream.clone(), parsed.request));
+        // The proxy's future is pinned here, in this future's box (made in
+        // `answer`, the request would be stored once more there), and in a
+        // block of its own: it ends before the answer is written, so that
+        // the writing shares its memory (the box is 4.0 KiB, not 5.2).
+        let answered = {
+            let handling = std::pin::pin!(proxy::handle(shared.clone(), downstream.clone(), parsed.request));
+            answer(stream, handling).await
+        };
         // Dropped at the end of this function, the exchange writes the access
         // log line: after the last byte, or when a write failed.
-        let Some((response, mut exchange)) = answer(stream, handling).await else {
+        let Some((response, mut exchange)) = answered else {
             return false;
         };
         let keep_alive = parsed.keep_alive && !*drain.borrow();
@@ -161,9 +166,13 @@ async fn next_request_arrives(
 ) -> bool {
     loop {
         tokio::select! {
+            // The socket first: the wake-up that ends almost every wait is
+            // the next request, and the drain's watch is then not polled a
+            // second time. A request that arrives as draining starts is
+            // served either way, with `Connection: close`.
             biased;
-            _ = drain.wait_for(|draining| *draining) => return has_bytes_waiting(stream),
             ready = poll_fn(|cx| stream.poll_read_ready(cx)) => return ready.is_ok(),
+            _ = drain.wait_for(|draining| *draining) => return has_bytes_waiting(stream),
             _ = timer.as_mut() => {
                 if tokio::time::Instant::now() >= idle_until {
                     return false;
