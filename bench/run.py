@@ -1,25 +1,28 @@
 #!/usr/bin/env python3
-"""strangler vs nginx vs HAProxy vs direct, on loopback.
+"""strangler vs nginx (and HAProxy, and the upstream alone) on loopback: issue 16's targets.
 
-Run through `scripts/bench.sh` (which installs the tools and builds the
-binaries). Every proxy gets the same upstream (bench/upstream, a minimal hyper
-server), the same keep-alive pool to it, no access logs, and the same number
-of workers/threads. Load: wrk for duration runs (HTTP/1.1 keep-alive), h2load
-for HTTP/2 (h2c prior knowledge), fixed-rate latency runs (`--rps`, per-request
-log) and TLS. Each measurement: a warm-up run, then the median of 3 runs.
+Run through `scripts/bench.sh` (`make bench`), which installs the tools and builds the binaries.
+`--quick` (or BENCH_QUICK=1): a smoke run of every step with short loads (~3 minutes), to check the
+harness; its figures are not results and it never writes bench/RESULTS.md.
 
-Writes everything a run makes (tool output, configs, logs, RESULTS.md,
-summary.json) to bench/raw/<timestamp>/, which git ignores. A run of a clean
-commit also keeps its RESULTS.md and summary.json in bench/results/<timestamp>/
-and renders bench/RESULTS.md; a run of a working tree with changes is written
-to bench/raw/ only, since its numbers belong to no commit anyone can check out.
+Every proxy gets the same upstream (bench/upstream, a minimal hyper server), the same keep-alive pool to
+it and the same number of workers; no access log except in the access-log rows (both to a file, in their
+default formats). The targets are measured **in turns**: strangler and nginx alternate, RUNS rounds, each
+start with its own warm-up, because this VM's speed drifts by 10-20% over minutes and a proxy-after-proxy
+order turns drift into a verdict. CPU is utime + stime of the proxy's processes (/proc/PID/stat), split
+into user and kernel time; context switches from /proc/PID/task/*/status. perf has no hardware counters
+on this VM: instructions and cache misses come from bench/profile.sh (callgrind).
+
+Everything a run makes (tool output, configs, logs, RESULTS.md, summary.json) goes to the git-ignored
+bench/raw/<timestamp>/. A full run also writes bench/RESULTS.md (the latest run), headed by the exact
+commit it measured, or by a loud DIRTY banner when the working tree was not that commit.
+`bench/run.py --report bench/raw/<timestamp>` renders a finished run's summary.json again.
 """
 
+import contextlib
 import json
 import os
-import platform
 import re
-import shutil
 import signal
 import socket
 import statistics
@@ -27,21 +30,29 @@ import subprocess
 import sys
 import time
 
+import verdict
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAW = os.path.join(ROOT, "bench/raw")  # git-ignored: all a run writes
-KEPT = os.path.join(ROOT, "bench/results")  # in git: RESULTS.md + summary.json of clean runs
-QUICK = os.environ.get("BENCH_QUICK") == "1"
-RUN_S = int(os.environ.get("BENCH_SECONDS", "3" if QUICK else "5"))
+QUICK = os.environ.get("BENCH_QUICK") == "1" or "--quick" in sys.argv[1:]
+RUN_S = int(os.environ.get("BENCH_SECONDS", "1" if QUICK else "5"))
 RUNS = 1 if QUICK else 3
 WARM_S = 1 if QUICK else 2
 CONNS = 32
+# Issue 16's method: h2load --h1 -c50 -n200000 after a 20k warm-up.
+H2LOAD_N, H2LOAD_WARM = (20000, 2000) if QUICK else (200000, 20000)
+IDLE_N = 1000 if QUICK else 10000
 UP_PORT, SLOW_PORT = 28000, 28001
 P_H1, P_H2, P_TLS, P_ADMIN = 28080, 28082, 28443, 28081
 STAMP = time.strftime("%Y%m%d-%H%M%S")
 OUT = os.path.join(RAW, STAMP)
 STRANGLER = UPSTREAM = None  # the binaries, set by binaries() before a run
 PROCS = []  # processes this script started (killed by pid at the end)
-SUMMARY = {"rows": [], "targets": []}
+SUMMARY = {
+    "rows": [], "targets": [], "timings": [],
+    "method": {"quick": QUICK, "runs": RUNS, "run_s": RUN_S, "warm_s": WARM_S, "conns": CONNS,
+               "h2load_n": H2LOAD_N, "h2load_warm": H2LOAD_WARM, "idle_n": IDLE_N},
+}
 
 
 def log(msg):
@@ -69,15 +80,27 @@ def git(*args):
 
 def source():
     """The commit the binaries were built from (scripts/bench.sh builds just before), and whether the
-    working tree is exactly that commit: no change, staged or not, and no untracked file. Only then is
-    a run kept: a "-dirty" id names code nobody can check out again."""
+    working tree is exactly that commit: no change, staged or not, and no untracked file. Anything else
+    is "dirty": its figures name code nobody can check out again, and the report says so loudly."""
     commit = git("rev-parse", "HEAD")
     changes = git("status", "--porcelain", "--untracked-files=normal")
     if changes:
-        return {"commit": commit, "clean": False, "why": "the working tree has uncommitted changes"}
+        n = len(changes.splitlines())
+        return {"commit": commit, "clean": False, "why": f"the working tree has {n} uncommitted change(s)"}
     if os.environ.get("STRANGLER_BIN"):
         return {"commit": commit, "clean": False, "why": "strangler is STRANGLER_BIN, not a build of this tree"}
     return {"commit": commit, "clean": True}
+
+
+@contextlib.contextmanager
+def section(name):
+    """Times one step of the run (kept in summary.json: a full run must fit in ~25 minutes)."""
+    log(f"== {name}")
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        SUMMARY["timings"].append([name, round(time.monotonic() - started)])
 
 
 def sh(cmd, **kw):
@@ -122,15 +145,40 @@ def pids_of(p):
     return out + [int(k) for k in kids]
 
 
-def cpu_ticks(pids):
-    total = 0
+def cpu_split(pids):
+    """(user, kernel) CPU seconds of the processes so far: utime and stime from /proc/PID/stat."""
+    user = kernel = 0
     for pid in pids:
         try:
             fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
+            user += int(fields[11])
+            kernel += int(fields[12])
         except OSError:
             pass
-    return total / os.sysconf("SC_CLK_TCK")
+    hz = os.sysconf("SC_CLK_TCK")
+    return user / hz, kernel / hz
+
+
+def ctx_switches(pids):
+    """Voluntary + involuntary context switches of every thread of the processes so far."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                for line in open(f"/proc/{pid}/task/{tid}/status"):
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+    return total
+
+
+def cpu_ticks(pids):
+    return sum(cpu_split(pids))
 
 
 def status_kib(pids, key):
@@ -147,8 +195,10 @@ def status_kib(pids, key):
 
 # ------------------------------------------------------------------ configs
 
-def strangler_config(routes=1, shadow=False, tls=None):
+def strangler_config(routes=1, shadow=False, tls=None, access_log=None):
+    """`access_log`: a file for the access log in its default format (JSON lines); None: off."""
     lines = [
+        f"access_log: {{path: {access_log}}}" if access_log else "access_log: off",
         f'listen: "127.0.0.1:{P_TLS if tls else P_H1}"',
         f'admin: "127.0.0.1:{P_ADMIN}"',
         'upstream_header: ""',
@@ -171,7 +221,8 @@ def strangler_config(routes=1, shadow=False, tls=None):
     return "\n".join(lines) + "\n"
 
 
-def nginx_config(workers, cert=None):
+def nginx_config(workers, cert=None, access_log=None):
+    """`access_log`: a file for the access log in nginx's default format (`combined`, unbuffered)."""
     d = os.path.join(OUT, "nginx")
     os.makedirs(d, exist_ok=True)
     tls = ""
@@ -191,7 +242,7 @@ error_log {d}/error.log warn;
 worker_rlimit_nofile 20000;
 events {{ worker_connections 16000; }}
 http {{
-  access_log off;
+  {f"access_log {access_log};" if access_log else "access_log off;"}
   keepalive_requests 10000000;
   keepalive_timeout 300s;
   client_max_body_size 0;
@@ -244,8 +295,8 @@ backend be
 """
 
 
-def start_proxy(kind, workers, routes=1, shadow=False, cert=None):
-    tag = f"{kind}-w{workers}"
+def start_proxy(kind, workers, routes=1, shadow=False, cert=None, access_log=None):
+    tag = f"{kind}-w{workers}{'-log' if access_log else ''}"
     if kind.startswith("strangler"):
         # "strangler-ws": the work-stealing scheduler instead of per-core runtimes.
         scheduler = "work-stealing" if kind == "strangler-ws" else "per-core"
@@ -254,12 +305,12 @@ def start_proxy(kind, workers, routes=1, shadow=False, cert=None):
         conf = os.path.join(OUT, "conf")
         os.makedirs(conf, exist_ok=True)
         path = os.path.join(conf, f"{tag}-r{routes}{'-shadow' if shadow else ''}{'-tls' if cert else ''}.yaml")
-        open(path, "w").write(strangler_config(routes, shadow, cert))
+        open(path, "w").write(strangler_config(routes, shadow, cert, access_log))
         return start([STRANGLER, "serve", "--config", path, "--threads", str(workers), "--scheduler", scheduler,
                       "--log-level", "warn"], tag, P_TLS if cert else P_H1)
     if kind == "nginx":
         path = os.path.join(OUT, f"{tag}.conf")
-        open(path, "w").write(nginx_config(workers, cert))
+        open(path, "w").write(nginx_config(workers, cert, access_log))
         return start(["nginx", "-c", path], tag, P_H1)
     if kind == "haproxy":
         path = os.path.join(OUT, f"{tag}.cfg")
@@ -359,16 +410,19 @@ def median_run(results):
     return med
 
 
-def row(scenario, kind, workers, r, pids, **extra):
+def row(scenario, kind, workers, r, pids, hwm_kib=None, **extra):
+    """Records a measurement; peak RSS is read from `pids` now unless given (runs made in turns)."""
     entry = {"scenario": scenario, "proxy": kind, "workers": workers, "rps": r.get("rps"),
              "runs_rps": r.get("runs_rps"), "errors": r.get("errors"),
-             "cpu_us_per_req": r.get("cpu_us_per_req"), "hwm_kib": status_kib(pids, "VmHWM:"),
+             "cpu_us_per_req": r.get("cpu_us_per_req"),
+             "hwm_kib": status_kib(pids, "VmHWM:") if hwm_kib is None else hwm_kib,
              "rss_kib": status_kib(pids, "VmRSS:")}
     entry.update(extra)
     SUMMARY["rows"].append(entry)
+    shown = ", ".join(f"{k} {round(v, 2) if isinstance(v, float) else v}" for k, v in extra.items())
     log(f"  {scenario:28} {kind:9} w{workers}: {entry['rps'] or 0:>9.0f} req/s  "
         f"cpu {entry['cpu_us_per_req'] or 0:6.1f} us/req  hwm {entry['hwm_kib'] / 1024:6.1f} MiB  "
-        f"err {entry['errors']}  {extra or ''}")
+        f"err {entry['errors']}  {shown}")
     return entry
 
 
@@ -430,36 +484,99 @@ def idle_connections(port, n):
     return p, answered
 
 
-def in_turns(workers, kinds=("strangler", "nginx", "haproxy")):
-    """The headline small GET again, the proxies taking turns (strangler, nginx, haproxy, strangler, ...):
-    this VM's speed drifts by 10-20% over minutes, which a proxy-after-proxy order turns into a verdict.
-    In turns, drift hits every proxy alike; the CPU and throughput targets use these rows."""
+def cpu_run(pids, fn):
+    """One run of `fn` with the proxy's user and kernel CPU and context switches per request."""
+    user0, kernel0 = cpu_split(pids)
+    ctx0 = ctx_switches(pids)
+    r = fn()
+    user1, kernel1 = cpu_split(pids)
+    ctx1 = ctx_switches(pids)
+    n = r["requests"]
+    r["user_us_per_req"] = (user1 - user0) / n * 1e6 if n else None
+    r["kernel_us_per_req"] = (kernel1 - kernel0) / n * 1e6 if n else None
+    r["cpu_us_per_req"] = (user1 - user0 + kernel1 - kernel0) / n * 1e6 if n else None
+    r["ctx_per_req"] = (ctx1 - ctx0) / n if n else None
+    return r
+
+
+def median_of(results, key):
+    values = sorted(r[key] for r in results if r.get(key) is not None)
+    return values[len(values) // 2] if values else None
+
+
+SPLIT = ("user_us_per_req", "kernel_us_per_req", "ctx_per_req")
+
+
+def turns_row(scenario, kind, workers, runs, **extra):
+    """The median of runs made in turns, with the user/kernel split and context switches per request."""
+    med = median_run(runs)
+    extra.update({key: median_of(runs, key) for key in SPLIT})
+    return row(scenario, kind, workers, med, [], hwm_kib=max(r.get("hwm_kib", 0) for r in runs), **extra)
+
+
+def in_turns(workers, kinds=("strangler", "nginx")):
+    """The headline small GET, the proxies taking turns (strangler, nginx, strangler, ...), with the
+    access log off and on (both to a file, in their default formats). Each start: an h2load warm-up,
+    then h2load --h1 -c50 -n H2LOAD_N (issue 16's numbers) and wrk -c32 for RUN_S seconds."""
+    logs = os.path.join(OUT, "access-logs")
+    os.makedirs(logs, exist_ok=True)
+    results = {(kind, log): {"h2load": [], "wrk": []} for kind in kinds for log in (False, True)}
+    for _ in range(RUNS):
+        for log_on in (False, True):
+            for kind in kinds:
+                log_file = os.path.join(logs, f"{kind}-w{workers}.log") if log_on else None
+                p = start_proxy(kind, workers, access_log=log_file)
+                pids = pids_of(p)
+                name = f"turns-{kind}-w{workers}{'-log' if log_on else ''}"
+                h2load(P_H1, "/small", n=H2LOAD_WARM, conns=50, streams=1, h1=True, name=name)
+                r = cpu_run(pids, lambda: h2load(P_H1, "/small", n=H2LOAD_N, conns=50, streams=1, h1=True,
+                                                 name=name))
+                r["hwm_kib"] = status_kib(pids, "VmHWM:")
+                results[(kind, log_on)]["h2load"].append(r)
+                r = cpu_run(pids, lambda: wrk(P_H1, "/small", RUN_S, name=name))
+                r["hwm_kib"] = status_kib(pids, "VmHWM:")
+                results[(kind, log_on)]["wrk"].append(r)
+                stop(p)
+                if log_file:
+                    # What the access log holds once the proxy has stopped (strangler flushes on SIGTERM):
+                    # every request of the start, warm-up included, if no line was lost.
+                    with open(log_file, "rb") as f:
+                        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+                    served = H2LOAD_WARM + sum(results[(kind, log_on)][t][-1]["requests"] for t in ("h2load", "wrk"))
+                    results[(kind, log_on)]["h2load"][-1]["log_lines"] = f"{lines}/{served}"
+                    os.remove(log_file)  # ~60 MB a start
+    for (kind, log_on), by_tool in results.items():
+        for tool, runs in by_tool.items():
+            load = f"h2load --h1 -c50 -n{H2LOAD_N}" if tool == "h2load" else f"wrk -c{CONNS}"
+            extra = {"log_lines": [r.get("log_lines") for r in runs]} if tool == "h2load" and log_on else {}
+            turns_row(f"small GET in turns, {load}, access log {'on (file)' if log_on else 'off'}",
+                      kind, workers, runs, **extra)
+
+
+def tls_in_turns(workers, cert, kinds=("strangler", "nginx")):
+    """TLS termination (HTTP/1.1 keep-alive over TLS 1.3, wrk -c32), strangler and nginx in turns."""
     results = {kind: [] for kind in kinds}
-    for i in range(RUNS):
+    for _ in range(RUNS):
         for kind in kinds:
-            p = start_proxy(kind, workers)
+            p = start_proxy(kind, workers, cert=cert)
+            wait_port(P_TLS)
             pids = pids_of(p)
-            wrk(P_H1, "/small", WARM_S, name=f"turns-{kind}-w{workers}")
-            before = cpu_ticks(pids)
-            r = wrk(P_H1, "/small", RUN_S, name=f"turns-{kind}-w{workers}")
-            r["cpu_us_per_req"] = (cpu_ticks(pids) - before) / r["requests"] * 1e6 if r["requests"] else None
+            name = f"tls-{kind}-w{workers}"
+            wrk(P_TLS, "/small", WARM_S, scheme="https", name=name)
+            r = cpu_run(pids, lambda: wrk(P_TLS, "/small", RUN_S, scheme="https", name=name))
             r["hwm_kib"] = status_kib(pids, "VmHWM:")
             results[kind].append(r)
             stop(p)
-    for kind in kinds:
-        entry = row("small GET in turns, HTTP/1.1", kind, workers, median_run(results[kind]), [])
-        entry["hwm_kib"] = max(r["hwm_kib"] for r in results[kind])
+    for kind, runs in results.items():
+        turns_row(f"small GET, TLS in turns, wrk -c{CONNS}", kind, workers, runs)
 
 
 # ------------------------------------------------------------------- main
 
-def main():
-    upstream = start([UPSTREAM, f"127.0.0.1:{UP_PORT}", "2"], "upstream", UP_PORT)
-    slow = start([UPSTREAM, f"127.0.0.1:{SLOW_PORT}", "1", "slow"], "upstream-slow", SLOW_PORT)
-    cert = make_cert()
+def throughput_rows(upstream, cert, peak):
+    """Small GETs over HTTP/1.1 (1 and 2 workers; the latency runs' rate is half nginx's peak here) and,
+    with 1 worker, HTTP/2 and 1 MiB bodies both ways: every proxy, one after another."""
     kinds = ["direct", "strangler", "nginx", "haproxy"]
-    peak = {}
-
     for workers in (1, 2):
         # With 2 workers, strangler's work-stealing scheduler too (per-core is the default).
         for kind in kinds + (["strangler-ws"] if workers == 2 else []):
@@ -472,10 +589,10 @@ def main():
             r = measure(pids, lambda s: wrk(port, "/small", s, name=f"small-h1-{kind}-w{workers}"))
             row("small GET, HTTP/1.1", kind, workers, r, pids)
             peak[(kind, workers)] = r["rps"]
-            r = measure(pids, lambda s: h2load(port_of(kind, "h2"), "/small", seconds=s,
-                                                name=f"small-h2-{kind}-w{workers}"))
-            row("small GET, HTTP/2 (h2c)", kind, workers, r, pids)
             if workers == 1:
+                r = measure(pids, lambda s: h2load(port_of(kind, "h2"), "/small", seconds=s,
+                                                    name=f"small-h2-{kind}-w{workers}"))
+                row("small GET, HTTP/2 (h2c)", kind, workers, r, pids)
                 r = measure(pids, lambda s: wrk(port, "/1m", s, conns=8, name=f"download-{kind}"))
                 row("1 MiB download", kind, workers, r, pids)
                 script = upload_script()
@@ -484,15 +601,13 @@ def main():
             if kind != "direct":
                 stop(p)
 
-    for workers in (1, 2):
-        log(f"small GET in turns, {workers} worker(s)")
-        in_turns(workers)
 
-    # Latency at a fixed offered rate: half of nginx's peak (same worker count).
+def latency_rows(upstream, peak):
+    """p50/p99 at a fixed offered rate: half of nginx's peak with the same worker count."""
     for workers in (1, 2):
-        rate = max(1000, int(peak.get(("nginx", workers), 10000) / 2))
+        rate = max(1000, int(peak.get(("nginx", workers)) or 10000) // 2)
         per_client = max(1, rate // CONNS)
-        for kind in kinds:
+        for kind in ["direct", "strangler", "nginx"]:
             p = upstream if kind == "direct" else start_proxy(kind, workers)
             pids = pids_of(p)
             h2load(port_of(kind, "h1"), "/small", seconds=WARM_S, h1=True, streams=1, rps=per_client,
@@ -506,20 +621,18 @@ def main():
                 p50s.append(p50)
                 p99s.append(p99)
             row(f"latency @ {rate} req/s (HTTP/1.1)", kind, workers, {"rps": rate, "errors": r["errors"]}, pids,
-                p50_ms=statistics.median(p50s), p99_ms=statistics.median(p99s), offered_rps=rate)
+                p50_ms=median_or_none(p50s), p99_ms=median_or_none(p99s), offered_rps=rate)
             if kind != "direct":
                 stop(p)
 
-    # TLS termination (HTTP/1.1 keep-alive over TLS 1.3), 1 worker.
-    for kind in ["strangler", "nginx", "haproxy"]:
-        p = start_proxy(kind, 1, cert=cert)
-        wait_port(P_TLS)
-        pids = pids_of(p)
-        r = measure(pids, lambda s: wrk(P_TLS, "/small", s, scheme="https", name=f"tls-{kind}"))
-        row("small GET, TLS (HTTP/1.1)", kind, 1, r, pids)
-        stop(p)
 
-    # 10,000 routes vs 10 routes (strangler only; nginx has no equivalent prefix table here).
+def median_or_none(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def route_rows():
+    """10,000 routes vs 10 routes (strangler only; nginx has no equivalent prefix table here)."""
     for routes in (10, 10000):
         p = start_proxy("strangler", 1, routes=routes)
         pids = pids_of(p)
@@ -528,7 +641,9 @@ def main():
         row(f"small GET, {routes} routes", "strangler", 1, r, pids)
         stop(p)
 
-    # Shadowing: a slow shadow (2 s) vs no shadow, primary latency at a fixed rate.
+
+def shadow_rows():
+    """A slow shadow (2 s) vs no shadow: the primary's latency at a fixed rate."""
     for shadow in (False, True):
         p = start_proxy("strangler", 1, shadow=shadow)
         pids = pids_of(p)
@@ -548,180 +663,109 @@ def main():
             m = sh(f"curl -s http://127.0.0.1:{P_ADMIN}/metrics").stdout
             shadow_metrics = " ".join(l for l in m.splitlines() if l.startswith("strangler_shadow") and "dropped" in l)
         row(f"shadow {'on (2 s shadow)' if shadow else 'off'} @ {rate} req/s", "strangler", 1,
-            {"rps": rate, "errors": r["errors"]}, pids, p50_ms=statistics.median(p50s),
-            p99_ms=statistics.median(p99s), offered_rps=rate, shadow_metrics=shadow_metrics)
-        stop(p)
-
-    # Idle memory and 10,000 idle keep-alive connections.
-    for kind in ["strangler", "nginx", "haproxy"]:
-        p = start_proxy(kind, 1)
-        pids = pids_of(p)
-        wrk(P_H1, "/small", 1, name=f"idle-warm-{kind}")
-        time.sleep(0.5)
-        idle_rss = status_kib(pids, "VmRSS:")
-        client, answered = idle_connections(P_H1, 10000)
-        time.sleep(1)
-        loaded_rss = status_kib(pids, "VmRSS:")
-        fds = sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids if os.path.exists(f"/proc/{pid}/fd"))
-        stop(client)
-        row("idle memory", kind, 1, {"rps": None, "errors": 10000 - answered}, pids, idle_rss_kib=idle_rss,
-            rss_10k_kib=loaded_rss, answered=answered, fds=fds)
+            {"rps": rate, "errors": r["errors"]}, pids, p50_ms=median_or_none(p50s),
+            p99_ms=median_or_none(p99s), offered_rps=rate, shadow_metrics=shadow_metrics)
         stop(p)
 
 
-def fmt(v, digits=0, unit=""):
-    if v is None:
-        return "–"
-    return f"{v:,.{digits}f}{unit}"
+def idle_rows():
+    """Idle memory, then IDLE_N idle keep-alive connections (one request each), 1 and 2 workers."""
+    for workers, kinds in ((1, ["strangler", "nginx", "haproxy"]), (2, ["strangler", "nginx"])):
+        for kind in kinds:
+            p = start_proxy(kind, workers)
+            pids = pids_of(p)
+            wrk(P_H1, "/small", 1, name=f"idle-warm-{kind}-w{workers}")
+            time.sleep(0.5)  # settle after the warm-up; RSS is read once, not polled for a condition
+            idle_rss = status_kib(pids, "VmRSS:")
+            client, answered = idle_connections(P_H1, IDLE_N)
+            time.sleep(1)
+            loaded_rss = status_kib(pids, "VmRSS:")
+            fds = sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids if os.path.exists(f"/proc/{pid}/fd"))
+            stop(client)
+            row("idle memory", kind, workers, {"rps": None, "errors": IDLE_N - answered}, pids,
+                idle_rss_kib=idle_rss, rss_idle_conns_kib=loaded_rss, idle_conns=IDLE_N, answered=answered,
+                fds=fds)
+            stop(p)
 
 
-def report():
-    rows = SUMMARY["rows"]
+def main():
+    upstream = start([UPSTREAM, f"127.0.0.1:{UP_PORT}", "2"], "upstream", UP_PORT)
+    start([UPSTREAM, f"127.0.0.1:{SLOW_PORT}", "1", "slow"], "upstream-slow", SLOW_PORT)
+    cert = make_cert()
+    peak = {}
+    for workers in (1, 2):
+        with section(f"small GET in turns, access log off/on, {workers} worker(s)"):
+            in_turns(workers)
+    for workers in (1, 2):
+        with section(f"TLS in turns, {workers} worker(s)"):
+            tls_in_turns(workers, cert)
+    with section("throughput, every proxy"):
+        throughput_rows(upstream, cert, peak)
+    with section("latency at half nginx's peak"):
+        latency_rows(upstream, peak)
+    with section("route table size"):
+        route_rows()
+    with section("slow shadow"):
+        shadow_rows()
+    with section("idle connections"):
+        idle_rows()
 
-    def get(scenario, kind, workers=1):
-        for r in rows:
-            if r["scenario"].startswith(scenario) and r["proxy"] == kind and r["workers"] == workers:
-                return r
-        return None
 
-    lines = ["| scenario | proxy | workers | req/s (median of runs) | p50 / p99 ms | proxy CPU µs/req | peak RSS MiB | "
-             "vs nginx | vs direct | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        n = get(r["scenario"].split(" @")[0], "nginx", r["workers"])
-        d = get(r["scenario"].split(" @")[0], "direct", r["workers"])
-        if r["scenario"] == "idle memory":
-            lat = f"idle {r['idle_rss_kib'] / 1024:.1f} MiB; 10k conns {r['rss_10k_kib'] / 1024:.1f} MiB ({r['answered']} answered)"
-            lines.append(f"| idle memory (RSS) | {r['proxy']} | 1 | – | {lat} | – | {r['hwm_kib'] / 1024:.1f} | – | – | {r['errors']} |")
-            continue
-        latency = f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}" if r.get("p99_ms") is not None else "–"
-        if "latency" in r["scenario"] or "shadow" in r["scenario"]:
-            vs_n = f"p99 ×{r['p99_ms'] / n['p99_ms']:.2f}" if n and n.get("p99_ms") and r.get("p99_ms") else "–"
-            vs_d = f"p99 ×{r['p99_ms'] / d['p99_ms']:.2f}" if d and d.get("p99_ms") and r.get("p99_ms") else "–"
-            rps = f"{r['offered_rps']:,} offered"
-        else:
-            vs_n = f"×{r['rps'] / n['rps']:.2f}" if n and n["rps"] and r["rps"] else "–"
-            vs_d = f"×{r['rps'] / d['rps']:.2f}" if d and d["rps"] and r["rps"] else "–"
-            runs = "/".join(str(x) for x in r.get("runs_rps") or [])
-            rps = f"{fmt(r['rps'])} ({runs})"
-        lines.append(f"| {r['scenario']} | {r['proxy']} | {r['workers']} | {rps} | {latency} | "
-                     f"{fmt(r['cpu_us_per_req'], 1)} | {r['hwm_kib'] / 1024:.1f} | {vs_n} | {vs_d} | {r['errors']} |")
+def cpu_model():
+    """The CPU as the VM shows it: model name, family/model/stepping and cache sizes (lscpu)."""
+    info = {}
+    for line in sh("lscpu").stdout.splitlines():
+        key, _, value = line.partition(":")
+        info[key.strip()] = value.strip()
+    name = info.get("Model name") or next(
+        (l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    parts = [f"family {info.get('CPU family', '?')} model {info.get('Model', '?')} stepping {info.get('Stepping', '?')}"]
+    caches = [f"{k.split()[0]} {info[k]}" for k in ("L1d cache", "L1i cache", "L2 cache", "L3 cache") if k in info]
+    return f"{name} ({'; '.join(parts + caches)})"
 
-    # Targets
-    targets = []
 
-    def target(name, ok, detail):
-        targets.append((name, "PASS" if ok else ("FAIL" if ok is not None else "n/a"), detail))
-
-    for w in (1, 2):
-        # The in-turns rows when the run has them (older runs do not).
-        headline = "small GET in turns" if get("small GET in turns", "strangler", w) else "small GET, HTTP/1.1"
-        s, n = get(headline, "strangler", w), get(headline, "nginx", w)
-        if s and n and s["cpu_us_per_req"] and n["cpu_us_per_req"]:
-            target(f"CPU per small GET <= 0.8 x nginx ({w} worker)", s["cpu_us_per_req"] <= 0.8 * n["cpu_us_per_req"],
-                   f"{s['cpu_us_per_req']:.1f} vs {n['cpu_us_per_req']:.1f} µs/req (×{s['cpu_us_per_req'] / n['cpu_us_per_req']:.2f})")
-            target(f"throughput >= nginx ({w} worker)", s["rps"] >= n["rps"],
-                   f"{s['rps']:,.0f} vs {n['rps']:,.0f} req/s (×{s['rps'] / n['rps']:.2f})")
-        s, n = get("latency", "strangler", w), get("latency", "nginx", w)
-        if s and n:
-            target(f"p99 at half nginx's peak <= nginx's ({w} worker)", s["p99_ms"] <= n["p99_ms"],
-                   f"{s['p99_ms']:.2f} vs {n['p99_ms']:.2f} ms at {s['offered_rps']:,} req/s")
-    a, b = get("small GET, 10 routes", "strangler"), get("small GET, 10000 routes", "strangler")
-    if a and b and a["cpu_us_per_req"] and b["cpu_us_per_req"]:
-        # Judged on CPU per request: throughput on a shared 2-core machine moves with the neighbours.
-        target("10,000-route table within 10% of 10 routes (CPU/request)",
-               b["cpu_us_per_req"] <= 1.1 * a["cpu_us_per_req"],
-               f"{b['rps']:,.0f} vs {a['rps']:,.0f} req/s (×{b['rps'] / a['rps']:.2f}); CPU {fmt(b['cpu_us_per_req'], 1)} vs {fmt(a['cpu_us_per_req'], 1)} µs/req")
-    off, on = get("shadow off", "strangler"), get("shadow on", "strangler")
-    if off and on:
-        target("slow shadow: primary p99 within 10% of shadowing off", on["p99_ms"] <= 1.1 * off["p99_ms"],
-               f"{on['p99_ms']:.2f} vs {off['p99_ms']:.2f} ms")
-        target("slow shadow: memory bounded", on["hwm_kib"] <= 4 * max(off["hwm_kib"], 20 * 1024),
-               f"peak RSS {on['hwm_kib'] / 1024:.1f} MiB vs {off['hwm_kib'] / 1024:.1f} MiB without shadow; {on.get('shadow_metrics', '')}")
-    idle = get("idle memory", "strangler")
-    if idle:
-        target("RSS idle <= 20 MiB", idle["idle_rss_kib"] <= 20 * 1024, f"{idle['idle_rss_kib'] / 1024:.1f} MiB")
-        target("RSS with 10,000 idle connections <= 100 MiB", idle["rss_10k_kib"] <= 100 * 1024 and idle["answered"] == 10000,
-               f"{idle['rss_10k_kib'] / 1024:.1f} MiB, {idle['answered']} of 10000 connections answered")
-    tls = get("small GET, TLS", "strangler")
-    target("TLS termination supported", bool(tls and tls["rps"]), "strangler terminates TLS (rustls)" if tls else "")
-    SUMMARY["targets"] = targets
-
-    tl = ["| target | result | numbers |", "|---|---|---|"] + [f"| {t} | **{r}** | {d} |" for t, r, d in targets]
-    # Read when the run ends, and kept: a later `--report` re-render shows the run's load, not its own.
-    load = SUMMARY.setdefault("load", open("/proc/loadavg").read().split()[:3])
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    src = SUMMARY.get("source", {"commit": "unknown", "clean": False, "why": "the run recorded no commit"})
-    kept = src["clean"]
-    commit = src["commit"] if kept else f"{src['commit']}, not a clean commit: {src['why']}"
-    versions = {
-        "strangler": commit,
-        "nginx": sh("nginx -v 2>&1").stdout.strip() or sh("nginx -v").stderr.strip(),
-        "haproxy": sh("haproxy -v").stdout.splitlines()[0],
-        "wrk": sh("wrk -v 2>&1").stdout.splitlines()[0] if sh("wrk -v 2>&1").stdout else "wrk",
-        "h2load": sh("h2load --version").stdout.strip(),
-        "rustc": sh("rustc --version").stdout.strip(),
+def versions():
+    first = lambda cmd: (sh(cmd).stdout.strip().splitlines() or ["?"])[0]
+    return {
+        "nginx": first("nginx -v 2>&1"),
+        "haproxy": first("haproxy -v"),
+        "wrk": first("wrk -v 2>&1"),
+        "h2load": first("h2load --version"),
+        "rustc": first("rustc --version"),
+        "kernel": os.uname().release,
     }
-    md = [
-        "# strangler benchmark results",
-        "",
-        f"Run `{STAMP}` by `make bench` (`scripts/bench.sh` → `python3 bench/run.py`). "
-        + (f"This report and `summary.json` are kept in `bench/results/{STAMP}/`; the raw output (tool output,"
-           f" configs, logs) stays in `bench/raw/{STAMP}/` on the machine that ran it (not in git)."
-           if kept else f"**Not a clean commit**: {src['why']}. Written to `bench/raw/{STAMP}/` only, not kept."),
-        "",
-        f"- machine: {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}, load average at the end {' '.join(load)}",
-        f"- versions: " + "; ".join(f"{k} {v}" for k, v in versions.items()),
-        f"- method: loopback; the upstream is `bench/upstream` (hyper, 2 threads, 64-byte JSON answers); each number is"
-        f" the median of {RUNS} runs of {RUN_S} s after a {WARM_S} s warm-up; wrk -t1 -c{CONNS} (HTTP/1.1 keep-alive),"
-        f" h2load -t1 -c{CONNS} -m10 (h2c prior knowledge), latency with h2load --h1 -c{CONNS} -m1 --rps at a fixed"
-        f" offered rate (half of nginx's measured peak), percentiles from h2load's per-request log. CPU per request ="
-        f" (utime+stime of the proxy's processes, /proc/PID/stat) / requests served. Peak RSS = VmHWM (summed over"
-        f" nginx's master and workers). Same keep-alive to the upstream everywhere (nginx `keepalive 256`, HAProxy"
-        f" `http-reuse always`, strangler's pool), no access logs, proxy buffering off in nginx. The CPU and"
-        f" throughput targets use the \"small GET in turns\" rows: strangler, nginx and HAProxy measured in"
-        f" alternation, {RUNS} rounds, each start with its own warm-up, so that drift in the machine's speed during"
-        f" the run hits every proxy alike.",
-        "",
-        "**Caveat:** the load generator, the upstream and the proxy share the same "
-        f"{os.cpu_count()} cores, so absolute numbers are low and partly measure the load generator; ratios between "
-        "proxies are the meaningful part. "
-        + ("The machine was shared with other engineers' builds during this run (see the load average)."
-           if load[0].replace(".", "", 1).isdigit() and float(load[0]) > 1.0 else ""),
-        "",
-        "## Targets",
-        "",
-        *tl,
-        "",
-        "## All measurements",
-        "",
-        *lines,
-        "",
-    ]
-    extra = os.path.join(ROOT, "bench/NOTES.md")
-    if os.path.exists(extra):
-        md += [open(extra).read()]
-    text = "\n".join(md)
-    # bench/results/ only ever gets a clean commit's run, also when --report re-renders a kept one.
-    dirs = [os.path.join(RAW, STAMP)] + ([os.path.join(KEPT, STAMP)] if kept else [])
-    for d in dict.fromkeys(os.path.realpath(d) for d in dirs):
-        os.makedirs(d, exist_ok=True)
-        open(os.path.join(d, "RESULTS.md"), "w").write(text)
-        json.dump(SUMMARY, open(os.path.join(d, "summary.json"), "w"), indent=1)
-    if kept:
+
+
+def finish(started):
+    """Records what the run measured on, then writes and prints the report."""
+    SUMMARY["elapsed_s"] = round(time.monotonic() - started)
+    SUMMARY["load"] = open("/proc/loadavg").read().split()[:3]
+    SUMMARY["cpu"] = cpu_model()
+    SUMMARY["cpus"] = os.cpu_count()
+    SUMMARY["versions"] = versions()
+    write_report(OUT, STAMP)
+
+
+def write_report(out, stamp):
+    """RESULTS.md and summary.json into the run's raw directory; bench/RESULTS.md too unless quick."""
+    text, console = verdict.render(SUMMARY, stamp, notes=os.path.join(ROOT, "bench/NOTES.md"))
+    os.makedirs(out, exist_ok=True)
+    open(os.path.join(out, "RESULTS.md"), "w").write(text)
+    json.dump(SUMMARY, open(os.path.join(out, "summary.json"), "w"), indent=1)
+    written = [os.path.relpath(os.path.join(out, "RESULTS.md"), ROOT)]
+    if not SUMMARY["method"]["quick"]:
         open(os.path.join(ROOT, "bench/RESULTS.md"), "w").write(text)
-    log(f"wrote {' and '.join(dict.fromkeys(os.path.relpath(d, ROOT) for d in dirs))}"
-        + (" and bench/RESULTS.md" if kept else f"; not kept: {src['why']}"))
-    print("\n".join(["## Targets", ""] + tl + ["", "## All measurements", ""] + lines))
+        written.append("bench/RESULTS.md")
+    print(console)
+    log(f"wrote {' and '.join(written)}" + ("" if written[1:] else " (a quick run: bench/RESULTS.md untouched)"))
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--report":
-    # Re-render RESULTS.md from a finished run's summary.json (bench/raw/<timestamp> or
-    # bench/results/<timestamp>) into bench/raw/<timestamp>/, and kept again only if the run
-    # was of a clean commit.
-    OUT = os.path.abspath(sys.argv[2])
-    STAMP = os.path.basename(OUT)
-    SUMMARY.update(json.load(open(os.path.join(OUT, "summary.json"))))
-    report()
+    # Re-renders a finished run (bench/raw/<timestamp>) from its summary.json.
+    out = os.path.abspath(sys.argv[2])
+    SUMMARY.clear()
+    SUMMARY.update(json.load(open(os.path.join(out, "summary.json"))))
+    write_report(out, os.path.basename(out))
     sys.exit(0)
 
 if __name__ == "__main__":
@@ -729,7 +773,8 @@ if __name__ == "__main__":
     STRANGLER, UPSTREAM = binaries()
     SUMMARY["source"] = before = source()
     if not before["clean"]:
-        log(f"not a clean commit ({before['why']}): the results go to {os.path.relpath(OUT, ROOT)} only")
+        log(f"*** {verdict.dirty_banner(before)} ***")
+    begun = time.monotonic()
     try:
         main()
     finally:
@@ -741,4 +786,4 @@ if __name__ == "__main__":
         if before["clean"] and source() != before:
             SUMMARY["source"] = {"commit": before["commit"], "clean": False,
                                  "why": "the working tree changed during the run"}
-        report()
+        finish(begun)

@@ -33,6 +33,7 @@ pub mod body;
 pub mod pool;
 pub mod target;
 
+use crate::wire::request::Added;
 use body::{BoxError, HyperBody, ProxyBody, ResponseBody};
 use pool::{PoolId, PoolRef};
 use target::Target;
@@ -76,13 +77,32 @@ impl Connector {
         target: &Target,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<ResponseBody>, SendError> {
+        self.send_request(target, &mut request, None).await
+    }
+
+    /// [`Connector::send`] with the request left where the caller keeps it
+    /// (it takes the body, and a request with one whole): the proxy's request
+    /// path moves its futures at every `await`, and this one then holds a
+    /// pointer, not the request's 320 bytes, twice. `added`: the headers the
+    /// proxy adds, written into the head by the inline exchange, inserted
+    /// into the map for hyper.
+    pub async fn send_request(
+        &self,
+        target: &Target,
+        request: &mut Request<ProxyBody>,
+        added: Option<&Added<'_>>,
+    ) -> Result<Response<ResponseBody>, SendError> {
         if !request.headers().contains_key(http::header::HOST) {
             if let Ok(host) = http::HeaderValue::from_str(target.authority.as_str()) {
                 request.headers_mut().insert(http::header::HOST, host);
             }
         }
         if request.body().is_end_stream() && !request.headers().contains_key(http::header::UPGRADE) {
-            return self.send_inline(target, request).await;
+            return self.send_inline(target, request, added).await;
+        }
+        let mut request = std::mem::replace(request, Request::new(ProxyBody::empty()));
+        if let Some(added) = added {
+            added.insert_into(request.headers_mut());
         }
         // Boxed: rarer, and its future is large.
         Box::pin(self.send_with_hyper(target, request)).await
@@ -94,11 +114,12 @@ impl Connector {
     async fn send_inline(
         &self,
         target: &Target,
-        request: Request<ProxyBody>,
+        request: &Request<ProxyBody>,
+        added: Option<&Added<'_>>,
     ) -> Result<Response<ResponseBody>, SendError> {
         let resendable = request.method().is_idempotent();
         while let Some(conn) = h1::POOL.checkout(target.pool) {
-            match conn.exchange(&request, target.pool).await {
+            match conn.exchange(request, added, target.pool).await {
                 Ok(response) => return Ok(response.map(ResponseBody::Inline)),
                 Err(h1::Error::ClosedBeforeAnswer) if resendable => continue,
                 Err(e) => return Err(e.into()),
@@ -107,7 +128,7 @@ impl Connector {
         // Boxed: the connect path (DNS, TCP, TLS) is rare and its future is
         // large; inline, every client connection would carry its size.
         let conn = h1::Conn::new(Box::pin(self.connect(target)).await?);
-        let response = conn.exchange(&request, target.pool).await?;
+        let response = conn.exchange(request, added, target.pool).await?;
         Ok(response.map(ResponseBody::Inline))
     }
 

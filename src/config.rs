@@ -38,9 +38,103 @@ pub struct RawConfig {
     /// (see [`crate::forwarded`]); empty, the client is the TCP peer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+    /// `off`, or where and how the access log is written (absent: JSON
+    /// lines on stderr, every request; see [`crate::access_log`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<RawAccessLog>,
     /// Where routes' rollout progress is kept and how often it is evaluated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autopilot: Option<RawAutopilot>,
+}
+
+/// `access_log:` as written: `off`, or its settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum RawAccessLog {
+    /// `access_log: off` (or `false`): no access log.
+    Off(AccessLogOff),
+    On(RawAccessLogSettings),
+}
+
+/// The word `off`, as `/config` shows it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessLogOff;
+
+impl Serialize for AccessLogOff {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("off")
+    }
+}
+
+/// Where the access log goes, which share of requests it keeps, and how it
+/// batches its writes (nginx's `access_log path buffer= flush=`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLogSettings {
+    /// A file (appended to, created if missing) or `-` for stderr.
+    #[serde(default = "default_access_log_path")]
+    pub path: String,
+    /// Fraction of requests logged, 0.0 to 1.0.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+    /// Each worker's buffer: written out when it holds this much.
+    #[serde(default = "default_access_log_buffer")]
+    pub buffer: ByteSize,
+    /// A line waits at most this long in a buffer before it is written.
+    #[serde(default = "default_access_log_flush", with = "humantime_serde")]
+    pub flush: Duration,
+}
+
+impl Default for RawAccessLogSettings {
+    fn default() -> Self {
+        RawAccessLogSettings {
+            path: default_access_log_path(),
+            sample: default_sample(),
+            buffer: default_access_log_buffer(),
+            flush: default_access_log_flush(),
+        }
+    }
+}
+
+fn default_access_log_path() -> String {
+    "-".into()
+}
+fn default_access_log_buffer() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn default_access_log_flush() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl<'de> Deserialize<'de> for RawAccessLog {
+    /// A visitor rather than `untagged`, so that a wrong key or value inside
+    /// the settings keeps serde_yaml's line and column.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawAccessLog;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`off` or a map of access_log settings (path, sample, buffer, flush)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawAccessLog, E> {
+                match v {
+                    "off" => Ok(RawAccessLog::Off(AccessLogOff)),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawAccessLog, E> {
+                match v {
+                    false => Ok(RawAccessLog::Off(AccessLogOff)),
+                    true => Ok(RawAccessLog::On(RawAccessLogSettings::default())),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawAccessLog, A::Error> {
+                RawAccessLogSettings::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawAccessLog::On)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// The autopilot's settings (see [`crate::rollout`]).
@@ -586,6 +680,28 @@ mod tests {
         let text = "listen: x\nupstreams:\n  a:\n    targets: [\"http://h:1\"]\n    timeout: 5 parsecs\nroutes: []\n";
         let err = Source { file: "r.yaml", text }.parse().unwrap_err();
         assert_eq!(err.line, Some(5), "{err}");
+    }
+
+    #[test]
+    fn access_log_is_off_or_settings_and_a_bad_key_in_it_has_a_location() {
+        let top = "listen: x\nupstreams: {}\nroutes: []\n";
+        let parse = |tail: &str| Source { file: "r.yaml", text: &format!("{top}{tail}") }.parse();
+        assert_eq!(parse("access_log: off\n").unwrap().access_log, Some(RawAccessLog::Off(AccessLogOff)));
+        assert_eq!(parse("").unwrap().access_log, None);
+        let on = parse("access_log: {path: /var/log/a.log, sample: 0.5, buffer: 8KiB, flush: 250ms}\n").unwrap();
+        let expected = RawAccessLogSettings {
+            path: "/var/log/a.log".into(),
+            sample: 0.5,
+            buffer: ByteSize(8192),
+            flush: Duration::from_millis(250),
+        };
+        assert_eq!(on.access_log, Some(RawAccessLog::On(expected)));
+        let err = parse("access_log:\n  path: \"-\"\n  sampel: 0.1\n").unwrap_err();
+        assert_eq!(err.line, Some(6), "{err}");
+        assert!(err.message.contains("sampel"), "{err}");
+        let err = parse("access_log: loud\n").unwrap_err();
+        assert_eq!(err.line, Some(4), "{err}");
+        assert!(err.message.contains("`off` or a map"), "{err}");
     }
 
     #[test]

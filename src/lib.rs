@@ -20,7 +20,8 @@
 //!    [`forwarded`] names the client behind `trusted_proxies`),
 //!    `proxy/prepare.rs` ([`headers`], body buffering, the mirror's start),
 //!    `proxy/send.rs` (retries, fallback; [`split`] chose the primary),
-//!    `proxy/finish.rs` (answer edits, [`metrics`], access log); failures
+//!    `proxy/finish.rs` (answer edits, [`metrics`], the [`access_log`] line
+//!    written at the answer's end); failures
 //!    become [`error`]s answered as JSON.
 //! 4. [`upstream`]: upstream groups — target choice, outlier ejection,
 //!    retry budget, concurrency cap — over [`client`]: connections to
@@ -51,15 +52,17 @@
 //! `autopilot/lead.rs` lets one replica decide at a time), has the reload
 //! task rebuild the table, and shows it all (`autopilot/status.rs`).
 //!
-//! Beside both: [`tls`] (termination, SNI, live certificate rotation, https
-//! upstreams), [`admin`] (`/healthz`, `/readyz`, `/metrics`, `/config`,
-//! `/explain`, `/shadow`, `POST /preview`), [`explain`] (why a request takes
-//! its route) and [`preview`] (what an edit would move: `preview/sample.rs`
-//! keeps a bounded sample of recent traffic, taken once a request's route is
-//! known (`proxy/mod.rs`); `preview/compare.rs` routes it through the table
-//! in force and a proposed one; `preview/lint.rs` finds routes no request
-//! can reach, for `strangler check`). Admin endpoints that act or read
-//! traffic back ask for loopback or the admin token (`admin/auth.rs`).
+//! Beside both: [`access_log`] (JSON lines in per-worker buffers, written by
+//! a thread of their own), [`tls`] (termination, SNI, live certificate
+//! rotation, https upstreams), [`admin`] (`/healthz`, `/readyz`, `/metrics`,
+//! `/config`, `/explain`, `/shadow`, `POST /preview`), [`explain`] (why a
+//! request takes its route) and [`preview`] (what an edit would move:
+//! `preview/sample.rs` keeps a bounded sample of recent traffic, taken once
+//! a request's route is known (`proxy/mod.rs`); `preview/compare.rs` routes
+//! it through the table in force and a proposed one; `preview/lint.rs` finds
+//! routes no request can reach, for `strangler check`). Admin endpoints that
+//! act or read traffic back ask for loopback or the admin token
+//! (`admin/auth.rs`).
 //!
 //! `main.rs` is a thin CLI over [`server::run`], which takes already-bound
 //! listeners and a shutdown future so tests can run the real server on
@@ -70,6 +73,7 @@
 //! does not use. Imports between these modules run one way only
 //! (`tests/architecture.rs` checks it).
 
+pub mod access_log;
 pub mod admin;
 pub mod autopilot;
 pub mod client;

@@ -462,12 +462,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Scheduler::WorkStealing if threads == 1 => (tokio::runtime::Builder::new_current_thread(), 1),
         Scheduler::WorkStealing => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(threads);
+            // A thread's access-log lines are handed over as it goes idle: no
+            // timer of ours runs on a given thread of this runtime.
+            builder.worker_threads(threads).on_thread_park(strangler::access_log::flush_this_thread);
             (builder, 1)
         }
     };
     let runtime = runtime.enable_all().build().context("cannot start the runtime")?;
-    runtime.block_on(async move {
+    let shared = runtime.block_on(async move {
         let shared = Shared::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
         shared.preview.set_every(args.preview_sample_every);
         restore_rollouts(&shared, &args.config).await;
@@ -505,8 +507,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server::run(proxy_listener, admin_listener, shared.clone(), options, shutdown_signal()).await;
         shared.shadow.flush_store(Duration::from_secs(5));
         tracing::info!("stopped");
-        Ok(())
-    })
+        Ok::<_, anyhow::Error>(shared)
+    })?;
+    // Requests the drain timeout cut off are dropped with the runtime, and
+    // logged then (as 499s): their lines too are written before exiting.
+    drop(runtime);
+    strangler::access_log::flush_this_thread();
+    if let Some(log) = &shared.table.load().access_log {
+        log.sink().flushed_blocking(server::ACCESS_LOG_FLUSH_WAIT);
+    }
+    Ok(())
 }
 
 /// Before listening: the rollouts' stored progress, so a restarted instance

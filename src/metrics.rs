@@ -35,6 +35,9 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     misdirected: IntCounterVec,
     target_healthy: IntGaugeVec,
+    /// `strangler_access_log_dropped_total{reason}`: access-log lines lost
+    /// (`queue_full`: the writer fell behind; `write_failed`).
+    pub access_log_dropped: IntCounterVec,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -119,6 +122,15 @@ impl Metrics {
             registry.register(Box::new(c.clone())).unwrap();
         }
         registry.register(Box::new(target_healthy.clone())).unwrap();
+        let access_log_dropped = counter_vec(
+            "strangler_access_log_dropped_total",
+            "Access-log lines lost: the writer fell behind (queue_full) or a write failed (write_failed).",
+            &["reason"],
+        );
+        for reason in ["queue_full", "write_failed"] {
+            access_log_dropped.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(access_log_dropped.clone())).unwrap();
         registry.register(Box::new(requests.clone())).unwrap();
         registry.register(Box::new(duration.clone())).unwrap();
         registry.register(Box::new(upstream_errors.clone())).unwrap();
@@ -143,6 +155,7 @@ impl Metrics {
             rate_limited,
             misdirected,
             target_healthy,
+            access_log_dropped,
         })
     }
 

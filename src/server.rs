@@ -90,8 +90,8 @@ impl Default for ServeOptions {
 }
 
 /// Serves the proxy and admin listeners until `shutdown` resolves, then turns
-/// readiness false, stops accepting, and waits for in-flight requests (up to
-/// the drain timeout).
+/// readiness false, stops accepting, waits for in-flight requests (up to
+/// the drain timeout), and writes out the access log's buffered lines.
 ///
 /// With `workers > 1`, each extra worker is a thread with its own
 /// single-threaded runtime and its own accept loop on the same port (a
@@ -146,4 +146,19 @@ pub async fn run(
     }
     let _ = admin_stop.send(());
     let _ = admin.await;
+    flush_access_log(&shared).await;
 }
+
+/// Once every worker has drained and handed its access-log lines over:
+/// waits (a while) until they are written.
+async fn flush_access_log(shared: &Shared) {
+    crate::access_log::flush_this_thread();
+    if let Some(log) = &shared.table.load().access_log {
+        if !log.sink().flushed(ACCESS_LOG_FLUSH_WAIT).await {
+            tracing::warn!("access log: the last lines were not written in time");
+        }
+    }
+}
+
+/// How long a stopping server waits for its last access-log lines to be written.
+pub const ACCESS_LOG_FLUSH_WAIT: Duration = Duration::from_secs(5);

@@ -26,6 +26,7 @@ use http::header::HeaderName;
 use http::Method;
 use prometheus::{IntCounter, IntCounterVec};
 
+use crate::access_log::AccessLog;
 use crate::config::{ConfigError, RawConfig};
 use crate::forwarded::TrustedProxies;
 use crate::metrics::RouteStats;
@@ -59,6 +60,8 @@ pub struct Table {
     /// Connectors, pools, target states and rate limiters, for the next
     /// version to reuse and for [`retire`] to release.
     pub resources: Resources,
+    /// Where access-log lines go and which requests get one; `None`: `off`.
+    pub access_log: Option<AccessLog>,
 }
 
 /// What a matched request does.

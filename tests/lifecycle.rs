@@ -1,5 +1,5 @@
 //! The binary's lifecycle: SIGTERM drains, SIGHUP reloads, address changes
-//! need a restart, access logs in JSON.
+//! need a restart (access logs: `access_log.rs`).
 
 use std::time::Duration;
 
@@ -65,26 +65,6 @@ async fn sighup_reloads_and_address_changes_need_a_restart() {
     assert!(proxy.log_text().contains("take effect only after a restart"));
     let config = get(proxy.admin, "/config").await.json();
     assert_eq!(config["hash"], content_hash(&changed), "the admin listener keeps serving on its old address");
-}
-
-#[tokio::test]
-async fn access_log_lines_are_structured_json() {
-    let up = TestUpstream::start("up", Behaviour::Echo).await;
-    let dir = ConfigDir::new(&config(&[("up", &up.url())], "  - {name: web, prefix: /, upstream: up}\n"));
-    let proxy = BinaryProxy::start(&dir.path(), &["--log-format", "json", "--threads", "1"]).await;
-    let r = get(proxy.addr, "/logged?q=1").await;
-    let id = r.header("x-request-id").unwrap().to_string();
-    proxy.wait_for_log(&id).await;
-    let text = proxy.log_text();
-    let line = text.lines().find(|l| l.contains(&id)).unwrap();
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    assert_eq!(v["method"], "GET");
-    assert_eq!(v["path"], "/logged");
-    assert_eq!(v["route"], "web");
-    assert_eq!(v["upstream"], "up");
-    assert_eq!(v["status"], 200);
-    assert!(v["duration_ms"].as_f64().is_some());
-    assert!(v["bytes"].as_u64().is_some());
 }
 
 #[tokio::test]

@@ -41,8 +41,9 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 async fn large_bodies_stream_both_ways_with_flat_memory() {
     const SIZE: u64 = 256 * 1024 * 1024;
     let up = TestUpstream::start("up", Behaviour::Download(SIZE)).await;
-    let dir = ConfigDir::new(&config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n"));
-    let proxy = BinaryProxy::start(&dir.path(), &["--log-level", "info,strangler::access=off"]).await;
+    let text = config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n");
+    let dir = ConfigDir::new(&format!("access_log: off\n{text}"));
+    let proxy = BinaryProxy::start(&dir.path(), &[]).await;
     let client = http1();
 
     // Download: count bytes as they arrive.

@@ -393,12 +393,12 @@ async fn many_requests_leave_rss_and_file_descriptors_near_their_baseline() {
     let total: u64 = if long() { 1_000_000 } else { 20_000 };
     let up = TestUpstream::start("up", Behaviour::Echo).await;
     let down = TestUpstream::start("down", Behaviour::Download(16 * 1024)).await;
-    let dir = ConfigDir::new(&config(
+    let text = config(
         &[("up", &up.url()), ("down", &down.url())],
         "  - {name: down, prefix: /down, upstream: down}\n  - {name: all, prefix: /, upstream: up}\n",
-    ));
-    let proxy =
-        BinaryProxy::start(&dir.path(), &["--threads", "2", "--log-level", "info,strangler::access=warn"]).await;
+    );
+    let dir = ConfigDir::new(&format!("access_log: off\n{text}"));
+    let proxy = BinaryProxy::start(&dir.path(), &["--threads", "2"]).await;
     let pid = proxy.child.id().unwrap();
     let workers = 16;
     assert_eq!(drive(proxy.addr, 1_000, workers).await, 0);

@@ -118,15 +118,17 @@ impl Conn {
         Pin::new(&mut self.io).poll_read(&mut cx, &mut buf).is_pending()
     }
 
-    /// Sends a bodiless request and reads the head of its answer; the
+    /// Sends a bodiless request, with the headers the proxy adds
+    /// (`added`), and reads the head of its answer; the
     /// answer's body reads on from this connection, and gives it back to
     /// `pool` when it ends cleanly.
     pub async fn exchange(
         mut self: Box<Self>,
         request: &http::Request<crate::client::body::ProxyBody>,
+        added: Option<&request::Added<'_>>,
         pool: PoolRef,
     ) -> Result<Response<Body>, Error> {
-        request::encode_head(&mut self.write_buf, request);
+        request::encode_head(&mut self.write_buf, request, added);
         self.io.write_all(&self.write_buf).await.map_err(|e| closed_or_io(e, false))?;
         self.io.flush().await.map_err(|e| closed_or_io(e, false))?;
         let head = self.read_head().await?;
@@ -344,7 +346,7 @@ mod exchange_tests {
         let mut request = http::Request::new(crate::client::body::ProxyBody::empty());
         request.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("t"));
         let pool = PoolRef::new(crate::client::pool::PoolId::fresh(), std::time::Duration::from_secs(1));
-        let response = conn.exchange(&request, pool).await?;
+        let response = conn.exchange(&request, None, pool).await?;
         let mut body = std::pin::pin!(response.into_body());
         let mut out = Vec::new();
         while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().get_mut().poll_frame(cx)).await {
@@ -381,7 +383,7 @@ mod exchange_tests {
         let conn = Conn::new(Io::Tcp(TcpStream::connect(addr).await.unwrap()));
         let mut request = http::Request::new(crate::client::body::ProxyBody::empty());
         request.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("t"));
-        let mut body = conn.exchange(&request, pool).await.unwrap().into_body();
+        let mut body = conn.exchange(&request, None, pool).await.unwrap().into_body();
         while let Some(frame) = std::future::poll_fn(|cx| body.poll_frame(cx)).await {
             frame.unwrap();
         }

@@ -76,7 +76,7 @@ mod tests {
         for _ in 0..100 {
             let mut ip = ClientIp::new(&client, &trusted);
             assert!(admit(route(&table, "all"), &forwarded_for("203.0.113.1"), &mut ip).is_ok());
-            assert_eq!(ip.known(), None, "no header was read");
+            assert_eq!(ip.resolved, None, "no header was read");
         }
     }
 }

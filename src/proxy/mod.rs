@@ -13,7 +13,8 @@
 //!    budget, a concurrency slot each), then the fallback.
 //! 5. `finish.rs`, `finish()`: the upstream's answer made the client's
 //!    (headers, version, upgrade tunnel, the mirror's copy); then
-//!    `record()` counts the request and writes the access log.
+//!    `Exchange::record()` counts the request, and the [`Exchange`] the
+//!    server keeps until the answer's end writes the access-log line.
 //!
 //! Every stage edits the request or answer in place and streams bodies;
 //! errors are [`ProxyError`]s, answered as JSON by [`handle`]. Mirroring
@@ -27,7 +28,7 @@ mod send;
 #[cfg(test)]
 mod testing;
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,11 +44,12 @@ use crate::table::{Route, RouteUpstream, Table};
 use crate::Shared;
 
 use admit::admit;
-use finish::finish;
+use finish::{finish, AccessFields};
 use prepare::{prepare, start_mirror, RequestBody};
 use route::route;
 use send::send;
 
+pub use finish::Exchange;
 // The pure steps of routing, shared with `explain` so that it answers
 // what the proxy does.
 pub use prepare::upstream_path_and_query;
@@ -100,11 +102,6 @@ impl<'a> ClientIp<'a> {
         let (trusted, peer) = (self.trusted, self.downstream.remote.ip());
         *self.resolved.get_or_insert_with(|| trusted.client_ip(peer, headers))
     }
-
-    /// The address if something asked for it.
-    fn known(&self) -> Option<IpAddr> {
-        self.resolved
-    }
 }
 
 /// Counts a request as in flight until dropped.
@@ -116,42 +113,53 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Serves one downstream request. Never fails: every error becomes a JSON answer.
-pub async fn handle(
+/// Serves one downstream request. Never fails: every error becomes a JSON
+/// answer. Returns the answer and its [`Exchange`], which the server keeps
+/// until the answer's body has gone out (it counts the bytes and writes
+/// the access-log line when dropped).
+///
+/// A plain function around an `async move` block rather than an `async fn`,
+/// as are the stages' below: an `async fn` keeps its own copy of each
+/// argument beside the caller's for its whole life (the request's 320 bytes
+/// twice), and every future is copied whole at each `await` on the way down.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn handle(
     shared: Arc<Shared>,
     downstream: Arc<Downstream>,
     mut req: Request<ProxyBody>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let start = Instant::now();
-    shared.metrics.in_flight.inc();
-    let _in_flight = InFlight(&shared.metrics.in_flight);
-    // Hop-by-hop headers go before anything is read or added.
-    let upgrade = headers::is_upgrade_request(req.headers());
-    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
-    let request_id = headers::request_id(req.headers());
-    let table = shared.table.load_full();
-    let mut client = ClientIp::new(&downstream, &table.trusted_proxies);
-    if finish::access_logged() {
-        client.get(req.headers());
+) -> impl Future<Output = (Response<ProxyBody>, Exchange)> {
+    async move {
+        let start = Instant::now();
+        shared.metrics.in_flight.inc();
+        let _in_flight = InFlight(&shared.metrics.in_flight);
+        // Hop-by-hop headers go before anything is read or added.
+        let upgrade = headers::is_upgrade_request(req.headers());
+        headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+        let request_id = headers::request_id(req.headers());
+        // Dropped with this future if the client leaves first: then logged as a 499.
+        let mut exchange = Exchange::new(shared.table.load_full(), request_id, req.method().clone(), start);
+        let table = &exchange.table;
+        let mut client = ClientIp::new(&downstream, &table.trusted_proxies);
+        exchange.access = AccessFields::sample(table, &req, &mut client);
+        let forwarded = forward(&shared, table, req, upgrade, &exchange.request_id, &mut client, &mut exchange.outcome);
+        let response = match forwarded.await {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::debug!(request_id = ?exchange.request_id, error = %err, "request failed");
+                err.into_response(Some(&exchange.request_id))
+            }
+        };
+        let response = exchange.record(response);
+        (response, exchange)
     }
-    let method = req.method().clone();
-    let mut outcome = Outcome::default();
-    let response = match forward(&shared, &table, req, upgrade, &request_id, &mut client, &mut outcome).await {
-        Ok(response) => response,
-        Err(err) => {
-            tracing::debug!(request_id = ?request_id, error = %err, "request failed");
-            err.into_response(Some(&request_id))
-        }
-    };
-    Ok(finish::record(response, &table, &method, &outcome, &request_id, client.known(), start))
 }
 
-/// What the access log and metrics need to know about how a request went;
-/// the stages fill it in as they get that far.
-#[derive(Default)]
-struct Outcome<'t> {
-    path: Option<Box<str>>,
-    route: Option<&'t Route>,
+/// How far a request got, as indices into the table it started on, for the
+/// metrics and the access log; the stages fill it in as they get that far.
+#[derive(Default, Clone, Copy)]
+struct Outcome {
+    /// Index into the router's entries of the request's route.
+    route: Option<usize>,
     /// Index into `route.upstreams` of the upstream that answered (or was
     /// last tried); `None` when the request never got that far (a 429, say).
     upstream: Option<usize>,
@@ -160,36 +168,44 @@ struct Outcome<'t> {
     misdirected_from: Option<usize>,
 }
 
-impl<'t> Outcome<'t> {
-    fn used(&self) -> Option<&'t RouteUpstream> {
-        Some(&self.route?.upstreams[self.upstream?])
+impl Outcome {
+    fn route<'t>(&self, table: &'t Table) -> Option<&'t Route> {
+        Some(&table.router.entries()[self.route?].1)
+    }
+
+    fn used<'t>(&self, table: &'t Table) -> Option<&'t RouteUpstream> {
+        Some(&self.route(table)?.upstreams[self.upstream?])
     }
 }
 
 /// One request through the stages, each a function of its own.
-async fn forward<'t>(
-    shared: &Shared,
-    table: &'t Table,
+#[allow(clippy::manual_async_fn)] // no second copy of `req`: see `handle`
+fn forward<'a, 'c: 'a>(
+    shared: &'a Shared,
+    table: &'a Table,
     mut req: Request<ProxyBody>,
     upgrade: bool,
-    request_id: &HeaderValue,
-    client: &mut ClientIp<'_>,
-    outcome: &mut Outcome<'t>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    // A cheap clone (shared bytes): the normalized path may borrow from it
-    // while the request's headers are edited.
-    let uri = req.uri().clone();
-    let routed = route(table, req.method(), &uri, req.headers(), outcome);
-    shared.preview.observe(req.method(), &uri, req.headers(), routed.as_ref().map(|r| (&*r.path, r.route)));
-    let routed = routed?;
-    admit(routed.route, req.headers(), client)?;
-    let plan = prepare(routed, &mut req, client.downstream, upgrade, request_id)?;
-    outcome.upstream = Some(plan.primary);
-    let mirror = start_mirror(&shared.shadow, &plan, &req, request_id, client, upgrade);
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let downstream_version = req.version();
-    let (mut parts, body) = req.into_parts();
-    let (mut body, tap) = RequestBody::keep(&plan, &parts.headers, body, mirror).await?;
-    let response = send(&plan, &mut parts, &mut body, outcome).await?;
-    finish(response, downstream_upgrade, downstream_version, request_id, tap, outcome)
+    request_id: &'a HeaderValue,
+    client: &'a mut ClientIp<'c>,
+    outcome: &'a mut Outcome,
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + use<'a, 'c> {
+    async move {
+        // A cheap clone (shared bytes): the normalized path may borrow from it
+        // while the request's headers are edited.
+        let uri = req.uri().clone();
+        let routed = route(table, req.method(), &uri, req.headers(), outcome);
+        shared.preview.observe(req.method(), &uri, req.headers(), routed.as_ref().map(|r| (&*r.path, r.route)));
+        let routed = routed?;
+        admit(routed.route, req.headers(), client)?;
+        let plan = prepare(routed, &mut req, client.downstream, upgrade, request_id)?;
+        outcome.upstream = Some(plan.primary);
+        let mirror = start_mirror(&shared.shadow, &plan, &req, request_id, client, upgrade);
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let downstream_version = req.version();
+        let (mut parts, body) = req.into_parts();
+        let (mut body, tap) = RequestBody::keep(&plan, &parts.headers, body, mirror).await?;
+        let response = send(&plan, &mut parts, &mut body, outcome).await?;
+        let upstream = outcome.used(table).map(|u| &u.upstream.name);
+        finish(response, downstream_upgrade, downstream_version, request_id, tap, upstream)
+    }
 }

@@ -20,7 +20,8 @@ use crate::error::ProxyError;
 use crate::headers;
 use crate::record::reason;
 use crate::shadow::{PendingMirror, RequestFacts, ResponseTap, ShadowRuntime};
-use crate::table::Route;
+use crate::table::{Backend, Route};
+use crate::wire::request::Added;
 
 /// Where the request goes and how often it may be sent.
 pub(super) struct Plan<'t, 'u> {
@@ -43,20 +44,45 @@ pub(super) struct Plan<'t, 'u> {
     /// A retry, the fallback or a 421's other side may send the request
     /// again: its body is kept when small.
     pub keeps_body: bool,
+    /// The `X-Forwarded-*` and `X-Request-Id` headers, added as each attempt
+    /// is written (see [`Added`]); `None` when they are in the request's map
+    /// already.
+    pub forwarding: Option<Forwarding<'t>>,
+}
+
+/// What the headers the proxy adds are made of, kept until an attempt
+/// writes them.
+pub(super) struct Forwarding<'t> {
+    peer_ip: &'t HeaderValue,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+    request_id: &'t HeaderValue,
+}
+
+impl Forwarding<'_> {
+    /// The headers, as the client writes (or inserts) them.
+    pub(super) fn added(&self) -> Added<'_> {
+        Added { peer_ip: self.peer_ip, proto: self.proto, host: self.host.as_ref(), request_id: self.request_id }
+    }
 }
 
 /// Edits the request's headers for the upstream (`X-Forwarded-*`,
 /// `X-Request-Id`, `Host` from an absolute-form target, `Connection:
 /// upgrade` back for an upgrade) and plans where it goes. Only a target
 /// that is no valid path and query is refused (400).
+///
+/// `X-Forwarded-*` and `X-Request-Id` go into the request's map only on a
+/// route where something reads the map after this (a mirror copies it, a
+/// split may be sticky on one of them); elsewhere the plan keeps them for
+/// the client to write.
 pub(super) fn prepare<'t, 'u>(
     routed: Routed<'t, 'u>,
     req: &mut Request<ProxyBody>,
-    downstream: &Downstream,
+    downstream: &'t Downstream,
     upgrade: bool,
-    request_id: &HeaderValue,
+    request_id: &'t HeaderValue,
 ) -> Result<Plan<'t, 'u>, ProxyError> {
-    let Routed { route, path, prefix_len, host } = routed;
+    let Routed { route, path, prefix_len, host, .. } = routed;
     let path_and_query = upstream_path_and_query(route, &path, prefix_len, req.uri())?;
     let absolute_form = req.uri().authority().is_some();
     let hdrs = req.headers_mut();
@@ -68,8 +94,14 @@ pub(super) fn prepare<'t, 'u>(
     if let (Some(host), true) = (&host, absolute_form) {
         hdrs.insert(header::HOST, host.clone());
     }
-    headers::add_forwarded(hdrs, &downstream.ip, downstream.proto, host);
-    hdrs.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+    let forwarding = Forwarding { peer_ip: &downstream.ip, proto: downstream.proto, host, request_id };
+    let read_later = route.shadow.is_some() || matches!(route.backend, Backend::Split(_));
+    let forwarding = if read_later {
+        forwarding.added().insert_into(hdrs);
+        None
+    } else {
+        Some(forwarding)
+    };
 
     let primary = route.choose(req.headers());
     let fallback = route.fallback.filter(|&f| f != primary);
@@ -78,7 +110,7 @@ pub(super) fn prepare<'t, 'u>(
     let misdirect_to = if upgrade { None } else { route.other_side(primary) };
     let keeps_body = misdirect_to.is_some()
         || replayable && (fallback.is_some() || route.upstreams.iter().any(|u| u.upstream.settings.retries > 0));
-    Ok(Plan { route, path, path_and_query, primary, fallback, replayable, misdirect_to, keeps_body })
+    Ok(Plan { route, path, path_and_query, primary, fallback, replayable, misdirect_to, keeps_body, forwarding })
 }
 
 /// The path and query sent upstream: the normalized `path` (less the
@@ -252,7 +284,12 @@ mod tests {
         let uri = req.uri().clone();
         let routed = route(table, req.method(), &uri, req.headers(), &mut Outcome::default()).expect("routed");
         let id = HeaderValue::from_static("req-1");
-        let plan = prepare(routed, &mut req, &downstream(), upgrade, &id).expect("prepared");
+        let downstream = downstream();
+        let plan = prepare(routed, &mut req, &downstream, upgrade, &id).expect("prepared");
+        // What the upstream is told: the headers the client writes with the request's own.
+        if let Some(forwarding) = &plan.forwarding {
+            forwarding.added().insert_into(req.headers_mut());
+        }
         Prepared {
             route: plan.route.name.to_string(),
             path_and_query: plan.path_and_query.to_string(),
@@ -301,6 +338,21 @@ mod tests {
         assert_eq!(header(&p.req, "x-request-id"), Some("req-1"));
         assert_eq!(header(&p.req, "host"), Some("example.com"));
         assert_eq!(header(&p.req, "connection"), None);
+    }
+
+    #[test]
+    fn the_proxys_headers_enter_the_map_only_where_something_reads_it_later() {
+        let table = table();
+        for (target, read_later) in [("/x", false), ("/api/x", false), ("/mirrored/x", true), ("/cut-over/x", true)] {
+            let mut req = request(Method::GET, target, &["example.com"]);
+            let uri = req.uri().clone();
+            let routed = route(&table, req.method(), &uri, req.headers(), &mut Outcome::default()).expect("routed");
+            let (downstream, id) = (downstream(), HeaderValue::from_static("req-1"));
+            let plan = prepare(routed, &mut req, &downstream, false, &id).expect("prepared");
+            assert_eq!(plan.forwarding.is_none(), read_later, "{target}");
+            assert_eq!(header(&req, "x-forwarded-for").is_some(), read_later, "{target}");
+            assert_eq!(header(&req, "x-request-id").is_some(), read_later, "{target}");
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ use crate::table::{Route, Table};
 /// A request's route, and what the later stages need from matching it.
 pub struct Routed<'t, 'u> {
     pub route: &'t Route,
+    /// The route's index among the router's entries.
+    pub index: usize,
     /// The normalized path (borrowed from the request's URI when
     /// normalizing changed nothing).
     pub path: Cow<'u, str>,
@@ -24,30 +26,25 @@ pub struct Routed<'t, 'u> {
     pub host: Option<HeaderValue>,
 }
 
-/// Picks the route for a request, recording its path and route in
-/// `outcome`. `uri` is the request's own, cloned by the caller so the path
+/// Picks the route for a request, recording it in `outcome`. `uri` is the request's own, cloned by the caller so the path
 /// can be borrowed while the headers are edited.
 pub(super) fn route<'t, 'u>(
     table: &'t Table,
     method: &Method,
     uri: &'u Uri,
     headers: &HeaderMap,
-    outcome: &mut Outcome<'t>,
+    outcome: &mut Outcome,
 ) -> Result<Routed<'t, 'u>, ProxyError> {
-    let routed = choose_route(table, method, uri, headers, |path| {
-        if tracing::enabled!(target: "strangler::access", tracing::Level::INFO) {
-            outcome.path = Some(path.into());
-        }
-    })?;
-    outcome.route = Some(routed.route);
+    let routed = choose_route(table, method, uri, headers, |_| {})?;
+    outcome.route = Some(routed.index);
     Ok(routed)
 }
 
 /// The route a request takes, or why it has none: the one decision the
 /// proxy and `explain` share. Refuses CONNECT, a path that does not
 /// normalize and a bad or doubled Host (400); no matching route is a 404.
-/// `on_path` sees the normalized path as soon as it is known (a request
-/// refused after that is still logged with it).
+/// `on_path` sees the normalized path as soon as it is known (`explain`
+/// shows it for a request refused after that).
 pub fn choose_route<'t, 'u>(
     table: &'t Table,
     method: &Method,
@@ -70,7 +67,7 @@ pub fn choose_route<'t, 'u>(
         .router
         .lookup(&path, matching_host, method)
         .ok_or_else(|| ProxyError::NoRoute { method: method.to_string(), path: path.to_string() })?;
-    Ok(Routed { route: found.value, prefix_len: found.prefix_len, path, host })
+    Ok(Routed { route: found.value, index: found.index, prefix_len: found.prefix_len, path, host })
 }
 
 /// The host routes match on: without its port or trailing dot (the router
@@ -109,7 +106,7 @@ mod tests {
         let req = request(method, target, hosts);
         let mut outcome = Outcome::default();
         let routed = route(&table, req.method(), req.uri(), req.headers(), &mut outcome)?;
-        assert!(std::ptr::eq(outcome.route.unwrap(), routed.route), "the outcome names the route");
+        assert!(std::ptr::eq(outcome.route(&table).unwrap(), routed.route), "the outcome names the route");
         Ok((routed.route.name.to_string(), routed.path.into_owned(), routed.prefix_len))
     }
 

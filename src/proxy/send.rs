@@ -14,6 +14,7 @@ use crate::client::body::{ProxyBody, UpstreamBody};
 use crate::client::SendError;
 use crate::error::ProxyError;
 use crate::upstream::{Unavailable, Upstream};
+use crate::wire::request::Added;
 
 /// Sends the request as planned, recording in `outcome` which upstream
 /// answered (the fallback, if it was asked).
@@ -21,10 +22,17 @@ pub(super) async fn send<'t>(
     plan: &Plan<'t, '_>,
     parts: &mut http::request::Parts,
     body: &mut RequestBody,
-    outcome: &mut Outcome<'t>,
+    outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let route = plan.route;
-    let mut attempt = Attempt { parts, path_and_query: &plan.path_and_query, body, replayable: plan.replayable };
+    let added = plan.forwarding.as_ref().map(|f| f.added());
+    let mut attempt = Attempt {
+        parts,
+        path_and_query: &plan.path_and_query,
+        body,
+        replayable: plan.replayable,
+        added: added.as_ref(),
+    };
     let result = attempt.send_to(&route.upstreams[plan.primary].upstream).await;
     if let Some(other) = plan.misdirect_to.filter(|_| misdirected(&result, attempt.body)) {
         // One hop only: the other side's answer, a 421 too, goes to the client.
@@ -79,6 +87,8 @@ struct Attempt<'a> {
     body: &'a mut RequestBody,
     /// The method allows sending the request more than once.
     replayable: bool,
+    /// The proxy's headers, when the client is to write them.
+    added: Option<&'a Added<'a>>,
 }
 
 impl Attempt<'_> {
@@ -121,7 +131,7 @@ impl Attempt<'_> {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() =
             if self.body.available() { self.parts.headers.clone() } else { std::mem::take(&mut self.parts.headers) };
-        let sent = upstream.connector.send(permit.target(), request);
+        let sent = upstream.connector.send_request(permit.target(), &mut request, self.added);
         let result = match tokio::time::timeout(upstream.settings.timeout, sent).await {
             Err(_) => {
                 upstream.counters.errors.timeout.inc();

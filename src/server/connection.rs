@@ -38,7 +38,7 @@ use super::h1;
 use super::worker::Drain;
 use super::ServeOptions;
 use crate::client::body::ProxyBody;
-use crate::proxy::{self, Downstream};
+use crate::proxy::{self, Downstream, Exchange};
 use crate::Shared;
 
 /// How a connection is served.
@@ -139,7 +139,8 @@ impl Connections {
                     let counted = requests.clone();
                     let service = service_fn(move |req| {
                         counted.started();
-                        let answer = redirect_to_https(&req, port).map(|body| Answer::new(body, Some(counted.clone())));
+                        let answer =
+                            redirect_to_https(&req, port).map(|body| Answer::new(body, Some(counted.clone()), None));
                         async move { Ok::<_, std::convert::Infallible>(answer) }
                     });
                     this.serve_http(stream, protocol, service, drain, remote, Some(requests)).await
@@ -265,13 +266,16 @@ fn proxy_service(
         if let Some(requests) = &requests {
             requests.started();
         }
-        let requests = requests.clone();
-        let handling = proxy::handle(shared.clone(), downstream.clone(), req.map(ProxyBody::Streamed));
+        let (requests, shared, downstream) = (requests.clone(), shared.clone(), downstream.clone());
+        // The proxy's future is made inside the box: made outside, it would
+        // be stored twice (captured, then awaited).
         Box::pin(async move {
-            let Ok(response) = handling.await;
+            let (mut response, exchange) = proxy::handle(shared, downstream, req.map(ProxyBody::Streamed)).await;
+            // Our own loop writes it into the head; hyper writes the map.
+            response.headers_mut().insert(crate::headers::X_REQUEST_ID.clone(), exchange.request_id().clone());
             // After a 101 the connection is a tunnel: no head comes next.
             let requests = requests.filter(|_| response.status() != http::StatusCode::SWITCHING_PROTOCOLS);
-            Ok(response.map(|body| Answer::new(body, requests)))
+            Ok(response.map(|body| Answer::new(body, requests, Some(exchange))))
         })
     })
 }
@@ -282,15 +286,18 @@ type ProxyResponse = http::Response<Answer>;
 
 /// An answer's body as hyper sends it. hyper drops it once it is sent (or
 /// the connection ends): the request then counts as answered, so that the
-/// connection's next head gets its own deadline ([`RequestCount`]).
+/// connection's next head gets its own deadline ([`RequestCount`]), and its
+/// [`Exchange`] writes the access-log line with the body bytes hyper took
+/// to send.
 struct Answer {
     body: ProxyBody,
     requests: Option<Arc<RequestCount>>,
+    exchange: Option<Exchange>,
 }
 
 impl Answer {
-    fn new(body: ProxyBody, requests: Option<Arc<RequestCount>>) -> Self {
-        Answer { body, requests }
+    fn new(body: ProxyBody, requests: Option<Arc<RequestCount>>, exchange: Option<Exchange>) -> Self {
+        Answer { body, requests, exchange }
     }
 }
 
@@ -310,7 +317,12 @@ impl http_body::Body for Answer {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(exchange)) = (&polled, &mut this.exchange) {
+            exchange.sent(frame.data_ref().map_or(0, Bytes::len));
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

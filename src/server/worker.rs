@@ -14,6 +14,7 @@ use super::balance;
 use super::connection::{Connections, Kind};
 use super::listen::worker_socket;
 use super::ServeOptions;
+use crate::access_log;
 use crate::Shared;
 
 /// A connection's end of the worker's drain signal: `true` asks it to finish
@@ -27,13 +28,14 @@ pub(super) struct Worker {
     /// What every connection shares, behind its own `Arc` so that an idle
     /// connection holds a pointer, not the builders.
     connections: Arc<Connections>,
+    shared: Arc<Shared>,
     /// Each worker's drain and inbox, by worker index.
     pub lanes: Arc<Vec<balance::Lane>>,
 }
 
 impl Worker {
     pub fn new(options: &ServeOptions, shared: Arc<Shared>, lanes: Vec<balance::Lane>) -> Self {
-        Worker { connections: Arc::new(Connections::new(options, shared)), lanes: Arc::new(lanes) }
+        Worker { connections: Arc::new(Connections::new(options, shared.clone())), shared, lanes: Arc::new(lanes) }
     }
 
     /// Accepts until `stop` resolves, then drains this worker's connections.
@@ -55,6 +57,10 @@ impl Worker {
         // Pools are per thread: this worker's own sweeper closes its idle
         // connections past their idle timeout or to targets that left the config.
         let sweeper = tokio::spawn(crate::client::sweep_idle_pools());
+        // Access-log lines are buffered per thread: this worker's own timer
+        // writes out those of an idle moment.
+        let shared = self.shared.clone();
+        let flusher = tokio::spawn(access_log::flush_periodically(move || flush_interval(&shared)));
         let plain_kind = plain.as_ref().map_or(Kind::Proxy { tls: None }, |(_, k)| k.clone());
         let plain_listener = plain.map(|(l, _)| l);
         let connections = &self.connections;
@@ -94,6 +100,8 @@ impl Worker {
             _ = tokio::time::sleep(connections.deadlines.drain) => tracing::warn!("drain timeout reached; closing the remaining connections"),
         }
         sweeper.abort();
+        flusher.abort();
+        access_log::flush_this_thread();
     }
 
     /// Serves a connection another worker handed over, in this worker's reactor.
@@ -103,6 +111,12 @@ impl Worker {
             Err(e) => tracing::warn!(error = %e, "cannot take a connection over; closing it"),
         }
     }
+}
+
+/// How long an access-log line may wait in a worker's buffer, as the table
+/// in force says.
+fn flush_interval(shared: &Shared) -> Duration {
+    shared.table.load().access_log.as_ref().map_or(Duration::from_secs(1), |log| log.flush_interval())
 }
 
 /// Out of file descriptors and the like: back off, keep serving.
@@ -154,6 +168,8 @@ pub(super) fn spawn_workers(
                 }),
                 Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
             }
+            // Lines of requests dropped with the runtime (past the drain timeout).
+            access_log::flush_this_thread();
             let _ = finished.send(());
         });
         match started {

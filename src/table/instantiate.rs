@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::access_log::AccessLog;
 use crate::client::pool::{PoolId, PoolRef};
 use crate::client::target::{Target, TargetState};
 use crate::client::Connector;
@@ -58,6 +59,7 @@ pub struct Resources {
 pub fn instantiate(plan: Plan, ctx: &Context<'_>) -> Result<Table, ConfigError> {
     let previous = ctx.previous.map(|t| &t.resources);
     let connectors = connectors(&plan, previous)?;
+    let access_log = access_log(&plan, ctx)?;
     // From here on nothing fails: handles and states may be registered.
     let mut resources = Resources { connectors, ..Resources::default() };
     let upstreams = plan
@@ -101,6 +103,18 @@ pub fn instantiate(plan: Plan, ctx: &Context<'_>) -> Result<Table, ConfigError> 
         upstream_header: plan.upstream_header,
         trusted_proxies: plan.trusted_proxies,
         resources,
+        access_log,
+    })
+}
+
+/// The access log: the version in force's sink when it writes to the same
+/// place the same way, else a new one (opening a file, which may fail).
+fn access_log(plan: &Plan, ctx: &Context<'_>) -> Result<Option<AccessLog>, ConfigError> {
+    let Some(settings) = &plan.access_log else { return Ok(None) };
+    let previous = ctx.previous.and_then(|t| t.access_log.as_ref());
+    AccessLog::instantiate(settings, previous, &ctx.metrics.access_log_dropped).map(Some).map_err(|e| {
+        let source = Source { file: &plan.file, text: &plan.text };
+        source.error_at(&["access_log", "path"], format!("access_log: cannot open {}: {e}", settings.destination))
     })
 }
 

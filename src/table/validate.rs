@@ -12,6 +12,7 @@ use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
 use http::Method;
 
+use crate::access_log;
 use crate::client::pool::DEFAULT_IDLE_TIMEOUT;
 use crate::client::target::Target;
 use crate::config::{parse_methods, ConfigError, RawConfig, RawRoute, RawUpstream, RawUpstreamTls, Source};
@@ -43,6 +44,8 @@ pub struct Plan {
     pub file: String,
     /// The file's text, to locate errors found while instantiating (TLS files).
     pub text: String,
+    /// `None`: `access_log: off`.
+    pub access_log: Option<access_log::Settings>,
 }
 
 /// One upstream, checked.
@@ -112,6 +115,8 @@ pub fn validate(file: &str, text: &str) -> Result<Plan, ConfigError> {
     };
     let trusted_proxies = TrustedProxies::parse(&raw.trusted_proxies)
         .map_err(|(value, message)| source.error_at(&["trusted_proxies", &value], message))?;
+    let access_log = access_log::plan(raw.access_log.as_ref())
+        .map_err(|invalid| source.error_at(&["access_log", invalid.key], invalid.message))?;
     if let Some(shadow) = &raw.shadow {
         crate::shadow::validate_store(shadow).map_err(|(key, message)| source.error_at(&["shadow:", key], message))?;
     }
@@ -144,6 +149,7 @@ pub fn validate(file: &str, text: &str) -> Result<Plan, ConfigError> {
         hash: content_hash(text),
         file: file.to_string(),
         text: text.to_string(),
+        access_log,
     })
 }
 

@@ -17,10 +17,11 @@
 //! 414 (see [`Refusal`]).
 
 use bytes::BytesMut;
-use http::header;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
 use super::{Span, HEADROOM, MAX_HEADERS};
+use crate::headers::{add_forwarded, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 
 /// The longest target the `http` crate takes into a `Uri`.
 pub const MAX_URI: usize = u16::MAX as usize - 1;
@@ -181,21 +182,84 @@ fn is_inline(method: &str, path: &str, headers: &[httparse::Header<'_>]) -> bool
     true
 }
 
+/// The headers the proxy adds to a request on its way upstream:
+/// `X-Forwarded-For` (the peer appended to the client's chain, all its lines
+/// joined into one), `X-Forwarded-Proto` and `X-Forwarded-Host` (set, or
+/// removed when there is no host) and `X-Request-Id` (set). [`encode_head`]
+/// writes them straight into the head, in place of the request's own of
+/// those names, so that the common request never hashes these custom names
+/// into its map (four inserts and a lookup were ~5% of a proxied GET's
+/// instructions); [`Added::insert_into`] puts them into the map for whoever
+/// encodes it otherwise (hyper, a mirrored copy).
+#[derive(Debug, Clone, Copy)]
+pub struct Added<'a> {
+    /// The TCP peer's address, appended to `X-Forwarded-For`.
+    pub peer_ip: &'a HeaderValue,
+    /// `http` or `https`.
+    pub proto: &'static str,
+    pub host: Option<&'a HeaderValue>,
+    pub request_id: &'a HeaderValue,
+}
+
+impl Added<'_> {
+    /// The same headers, put into `headers`.
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        add_forwarded(headers, self.peer_ip, self.proto, self.host.cloned());
+        headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
+    }
+
+    /// Whether `name` is one the proxy sets (the request's own is not sent).
+    fn replaces(name: &HeaderName) -> bool {
+        // Custom names all: a standard one fails the first comparison at once.
+        name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST || name == X_REQUEST_ID
+    }
+
+    /// Writes the headers, `X-Forwarded-For` after the client's chain.
+    fn encode(&self, out: &mut Vec<u8>, headers: &HeaderMap, has_chain: bool) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if has_chain {
+            for line in headers.get_all(&X_FORWARDED_FOR) {
+                out.extend_from_slice(line.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(self.peer_ip.as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(self.proto.as_bytes());
+        if let Some(host) = self.host {
+            out.extend_from_slice(b"\r\nx-forwarded-host: ");
+            out.extend_from_slice(host.as_bytes());
+        }
+        out.extend_from_slice(b"\r\nx-request-id: ");
+        out.extend_from_slice(self.request_id.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Writes a bodiless request's line and headers for an upstream, in
-/// origin form. `Host` is already in the map; a request whose method
-/// normally carries a body says so with `Content-Length: 0`.
-pub fn encode_head<B>(out: &mut Vec<u8>, request: &Request<B>) {
+/// origin form, with the headers the proxy adds (`added`). `Host` is
+/// already in the map; a request whose method normally carries a body says
+/// so with `Content-Length: 0`.
+pub fn encode_head<B>(out: &mut Vec<u8>, request: &Request<B>, added: Option<&Added<'_>>) {
     out.clear();
     out.extend_from_slice(request.method().as_str().as_bytes());
     out.push(b' ');
     let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(if target.is_empty() { b"/" } else { target.as_bytes() });
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_chain = false;
     for (name, value) in request.headers() {
+        if added.is_some() && Added::replaces(name) {
+            has_chain |= name == X_FORWARDED_FOR;
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(added) = added {
+        added.encode(out, request.headers(), has_chain);
     }
     if expects_body(request.method()) && !request.headers().contains_key(header::CONTENT_LENGTH) {
         out.extend_from_slice(b"content-length: 0\r\n");
@@ -303,10 +367,67 @@ mod tests {
         let mut request = http::Request::new(());
         *request.uri_mut() = http::Uri::from_static("/a?b=1");
         request.headers_mut().insert(header::HOST, http::HeaderValue::from_static("up"));
-        encode_head(&mut out, &request);
+        encode_head(&mut out, &request, None);
         assert_eq!(out, b"GET /a?b=1 HTTP/1.1\r\nhost: up\r\n\r\n");
         *request.method_mut() = Method::POST;
-        encode_head(&mut out, &request);
+        encode_head(&mut out, &request, None);
         assert_eq!(out, b"POST /a?b=1 HTTP/1.1\r\nhost: up\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    /// The head `encode_head` writes with `added`, and the one hyper would
+    /// be given: the same request with the headers inserted into its map.
+    fn both_ways(headers: &[(&'static str, &'static str)], added: &Added<'_>) -> (String, HeaderMap) {
+        let mut request = http::Request::new(());
+        *request.uri_mut() = http::Uri::from_static("/a");
+        for (name, value) in headers {
+            request.headers_mut().append(*name, HeaderValue::from_static(value));
+        }
+        let mut out = Vec::new();
+        encode_head(&mut out, &request, Some(added));
+        let mut inserted = request.headers().clone();
+        added.insert_into(&mut inserted);
+        (String::from_utf8(out).unwrap(), inserted)
+    }
+
+    /// The header fields of a written head, by name (lower case), values in order.
+    fn fields(head: &str) -> Vec<(String, String)> {
+        let mut fields: Vec<(String, String)> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(": "))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        fields
+    }
+
+    #[test]
+    fn added_headers_are_written_as_inserting_them_would_send_them() {
+        let (peer, id, host) =
+            (HeaderValue::from_static("10.0.0.7"), HeaderValue::from_static("req-9"), HeaderValue::from_static("shop"));
+        let added = Added { peer_ip: &peer, proto: "https", host: Some(&host), request_id: &id };
+        let client = [
+            ("host", "shop"),
+            ("x-forwarded-for", "198.51.100.1"),
+            ("accept", "*/*"),
+            ("x-forwarded-for", "203.0.113.5, 192.0.2.8"),
+            ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-host", "evil"),
+            ("x-request-id", "req-9"),
+        ];
+        let (head, inserted) = both_ways(&client, &added);
+        let expected: Vec<(String, String)> = {
+            let mut v: Vec<(String, String)> =
+                inserted.iter().map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap().to_string())).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        assert_eq!(fields(&head), expected, "{head}");
+        assert!(head.contains("x-forwarded-for: 198.51.100.1, 203.0.113.5, 192.0.2.8, 10.0.0.7\r\n"), "{head}");
+        assert_eq!(head.matches("x-forwarded-proto").count(), 1, "the client's is not sent: {head}");
+        let no_host = Added { host: None, ..added };
+        let (head, inserted) = both_ways(&[("x-forwarded-host", "evil"), ("x-a", "1")], &no_host);
+        assert!(!head.contains("x-forwarded-host") && !inserted.contains_key("x-forwarded-host"), "{head}");
+        assert!(head.contains("x-forwarded-for: 10.0.0.7\r\n") && head.contains("x-a: 1\r\n"), "{head}");
     }
 }

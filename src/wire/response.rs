@@ -12,11 +12,12 @@ use std::io::Write as _;
 use std::time::SystemTime;
 
 use bytes::BytesMut;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 use super::body::{Chunked, Decoder};
 use super::{keeps_alive, parse_length, Invalid, Span, HEADROOM, MAX_HEADERS};
+use crate::headers::X_REQUEST_ID;
 
 /// The largest answer head accepted (nginx's default is 4–8 KiB).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -180,13 +181,15 @@ pub struct EncodedHead {
 /// first). Its own framing fields are dropped and written afresh: the
 /// answer's `Content-Length` when it is a valid one (else `exact_length`,
 /// the body's known size), otherwise chunked on HTTP/1.1 or until close on
-/// HTTP/1.0; `Connection` from `to`; `Date` when missing.
+/// HTTP/1.0; `Connection` from `to`; `Date` when missing; `X-Request-Id`
+/// when `request_id` is given, in place of the map's.
 pub fn encode_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
     exact_length: Option<u64>,
     to: Answering,
+    request_id: Option<&HeaderValue>,
 ) -> EncodedHead {
     let bodiless = to.is_head || status.is_informational() || status == StatusCode::NOT_MODIFIED;
     let no_length = status.is_informational() || status == StatusCode::NO_CONTENT;
@@ -208,8 +211,13 @@ pub fn encode_head(
             continue;
         } else if *name == header::DATE {
             has_date = true;
+        } else if request_id.is_some() && *name == X_REQUEST_ID {
+            continue;
         }
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(id) = request_id {
+        put_field(out, b"x-request-id", id.as_bytes());
     }
     let body = if bodiless || no_length {
         Delimited::HeadOnly
@@ -390,7 +398,7 @@ mod tests {
             headers.append(header::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
         }
         let mut out = Vec::new();
-        let head = encode_head(&mut out, StatusCode::from_u16(status).unwrap(), &headers, exact, to);
+        let head = encode_head(&mut out, StatusCode::from_u16(status).unwrap(), &headers, exact, to, None);
         let text = String::from_utf8(out).unwrap();
         (text.lines().filter(|l| !l.starts_with("date: ")).collect::<Vec<_>>().join("\n"), head)
     }
@@ -415,7 +423,23 @@ mod tests {
         assert!(!to_head.carries_body(StatusCode::OK) && !get.carries_body(StatusCode::NOT_MODIFIED));
         assert!(get.carries_body(StatusCode::OK));
         let mut out = Vec::new();
-        encode_head(&mut out, StatusCode::OK, &HeaderMap::new(), None, get);
+        encode_head(&mut out, StatusCode::OK, &HeaderMap::new(), None, get, None);
         assert!(String::from_utf8(out).unwrap().contains("\r\ndate: "), "a missing Date is added");
+    }
+
+    #[test]
+    fn the_request_id_is_written_in_place_of_the_upstreams() {
+        let get = Answering { is_head: false, version: Version::HTTP_11, keep_alive: true };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", HeaderValue::from_static("upstream-made"));
+        headers.insert("etag", HeaderValue::from_static("\"v1\""));
+        let id = HeaderValue::from_static("req-7");
+        let mut out = Vec::new();
+        encode_head(&mut out, StatusCode::OK, &headers, Some(0), get, Some(&id));
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.contains("\r\nx-request-id: req-7\r\n") && !text.contains("upstream-made"), "{text}");
+        assert!(text.contains("\r\netag: \"v1\"\r\n"), "{text}");
+        encode_head(&mut out, StatusCode::OK, &headers, Some(0), get, None);
+        assert!(String::from_utf8(out).unwrap().contains("x-request-id: upstream-made"), "without an id: as it came");
     }
 }

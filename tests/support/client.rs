@@ -34,7 +34,7 @@ impl TestResponse {
     }
 }
 
-/// The tests' HTTP client (a keep-alive pool).
+/// The tests' HTTP client (a keep-alive pool; HTTP/1.1 or HTTP/2 prior knowledge).
 pub type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 /// An HTTP/1.1 client with a keep-alive pool.

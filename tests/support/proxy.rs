@@ -88,6 +88,10 @@ impl TestProxy {
     }
 
     pub async fn start_with(text: &str, options: ServeOptions) -> TestProxy {
+        // The access log's default destination is stderr, which in-process
+        // proxies share with the test binary: their lines would bury its
+        // output. Tests that read access lines use a file or the binary.
+        strangler::access_log::silence_stderr();
         let config = ConfigDir::new(text);
         let shared = Shared::load(&config.path()).unwrap_or_else(|e| panic!("config: {e}"));
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -129,7 +133,10 @@ pub struct BinaryProxy {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// stderr, line by line: diagnostics and (by default) access-log lines.
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// stdout, line by line (diff records with `shadow.log: "-"`).
+    pub stdout: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 pub fn binary() -> &'static str {
@@ -149,7 +156,7 @@ impl BinaryProxy {
             .arg(config)
             .args(extra)
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -173,7 +180,14 @@ impl BinaryProxy {
                 sink.lock().unwrap().push(line);
             }
         });
-        BinaryProxy { child, addr: addr.unwrap(), admin: admin.unwrap(), log }
+        let stdout = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (sink, mut out_lines) = (stdout.clone(), BufReader::new(child.stdout.take().unwrap()).lines());
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out_lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        BinaryProxy { child, addr: addr.unwrap(), admin: admin.unwrap(), log, stdout }
     }
 
     pub fn signal(&self, signal: &str) {
