@@ -127,28 +127,10 @@ async fn a_fleet_walks_a_good_candidate_to_done_with_one_decider_and_the_same_we
     let fleet = Fleet::start(plan, same_answer()).await;
     let admins = fleet.admins();
     let traffic = Traffic::paced(&fleet.addrs(), Duration::from_millis(2));
-    let mut seen_weights = vec![Vec::<f64>::new(); 2];
-    let mut disagreements = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let weights = [effective(admins[0]).await, effective(admins[1]).await];
-        for (seen, w) in seen_weights.iter_mut().zip(weights) {
-            if seen.last() != Some(&w) {
-                seen.push(w);
-            }
-        }
-        if weights[0] != weights[1] {
-            disagreements.push(weights);
-        }
-        let statuses = [status(admins[0]).await, status(admins[1]).await];
-        if statuses.iter().all(|s| s["status"] == "done") {
-            break;
-        }
-        if statuses.iter().any(|s| s["status"] == "rolled_back") || Instant::now() > deadline {
-            panic!("the rollout is not done: {statuses:#?} {seen_weights:?}\n{:#?}", fleet.history());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let walk = watch_until_done([admins[0], admins[1]], Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|w| panic!("the rollout is not done: {w:#?}\n{:#?}", fleet.history()));
+    let Walk { seen_weights, disagreements, .. } = walk;
     let (seen, failed) = traffic.stop().await;
     assert!(failed.is_empty(), "no request failed: {failed:?}");
     for weights in &seen_weights {

@@ -73,30 +73,11 @@ async fn a_good_candidate_walks_every_step_to_done_and_both_instances_serve_the_
     let fleet = Fleet::start(2, plan, same_answer()).await;
     let admins: Vec<SocketAddr> = fleet.proxies.iter().map(|p| p.admin).collect();
     let traffic = Traffic::start(&fleet.proxies.iter().map(|p| p.addr).collect::<Vec<_>>());
-    let mut seen_weights = vec![Vec::<f64>::new(); 2];
-    let mut disagreements = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let weights = [effective(admins[0]).await, effective(admins[1]).await];
-        for (seen, w) in seen_weights.iter_mut().zip(weights) {
-            if seen.last() != Some(&w) {
-                seen.push(w);
-            }
-        }
-        if weights[0] != weights[1] {
-            disagreements.push(weights);
-        }
-        let statuses = [status(admins[0]).await, status(admins[1]).await];
-        if statuses.iter().all(|s| s["status"] == "done") {
-            break;
-        }
-        if statuses.iter().any(|s| s["status"] == "rolled_back") || std::time::Instant::now() > deadline {
-            let history =
-                String::from_utf8_lossy(&fleet.cli(&["history", "items", "--format", "json"]).stdout).into_owned();
-            panic!("the rollout is not done: {statuses:?} {seen_weights:?}\n{history}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let walk = watch_until_done([admins[0], admins[1]], Duration::from_secs(60)).await.unwrap_or_else(|w| {
+        let history = fleet.cli(&["history", "items", "--format", "json"]).stdout;
+        panic!("the rollout is not done: {w:#?}\n{}", String::from_utf8_lossy(&history))
+    });
+    let Walk { seen_weights, disagreements, .. } = walk;
     let (seen, failed) = traffic.stop().await;
     assert!(failed.is_empty(), "no request failed: {failed:?}");
     for weights in &seen_weights {

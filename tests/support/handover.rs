@@ -208,14 +208,7 @@ impl HandoverStack {
             dir,
         };
         for admin in [stack.to_legacy.admin, stack.to_service.admin] {
-            wait_for(Duration::from_secs(15), "a proxy sees every upstream healthy", || async move {
-                let Some(r) = try_get(admin, "/metrics", &[]).await else { return false };
-                let m = r.text();
-                ["legacy", "users", "comments"]
-                    .iter()
-                    .all(|u| metric_sum(&m, "strangler_upstream_target_healthy", &[("upstream", u)]) >= 1.0)
-            })
-            .await;
+            wait_healthy_upstreams(admin, Duration::from_secs(15)).await;
         }
         Some(stack)
     }

@@ -27,6 +27,42 @@ pub async fn effective(admin: SocketAddr) -> f64 {
     config["rollouts"][0]["effective"]["weights"]["comments"].as_f64().unwrap()
 }
 
+/// What two instances served while a rollout walked: each one's effective
+/// weights in the order they changed, the polls where the two differed, and
+/// the statuses last read.
+#[derive(Debug)]
+pub struct Walk {
+    pub seen_weights: Vec<Vec<f64>>,
+    pub disagreements: Vec<[f64; 2]>,
+    pub statuses: [Value; 2],
+}
+
+/// Polls both instances until both say `done`. `Err` with what was seen
+/// when one says `rolled_back` or `within` runs out.
+pub async fn watch_until_done(admins: [SocketAddr; 2], within: Duration) -> Result<Walk, Walk> {
+    let mut walk = Walk { seen_weights: vec![Vec::new(); 2], disagreements: Vec::new(), statuses: Default::default() };
+    let deadline = Instant::now() + within;
+    loop {
+        let weights = [effective(admins[0]).await, effective(admins[1]).await];
+        for (seen, w) in walk.seen_weights.iter_mut().zip(weights) {
+            if seen.last() != Some(&w) {
+                seen.push(w);
+            }
+        }
+        if weights[0] != weights[1] {
+            walk.disagreements.push(weights);
+        }
+        walk.statuses = [status(admins[0]).await, status(admins[1]).await];
+        if walk.statuses.iter().all(|s| s["status"] == "done") {
+            return Ok(walk);
+        }
+        if walk.statuses.iter().any(|s| s["status"] == "rolled_back") || Instant::now() > deadline {
+            return Err(walk);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// One answer to a sticky user: who gave it, and when the request left and
 /// the answer came back.
 #[derive(Debug, Clone)]

@@ -361,15 +361,7 @@ impl Stack {
             })
             .await;
         }
-        let admin = stack.proxy.admin;
-        wait_for(Duration::from_secs(10), "the proxy sees every upstream healthy", || async move {
-            let Some(r) = try_get(admin, "/metrics", &[]).await else { return false };
-            let m = r.text();
-            ["legacy", "users", "comments"]
-                .iter()
-                .all(|u| metric_sum(&m, "strangler_upstream_target_healthy", &[("upstream", u)]) >= 1.0)
-        })
-        .await;
+        wait_healthy_upstreams(stack.proxy.admin, Duration::from_secs(10)).await;
         Some(stack)
     }
 
@@ -488,4 +480,18 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             ok.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
+}
+
+/// Waits until the proxy behind `admin` sees a healthy target in each of the
+/// stack's upstreams (legacy, users, comments): before that, a request may
+/// take a fallback the test did not ask for.
+pub async fn wait_healthy_upstreams(admin: SocketAddr, within: Duration) {
+    wait_for(within, "the proxy sees every upstream healthy", || async move {
+        let Some(r) = try_get(admin, "/metrics", &[]).await else { return false };
+        let m = r.text();
+        ["legacy", "users", "comments"]
+            .iter()
+            .all(|u| metric_sum(&m, "strangler_upstream_target_healthy", &[("upstream", u)]) >= 1.0)
+    })
+    .await;
 }
