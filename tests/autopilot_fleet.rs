@@ -114,11 +114,6 @@ impl Fleet {
     }
 }
 
-/// The steps entered (the `holding` transitions), in order.
-fn steps_entered(history: &[Value]) -> Vec<String> {
-    history.iter().filter(|t| t["to"]["status"] == "holding").map(|t| t["to"]["step"].to_string()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_walks_a_good_candidate_to_done_with_one_decider_and_the_same_weights_on_both() {
     let started = Instant::now();

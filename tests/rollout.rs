@@ -90,9 +90,7 @@ async fn a_good_candidate_walks_every_step_to_done_and_both_instances_serve_the_
     assert!(moved_back.is_empty(), "no sticky user went back to legacy as the share grew: {moved_back:?}");
     let history = fleet.cli(&["history", "items", "--format", "json"]);
     let history: Vec<Value> = serde_json::from_slice(&history.stdout).unwrap();
-    let steps: Vec<String> =
-        history.iter().filter(|t| t["to"]["status"] == "holding").map(|t| t["to"]["step"].to_string()).collect();
-    assert_eq!(steps, ["\"shadow\"", "10", "50", "100"], "each step entered once: {history:#?}");
+    assert_eq!(steps_entered(&history), ["\"shadow\"", "10", "50", "100"], "each step entered once: {history:#?}");
     assert_eq!(history.last().unwrap()["to"]["status"], "done");
     let metrics = get(admins[0], "/metrics").await.text();
     assert_eq!(metric_sum(&metrics, "strangler_rollout_step", &[("route", "items")]), 100.0);
@@ -237,9 +235,7 @@ async fn killing_one_instance_mid_rollout_leaves_the_other_to_go_on_from_the_sam
     assert!(failed.iter().all(|e| !e.starts_with('5')), "{failed:?}");
     let history = fleet.cli(&["history", "items", "--format", "json"]);
     let history: Vec<Value> = serde_json::from_slice(&history.stdout).unwrap();
-    let steps: Vec<String> =
-        history.iter().filter(|t| t["to"]["status"] == "holding").map(|t| t["to"]["step"].to_string()).collect();
-    assert_eq!(steps, ["\"shadow\"", "10", "50", "100"], "no step skipped or repeated: {history:#?}");
+    assert_eq!(steps_entered(&history), ["\"shadow\"", "10", "50", "100"], "no step skipped or repeated: {history:#?}");
 }
 
 #[tokio::test]

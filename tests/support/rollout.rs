@@ -63,6 +63,11 @@ pub async fn watch_until_done(admins: [SocketAddr; 2], within: Duration) -> Resu
     }
 }
 
+/// The steps a route's history entered (its `holding` transitions), in order.
+pub fn steps_entered(history: &[Value]) -> Vec<String> {
+    history.iter().filter(|t| t["to"]["status"] == "holding").map(|t| t["to"]["step"].to_string()).collect()
+}
+
 /// One answer to a sticky user: who gave it, and when the request left and
 /// the answer came back.
 #[derive(Debug, Clone)]
