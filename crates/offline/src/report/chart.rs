@@ -117,21 +117,26 @@ pub fn render(o: &mut String, t: &TimelineView, threshold: f64) {
     );
 }
 
+/// One horizontal grid line of a panel at height `y`, with its tick label
+/// left of the axis; `style` is the line's colour and the label's class.
+fn grid_line(o: &mut String, right: f64, y: f64, style: (&str, &str), label: &str) {
+    let (stroke, class) = style;
+    let _ = write!(
+        o,
+        "<line x1=\"{LEFT}\" x2=\"{right:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"{stroke}\"/>\
+         <text class=\"{class}\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>",
+        LEFT - 6.0,
+        y + 4.0
+    );
+}
+
 fn rate_panel(o: &mut String, t: &TimelineView, threshold: f64, x: &dyn Fn(f64) -> f64) {
     let lowest = t.buckets.iter().filter_map(|b| b.match_percent).fold(100.0f64, f64::min);
     let axis = Axis::rate(lowest, threshold);
     let y = |v: f64| RATE_TOP + RATE_H * (1.0 - (v - axis.min) / (axis.max - axis.min));
     let right = x(t.buckets.len() as f64);
     for v in axis.ticks() {
-        let yy = y(v);
-        let _ = write!(
-            o,
-            "<line x1=\"{LEFT}\" x2=\"{right:.1}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#eaecf0\"/>\
-             <text class=\"rate-tick\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}%</text>",
-            LEFT - 6.0,
-            yy + 4.0,
-            axis.label(v)
-        );
+        grid_line(o, right, y(v), ("#eaecf0", "rate-tick"), &format!("{}%", axis.label(v)));
     }
     if threshold >= axis.min {
         let ty = y(threshold);
@@ -178,15 +183,7 @@ fn volume_panel(o: &mut String, t: &TimelineView, x: &dyn Fn(f64) -> f64, width:
     let _ =
         write!(o, "<text x=\"{LEFT}\" y=\"{:.1}\" text-anchor=\"start\">requests per {width}</text>", VOL_TOP - 6.0);
     for v in axis.ticks() {
-        let yy = y(v);
-        let _ = write!(
-            o,
-            "<line x1=\"{LEFT}\" x2=\"{right:.1}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#f2f4f7\"/>\
-             <text class=\"count-tick\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            LEFT - 6.0,
-            yy + 4.0,
-            compact(v)
-        );
+        grid_line(o, right, y(v), ("#f2f4f7", "count-tick"), &compact(v));
     }
     let slot = x(1.0) - x(0.0);
     let bw = (slot * 0.72).max(1.0);
