@@ -2,6 +2,7 @@
 """strangler vs nginx (and HAProxy, and the upstream alone) on loopback: issue 16's targets.
 
 Run through `scripts/bench.sh` (`make bench`), which installs the tools and builds the binaries.
+BENCH_ONLY=word,word: only the steps whose names hold one of the words (a partial run).
 `--quick` (or BENCH_QUICK=1): a smoke run of every step with short loads (~3 minutes), to check the
 harness; its figures are not results and it never writes bench/RESULTS.md.
 
@@ -35,6 +36,9 @@ import verdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAW = os.path.join(ROOT, "bench/raw")  # git-ignored: all a run writes
 QUICK = os.environ.get("BENCH_QUICK") == "1" or "--quick" in sys.argv[1:]
+# BENCH_ONLY=idle,shadow: only the steps whose names contain one of these words (for A/B work on one
+# target); such a partial run, like a quick one, never writes bench/RESULTS.md.
+ONLY = [w for w in os.environ.get("BENCH_ONLY", "").split(",") if w]
 RUN_S = int(os.environ.get("BENCH_SECONDS", "1" if QUICK else "5"))
 RUNS = 1 if QUICK else 3
 WARM_S = 1 if QUICK else 2
@@ -50,7 +54,7 @@ STRANGLER = UPSTREAM = None  # the binaries, set by binaries() before a run
 PROCS = []  # processes this script started (killed by pid at the end)
 SUMMARY = {
     "rows": [], "targets": [], "timings": [],
-    "method": {"quick": QUICK, "runs": RUNS, "run_s": RUN_S, "warm_s": WARM_S, "conns": CONNS,
+    "method": {"quick": QUICK, "only": ONLY, "runs": RUNS, "run_s": RUN_S, "warm_s": WARM_S, "conns": CONNS,
                "h2load_n": H2LOAD_N, "h2load_warm": H2LOAD_WARM, "idle_n": IDLE_N},
 }
 
@@ -693,22 +697,20 @@ def main():
     start([UPSTREAM, f"127.0.0.1:{SLOW_PORT}", "1", "slow"], "upstream-slow", SLOW_PORT)
     cert = make_cert()
     peak = {}
-    for workers in (1, 2):
-        with section(f"small GET in turns, access log off/on, {workers} worker(s)"):
-            in_turns(workers)
-    for workers in (1, 2):
-        with section(f"TLS in turns, {workers} worker(s)"):
-            tls_in_turns(workers, cert)
-    with section("throughput, every proxy"):
-        throughput_rows(upstream, cert, peak)
-    with section("latency at half nginx's peak"):
-        latency_rows(upstream, peak)
-    with section("route table size"):
-        route_rows()
-    with section("slow shadow"):
-        shadow_rows()
-    with section("idle connections"):
-        idle_rows()
+    steps = [(f"small GET in turns, access log off/on, {w} worker(s)", lambda w=w: in_turns(w)) for w in (1, 2)]
+    steps += [(f"TLS in turns, {w} worker(s)", lambda w=w: tls_in_turns(w, cert)) for w in (1, 2)]
+    steps += [
+        ("throughput, every proxy", lambda: throughput_rows(upstream, cert, peak)),
+        ("latency at half nginx's peak", lambda: latency_rows(upstream, peak)),
+        ("route table size", route_rows),
+        ("slow shadow", shadow_rows),
+        ("idle connections", idle_rows),
+    ]
+    for name, step in steps:
+        if ONLY and not any(word in name for word in ONLY):
+            continue
+        with section(name):
+            step()
 
 
 def cpu_model():
@@ -753,11 +755,11 @@ def write_report(out, stamp):
     open(os.path.join(out, "RESULTS.md"), "w").write(text)
     json.dump(SUMMARY, open(os.path.join(out, "summary.json"), "w"), indent=1)
     written = [os.path.relpath(os.path.join(out, "RESULTS.md"), ROOT)]
-    if not SUMMARY["method"]["quick"]:
+    if not (SUMMARY["method"]["quick"] or SUMMARY["method"].get("only")):
         open(os.path.join(ROOT, "bench/RESULTS.md"), "w").write(text)
         written.append("bench/RESULTS.md")
     print(console)
-    log(f"wrote {' and '.join(written)}" + ("" if written[1:] else " (a quick run: bench/RESULTS.md untouched)"))
+    log(f"wrote {' and '.join(written)}" + ("" if written[1:] else " (a quick or partial run: bench/RESULTS.md untouched)"))
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--report":

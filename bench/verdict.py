@@ -130,7 +130,8 @@ def console_table(summary, lines):
     head = [
         "",
         "=" * 100,
-        "issue 16 targets" + ("  —  QUICK SMOKE RUN: short loads, figures are not results" if summary["method"]["quick"] else ""),
+        "issue 16 targets" + ("  —  QUICK SMOKE RUN: short loads, figures are not results" if summary["method"]["quick"] else "")
+        + (f"  —  PARTIAL RUN (BENCH_ONLY={','.join(summary['method']['only'])})" if summary["method"].get("only") else ""),
         source_line(summary) if (summary.get("source") or {}).get("clean") else f"*** {source_line(summary)} ***",
         f"CPU: {summary.get('cpu', '?')}, {summary.get('cpus', '?')} CPUs; load average at the end "
         f"{' '.join(summary.get('load', ['?']))}; run took {summary.get('elapsed_s', 0) // 60} min "
