@@ -14,7 +14,7 @@ CARGO ?= cargo
 # Where cargo puts binaries: honours CARGO_TARGET_DIR (relative or absolute) and .cargo/config.
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo $(CURDIR)/target)
 
-.PHONY: demo demo-fleet migrate test test-rust test-python test-k8s test-fuzz lint bench bench-quick soak fuzz report venv build release clean system-deps postgres prometheus
+.PHONY: demo demo-fleet migrate test test-rust test-python test-k8s test-fuzz lint bench bench-quick soak fuzz report venv build release release-pgo clean system-deps postgres prometheus
 
 ## Python virtualenv with the monolith's pinned requirements.
 venv: $(VENV)/.installed
@@ -28,6 +28,13 @@ build:
 
 release:
 	$(CARGO) build --release --workspace --bins
+
+## strangler built with profile-guided optimisation (scripts/pgo.sh: an
+## instrumented build trained on the benchmark's traffic, then the optimised
+## build) into <target dir>/pgo/strangler: what `make bench` measures and the
+## container image ships.
+release-pgo:
+	scripts/pgo.sh
 
 ## Debian packages the tests and the demo use (installed only when missing).
 system-deps: postgres prometheus

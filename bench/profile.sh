@@ -10,7 +10,8 @@
 # Usage: bench/profile.sh [routes] (default 1). Environment:
 #   PROXY=strangler|nginx which proxy is profiled (default strangler; nginx: one process, no master,
 #                         the configuration bench/run.py gives it)
-#   BUILD=release|quick   which build of strangler (default release; `quick` has symbols and builds faster)
+#   BUILD=pgo|release|quick which build of strangler (default pgo: scripts/pgo.sh's, the one `make bench`
+#                         measures; `quick` has symbols and builds faster)
 #   ACCESS_LOG=off|file   the access log (default off; `file`: each proxy's default format into a file)
 #   SECONDS_MEASURED=N    seconds of load counted (default 10)
 #   VALGRIND_EXTRA=...    more callgrind options (`--dump-instr=yes`: costs per call site)
@@ -21,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 routes="${1:-1}"
-build="${BUILD:-release}"
+build="${BUILD:-pgo}"
 access_log="${ACCESS_LOG:-off}"
 measured="${SECONDS_MEASURED:-10}"
 proxy="${PROXY:-strangler}"

@@ -2,6 +2,7 @@
 """strangler vs nginx (and HAProxy, and the upstream alone) on loopback: issue 16's targets.
 
 Run through `scripts/bench.sh` (`make bench`), which installs the tools and builds the binaries.
+`--train`: the load scripts/pgo.sh trains the profile-guided build on (STRANGLER_BIN: its instrumented binary).
 BENCH_ONLY=word,word: only the steps whose names hold one of the words (a partial run).
 `--quick` (or BENCH_QUICK=1): a smoke run of every step with short loads (~3 minutes), to check the
 harness; its figures are not results and it never writes bench/RESULTS.md.
@@ -46,8 +47,11 @@ CONNS = 32
 # Issue 16's method: h2load --h1 -c50 -n200000 after a 20k warm-up.
 H2LOAD_N, H2LOAD_WARM = (20000, 2000) if QUICK else (200000, 20000)
 IDLE_N = 1000 if QUICK else 10000
-UP_PORT, SLOW_PORT = 28000, 28001
-P_H1, P_H2, P_TLS, P_ADMIN = 28080, 28082, 28443, 28081
+# Loopback ports from BENCH_PORT_BASE (28000): scripts/pgo.sh trains on its own range, so that a training
+# never meets a benchmark run.
+BASE = int(os.environ.get("BENCH_PORT_BASE", "28000"))
+UP_PORT, SLOW_PORT = BASE, BASE + 1
+P_H1, P_H2, P_TLS, P_ADMIN = BASE + 80, BASE + 82, BASE + 443, BASE + 81
 STAMP = time.strftime("%Y%m%d-%H%M%S")
 OUT = os.path.join(RAW, STAMP)
 STRANGLER = UPSTREAM = None  # the binaries, set by binaries() before a run
@@ -71,9 +75,14 @@ def target_dir(crate_dir):
     return json.loads(out)["target_directory"]
 
 
+# Which build of this tree is measured: `pgo` (scripts/pgo.sh, what `make bench` builds and the image
+# ships) or `release` (plain `cargo build --release`, with STRANGLER_BUILD=release).
+BUILD = os.environ.get("STRANGLER_BUILD", "pgo")
+
+
 def binaries():
-    """strangler (STRANGLER_BIN, or the release build of this tree) and the bench upstream."""
-    strangler = os.environ.get("STRANGLER_BIN") or os.path.join(target_dir(ROOT), "release", "strangler")
+    """strangler (STRANGLER_BIN, or the BUILD build of this tree) and the bench upstream."""
+    strangler = os.environ.get("STRANGLER_BIN") or os.path.join(target_dir(ROOT), BUILD, "strangler")
     upstream = os.path.join(target_dir(os.path.join(ROOT, "bench/upstream")), "release", "bench-upstream")
     return strangler, upstream
 
@@ -93,7 +102,7 @@ def source():
         return {"commit": commit, "clean": False, "why": f"the working tree has {n} uncommitted change(s)"}
     if os.environ.get("STRANGLER_BIN"):
         return {"commit": commit, "clean": False, "why": "strangler is STRANGLER_BIN, not a build of this tree"}
-    return {"commit": commit, "clean": True}
+    return {"commit": commit, "clean": True, "build": BUILD}
 
 
 @contextlib.contextmanager
@@ -131,11 +140,11 @@ def start(cmd, name, port=None):
     return p
 
 
-def stop(p):
+def stop(p, grace=5):
     if p.poll() is None:
         os.killpg(p.pid, signal.SIGTERM)  # its own session: the proxy and its workers only
         try:
-            p.wait(5)
+            p.wait(grace)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
@@ -713,6 +722,41 @@ def main():
             step()
 
 
+def train():
+    """`--train` (scripts/pgo.sh): the load a profile-guided build learns from. strangler only, a few
+    seconds of every kind of traffic the benchmark measures (plain and TLS, access log off and on, 1 and
+    2 workers, HTTP/2, large bodies, a big route table, a slow shadow), so that the profile marks hot what
+    requests run and nothing is laid out as cold only because the training skipped it. Each proxy must
+    exit on its own after SIGTERM: the instrumented binary writes its profile at exit."""
+    start([UPSTREAM, f"127.0.0.1:{UP_PORT}", "2"], "upstream", UP_PORT)
+    start([UPSTREAM, f"127.0.0.1:{SLOW_PORT}", "1", "slow"], "upstream-slow", SLOW_PORT)
+    cert = make_cert()
+    seconds = 2
+
+    def run(load, **proxy):
+        p = start_proxy("strangler", proxy.pop("workers", 1), **proxy)
+        if proxy.get("cert"):
+            wait_port(P_TLS)
+        load()
+        stop(p, grace=60)  # a drain waits for the slow shadow's copies in flight
+        if p.returncode != 0:
+            raise SystemExit(f"training: strangler exited with {p.returncode}; its profile is incomplete")
+
+    small = lambda: (h2load(P_H1, "/small", n=H2LOAD_N // 4, conns=50, streams=1, h1=True, name="train"),
+                     wrk(P_H1, "/small", seconds, name="train"))
+    for workers in (1, 2):
+        run(small, workers=workers)
+        run(small, workers=workers, access_log=os.path.join(OUT, "train-access.log"))
+        run(lambda: wrk(P_TLS, "/small", seconds, scheme="https", name="train"), workers=workers, cert=cert)
+    script = upload_script()
+    run(lambda: (h2load(P_H1, "/small", seconds=seconds, name="train"),
+                 wrk(P_H1, "/1m", seconds, conns=8, name="train"),
+                 wrk(P_H1, "/up", seconds, conns=8, script=script, name="train")))
+    run(lambda: wrk(P_H1, f"/svc5000/api/users/7", seconds, name="train"), routes=10000)
+    run(lambda: h2load(P_H1, "/small", seconds=seconds * 2, h1=True, streams=1, rps=2000 // CONNS, name="train"),
+        shadow=True)
+
+
 def cpu_model():
     """The CPU as the VM shows it: model name, family/model/stepping and cache sizes (lscpu)."""
     info = {}
@@ -768,6 +812,16 @@ if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--report":
     SUMMARY.clear()
     SUMMARY.update(json.load(open(os.path.join(out, "summary.json"))))
     write_report(out, os.path.basename(out))
+    sys.exit(0)
+
+if __name__ == "__main__" and sys.argv[1:] == ["--train"]:
+    os.makedirs(OUT, exist_ok=True)
+    STRANGLER, UPSTREAM = binaries()
+    try:
+        train()
+    finally:
+        for p in reversed(PROCS):
+            stop(p)
     sys.exit(0)
 
 if __name__ == "__main__":

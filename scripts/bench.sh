@@ -2,7 +2,9 @@
 # `make bench`: strangler vs nginx vs HAProxy vs the upstream alone, on loopback,
 # and issue 16's targets as PASS/FAIL lines (1 and 2 workers, same run).
 # Installs nginx, haproxy, wrk and h2load (nghttp2-client) when missing
-# (scripts/apt-install.sh), builds strangler (release) and the benchmark
+# (scripts/apt-install.sh), builds strangler (profile-guided: scripts/pgo.sh,
+# the build the image ships; STRANGLER_BUILD=release measures the plain
+# release build instead) and the benchmark
 # upstream, then runs bench/run.py: it prints the targets' table last, writes
 # everything it makes to the git-ignored bench/raw/<timestamp>/ and the report
 # to bench/RESULTS.md (the latest run), headed by the exact commit, or by a loud
@@ -18,7 +20,11 @@ for tool in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client openssl:op
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 [ ${#need[@]} -eq 0 ] || scripts/apt-install.sh "${need[@]}"
-cargo build --release -p strangler --bin strangler
+if [ "${STRANGLER_BUILD:-pgo}" = pgo ]; then
+  scripts/pgo.sh
+else
+  cargo build --release -p strangler --bin strangler
+fi
 (cd bench/upstream && cargo build --release)
 # 10,000 idle connections need more descriptors (client and proxy).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
