@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
-use super::{Span, HEADROOM, MAX_HEADERS};
+use super::{Spans, HEADROOM, MAX_HEADERS};
 use crate::headers::{add_forwarded, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 
 /// The longest target the `http` crate takes into a `Uri`.
@@ -89,8 +89,8 @@ pub fn parse<B>(
     max_head: usize,
     empty_body: impl FnOnce() -> B,
 ) -> Result<Option<Head<B>>, Refusal> {
-    let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
-    let (len, method, target, version, count) = {
+    let mut spans = Spans::default();
+    let (len, method, target, version) = {
         // Uninitialized: filling 100 empty slots per request shows in profiles.
         let mut slots = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut []);
@@ -113,7 +113,8 @@ pub fn parse<B>(
         let method = Method::from_bytes(method.as_bytes()).map_err(|_| Refusal::Malformed)?;
         let start = path.as_ptr() as usize - buf.as_ptr() as usize;
         let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        (len, method, start..start + path.len(), version, super::record_spans(buf, parsed.headers, &mut spans))
+        spans.record(buf, parsed.headers);
+        (len, method, start..start + path.len(), version)
     };
     let head = buf.split_to(len).freeze();
     let (too_long, target_len) = (target.len() >= MAX_URI, target.len());
@@ -129,7 +130,7 @@ pub fn parse<B>(
     if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) != target_len {
         return Err(Refusal::Fragment);
     }
-    let headers = super::header_map(&head, &spans[..count], HEADROOM).ok_or(Refusal::Malformed)?;
+    let headers = super::header_map(&head, spans.as_slice(), HEADROOM).ok_or(Refusal::Malformed)?;
     let keep_alive = super::keeps_alive(version, &headers);
     let mut request = Request::new(empty_body());
     *request.method_mut() = method;
