@@ -38,7 +38,10 @@ pub enum Head<B> {
 
 /// A request our loop serves, its header values sharing the head's memory.
 pub struct Parsed<B> {
-    pub request: Request<B>,
+    /// Boxed: the request (320 bytes with its body) would otherwise be
+    /// copied whole at each step out to the server's loop and into the
+    /// proxy's future (`Result`, `Option`, `Head`, `Parsed`, each future).
+    pub request: Box<Request<B>>,
     /// Whether the connection may carry another request after this one.
     pub keep_alive: bool,
 }
@@ -132,7 +135,7 @@ pub fn parse<B>(
     }
     let headers = super::header_map(&head, spans.as_slice(), HEADROOM).ok_or(Refusal::Malformed)?;
     let keep_alive = super::keeps_alive(version, &headers);
-    let mut request = Request::new(empty_body());
+    let mut request = Box::new(Request::new(empty_body()));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
