@@ -24,6 +24,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::runtime::{Handle, Id};
+use tokio::task::coop;
 use tokio::time::{Instant, Sleep};
 
 /// Timers a thread keeps for its next attempts: more than the attempts a
@@ -40,17 +41,28 @@ struct Kept {
     timers: Vec<Pin<Box<Sleep>>>,
 }
 
-/// `future`'s output, or `None` when `timeout` passed first (the future is
-/// polled first, as `tokio::time::timeout` does). Takes the future pinned
+/// `future`'s output, or `None` when `timeout` passed first: the future is
+/// polled first, and the timer outside the task's budget when the future
+/// used it up, as `tokio::time::timeout` does. Takes the future pinned
 /// where its caller keeps it: it is not moved again.
 pub(super) async fn within<F: Future>(timeout: Duration, mut future: Pin<&mut F>) -> Option<F::Output> {
     let Some(deadline) = Instant::now().checked_add(timeout) else { return Some(future.await) };
     let mut timer = Lent::take(deadline);
     std::future::poll_fn(|cx| {
+        let had_budget = coop::has_budget_remaining();
         if let Poll::Ready(output) = future.as_mut().poll(cx) {
             return Poll::Ready(Some(output));
         }
-        timer.sleep().as_mut().poll(cx).map(|()| None)
+        let sleep = timer.sleep().as_mut();
+        let fired = if had_budget && !coop::has_budget_remaining() {
+            // The future used up the task's budget: the timer is polled
+            // outside it (as `tokio::time::timeout` does), or a future that
+            // always used it up would never time out.
+            Pin::new(&mut coop::unconstrained(sleep)).poll(cx)
+        } else {
+            sleep.poll(cx)
+        };
+        fired.map(|()| None)
     })
     .await
 }
@@ -143,6 +155,17 @@ mod tests {
         assert_eq!(within(Duration::from_secs(60), answered).await, Some(()));
         let took = gave_up_after(Duration::from_millis(100)).await;
         assert!(took >= Duration::from_millis(100) && took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_future_that_always_uses_up_the_tasks_budget_still_times_out() {
+        let busy = std::pin::pin!(async {
+            loop {
+                tokio::task::coop::consume_budget().await;
+            }
+        });
+        let gave_up = tokio::time::timeout(Duration::from_secs(10), within(Duration::from_millis(50), busy)).await;
+        assert_eq!(gave_up.ok(), Some(None), "the attempt's own timeout fired");
     }
 
     #[test]
