@@ -19,7 +19,8 @@
 //!    normalizes, [`router`] matches), `proxy/admit.rs` ([`ratelimit`];
 //!    [`forwarded`] names the client behind `trusted_proxies`),
 //!    `proxy/prepare.rs` ([`headers`], body buffering, the mirror's start),
-//!    `proxy/send.rs` (retries, fallback; [`split`] chose the primary),
+//!    `proxy/send.rs` (retries, fallback; [`split`] chose the primary;
+//!    each attempt's timeout on a reused timer, `proxy/timeout.rs`),
 //!    `proxy/finish.rs` (answer edits, [`metrics`], the [`access_log`] line
 //!    written at the answer's end); failures
 //!    become [`error`]s answered as JSON.

@@ -38,6 +38,21 @@ pub enum PathError {
     ControlCharacter,
 }
 
+/// The bytes [`normalize`] passes over without a second look: all but
+/// those its scan stops at (`\`, NUL, `#`, control bytes, `%`, `/` and
+/// `.`). One table lookup a byte: the scan's chain of comparisons cost
+/// ~20 instructions a byte of every request's path.
+static PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        plain[b] = !matches!(byte, b'\\' | b'#' | b'%' | b'/' | b'.') && byte >= 0x20 && byte != 0x7f;
+        b += 1;
+    }
+    plain
+};
+
 /// Normalizes `path` (without its query). Borrows when the path is already
 /// normal, which is the common case, so most requests allocate nothing here.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
@@ -48,6 +63,9 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let mut needs_rewrite = false;
     let mut has_escapes = false;
     for (i, &b) in bytes.iter().enumerate() {
+        if PLAIN[b as usize] {
+            continue;
+        }
         match b {
             b'\\' => return Err(PathError::Backslash),
             0 => return Err(PathError::Nul),
@@ -156,6 +174,16 @@ fn is_unreserved(b: u8) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_plain_bytes_are_exactly_those_a_one_byte_path_keeps_as_it_is() {
+        for b in 0u8..0x80 {
+            let path = format!("/{}", b as char);
+            let kept = matches!(normalize(&path), Ok(Cow::Borrowed(_)));
+            assert_eq!(PLAIN[usize::from(b)], kept, "byte {b:#04x}");
+        }
+        assert!((0x80..=0xff).all(|b| PLAIN[b]), "bytes of multi-byte characters are plain");
+    }
 
     fn norm(p: &str) -> Result<String, PathError> {
         normalize(p).map(|c| c.into_owned())

@@ -10,7 +10,8 @@
 //!    primary and fallback; then `start_mirror()` and `RequestBody::keep()`,
 //!    which keeps the body whole when the request may be sent twice.
 //! 4. `send.rs`, `send()`: attempts to the primary (retries within its
-//!    budget, a concurrency slot each), then the fallback.
+//!    budget, a concurrency slot each), then the fallback; each attempt
+//!    within the upstream's timeout, on a timer `timeout.rs` reuses.
 //! 5. `finish.rs`, `finish()`: the upstream's answer made the client's
 //!    (headers, version, upgrade tunnel, the mirror's copy); then
 //!    `Exchange::record()` counts the request, and the [`Exchange`] the
@@ -27,6 +28,7 @@ mod route;
 mod send;
 #[cfg(test)]
 mod testing;
+mod timeout;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

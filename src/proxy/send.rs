@@ -9,6 +9,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 
 use super::prepare::{Plan, RequestBody};
+use super::timeout::within;
 use super::Outcome;
 use crate::client::body::{ProxyBody, UpstreamBody};
 use crate::client::SendError;
@@ -131,14 +132,17 @@ impl Attempt<'_> {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() =
             if self.body.available() { self.parts.headers.clone() } else { std::mem::take(&mut self.parts.headers) };
-        let sent = upstream.connector.send_request(permit.target(), &mut request, self.added);
-        let result = match tokio::time::timeout(upstream.settings.timeout, sent).await {
-            Err(_) => {
+        let answer = {
+            let sent = std::pin::pin!(upstream.connector.send_request(permit.target(), &mut request, self.added));
+            within(upstream.settings.timeout, sent).await
+        };
+        let result = match answer {
+            None => {
                 upstream.counters.errors.timeout.inc();
                 Err(ProxyError::UpstreamTimeout { upstream: upstream.name.to_string() })
             }
-            Ok(Err(e)) => Err(classify_upstream_error(upstream, e)),
-            Ok(Ok(answer)) => Ok(answer),
+            Some(Err(e)) => Err(classify_upstream_error(upstream, e)),
+            Some(Ok(answer)) => Ok(answer),
         };
         match &result {
             Ok(response) if !is_gateway_error(response.status()) => upstream.record_success(permit.target()),

@@ -136,7 +136,7 @@ fn serve_request<'a>(
         // block of its own: it ends before the answer is written, so that
         // the writing shares its memory (the box is 4.0 KiB, not 5.2).
         let answered = {
-            let handling = std::pin::pin!(proxy::handle(shared.clone(), downstream.clone(), parsed.request));
+            let handling = std::pin::pin!(proxy::handle(shared.clone(), downstream.clone(), *parsed.request));
             answer(stream, handling).await
         };
         // Dropped at the end of this function, the exchange writes the access

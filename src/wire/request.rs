@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
-use super::{Span, HEADROOM, MAX_HEADERS};
+use super::{Spans, HEADROOM, MAX_HEADERS};
 use crate::headers::{add_forwarded, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 
 /// The longest target the `http` crate takes into a `Uri`.
@@ -38,7 +38,10 @@ pub enum Head<B> {
 
 /// A request our loop serves, its header values sharing the head's memory.
 pub struct Parsed<B> {
-    pub request: Request<B>,
+    /// Boxed: the request (320 bytes with its body) would otherwise be
+    /// copied whole at each step out to the server's loop and into the
+    /// proxy's future (`Result`, `Option`, `Head`, `Parsed`, each future).
+    pub request: Box<Request<B>>,
     /// Whether the connection may carry another request after this one.
     pub keep_alive: bool,
 }
@@ -89,8 +92,8 @@ pub fn parse<B>(
     max_head: usize,
     empty_body: impl FnOnce() -> B,
 ) -> Result<Option<Head<B>>, Refusal> {
-    let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
-    let (len, method, target, version, count) = {
+    let mut spans = Spans::default();
+    let (len, method, target, version) = {
         // Uninitialized: filling 100 empty slots per request shows in profiles.
         let mut slots = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut []);
@@ -113,7 +116,8 @@ pub fn parse<B>(
         let method = Method::from_bytes(method.as_bytes()).map_err(|_| Refusal::Malformed)?;
         let start = path.as_ptr() as usize - buf.as_ptr() as usize;
         let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        (len, method, start..start + path.len(), version, super::record_spans(buf, parsed.headers, &mut spans))
+        spans.record(buf, parsed.headers);
+        (len, method, start..start + path.len(), version)
     };
     let head = buf.split_to(len).freeze();
     let (too_long, target_len) = (target.len() >= MAX_URI, target.len());
@@ -129,9 +133,9 @@ pub fn parse<B>(
     if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) != target_len {
         return Err(Refusal::Fragment);
     }
-    let headers = super::header_map(&head, &spans[..count], HEADROOM).ok_or(Refusal::Malformed)?;
+    let headers = super::header_map(&head, spans.as_slice(), HEADROOM).ok_or(Refusal::Malformed)?;
     let keep_alive = super::keeps_alive(version, &headers);
-    let mut request = Request::new(empty_body());
+    let mut request = Box::new(Request::new(empty_body()));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;

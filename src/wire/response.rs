@@ -16,7 +16,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 use super::body::{Chunked, Decoder};
-use super::{keeps_alive, parse_length, Invalid, Span, HEADROOM, MAX_HEADERS};
+use super::{keeps_alive, parse_length, Invalid, Spans, HEADROOM, MAX_HEADERS};
 use crate::headers::X_REQUEST_ID;
 
 /// The largest answer head accepted (nginx's default is 4–8 KiB).
@@ -48,8 +48,8 @@ pub fn parse_final_head(buf: &mut BytesMut) -> Result<Option<Head>, Invalid> {
 
 /// Parses one head off the front of `buf`; `None` until it is complete.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Invalid> {
-    let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
-    let (len, status, version, count) = {
+    let mut spans = Spans::default();
+    let (len, status, version) = {
         // Uninitialized: filling 100 empty slots per answer showed in profiles.
         let mut slots = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
@@ -64,12 +64,13 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Invalid> {
         let code = parsed.code.unwrap_or_default();
         let status = StatusCode::from_u16(code).map_err(|_| Invalid("invalid status code"))?;
         let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        (len, status, version, super::record_spans(buf, parsed.headers, &mut spans))
+        spans.record(buf, parsed.headers);
+        (len, status, version)
     };
     let head = buf.split_to(len).freeze();
     // Room for the headers the proxy adds; hyper then parses the client's
     // next request on this connection into this same map, room included.
-    let headers = super::header_map(&head, &spans[..count], HEADROOM).ok_or(Invalid("invalid header field"))?;
+    let headers = super::header_map(&head, spans.as_slice(), HEADROOM).ok_or(Invalid("invalid header field"))?;
     Ok(Some(Head { status, version, headers }))
 }
 
