@@ -505,7 +505,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..ServeOptions::default()
         };
         server::run(proxy_listener, admin_listener, shared.clone(), options, shutdown_signal()).await;
-        shared.shadow.flush_store(Duration::from_secs(5));
+        shared.shadow.shut_down(SHADOW_SHUTDOWN).await;
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(shared)
     })?;
@@ -518,6 +518,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// After the drain: how long the shadow has to compare the copies still in
+/// flight and write their records (diff log, store) before the process
+/// exits. A copy that takes longer is lost, and the log says so.
+const SHADOW_SHUTDOWN: Duration = Duration::from_secs(5);
 
 /// Before listening: the rollouts' stored progress, so a restarted instance
 /// serves the fleet's weights from its first request. Without the state,

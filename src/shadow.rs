@@ -450,6 +450,8 @@ pub struct ShadowRuntime {
     settings: RawShadowLog,
     inflight: Arc<Semaphore>,
     log: Mutex<Option<mpsc::Sender<LogItem>>>,
+    /// Closed when the diff-log writer's thread has written its last line.
+    log_written: Mutex<Option<oneshot::Receiver<()>>>,
     /// This replica's name in its records: `POD_NAME`, else the hostname.
     instance: Arc<str>,
     /// Noise learned here or by any replica (through the store).
@@ -597,6 +599,7 @@ impl ShadowRuntime {
             inflight: Arc::new(Semaphore::new(settings.max_inflight)),
             settings,
             log: Mutex::new(None),
+            log_written: Mutex::new(None),
             instance: instance_name().into(),
             noise: Mutex::default(),
             noise_fields,
@@ -623,8 +626,21 @@ impl ShadowRuntime {
             // Weak: the runtime holds the writer's sender; the writer ends
             // when that is dropped.
             let runtime = Arc::downgrade(self);
-            tokio::task::spawn_blocking(move || write_log(rx, settings, runtime));
-            *log = Some(tx);
+            let (written_tx, written_rx) = oneshot::channel::<()>();
+            // A thread of its own, not the runtime's blocking pool: dropping
+            // the runtime waits for blocking tasks, and this one ends only
+            // when the log closes (see [`Self::shut_down`]).
+            let writer = std::thread::Builder::new().name("strangler-diff-log".into()).spawn(move || {
+                let _written = written_tx;
+                write_log(rx, settings, runtime);
+            });
+            match writer {
+                Ok(_) => {
+                    *log = Some(tx);
+                    *self.log_written.lock().unwrap_or_else(|e| e.into_inner()) = Some(written_rx);
+                }
+                Err(e) => tracing::error!(error = %e, "no thread for the shadow diff log; records are not written"),
+            }
         }
         drop(log);
         self.start_store();
@@ -674,9 +690,29 @@ impl ShadowRuntime {
         &self.instance
     }
 
-    /// At shutdown: waits (up to `within`) until the store has every record
-    /// queued for it. Nothing to wait for without a store.
-    pub fn flush_store(&self, within: Duration) {
+    /// At shutdown, after the drain, within `within` in all: waits for the
+    /// copies still in flight to be compared, closes the diff log and waits
+    /// for its writer to write what it holds, then for the store to have
+    /// every record. What is left after `within` is lost, and said so.
+    pub async fn shut_down(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        let all = u32::try_from(self.settings.max_inflight).unwrap_or(u32::MAX);
+        if tokio::time::timeout_at(deadline, self.inflight.acquire_many(all)).await.is_err() {
+            tracing::warn!(?within, "shadow copies still in flight at shutdown are not recorded");
+        }
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let written = self.log_written.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(written) = written {
+            if tokio::time::timeout_at(deadline, written).await.is_err() {
+                tracing::warn!(?within, "shadow records not yet written to the diff log at shutdown are lost");
+            }
+        }
+        self.flush_store(deadline.saturating_duration_since(tokio::time::Instant::now()));
+    }
+
+    /// Waits (up to `within`) until the store has every record queued for
+    /// it. Nothing to wait for without a store.
+    fn flush_store(&self, within: Duration) {
         if let Some(store) = self.store.get() {
             if !store.flush(within) {
                 tracing::warn!(?within, "shadow records still queued for the store at shutdown are lost");

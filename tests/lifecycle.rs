@@ -39,6 +39,36 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 }
 
 #[tokio::test]
+async fn sigterm_with_a_shadow_records_the_copies_in_flight_then_exits_zero() {
+    let primary = TestUpstream::start("primary", Behaviour::Echo).await;
+    // Slower than the requests: the copies are still in flight at SIGTERM.
+    let candidate = TestUpstream::start("candidate", Behaviour::Slow(Duration::from_millis(700))).await;
+    let logs = tempfile::tempdir().unwrap();
+    let diff_log = logs.path().join("diffs.jsonl");
+    let text = config(
+        &[("primary", &primary.url()), ("candidate", &candidate.url())],
+        "  - {name: mirrored, prefix: /, upstream: primary, shadow: {upstream: candidate}}\n",
+    );
+    let text = format!("shadow: {{log: \"{}\"}}\n{text}", diff_log.display());
+    let dir = ConfigDir::new(&text);
+    let mut proxy = BinaryProxy::start(&dir.path(), &["--threads", "1"]).await;
+    for i in 0..5 {
+        assert_eq!(get(proxy.addr, &format!("/copy/{i}")).await.status, 200);
+    }
+    proxy.signal("TERM");
+    let exited = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait()).await;
+    let status = exited.expect("the proxy still runs 10 s after SIGTERM").unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(candidate.hits(), 5, "every copy reached the candidate");
+    let records = std::fs::read_to_string(&diff_log).unwrap_or_default();
+    let paths: Vec<String> = records
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["path"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(paths.len(), 5, "one record for each copy in flight at SIGTERM:\n{records}");
+}
+
+#[tokio::test]
 async fn sighup_reloads_and_address_changes_need_a_restart() {
     let a = TestUpstream::start("a", Behaviour::Echo).await;
     // The config lives behind a symlink into another directory, so that only
