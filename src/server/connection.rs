@@ -504,7 +504,7 @@ mod tests {
     /// timer and the futures that wait on them (see `h1::serve`).
     #[tokio::test]
     async fn a_plain_connections_task_fits_in_640_bytes() {
-        let config = "upstreams:\n  up:\n    targets: [\"http://127.0.0.1:9\"]\n\
+        let config = "listen: \"127.0.0.1:0\"\nupstreams:\n  up:\n    targets: [\"http://127.0.0.1:9\"]\n\
                       routes:\n  - {name: all, prefix: /, upstream: up}\n";
         let shared = Shared::from_text("test.yaml", config).expect("a valid config");
         let connections = Arc::new(Connections::new(&ServeOptions::default(), shared));
