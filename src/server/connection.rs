@@ -53,12 +53,11 @@ pub(super) enum Kind {
 pub(super) struct Connections {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
-    shared: Arc<Shared>,
-    pub deadlines: Deadlines,
+    /// The proxy's state, the timeouts and the head size limit (which
+    /// hyper's builders have too), as our loop takes them.
+    pub settings: h1::Settings,
     /// Serve bodiless plain-HTTP/1.1 requests with our own loop.
     inline_http1: bool,
-    /// Largest request head accepted (our loop; hyper's builders have it too).
-    max_head: usize,
 }
 
 impl Connections {
@@ -67,10 +66,8 @@ impl Connections {
         Connections {
             http1: http1_builder(options, &deadlines),
             http2: http2_builder(options),
-            shared,
-            deadlines,
+            settings: h1::Settings { shared, deadlines, max_head: options.max_header_bytes },
             inline_http1: options.inline_http1,
-            max_head: options.max_header_bytes,
         }
     }
 
@@ -81,42 +78,12 @@ impl Connections {
         let this = self.clone();
         match kind {
             Kind::Proxy { tls: None } => {
-                // hyper's connection state is boxed, so that the task of a
-                // connection that never needs hyper is not sized for it.
-                tokio::spawn(async move {
-                    let Some(protocol) = sniff(&stream, this.deadlines.header_read, remote).await else { return };
-                    let downstream = Arc::new(Downstream::new(remote, "http"));
-                    match protocol {
-                        Protocol::Http1 if this.inline_http1 => {
-                            let (mut stream, mut drain) = (stream, drain);
-                            let ended = h1::serve(
-                                &mut stream,
-                                &this.shared,
-                                &downstream,
-                                &this.deadlines,
-                                this.max_head,
-                                &mut drain,
-                            )
-                            .await;
-                            if let h1::Ended::HandOff(read) = ended {
-                                let (stream, requests) = this.deadlines.later_heads(Prefixed::new(read, stream));
-                                let service = proxy_service(this.shared.clone(), downstream, Some(requests.clone()));
-                                Box::pin(this.serve_http(stream, protocol, service, drain, remote, Some(requests)))
-                                    .await
-                            }
-                        }
-                        _ => {
-                            let (stream, requests) = this.deadlines.first_head(stream, protocol.first_request());
-                            let service = proxy_service(this.shared.clone(), downstream, Some(requests.clone()));
-                            Box::pin(this.serve_http(stream, protocol, service, drain, remote, Some(requests))).await
-                        }
-                    }
-                });
+                tokio::spawn(this.serve_plain(stream, drain, Arc::new(Downstream::new(remote, "http"))));
             }
             Kind::Proxy { tls: Some(acceptor) } => {
                 tokio::spawn(async move {
                     let handshake = acceptor.accept(stream);
-                    let stream = match tokio::time::timeout(this.deadlines.tls_handshake, handshake).await {
+                    let stream = match tokio::time::timeout(this.settings.deadlines.tls_handshake, handshake).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => return tracing::debug!(error = %e, %remote, "TLS handshake failed"),
                         Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
@@ -126,16 +93,18 @@ impl Connections {
                         _ => Protocol::Http1,
                     };
                     // HTTP/2 has no deadline for a silent client of its own.
-                    let (stream, requests) = this.deadlines.first_head(stream, protocol.first_request());
+                    let (stream, requests) = this.settings.deadlines.first_head(stream, protocol.first_request());
                     let downstream = Arc::new(Downstream::new(remote, "https"));
-                    let service = proxy_service(this.shared.clone(), downstream, Some(requests.clone()));
+                    let service = proxy_service(this.settings.shared.clone(), downstream, Some(requests.clone()));
                     this.serve_http(stream, protocol, service, drain, remote, Some(requests)).await
                 });
             }
             Kind::Redirect { port } => {
                 tokio::spawn(async move {
-                    let Some(protocol) = sniff(&stream, this.deadlines.header_read, remote).await else { return };
-                    let (stream, requests) = this.deadlines.first_head(stream, protocol.first_request());
+                    let Some(protocol) = sniff(&stream, this.settings.deadlines.header_read, &remote).await else {
+                        return;
+                    };
+                    let (stream, requests) = this.settings.deadlines.first_head(stream, protocol.first_request());
                     let counted = requests.clone();
                     let service = service_fn(move |req| {
                         counted.started();
@@ -146,6 +115,38 @@ impl Connections {
                     this.serve_http(stream, protocol, service, drain, remote, Some(requests)).await
                 });
             }
+        }
+    }
+
+    /// A plain-TCP connection's task: the protocol sniffed, then our own
+    /// HTTP/1.1 loop, or hyper. Most connections idle most of their life in
+    /// this task, so what it holds then is kept small (a test below bounds
+    /// it): hyper's connection state is boxed, and this is a plain function
+    /// around an `async move` block, which keeps its arguments once (an
+    /// `async fn` would keep a second copy of the stream and the drain).
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    fn serve_plain(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        mut drain: Drain,
+        downstream: Arc<Downstream>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            let Some(protocol) = sniff(&stream, self.settings.deadlines.header_read, &downstream.remote).await else {
+                return;
+            };
+            if let (Protocol::Http1, true) = (&protocol, self.inline_http1) {
+                let ended = h1::serve(&mut stream, &self.settings, &downstream, &mut drain);
+                let h1::Ended::HandOff(read) = ended.await else { return };
+                let (stream, requests) = self.settings.deadlines.later_heads(Prefixed::new(read, stream));
+                let remote = downstream.remote;
+                let service = proxy_service(self.settings.shared.clone(), downstream, Some(requests.clone()));
+                return Box::pin(self.serve_http(stream, protocol, service, drain, remote, Some(requests))).await;
+            }
+            let (stream, requests) = self.settings.deadlines.first_head(stream, protocol.first_request());
+            let remote = downstream.remote;
+            let service = proxy_service(self.settings.shared.clone(), downstream, Some(requests.clone()));
+            Box::pin(self.serve_http(stream, protocol, service, drain, remote, Some(requests))).await
         }
     }
 
@@ -175,7 +176,7 @@ impl Connections {
                 let connection = self.http2.serve_connection(TokioIo::new(io), service);
                 // Its own task, so that HTTP/1.1 connection tasks (the most)
                 // are not sized for HTTP/2's state.
-                let idle = requests.map(|r| (r, self.deadlines.keepalive));
+                let idle = requests.map(|r| (r, self.settings.deadlines.keepalive));
                 tokio::spawn(until_drained(connection, |c| c.graceful_shutdown(), drain, remote, idle));
             }
         }
@@ -369,21 +370,35 @@ const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 /// them in the socket, so hyper reads the whole head in one go into a buffer
 /// of its usual size. `None` (logged) for a client that closes or sends
 /// nothing within `timeout`.
-async fn sniff(stream: &TcpStream, timeout: Duration, remote: SocketAddr) -> Option<Protocol> {
-    match peek_protocol(stream, timeout).await {
-        Ok(protocol) => Some(protocol),
-        Err(e) => {
-            tracing::debug!(error = %e, %remote, "connection closed before a request");
-            None
+///
+/// Part of every plain connection's task, whose size is set by its largest
+/// state: hence plain functions around `async move` blocks (an `async fn`
+/// keeps its arguments twice), the peek by `poll_peek` (tokio's `peek`
+/// future is 232 bytes) and the rare second peek's timer boxed.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn sniff<'a>(
+    stream: &'a TcpStream,
+    timeout: Duration,
+    remote: &'a SocketAddr,
+) -> impl Future<Output = Option<Protocol>> + Send + 'a {
+    async move {
+        let peeked = tokio::time::timeout(timeout, peek_protocol(stream)).await;
+        match peeked.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
+            Ok(protocol) => Some(protocol),
+            Err(e) => {
+                tracing::debug!(error = %e, %remote, "connection closed before a request");
+                None
+            }
         }
     }
 }
 
-async fn peek_protocol(stream: &TcpStream, timeout: Duration) -> std::io::Result<Protocol> {
-    let sniffing = async {
+#[allow(clippy::manual_async_fn)] // see `sniff`
+fn peek_protocol(stream: &TcpStream) -> impl Future<Output = std::io::Result<Protocol>> + Send + '_ {
+    async move {
         let mut buf = [0u8; H2_PREFACE_START.len()];
         loop {
-            let n = stream.peek(&mut buf).await?;
+            let n = std::future::poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut buf))).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
@@ -394,10 +409,9 @@ async fn peek_protocol(stream: &TcpStream, timeout: Duration) -> std::io::Result
                 return Ok(Protocol::Http2);
             }
             // Part of a preface: peek again once more may have arrived.
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            Box::pin(tokio::time::sleep(Duration::from_millis(1))).await;
         }
-    };
-    tokio::time::timeout(timeout, sniffing).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
 }
 
 /// `308` to the same host and path on HTTPS.
@@ -475,5 +489,31 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten thousand idle keep-alive connections cost what their tasks hold
+    /// (nginx's memory with as many is the mark): tokio adds 104 bytes to a
+    /// task's future and rounds the sum up to 128 bytes, so a future of up
+    /// to 536 bytes makes a 640-byte task (it was 1,280 with a 1,056-byte
+    /// future). What the idle wait holds: the stream, the drain, the idle
+    /// timer and the futures that wait on them (see `h1::serve`).
+    #[tokio::test]
+    async fn a_plain_connections_task_fits_in_640_bytes() {
+        let config = "listen: \"127.0.0.1:0\"\nupstreams:\n  up:\n    targets: [\"http://127.0.0.1:9\"]\n\
+                      routes:\n  - {name: all, prefix: /, upstream: up}\n";
+        let shared = Shared::from_text("test.yaml", config).expect("a valid config");
+        let connections = Arc::new(Connections::new(&ServeOptions::default(), shared));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let _client = TcpStream::connect(listener.local_addr().expect("its address")).await.expect("connected");
+        let (stream, remote) = listener.accept().await.expect("accepted");
+        let (_draining, drain) = tokio::sync::watch::channel(false);
+        let task = connections.serve_plain(stream, drain, Arc::new(Downstream::new(remote, "http")));
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 536, "a plain connection's future is {size} bytes: its task no longer fits in 640");
     }
 }

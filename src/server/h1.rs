@@ -64,50 +64,71 @@ pub(crate) enum Ended {
     HandOff(Bytes),
 }
 
+/// What our loop takes from the run, the same for every connection: each
+/// connection's task holds one reference to it, not one for each part.
+pub(crate) struct Settings {
+    /// The proxy's state.
+    pub shared: Arc<Shared>,
+    /// The timeout policy (header read, keep-alive, refusal linger; the rest
+    /// is for the connections hyper serves and for draining).
+    pub deadlines: Deadlines,
+    /// Largest request head accepted (hyper's builders have it too).
+    pub max_head: usize,
+}
+
 /// Serves requests on `stream` until the client closes, a request asks to
 /// close, the worker drains, or a request needs hyper. Heads are read under
-/// `deadlines` (header read, keep-alive, refusal linger) and up to
-/// `max_head` bytes.
-pub(crate) async fn serve(
-    stream: &mut TcpStream,
-    shared: &Arc<Shared>,
-    downstream: &Arc<Downstream>,
-    deadlines: &Deadlines,
-    max_head: usize,
-    drain: &mut Drain,
-) -> Ended {
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    // The idle timer is armed once and re-armed only when it fires early,
-    // not on every request (see `next_request_arrives`).
-    let mut idle_timer = std::pin::pin!(tokio::time::sleep(deadlines.keepalive));
-    loop {
-        if buf.is_empty() {
-            // Idle: the buffers go back to the allocator (nginx does the same).
-            (buf, out) = (BytesMut::new(), Vec::new());
-            let idle_until = tokio::time::Instant::now() + deadlines.keepalive;
+/// `settings`' deadlines and up to its `max_head` bytes.
+///
+/// Most connections spend most of their life waiting in here, so the wait
+/// holds as little as it can: no buffer (they live only while requests come
+/// in), and the argument references once (a plain function around an
+/// `async move` block: an `async fn` keeps a second copy of each).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub(crate) fn serve<'a>(
+    stream: &'a mut TcpStream,
+    settings: &'a Settings,
+    downstream: &'a Arc<Downstream>,
+    drain: &'a mut Drain,
+) -> impl Future<Output = Ended> + Send + 'a {
+    async move {
+        // The idle timer is armed once and re-armed only when it fires early,
+        // not on every request (see `next_request_arrives`).
+        let mut idle_timer = std::pin::pin!(tokio::time::sleep(settings.deadlines.keepalive));
+        'idle: loop {
+            // Idle: no buffer is held (nginx does the same).
+            let idle_until = tokio::time::Instant::now() + settings.deadlines.keepalive;
             if !next_request_arrives(stream, drain, idle_timer.as_mut(), idle_until).await {
                 return Ended::Closed;
             }
-            out.reserve(OUT_ROOM);
-        }
-        let parsed = match read_head(stream, &mut buf, deadlines, max_head).await {
-            Ok(Some(Head::Inline(parsed))) => parsed,
-            Ok(Some(Head::HandOff)) => return Ended::HandOff(buf.freeze()),
-            Ok(None) => return Ended::Closed,
-            Err(refusal) => {
-                Box::pin(refuse(stream, &mut out, refusal, deadlines.refusal_linger)).await;
-                return Ended::Closed;
-            }
-        };
-        // Boxed (one allocation per request, the proxy's future included):
-        // an idle connection's task then holds only what waiting needs, not
-        // the request's state (~4 KiB). The box is allocated first and the
-        // future made in it: made first, it would be copied in whole.
-        let serving = Box::write(Box::new_uninit(), serve_request(stream, shared, downstream, parsed, drain, &mut out));
-        let kept = Box::into_pin(serving).await;
-        if !kept {
-            let _ = stream.shutdown().await;
+            let mut buf = BytesMut::new();
+            // Requests back to back: a pipelined one is already in `buf`.
+            let refusal = loop {
+                let parsed = match read_head(stream, &mut buf, &settings.deadlines, settings.max_head).await {
+                    Ok(Some(Head::Inline(parsed))) => parsed,
+                    Ok(Some(Head::HandOff)) => return Ended::HandOff(buf.freeze()),
+                    Ok(None) => return Ended::Closed,
+                    // Answered out of this `match`: awaited in it, the refusal
+                    // would keep the head's whole result (~330 bytes) in this
+                    // future for the connection's life, idle or not.
+                    Err(refusal) => break refusal,
+                };
+                // Boxed (one allocation per request, the proxy's future included):
+                // an idle connection's task then holds only what waiting needs, not
+                // the request's state (~4 KiB). The box is allocated first and the
+                // future made in it: made first, it would be copied in whole.
+                let serving =
+                    Box::write(Box::new_uninit(), serve_request(stream, &settings.shared, downstream, parsed, drain));
+                let kept = Box::into_pin(serving).await;
+                if !kept {
+                    let _ = stream.shutdown().await;
+                    return Ended::Closed;
+                }
+                if buf.is_empty() {
+                    continue 'idle;
+                }
+            };
+            Box::pin(refuse(stream, refusal, settings.deadlines.refusal_linger)).await;
             return Ended::Closed;
         }
     }
@@ -126,9 +147,11 @@ fn serve_request<'a>(
     downstream: &'a Arc<Downstream>,
     parsed: Parsed<ProxyBody>,
     drain: &'a Drain,
-    out: &'a mut Vec<u8>,
 ) -> impl Future<Output = bool> + 'a {
     async move {
+        // Here, in the request's box, not in the connection's task: an idle
+        // connection holds no buffer.
+        let mut out = Vec::with_capacity(OUT_ROOM);
         let is_head = parsed.request.method() == Method::HEAD;
         let version = parsed.request.version();
         // The proxy's future is pinned here, in this future's box (made in
@@ -146,7 +169,7 @@ fn serve_request<'a>(
         };
         let keep_alive = parsed.keep_alive && !*drain.borrow();
         let to = Answering { is_head, version, keep_alive };
-        matches!(write_response(stream, out, response, to, Some(&mut exchange)).await, Ok(true))
+        matches!(write_response(stream, &mut out, response, to, Some(&mut exchange)).await, Ok(true))
     }
 }
 
@@ -158,28 +181,38 @@ fn serve_request<'a>(
 ///
 /// `timer` may be set for an earlier moment (it is re-armed lazily): when
 /// it fires before `idle_until`, it is set again and the wait goes on.
-async fn next_request_arrives(
-    stream: &TcpStream,
-    drain: &mut Drain,
-    mut timer: Pin<&mut tokio::time::Sleep>,
+/// (A plain function around an `async move` block: an `async fn` would keep
+/// its arguments twice, in every idle connection.)
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn next_request_arrives<'a>(
+    stream: &'a TcpStream,
+    drain: &'a mut Drain,
+    mut timer: Pin<&'a mut tokio::time::Sleep>,
     idle_until: tokio::time::Instant,
-) -> bool {
-    loop {
-        tokio::select! {
+) -> impl Future<Output = bool> + Send + 'a {
+    async move {
+        let mut draining = std::pin::pin!(drain.wait_for(|draining| *draining));
+        // By hand rather than `select!`, which keeps a copy of each future.
+        poll_fn(|cx| loop {
             // The socket first: the wake-up that ends almost every wait is
             // the next request, and the drain's watch is then not polled a
             // second time. A request that arrives as draining starts is
             // served either way, with `Connection: close`.
-            biased;
-            ready = poll_fn(|cx| stream.poll_read_ready(cx)) => return ready.is_ok(),
-            _ = drain.wait_for(|draining| *draining) => return has_bytes_waiting(stream),
-            _ = timer.as_mut() => {
-                if tokio::time::Instant::now() >= idle_until {
-                    return false;
-                }
-                timer.as_mut().reset(idle_until);
+            if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+                return Poll::Ready(ready.is_ok());
             }
-        }
+            if draining.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(has_bytes_waiting(stream));
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if tokio::time::Instant::now() >= idle_until {
+                return Poll::Ready(false);
+            }
+            timer.as_mut().reset(idle_until);
+        })
+        .await
     }
 }
 
@@ -417,7 +450,8 @@ impl BodyWriter<'_> {
 /// Answers a refused head with its JSON error and closes the connection,
 /// reading what the client still sends for a moment (`linger_for`) first, so
 /// that the close does not turn into a reset that could destroy the answer.
-async fn refuse(stream: &mut TcpStream, out: &mut Vec<u8>, refusal: Refusal, linger_for: Duration) {
+async fn refuse(stream: &mut TcpStream, refusal: Refusal, linger_for: Duration) {
+    let out = &mut Vec::new();
     let (status, code, message) = refusal.describe();
     tracing::debug!(status = status.as_u16(), reason = message, "request head refused");
     let response = crate::error::json_error(status, code, "downstream", message.into(), None, None);

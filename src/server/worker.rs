@@ -97,7 +97,7 @@ impl Worker {
         drain.send_replace(true);
         tokio::select! {
             _ = drain.closed() => tracing::info!("drained"),
-            _ = tokio::time::sleep(connections.deadlines.drain) => tracing::warn!("drain timeout reached; closing the remaining connections"),
+            _ = tokio::time::sleep(connections.settings.deadlines.drain) => tracing::warn!("drain timeout reached; closing the remaining connections"),
         }
         sweeper.abort();
         flusher.abort();
