@@ -29,7 +29,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex, TryLockError};
+use std::sync::{LazyLock, Mutex, OnceLock, TryLockError};
 use std::time::Instant;
 
 use http::header::{self, HeaderMap};
@@ -122,9 +122,9 @@ impl Sample {
 }
 
 /// A ring slot; its strings keep their capacity from one sample to the next.
-/// The ring is allocated whole at start (10,000 slots by default), so a
-/// slot is kept small: 104 bytes with its lock (152 with the sticky key's
-/// fields inline, which most routes never fill).
+/// The ring holds 10,000 slots by default, so a slot is kept small: 104
+/// bytes with its lock (152 with the sticky key's fields inline, which most
+/// routes never fill).
 #[derive(Default)]
 struct Slot {
     method: Method,
@@ -151,8 +151,14 @@ pub struct Sampler {
     /// `n · GOLDEN` at or below this is sampled (`u64::MAX / every`).
     threshold: AtomicU64,
     every: AtomicU64,
-    slots: Box<[Mutex<Slot>]>,
+    /// The ring, in chunks of [`CHUNK`] slots allocated when first sampled
+    /// into: a quiet instance does not hold a full ring (~1 MB) it has not used.
+    chunks: Box<[OnceLock<Box<[Mutex<Slot>]>>]>,
+    capacity: usize,
 }
+
+/// Slots per chunk of the ring.
+const CHUNK: usize = 256;
 
 impl Default for Sampler {
     fn default() -> Self {
@@ -168,7 +174,8 @@ impl Sampler {
             skipped: AtomicU64::new(0),
             threshold: AtomicU64::new(0),
             every: AtomicU64::new(1),
-            slots: (0..capacity.max(1)).map(|_| Mutex::default()).collect(),
+            chunks: (0..capacity.max(1).div_ceil(CHUNK)).map(|_| OnceLock::new()).collect(),
+            capacity: capacity.max(1),
         };
         sampler.set_every(every);
         sampler
@@ -190,7 +197,7 @@ impl Sampler {
 
     /// How many samples the ring keeps.
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.capacity
     }
 
     /// Samples taken since start (the ring keeps the last `capacity`).
@@ -235,8 +242,8 @@ impl Sampler {
             Err(_) => return,
         };
         let host = matching_host(uri, headers);
-        let index = self.taken.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
-        let mut slot = match self.slots[index as usize].try_lock() {
+        let index = (self.taken.fetch_add(1, Ordering::Relaxed) % self.capacity as u64) as usize;
+        let mut slot = match self.slot(index).try_lock() {
             Ok(slot) => slot,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => {
@@ -270,11 +277,22 @@ impl Sampler {
         slot.at = Some(Instant::now());
     }
 
+    /// Ring slot `index`, its chunk allocated if this is the first sample in it.
+    fn slot(&self, index: usize) -> &Mutex<Slot> {
+        let chunk = self.chunks[index / CHUNK].get_or_init(|| {
+            let len = CHUNK.min(self.capacity - index / CHUNK * CHUNK);
+            (0..len).map(|_| Mutex::default()).collect()
+        });
+        &chunk[index % CHUNK]
+    }
+
     /// The samples kept, in no particular order (each slot is locked in turn,
     /// so a request sampled meanwhile may or may not be in).
     pub fn snapshot(&self) -> Vec<Sample> {
-        self.slots
+        self.chunks
             .iter()
+            .filter_map(OnceLock::get)
+            .flat_map(|chunk| chunk.iter())
             .filter_map(|slot| {
                 let slot = slot.lock().unwrap_or_else(|e| e.into_inner());
                 slot.at.map(|at| Sample {
@@ -421,9 +439,27 @@ mod tests {
     }
 
     #[test]
+    fn the_ring_is_allocated_as_it_fills_and_keeps_the_last_capacity_samples() {
+        let (table, sampler) = (table(), Sampler::new(1, CHUNK + 10));
+        let allocated = |s: &Sampler| s.chunks.iter().filter(|c| c.get().is_some()).count();
+        assert_eq!(allocated(&sampler), 0, "nothing allocated before the first sample");
+        for i in 0..CHUNK {
+            observe(&sampler, &table, &request(&format!("/api/comments/{i}")));
+        }
+        assert_eq!((allocated(&sampler), sampler.snapshot().len()), (1, CHUNK));
+        for i in CHUNK..CHUNK + 20 {
+            observe(&sampler, &table, &request(&format!("/api/comments/{i}")));
+        }
+        let kept = sampler.snapshot();
+        assert_eq!((allocated(&sampler), kept.len()), (2, CHUNK + 10), "the last chunk is 10 slots");
+        assert!(kept.iter().all(|s| s.path.as_ref() != "/api/comments/0"), "the oldest sample was replaced");
+        assert!(kept.iter().any(|s| s.path.as_ref() == format!("/api/comments/{}", CHUNK + 19)));
+    }
+
+    #[test]
     fn a_slot_being_read_is_skipped_rather_than_waited_for() {
         let (table, sampler) = (table(), Sampler::new(1, 1));
-        let held = sampler.slots[0].lock().unwrap();
+        let held = sampler.slot(0).lock().unwrap();
         observe(&sampler, &table, &request("/api/comments/1"));
         drop(held);
         assert_eq!(sampler.skipped(), 1);
