@@ -153,12 +153,15 @@ pub struct Sampler {
     every: AtomicU64,
     /// The ring, in chunks of [`CHUNK`] slots allocated when first sampled
     /// into: a quiet instance does not hold a full ring (~1 MB) it has not used.
-    chunks: Box<[OnceLock<Box<[Mutex<Slot>]>>]>,
+    chunks: Box<[OnceLock<Chunk>]>,
     capacity: usize,
 }
 
 /// Slots per chunk of the ring.
 const CHUNK: usize = 256;
+
+/// [`CHUNK`] slots of the ring (fewer in the last chunk).
+type Chunk = Box<[Mutex<Slot>]>;
 
 impl Default for Sampler {
     fn default() -> Self {
