@@ -95,8 +95,7 @@ impl Connections {
                     // HTTP/2 has no deadline for a silent client of its own.
                     let (stream, requests) = this.settings.deadlines.first_head(stream, protocol.first_request());
                     let downstream = Arc::new(Downstream::new(remote, "https"));
-                    let service = proxy_service(this.settings.shared.clone(), downstream, Some(requests.clone()));
-                    this.serve_http(stream, protocol, service, drain, remote, Some(requests)).await
+                    this.serve_proxied(stream, protocol, downstream, drain, requests).await
                 });
             }
             Kind::Redirect { port } => {
@@ -139,15 +138,28 @@ impl Connections {
                 let ended = h1::serve(&mut stream, &self.settings, &downstream, &mut drain);
                 let h1::Ended::HandOff(read) = ended.await else { return };
                 let (stream, requests) = self.settings.deadlines.later_heads(Prefixed::new(read, stream));
-                let remote = downstream.remote;
-                let service = proxy_service(self.settings.shared.clone(), downstream, Some(requests.clone()));
-                return Box::pin(self.serve_http(stream, protocol, service, drain, remote, Some(requests))).await;
+                return Box::pin(self.serve_proxied(stream, protocol, downstream, drain, requests)).await;
             }
             let (stream, requests) = self.settings.deadlines.first_head(stream, protocol.first_request());
-            let remote = downstream.remote;
-            let service = proxy_service(self.settings.shared.clone(), downstream, Some(requests.clone()));
-            Box::pin(self.serve_http(stream, protocol, service, drain, remote, Some(requests))).await
+            Box::pin(self.serve_proxied(stream, protocol, downstream, drain, requests)).await
         }
+    }
+
+    /// Serves a connection to the proxy with hyper (see [`Self::serve_http`]),
+    /// for `downstream`, its requests counted by `requests`.
+    async fn serve_proxied<I>(
+        &self,
+        io: I,
+        protocol: Protocol,
+        downstream: Arc<Downstream>,
+        drain: Drain,
+        requests: Arc<RequestCount>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let remote = downstream.remote;
+        let service = proxy_service(self.settings.shared.clone(), downstream, Some(requests.clone()));
+        self.serve_http(io, protocol, service, drain, remote, Some(requests)).await
     }
 
     /// Serves one connection in the protocol it speaks, until it ends or
