@@ -701,9 +701,14 @@ def idle_rows():
             stop(p)
 
 
-def main():
-    upstream = start([UPSTREAM, f"127.0.0.1:{UP_PORT}", "2"], "upstream", UP_PORT)
+def start_upstreams():
+    """The bench upstream (2 threads) and the slow one the shadow rows mirror to; returns the first."""
     start([UPSTREAM, f"127.0.0.1:{SLOW_PORT}", "1", "slow"], "upstream-slow", SLOW_PORT)
+    return start([UPSTREAM, f"127.0.0.1:{UP_PORT}", "2"], "upstream", UP_PORT)
+
+
+def main():
+    upstream = start_upstreams()
     cert = make_cert()
     peak = {}
     steps = [(f"small GET in turns, access log off/on, {w} worker(s)", lambda w=w: in_turns(w)) for w in (1, 2)]
@@ -728,8 +733,7 @@ def train():
     2 workers, HTTP/2, large bodies, a big route table, a slow shadow), so that the profile marks hot what
     requests run and nothing is laid out as cold only because the training skipped it. Each proxy must
     exit on its own after SIGTERM: the instrumented binary writes its profile at exit."""
-    start([UPSTREAM, f"127.0.0.1:{UP_PORT}", "2"], "upstream", UP_PORT)
-    start([UPSTREAM, f"127.0.0.1:{SLOW_PORT}", "1", "slow"], "upstream-slow", SLOW_PORT)
+    start_upstreams()
     cert = make_cert()
     seconds = 2
 
