@@ -42,6 +42,9 @@ QUICK = os.environ.get("BENCH_QUICK") == "1" or "--quick" in sys.argv[1:]
 ONLY = [w for w in os.environ.get("BENCH_ONLY", "").split(",") if w]
 RUN_S = int(os.environ.get("BENCH_SECONDS", "1" if QUICK else "5"))
 RUNS = 1 if QUICK else 3
+# The slow-shadow step's rounds: its p99s spread by ±20% from start to start on this VM, more than the
+# 10% the target allows, so it takes the median of more of them.
+SHADOW_RUNS = 1 if QUICK else 5
 WARM_S = 1 if QUICK else 2
 CONNS = 32
 # Issue 16's method: h2load --h1 -c50 -n200000 after a 20k warm-up.
@@ -656,29 +659,32 @@ def route_rows():
 
 
 def shadow_rows():
-    """A slow shadow (2 s) vs no shadow: the primary's latency at a fixed rate."""
-    for shadow in (False, True):
-        p = start_proxy("strangler", 1, shadow=shadow)
-        pids = pids_of(p)
-        rate = 2000
-        per_client = max(1, rate // CONNS)
-        h2load(P_H1, "/small", seconds=WARM_S, h1=True, streams=1, rps=per_client, name=f"shadow-{shadow}")
-        p50s, p99s = [], []
-        for i in range(RUNS):
-            lf = os.path.join(OUT, f"shadow-{shadow}-{i}.tsv")
-            r = h2load(P_H1, "/small", seconds=RUN_S, h1=True, streams=1, rps=per_client, logfile=lf,
-                       name=f"shadow-{shadow}")
-            p50, p99 = percentiles(lf)
-            p50s.append(p50)
-            p99s.append(p99)
-        shadow_metrics = ""
-        if shadow:
-            m = sh(f"curl -s http://127.0.0.1:{P_ADMIN}/metrics").stdout
-            shadow_metrics = " ".join(l for l in m.splitlines() if l.startswith("strangler_shadow") and "dropped" in l)
+    """A slow shadow (2 s) vs no shadow: the primary's latency at a fixed rate, in turns (off, on, off, on...,
+    each start with its own warm-up): measured one after the other, the VM's drift decided the verdict."""
+    rate = 2000
+    per_client = max(1, rate // CONNS)
+    runs = {False: [], True: []}
+    for i in range(SHADOW_RUNS):
+        for shadow in (False, True):
+            p = start_proxy("strangler", 1, shadow=shadow)
+            pids = pids_of(p)
+            name = f"shadow-{shadow}"
+            h2load(P_H1, "/small", seconds=WARM_S, h1=True, streams=1, rps=per_client, name=name)
+            lf = os.path.join(OUT, f"{name}-{i}.tsv")
+            r = h2load(P_H1, "/small", seconds=RUN_S, h1=True, streams=1, rps=per_client, logfile=lf, name=name)
+            r["p50"], r["p99"] = percentiles(lf)
+            r["hwm_kib"] = status_kib(pids, "VmHWM:")
+            if shadow:
+                m = sh(f"curl -s http://127.0.0.1:{P_ADMIN}/metrics").stdout
+                r["shadow_metrics"] = " ".join(
+                    l for l in m.splitlines() if l.startswith("strangler_shadow") and "dropped" in l)
+            runs[shadow].append(r)
+            stop(p)
+    for shadow, rs in runs.items():
         row(f"shadow {'on (2 s shadow)' if shadow else 'off'} @ {rate} req/s", "strangler", 1,
-            {"rps": rate, "errors": r["errors"]}, pids, p50_ms=median_or_none(p50s),
-            p99_ms=median_or_none(p99s), offered_rps=rate, shadow_metrics=shadow_metrics)
-        stop(p)
+            {"rps": rate, "errors": sum(r["errors"] for r in rs)}, [], hwm_kib=max(r["hwm_kib"] for r in rs),
+            p50_ms=median_or_none([r["p50"] for r in rs]), p99_ms=median_or_none([r["p99"] for r in rs]),
+            p99_runs_ms=[r["p99"] for r in rs], offered_rps=rate, shadow_metrics=rs[-1].get("shadow_metrics", ""))
 
 
 def idle_rows():
@@ -703,7 +709,9 @@ def idle_rows():
 
 def start_upstreams():
     """The bench upstream (2 threads) and the slow one the shadow rows mirror to; returns the first."""
-    start([UPSTREAM, f"127.0.0.1:{SLOW_PORT}", "1", "slow"], "upstream-slow", SLOW_PORT)
+    # The slow one stands for a shadow service on another machine: at nice 10, its bursts of 2-second answers
+    # do not take this 2-core box's CPU from the proxy under test.
+    start(["nice", "-n", "10", UPSTREAM, f"127.0.0.1:{SLOW_PORT}", "1", "slow"], "upstream-slow", SLOW_PORT)
     return start([UPSTREAM, f"127.0.0.1:{UP_PORT}", "2"], "upstream", UP_PORT)
 
 

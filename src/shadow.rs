@@ -53,6 +53,21 @@ const MAX_POINTER_LABELS: usize = 200;
 /// Distinct noise fields remembered per route (over all its endpoints).
 const MAX_NOISE_FIELDS: usize = 500;
 
+/// The nice value of the shadow's threads (`nice -n 10`): mirroring is
+/// best-effort, so while a worker has live requests to serve, a burst of
+/// shadow answers waits for it, not the other way round. A starved shadow
+/// fills its in-flight cap and drops copies, counted as `inflight_cap`.
+const SHADOW_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`SHADOW_NICE`]. On
+/// Linux a nice value is per thread, so the workers keep theirs.
+fn yield_to_live_traffic() {
+    let thread = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(thread), SHADOW_NICE) {
+        tracing::debug!(error = %e, "shadow thread keeps its priority");
+    }
+}
+
 /// A route's learned noise: per endpoint, the fields that differ between two
 /// answers of the primary.
 #[derive(Default)]
@@ -492,6 +507,7 @@ impl ShadowThread {
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new().name("strangler-shadow".into()).spawn(move || {
+            yield_to_live_traffic();
             runtime.block_on(async {
                 // Shadow fetches pool their connections on this thread.
                 let sweeper = tokio::spawn(crate::client::sweep_idle_pools());
@@ -632,6 +648,7 @@ impl ShadowRuntime {
             // when the log closes (see [`Self::shut_down`]).
             let writer = std::thread::Builder::new().name("strangler-diff-log".into()).spawn(move || {
                 let _written = written_tx;
+                yield_to_live_traffic();
                 write_log(rx, settings, runtime);
             });
             match writer {

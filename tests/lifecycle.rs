@@ -69,6 +69,47 @@ async fn sigterm_with_a_shadow_records_the_copies_in_flight_then_exits_zero() {
 }
 
 #[tokio::test]
+async fn the_shadow_threads_run_below_the_workers_priority() {
+    let primary = TestUpstream::start("primary", Behaviour::Echo).await;
+    let candidate = TestUpstream::start("candidate", Behaviour::Echo).await;
+    let logs = tempfile::tempdir().unwrap();
+    let text = config(
+        &[("primary", &primary.url()), ("candidate", &candidate.url())],
+        "  - {name: mirrored, prefix: /, upstream: primary, shadow: {upstream: candidate}}\n",
+    );
+    let text = format!("shadow: {{log: \"{}\"}}\n{text}", logs.path().join("diffs.jsonl").display());
+    let dir = ConfigDir::new(&text);
+    let proxy = BinaryProxy::start(&dir.path(), &["--threads", "2"]).await;
+    assert_eq!(get(proxy.addr, "/mirrored").await.status, 200);
+    let pid = proxy.child.id().unwrap();
+    // Each thread's name (its `comm`: cut to 15 bytes) and nice value.
+    let threads = || -> Vec<(String, i64)> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        tasks
+            .filter_map(|task| {
+                let dir = task.ok()?.path();
+                let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_string();
+                let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+                // Field 19, counted after the ")" that ends the name.
+                let nice = stat[stat.rfind(')')? + 2..].split(' ').nth(16)?.parse().ok()?;
+                Some((name, nice))
+            })
+            .collect()
+    };
+    let shadow = |name: &str| name.starts_with("strangler-shado") || name.starts_with("strangler-diff-");
+    wait_for(Duration::from_secs(5), "the shadow's two threads to start", || async {
+        threads().iter().filter(|(name, _)| shadow(name)).count() == 2
+    })
+    .await;
+    let threads = threads();
+    for (name, nice) in &threads {
+        let expected = if shadow(name) { 10 } else { 0 };
+        assert_eq!(*nice, expected, "thread {name}: the shadow's threads yield to live traffic, the rest keep theirs");
+    }
+    assert!(threads.iter().any(|(name, _)| name.starts_with("strangler-worke")), "{threads:?}");
+}
+
+#[tokio::test]
 async fn sighup_reloads_and_address_changes_need_a_restart() {
     let a = TestUpstream::start("a", Behaviour::Echo).await;
     // The config lives behind a symlink into another directory, so that only
