@@ -21,13 +21,14 @@ ARG STRANGLER_COMMIT=unknown
 # the registry and target/ between builds, so only changed crates recompile.
 # The binary is the profile-guided build `make bench` measures (scripts/pgo.sh:
 # an instrumented build runs the benchmark's traffic on loopback, then the
-# optimised build); its training load needs these tools. Not pinned to exact
+# optimised build, which BOLT reorders from a second training run); its
+# training load needs these tools, and llvm-19 and bolt-19 its profile tools. Not pinned to exact
 # versions: they come from the image's Debian release (bookworm), whose
 # security updates replace exact versions; they never reach the final image.
 # hadolint ignore=DL3008
 RUN apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-       python3 llvm-19 wrk nghttp2-client openssl curl \
+       python3 llvm-19 bolt-19 wrk nghttp2-client openssl curl \
     && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \

@@ -14,7 +14,7 @@ CARGO ?= cargo
 # Where cargo puts binaries: honours CARGO_TARGET_DIR (relative or absolute) and .cargo/config.
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo $(CURDIR)/target)
 
-.PHONY: demo demo-fleet migrate test test-rust test-python test-k8s test-fuzz lint bench bench-quick soak fuzz report venv build release release-pgo clean system-deps postgres prometheus
+.PHONY: demo demo-fleet migrate test test-rust test-python test-k8s test-fuzz lint bench bench-quick soak fuzz report venv build release release-pgo test-pgo clean system-deps postgres prometheus
 
 ## Python virtualenv with the monolith's pinned requirements.
 venv: $(VENV)/.installed
@@ -31,10 +31,17 @@ release:
 
 ## strangler built with profile-guided optimisation (scripts/pgo.sh: an
 ## instrumented build trained on the benchmark's traffic, then the optimised
-## build) into <target dir>/pgo/strangler: what `make bench` measures and the
-## container image ships.
+## build, then BOLT's reordering from a second training run) into
+## <target dir>/pgo/strangler: what `make bench` measures and the container
+## image ships.
 release-pgo:
 	scripts/pgo.sh
+
+## The integration suite on the binary `make bench` measures and the image
+## ships (the PGO + BOLT build), not the debug build `make test` uses: BOLT
+## rewrites the linked binary, so it is checked as users get it.
+test-pgo: venv postgres prometheus release-pgo
+	STRANGLER_TEST_BIN=$(TARGET_DIR)/pgo/strangler $(CARGO) test -p strangler --test tests
 
 ## Debian packages the tests and the demo use (installed only when missing).
 system-deps: postgres prometheus

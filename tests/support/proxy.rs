@@ -139,8 +139,14 @@ pub struct BinaryProxy {
     pub stdout: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// The binary under test: this build's, or `STRANGLER_TEST_BIN` (a release,
+/// profile-guided or BOLT-reordered build: `make test-pgo` runs the suite on
+/// the binary `make bench` measures and the image ships).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_strangler")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var("STRANGLER_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_strangler").to_string())
+    })
 }
 
 impl BinaryProxy {
