@@ -119,7 +119,7 @@ def targets(summary):
 def source_line(summary):
     src = summary.get("source") or {"commit": "unknown", "clean": False, "why": "the run recorded no commit"}
     if src["clean"]:
-        build = {"pgo": ", profile-guided build (scripts/pgo.sh)", "release": ", plain release build"}.get(src.get("build"), "")
+        build = {"pgo": ", profile-guided build with BOLT (scripts/pgo.sh)", "release": ", plain release build"}.get(src.get("build"), "")
         return f"commit {src['commit']} (clean tree{build})"
     return dirty_banner(src)
 
