@@ -618,28 +618,46 @@ def throughput_rows(upstream, cert, peak):
                 stop(p)
 
 
+def at_fixed_rate(port, rate, name, i, pids=()):
+    """One latency measurement: a warm-up, then RUN_S seconds at `rate` req/s offered (h2load --h1, one
+    request at a time per connection); p50/p99 from h2load's per-request log, the peak RSS of `pids`."""
+    per_client = max(1, rate // CONNS)
+    h2load(port, "/small", seconds=WARM_S, h1=True, streams=1, rps=per_client, name=name)
+    lf = os.path.join(OUT, f"{name}-{i}.tsv")
+    r = h2load(port, "/small", seconds=RUN_S, h1=True, streams=1, rps=per_client, logfile=lf, name=name)
+    r["p50"], r["p99"] = percentiles(lf)
+    r["hwm_kib"] = status_kib(pids, "VmHWM:")
+    return r
+
+
+def latency_row(scenario, kind, workers, rate, runs, **extra):
+    """The row of a fixed-rate step: the medians of its runs' p50 and p99, every run's p99 kept."""
+    return row(scenario, kind, workers, {"rps": rate, "errors": sum(r["errors"] for r in runs)}, [],
+               hwm_kib=max(r["hwm_kib"] for r in runs), p50_ms=median_or_none([r["p50"] for r in runs]),
+               p99_ms=median_or_none([r["p99"] for r in runs]), p99_runs_ms=[r["p99"] for r in runs],
+               offered_rps=rate, **extra)
+
+
 def latency_rows(upstream, peak):
-    """p50/p99 at a fixed offered rate: half of nginx's peak with the same worker count."""
+    """p50/p99 at a fixed offered rate, half of nginx's peak with the same worker count: the upstream
+    alone, then strangler and nginx in turns (RUNS rounds, each start with its own warm-up). Measured
+    one after the other, the VM's drift between the two decided the verdict: nginx's own p99 moved by
+    15% from run to run."""
     for workers in (1, 2):
         rate = max(1000, int(peak.get(("nginx", workers)) or 10000) // 2)
-        per_client = max(1, rate // CONNS)
-        for kind in ["direct", "strangler", "nginx"]:
-            p = upstream if kind == "direct" else start_proxy(kind, workers)
-            pids = pids_of(p)
-            h2load(port_of(kind, "h1"), "/small", seconds=WARM_S, h1=True, streams=1, rps=per_client,
-                   name=f"latency-{kind}-w{workers}")
-            p50s, p99s = [], []
-            for i in range(RUNS):
-                lf = os.path.join(OUT, f"latency-{kind}-w{workers}-{i}.tsv")
-                r = h2load(port_of(kind, "h1"), "/small", seconds=RUN_S, h1=True, streams=1, rps=per_client,
-                           logfile=lf, name=f"latency-{kind}-w{workers}")
-                p50, p99 = percentiles(lf)
-                p50s.append(p50)
-                p99s.append(p99)
-            row(f"latency @ {rate} req/s (HTTP/1.1)", kind, workers, {"rps": rate, "errors": r["errors"]}, pids,
-                p50_ms=median_or_none(p50s), p99_ms=median_or_none(p99s), offered_rps=rate)
-            if kind != "direct":
+        scenario = f"latency @ {rate} req/s (HTTP/1.1)"
+        direct = [at_fixed_rate(UP_PORT, rate, f"latency-direct-w{workers}", i, pids_of(upstream))
+                  for i in range(RUNS)]
+        latency_row(scenario, "direct", workers, rate, direct)
+        runs = {"strangler": [], "nginx": []}
+        for i in range(RUNS):
+            for kind, kind_runs in runs.items():
+                p = start_proxy(kind, workers)
+                kind_runs.append(at_fixed_rate(port_of(kind, "h1"), rate, f"latency-{kind}-w{workers}", i,
+                                               pids_of(p)))
                 stop(p)
+        for kind, kind_runs in runs.items():
+            latency_row(scenario, kind, workers, rate, kind_runs)
 
 
 def median_or_none(values):
@@ -662,29 +680,20 @@ def shadow_rows():
     """A slow shadow (2 s) vs no shadow: the primary's latency at a fixed rate, in turns (off, on, off, on...,
     each start with its own warm-up): measured one after the other, the VM's drift decided the verdict."""
     rate = 2000
-    per_client = max(1, rate // CONNS)
     runs = {False: [], True: []}
     for i in range(SHADOW_RUNS):
-        for shadow in (False, True):
+        for shadow, shadow_runs in runs.items():
             p = start_proxy("strangler", 1, shadow=shadow)
-            pids = pids_of(p)
-            name = f"shadow-{shadow}"
-            h2load(P_H1, "/small", seconds=WARM_S, h1=True, streams=1, rps=per_client, name=name)
-            lf = os.path.join(OUT, f"{name}-{i}.tsv")
-            r = h2load(P_H1, "/small", seconds=RUN_S, h1=True, streams=1, rps=per_client, logfile=lf, name=name)
-            r["p50"], r["p99"] = percentiles(lf)
-            r["hwm_kib"] = status_kib(pids, "VmHWM:")
+            r = at_fixed_rate(P_H1, rate, f"shadow-{shadow}", i, pids_of(p))
             if shadow:
                 m = sh(f"curl -s http://127.0.0.1:{P_ADMIN}/metrics").stdout
                 r["shadow_metrics"] = " ".join(
                     l for l in m.splitlines() if l.startswith("strangler_shadow") and "dropped" in l)
-            runs[shadow].append(r)
+            shadow_runs.append(r)
             stop(p)
-    for shadow, rs in runs.items():
-        row(f"shadow {'on (2 s shadow)' if shadow else 'off'} @ {rate} req/s", "strangler", 1,
-            {"rps": rate, "errors": sum(r["errors"] for r in rs)}, [], hwm_kib=max(r["hwm_kib"] for r in rs),
-            p50_ms=median_or_none([r["p50"] for r in rs]), p99_ms=median_or_none([r["p99"] for r in rs]),
-            p99_runs_ms=[r["p99"] for r in rs], offered_rps=rate, shadow_metrics=rs[-1].get("shadow_metrics", ""))
+    for shadow, shadow_runs in runs.items():
+        latency_row(f"shadow {'on (2 s shadow)' if shadow else 'off'} @ {rate} req/s", "strangler", 1, rate,
+                    shadow_runs, shadow_metrics=shadow_runs[-1].get("shadow_metrics", ""))
 
 
 def idle_rows():
