@@ -48,8 +48,9 @@ if [ ! -x "$profdata" ]; then
     profdata=/usr/lib/llvm-19/bin/llvm-profdata
   fi
 fi
+bolt="${PGO_BOLT:-1}"
 bolt_dir=/usr/lib/llvm-19/bin
-if [ "${PGO_BOLT:-1}" != 0 ] && [ ! -x "$bolt_dir/llvm-bolt" ]; then
+if [ "$bolt" != 0 ] && [ ! -x "$bolt_dir/llvm-bolt" ]; then
   scripts/apt-install.sh bolt-19
 fi
 
@@ -63,7 +64,7 @@ build() { # $1: the build's directory under the target directory; $2: RUSTFLAGS
     -p strangler --bin strangler
 }
 
-steps=7; [ "${PGO_BOLT:-1}" = 0 ] && steps=4
+steps=7; [ "$bolt" = 0 ] && steps=4
 train() { # $1: the binary to train
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   STRANGLER_BIN="$1" BENCH_PORT_BASE=27000 python3 bench/run.py --train
@@ -77,14 +78,14 @@ train "$target/pgo-generate/$host/release/strangler"
 echo "pgo: 3/$steps merging $(ls "$profiles"/*.profraw | wc -l) raw profiles with $profdata" >&2
 "$profdata" merge -o "$profiles/strangler.profdata" "$profiles"/*.profraw
 echo "pgo: 4/$steps the optimised build" >&2
-if [ "$steps" = 4 ]; then
-  build pgo-use "-Cprofile-use=$profiles/strangler.profdata"
-  install -m 0755 "$target/pgo-use/$host/release/strangler" "$target/pgo/strangler"
+relocs=""; [ "$bolt" = 0 ] || relocs=" -Clink-arg=-Wl,--emit-relocs" # BOLT rewrites it from its relocations
+build pgo-use "-Cprofile-use=$profiles/strangler.profdata$relocs"
+optimised="$target/pgo-use/$host/release/strangler"
+if [ "$bolt" = 0 ]; then
+  install -m 0755 "$optimised" "$target/pgo/strangler"
   echo "pgo: $target/pgo/strangler (PGO_BOLT=0: no BOLT)" >&2
   exit 0
 fi
-build pgo-use "-Cprofile-use=$profiles/strangler.profdata -Clink-arg=-Wl,--emit-relocs"
-optimised="$target/pgo-use/$host/release/strangler"
 echo "pgo: 5/$steps the BOLT-instrumented binary" >&2
 "$bolt_dir/llvm-bolt" "$optimised" -o "$profiles/strangler-bolt-instrumented" -instrument \
   -instrumentation-file="$profiles/bolt" -instrumentation-file-append-pid >/dev/null
