@@ -530,6 +530,19 @@ def turns_row(scenario, kind, workers, runs, **extra):
     return row(scenario, kind, workers, med, [], hwm_kib=max(r.get("hwm_kib", 0) for r in runs), **extra)
 
 
+def take_turns(rounds, sides, start_side, measure):
+    """The method of every comparison here: `rounds` rounds in which each side gets a fresh start (by
+    `start_side(side)`) and is measured (by `measure(side, process, round)`), the sides alternating, so the
+    VM's drift over minutes falls on all of them alike. Returns each side's results in round order."""
+    results = {side: [] for side in sides}
+    for i in range(rounds):
+        for side in sides:
+            p = start_side(side)
+            results[side].append(measure(side, p, i))
+            stop(p)
+    return results
+
+
 def in_turns(workers, kinds=("strangler", "nginx")):
     """The headline small GET, the proxies taking turns (strangler, nginx, strangler, ...), with the
     access log off and on (both to a file, in their default formats). Each start: an h2load warm-up,
@@ -571,18 +584,19 @@ def in_turns(workers, kinds=("strangler", "nginx")):
 
 def tls_in_turns(workers, cert, kinds=("strangler", "nginx")):
     """TLS termination (HTTP/1.1 keep-alive over TLS 1.3, wrk -c32), strangler and nginx in turns."""
-    results = {kind: [] for kind in kinds}
-    for _ in range(RUNS):
-        for kind in kinds:
-            p = start_proxy(kind, workers, cert=cert)
-            wait_port(P_TLS)
-            pids = pids_of(p)
-            name = f"tls-{kind}-w{workers}"
-            wrk(P_TLS, "/small", WARM_S, scheme="https", name=name)
-            r = cpu_run(pids, lambda: wrk(P_TLS, "/small", RUN_S, scheme="https", name=name))
-            r["hwm_kib"] = status_kib(pids, "VmHWM:")
-            results[kind].append(r)
-            stop(p)
+    def start_side(kind):
+        p = start_proxy(kind, workers, cert=cert)
+        wait_port(P_TLS)
+        return p
+
+    def measure(kind, p, _):
+        pids, name = pids_of(p), f"tls-{kind}-w{workers}"
+        wrk(P_TLS, "/small", WARM_S, scheme="https", name=name)
+        r = cpu_run(pids, lambda: wrk(P_TLS, "/small", RUN_S, scheme="https", name=name))
+        r["hwm_kib"] = status_kib(pids, "VmHWM:")
+        return r
+
+    results = take_turns(RUNS, kinds, start_side, measure)
     for kind, runs in results.items():
         turns_row(f"small GET, TLS in turns, wrk -c{CONNS}", kind, workers, runs)
 
@@ -649,13 +663,9 @@ def latency_rows(upstream, peak):
         direct = [at_fixed_rate(UP_PORT, rate, f"latency-direct-w{workers}", i, pids_of(upstream))
                   for i in range(RUNS)]
         latency_row(scenario, "direct", workers, rate, direct)
-        runs = {"strangler": [], "nginx": []}
-        for i in range(RUNS):
-            for kind, kind_runs in runs.items():
-                p = start_proxy(kind, workers)
-                kind_runs.append(at_fixed_rate(port_of(kind, "h1"), rate, f"latency-{kind}-w{workers}", i,
-                                               pids_of(p)))
-                stop(p)
+        runs = take_turns(RUNS, ("strangler", "nginx"), lambda kind: start_proxy(kind, workers),
+                          lambda kind, p, i: at_fixed_rate(port_of(kind, "h1"), rate, f"latency-{kind}-w{workers}",
+                                                           i, pids_of(p)))
         for kind, kind_runs in runs.items():
             latency_row(scenario, kind, workers, rate, kind_runs)
 
@@ -680,17 +690,16 @@ def shadow_rows():
     """A slow shadow (2 s) vs no shadow: the primary's latency at a fixed rate, in turns (off, on, off, on...,
     each start with its own warm-up): measured one after the other, the VM's drift decided the verdict."""
     rate = 2000
-    runs = {False: [], True: []}
-    for i in range(SHADOW_RUNS):
-        for shadow, shadow_runs in runs.items():
-            p = start_proxy("strangler", 1, shadow=shadow)
-            r = at_fixed_rate(P_H1, rate, f"shadow-{shadow}", i, pids_of(p))
-            if shadow:
-                m = sh(f"curl -s http://127.0.0.1:{P_ADMIN}/metrics").stdout
-                r["shadow_metrics"] = " ".join(
-                    l for l in m.splitlines() if l.startswith("strangler_shadow") and "dropped" in l)
-            shadow_runs.append(r)
-            stop(p)
+
+    def measure(shadow, p, i):
+        r = at_fixed_rate(P_H1, rate, f"shadow-{shadow}", i, pids_of(p))
+        if shadow:
+            m = sh(f"curl -s http://127.0.0.1:{P_ADMIN}/metrics").stdout
+            r["shadow_metrics"] = " ".join(
+                l for l in m.splitlines() if l.startswith("strangler_shadow") and "dropped" in l)
+        return r
+
+    runs = take_turns(SHADOW_RUNS, (False, True), lambda shadow: start_proxy("strangler", 1, shadow=shadow), measure)
     for shadow, shadow_runs in runs.items():
         latency_row(f"shadow {'on (2 s shadow)' if shadow else 'off'} @ {rate} req/s", "strangler", 1, rate,
                     shadow_runs, shadow_metrics=shadow_runs[-1].get("shadow_metrics", ""))
