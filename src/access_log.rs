@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use prometheus::{IntCounter, IntCounterVec};
 
@@ -354,7 +354,9 @@ impl Pending {
             self.hand_off();
             self.sink = Some(sink.clone());
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        // The coarse clock: `ts` is in seconds, and a line is stamped at most
+        // a few ms late (see `crate::clock`).
+        let now = Duration::from_millis(crate::clock::unix_ms());
         if self.lines == 0 {
             self.since = now;
             self.bytes.reserve(sink.buffer + SLACK);

@@ -78,6 +78,7 @@ pub mod access_log;
 pub mod admin;
 pub mod autopilot;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod explain;

@@ -227,7 +227,8 @@ impl RetryBudget {
 
 fn now_secs() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_secs() + 1
+    let start = *START.get_or_init(crate::clock::now);
+    crate::clock::now().saturating_duration_since(start).as_secs() + 1
 }
 
 fn bump(buckets: &[AtomicU64; WINDOW_SECS as usize], now: u64) {

@@ -5,7 +5,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::uri::{Authority, Scheme, Uri};
 use prometheus::IntGauge;
@@ -65,9 +64,10 @@ impl TargetState {
     }
 }
 
-/// Milliseconds since the Unix epoch (for ejection deadlines shared across threads).
+/// Milliseconds since the Unix epoch (for ejection deadlines shared across
+/// threads), from the coarse clock: never early, a few ms late at most.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    crate::clock::unix_ms()
 }
 
 impl Target {

@@ -46,7 +46,9 @@ struct Kept {
 /// used it up, as `tokio::time::timeout` does. Takes the future pinned
 /// where its caller keeps it: it is not moved again.
 pub(super) async fn within<F: Future>(timeout: Duration, mut future: Pin<&mut F>) -> Option<F::Output> {
-    let Some(deadline) = Instant::now().checked_add(timeout) else { return Some(future.await) };
+    let Some(deadline) = Instant::from_std(crate::clock::now()).checked_add(timeout) else {
+        return Some(future.await);
+    };
     let mut timer = Lent::take(deadline);
     std::future::poll_fn(|cx| {
         let had_budget = coop::has_budget_remaining();

@@ -97,7 +97,7 @@ pub(crate) fn serve<'a>(
         let mut idle_timer = std::pin::pin!(tokio::time::sleep(settings.deadlines.keepalive));
         'idle: loop {
             // Idle: no buffer is held (nginx does the same).
-            let idle_until = tokio::time::Instant::now() + settings.deadlines.keepalive;
+            let idle_until = tokio::time::Instant::from_std(crate::clock::now()) + settings.deadlines.keepalive;
             if !next_request_arrives(stream, drain, idle_timer.as_mut(), idle_until).await {
                 return Ended::Closed;
             }
