@@ -66,8 +66,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// `h2c` is never tunnelled: a raw HTTP/2 connection to an upstream would
 /// bypass per-request routing, method limits and path normalization.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    let h2c = tokens(headers, &header::UPGRADE).any(|p| p.eq_ignore_ascii_case("h2c"));
-    !h2c && headers.contains_key(header::UPGRADE)
+    // One lookup for the request that is no upgrade (nearly all).
+    headers.contains_key(header::UPGRADE)
+        && !tokens(headers, &header::UPGRADE).any(|p| p.eq_ignore_ascii_case("h2c"))
         && tokens(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
@@ -110,10 +111,23 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer_ip: &HeaderValue, proto: &'st
 
 /// The request id: the client's when it is sane, else a new one.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    match headers.get(&X_REQUEST_ID) {
+    match get_custom(headers, &X_REQUEST_ID) {
         Some(v) if is_sane_request_id(v) => v.clone(),
         _ => new_request_id(),
     }
+}
+
+/// Maps with at most this many fields are searched in order for a custom name.
+const SCAN_AT_MOST: usize = 8;
+
+/// The first value of a header with a custom (not well-known) name. The map
+/// hashes such a name byte by byte; over the few fields most messages
+/// carry, comparing the names in order is cheaper.
+fn get_custom<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
+    if headers.len() > SCAN_AT_MOST {
+        return headers.get(name);
+    }
+    headers.iter().find_map(|(field, value)| (field == name).then_some(value))
 }
 
 fn is_sane_request_id(v: &HeaderValue) -> bool {
@@ -122,12 +136,17 @@ fn is_sane_request_id(v: &HeaderValue) -> bool {
 
 /// A process-unique id: a random per-process prefix and a counter, as hex.
 pub fn new_request_id() -> HeaderValue {
-    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // The prefix is written out once.
+    static PREFIX: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| fastrand::u64(..));
+    let prefix = PREFIX.get_or_init(|| {
+        let mut hex = [0u8; 16];
+        write_hex(&mut hex, fastrand::u64(..));
+        hex
+    });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut buf = [0u8; 32];
-    write_hex(&mut buf[..16], prefix);
+    buf[..16].copy_from_slice(prefix);
     write_hex(&mut buf[16..], n);
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
@@ -224,6 +243,20 @@ mod tests {
         assert_eq!(request_id(&h), "abc-1");
         h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("has space"));
         assert_ne!(request_id(&h), "has space");
+    }
+
+    #[test]
+    fn the_clients_request_id_is_found_among_few_fields_and_among_many() {
+        for fields in [0, 3, SCAN_AT_MOST, SCAN_AT_MOST + 1, 40] {
+            let mut h = HeaderMap::new();
+            for i in 0..fields {
+                h.insert(HeaderName::from_bytes(format!("x-field-{i}").as_bytes()).unwrap(), HeaderValue::from(i));
+            }
+            assert_eq!(request_id(&h).len(), 32, "none given: a new one");
+            h.append(X_REQUEST_ID.clone(), HeaderValue::from_static("first"));
+            h.append(X_REQUEST_ID.clone(), HeaderValue::from_static("second"));
+            assert_eq!(request_id(&h), "first", "{fields} other fields");
+        }
     }
 
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
