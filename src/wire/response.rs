@@ -254,16 +254,17 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Calls `f` with the current `Date` value, formatted at most once a second
-/// per thread.
+/// per thread, from the coarse clock (a few ms late at most, see
+/// [`crate::clock`]).
 fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     thread_local! {
         static DATE: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
     }
-    let now = SystemTime::now();
-    let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let second = crate::clock::unix_ms() / 1000;
     DATE.with_borrow_mut(|(at, text)| {
         if *at != second || text.is_empty() {
             *at = second;
+            let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(second);
             *text = httpdate::fmt_http_date(now).into_bytes();
         }
         f(text)
