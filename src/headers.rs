@@ -4,7 +4,7 @@
 //! `Connection`) are removed before the proxy adds its own, so a client can
 //! never make the proxy delete `X-Forwarded-For` or `X-Request-Id`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -134,19 +134,19 @@ fn is_sane_request_id(v: &HeaderValue) -> bool {
     (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
 }
 
-/// A process-unique id: a random per-process prefix and a counter, as hex.
+/// A process-unique id: the thread's random prefix and its count of ids, as
+/// hex. Per thread, so that the workers share no counter (one they all
+/// wrote on every request would be a cache line passed between cores); the
+/// 64-bit prefixes, drawn per thread, keep the threads' ids apart.
 pub fn new_request_id() -> HeaderValue {
-    // The prefix is written out once.
-    static PREFIX: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| {
-        let mut hex = [0u8; 16];
-        write_hex(&mut hex, fastrand::u64(..));
-        hex
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    thread_local! {
+        // The prefix, written out once, and the next count.
+        static NEXT: Cell<([u8; 16], u64)> = Cell::new((prefix_hex(), 0));
+    }
+    let (prefix, n) = NEXT.get();
+    NEXT.set((prefix, n.wrapping_add(1)));
     let mut buf = [0u8; 32];
-    buf[..16].copy_from_slice(prefix);
+    buf[..16].copy_from_slice(&prefix);
     write_hex(&mut buf[16..], n);
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
@@ -186,6 +186,12 @@ pub fn next_span(parent: &HeaderValue) -> Option<HeaderValue> {
     out[52] = b'-';
     out[53..55].copy_from_slice(flags);
     Some(HeaderValue::from_bytes(&out).expect("hex is a valid header value"))
+}
+
+fn prefix_hex() -> [u8; 16] {
+    let mut hex = [0u8; 16];
+    write_hex(&mut hex, fastrand::u64(..));
+    hex
 }
 
 fn write_hex(out: &mut [u8], mut v: u64) {
@@ -243,6 +249,15 @@ mod tests {
         assert_eq!(request_id(&h), "abc-1");
         h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("has space"));
         assert_ne!(request_id(&h), "has space");
+    }
+
+    #[test]
+    fn new_request_ids_differ_within_a_thread_and_across_threads() {
+        let ids = || (0..1000).map(|_| new_request_id()).collect::<Vec<_>>();
+        let (mine, theirs) = (ids(), std::thread::spawn(ids).join().unwrap());
+        let all: std::collections::HashSet<&HeaderValue> = mine.iter().chain(&theirs).collect();
+        assert_eq!(all.len(), 2000);
+        assert!(all.iter().all(|id| id.len() == 32 && id.as_bytes().iter().all(u8::is_ascii_hexdigit)));
     }
 
     #[test]
