@@ -125,7 +125,7 @@ report: release
 ## benchmarks of the route lookup and the report reader, the store reader (1M
 ## records from PostgreSQL) and the primary's p99 with the store on.
 bench: postgres
-	$(CARGO) bench -p strangler -p strangler-offline --bench router --bench report
+	$(CARGO) bench -p strangler -p strangler-offline --bench router --bench counting --bench report
 	$(CARGO) bench -p strangler-store --bench read
 	scripts/bench-store.sh
 	scripts/bench.sh

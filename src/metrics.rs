@@ -3,19 +3,26 @@
 //! Label values come from the config (route and upstream names), never from
 //! raw request paths. Per-route handles are created when a config is loaded
 //! and resolved lazily on first use, so the hot path never formats a label
-//! or looks one up in a map.
+//! or looks one up in a map. What every request counts is counted per
+//! thread (`metrics/shards.rs`) and added up when the metrics are read.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use prometheus::core::{Collector, Desc};
+use prometheus::local::LocalHistogram;
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
 mod process;
+mod shards;
 pub use process::ProcessCollector;
+use shards::PerThread;
 
 /// Every metric the proxy exports, registered in its own registry (so that
 /// several proxies can run in one test process).
@@ -24,7 +31,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
-    pub in_flight: IntGauge,
+    pub in_flight: InFlightGauge,
     reloads: IntCounterVec,
     config_info: IntGaugeVec,
     split_decisions: IntCounterVec,
@@ -38,6 +45,8 @@ pub struct Metrics {
     /// `strangler_access_log_dropped_total{reason}`: access-log lines lost
     /// (`queue_full`: the writer fell behind; `write_failed`).
     pub access_log_dropped: IntCounterVec,
+    /// Every [`RouteStats`] handed out, for [`Metrics::gather`] to add up.
+    route_stats: Mutex<Vec<Weak<RouteStats>>>,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -69,7 +78,7 @@ impl Metrics {
             &["upstream", "kind"],
         )
         .unwrap();
-        let in_flight = IntGauge::new("strangler_requests_in_flight", "Requests being proxied now.").unwrap();
+        let in_flight = InFlightGauge::new();
         let reloads = IntCounterVec::new(
             Opts::new(
                 "strangler_config_reloads_total",
@@ -156,6 +165,7 @@ impl Metrics {
             misdirected,
             target_healthy,
             access_log_dropped,
+            route_stats: Mutex::new(Vec::new()),
         })
     }
 
@@ -166,8 +176,8 @@ impl Metrics {
     }
 
     /// Handles for one (route, upstream) pair, resolved on first use.
-    pub fn route_stats(&self, route: &str, upstream: &str) -> RouteStats {
-        RouteStats {
+    pub fn route_stats(&self, route: &str, upstream: &str) -> Arc<RouteStats> {
+        let stats = Arc::new(RouteStats {
             route: route.into(),
             upstream: upstream.into(),
             requests: self.requests.clone(),
@@ -175,7 +185,30 @@ impl Metrics {
             counts: Default::default(),
             duration: OnceLock::new(),
             retired: Default::default(),
+            pending: PerThread::new(),
+        });
+        let mut all = self.route_stats.lock().unwrap_or_else(|e| e.into_inner());
+        if all.len() == all.capacity() {
+            // Before the list grows: those of tables gone leave it.
+            all.retain(|stats| stats.strong_count() > 0);
         }
+        all.push(Arc::downgrade(&stats));
+        stats
+    }
+
+    /// Every metric, with what the threads counted since the last read
+    /// added to the series first: what a scrape or a gate reads.
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        let all: Vec<Arc<RouteStats>> = {
+            let mut all = self.route_stats.lock().unwrap_or_else(|e| e.into_inner());
+            all.retain(|stats| stats.strong_count() > 0);
+            all.iter().filter_map(Weak::upgrade).collect()
+        };
+        for stats in &all {
+            stats.add_up();
+        }
+        drop(all);
+        self.registry.gather()
     }
 
     /// Counters for one upstream's failures, resolved at config load.
@@ -265,7 +298,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).unwrap();
+        TextEncoder::new().encode(&self.gather(), &mut out).unwrap();
         String::from_utf8(out).unwrap_or_default()
     }
 }
@@ -315,7 +348,10 @@ pub struct UpstreamErrors {
 const METHOD_SLOTS: usize = 8;
 const STATUS_CLASSES: usize = 5;
 
-/// Request counters and latency of one (route, upstream) pair.
+/// Request counters and latency of one (route, upstream) pair. Requests
+/// count in their thread's shard ([`RouteStats::record`]); reads add the
+/// shards up into the series ([`Metrics::gather`]), as does the pair's
+/// last reference when it goes (a table replaced by a reload).
 pub struct RouteStats {
     route: Box<str>,
     upstream: Box<str>,
@@ -325,52 +361,138 @@ pub struct RouteStats {
     duration: OnceLock<Histogram>,
     /// The pair left the config: series not yet resolved stay unregistered,
     /// so a request that finishes after a reload cannot bring them back.
-    retired: std::sync::atomic::AtomicBool,
+    retired: AtomicBool,
+    /// What each thread counted since the series were last added to.
+    pending: PerThread<Pending>,
+}
+
+/// One thread's counts of one (route, upstream) pair, not yet in its series.
+struct Pending {
+    counts: [[AtomicU64; STATUS_CLASSES]; METHOD_SLOTS],
+    /// Locked by its own thread on each request, by a read once per scrape.
+    latency: Mutex<LocalHistogram>,
 }
 
 impl RouteStats {
     /// Marks the pair as gone from the config (before its series are deleted).
     pub fn retire(&self) {
-        self.retired.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     fn is_retired(&self) -> bool {
-        self.retired.load(std::sync::atomic::Ordering::Relaxed)
+        self.retired.load(Ordering::Relaxed)
     }
 
-    /// Counts one answered request and its time to response headers.
+    /// Counts one answered request and its time to response headers, in
+    /// this thread's shard.
     pub fn record(&self, method: &Method, status: StatusCode, elapsed: Duration) {
-        let (slot, label) = method_slot(method);
+        let slot = method_slot(method);
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.counts[slot][class]
-            .get_or_init(|| match self.is_retired() {
-                true => IntCounter::new("retired", "unregistered").expect("a valid name"),
-                false => {
-                    self.requests.with_label_values(&[&self.route, &self.upstream, label, STATUS_CLASS_LABELS[class]])
+        let pending = self
+            .pending
+            .local(|| Pending { counts: Default::default(), latency: Mutex::new(self.histogram().local()) });
+        pending.counts[slot][class].fetch_add(1, Ordering::Relaxed);
+        pending.latency.lock().unwrap_or_else(|e| e.into_inner()).observe(elapsed.as_secs_f64());
+    }
+
+    /// Adds what the threads counted to the series.
+    fn add_up(&self) {
+        for pending in self.pending.iter() {
+            for (slot, classes) in pending.counts.iter().enumerate() {
+                for (class, count) in classes.iter().enumerate() {
+                    let n = count.swap(0, Ordering::Relaxed);
+                    if n > 0 {
+                        self.counter(slot, class).inc_by(n);
+                    }
                 }
-            })
-            .inc();
-        self.duration
-            .get_or_init(|| match self.is_retired() {
-                true => Histogram::with_opts(HistogramOpts::new("retired", "unregistered")).expect("a valid name"),
-                false => self.duration_vec.with_label_values(&[&self.route, &self.upstream]),
-            })
-            .observe(elapsed.as_secs_f64());
+            }
+            pending.latency.lock().unwrap_or_else(|e| e.into_inner()).flush();
+        }
+    }
+
+    fn counter(&self, slot: usize, class: usize) -> &IntCounter {
+        self.counts[slot][class].get_or_init(|| match self.is_retired() {
+            true => IntCounter::new("retired", "unregistered").expect("a valid name"),
+            false => self.requests.with_label_values(&[
+                &self.route,
+                &self.upstream,
+                METHOD_LABELS[slot],
+                STATUS_CLASS_LABELS[class],
+            ]),
+        })
+    }
+
+    fn histogram(&self) -> &Histogram {
+        self.duration.get_or_init(|| match self.is_retired() {
+            true => Histogram::with_opts(HistogramOpts::new("retired", "unregistered")).expect("a valid name"),
+            false => self.duration_vec.with_label_values(&[&self.route, &self.upstream]),
+        })
+    }
+}
+
+impl Drop for RouteStats {
+    /// Counts not yet read go into the series, which outlive this handle
+    /// when the pair stays in the next table.
+    fn drop(&mut self) {
+        self.add_up();
+    }
+}
+
+/// `strangler_requests_in_flight`, moved per thread and added up when read.
+#[derive(Clone)]
+pub struct InFlightGauge(Arc<InFlightShards>);
+
+struct InFlightShards {
+    shards: PerThread<AtomicI64>,
+    gauge: IntGauge,
+}
+
+impl InFlightGauge {
+    fn new() -> Self {
+        let gauge = IntGauge::new("strangler_requests_in_flight", "Requests being proxied now.").unwrap();
+        InFlightGauge(Arc::new(InFlightShards { shards: PerThread::new(), gauge }))
+    }
+
+    pub fn inc(&self) {
+        self.0.shards.local(AtomicI64::default).fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(&self) {
+        self.0.shards.local(AtomicI64::default).fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Requests in flight now (a request may end on another thread than
+    /// it started: only the sum means anything).
+    pub fn get(&self) -> i64 {
+        self.0.shards.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl Collector for InFlightGauge {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.0.gauge.set(self.get());
+        self.0.gauge.collect()
     }
 }
 
 const STATUS_CLASS_LABELS: [&str; STATUS_CLASSES] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-fn method_slot(method: &Method) -> (usize, &'static str) {
+const METHOD_LABELS: [&str; METHOD_SLOTS] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER"];
+
+fn method_slot(method: &Method) -> usize {
     match *method {
-        Method::GET => (0, "GET"),
-        Method::HEAD => (1, "HEAD"),
-        Method::POST => (2, "POST"),
-        Method::PUT => (3, "PUT"),
-        Method::DELETE => (4, "DELETE"),
-        Method::PATCH => (5, "PATCH"),
-        Method::OPTIONS => (6, "OPTIONS"),
-        _ => (7, "OTHER"),
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
     }
 }
 
@@ -393,5 +515,54 @@ mod tests {
             })
             .collect();
         assert_eq!(left, ["kept"]);
+    }
+
+    /// The line of `render`'s text for `series` (its name and labels), as a number.
+    fn value(metrics: &Metrics, series: &str) -> Option<f64> {
+        let text = metrics.render();
+        text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn requests_counted_on_many_threads_are_all_read_and_survive_their_table() {
+        let metrics = Metrics::new();
+        let stats = metrics.route_stats("r", "u");
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..250 {
+                        stats.record(&Method::GET, StatusCode::OK, Duration::from_millis(2));
+                    }
+                });
+            }
+        });
+        stats.record(&Method::POST, StatusCode::BAD_GATEWAY, Duration::from_millis(20));
+        let requests = r#"strangler_requests_total{method="GET",route="r",status_class="2xx",upstream="u"}"#;
+        assert_eq!(value(&metrics, requests), Some(1000.0));
+        let failed = r#"strangler_requests_total{method="POST",route="r",status_class="5xx",upstream="u"}"#;
+        assert_eq!(value(&metrics, failed), Some(1.0));
+        let count = r#"strangler_request_duration_seconds_count{route="r",upstream="u"}"#;
+        assert_eq!(value(&metrics, count), Some(1001.0));
+        let fast = r#"strangler_request_duration_seconds_bucket{route="r",upstream="u",le="0.0025"}"#;
+        assert_eq!(value(&metrics, fast), Some(1000.0));
+        // A reload's new table gets new handles for the pair; what the old
+        // ones counted since the last read is kept when they go.
+        stats.record(&Method::GET, StatusCode::OK, Duration::from_millis(2));
+        let next = metrics.route_stats("r", "u");
+        drop(stats);
+        next.record(&Method::GET, StatusCode::OK, Duration::from_millis(2));
+        assert_eq!(value(&metrics, requests), Some(1002.0));
+        assert_eq!(value(&metrics, count), Some(1003.0));
+    }
+
+    #[test]
+    fn a_request_in_flight_may_end_on_another_thread() {
+        let metrics = Metrics::new();
+        metrics.in_flight.inc();
+        metrics.in_flight.inc();
+        let gauge = metrics.in_flight.clone();
+        std::thread::spawn(move || gauge.dec()).join().unwrap();
+        assert_eq!(metrics.in_flight.get(), 1);
+        assert_eq!(value(&metrics, "strangler_requests_in_flight"), Some(1.0));
     }
 }

@@ -91,7 +91,7 @@ pub struct Route {
 /// One upstream as a route uses it, with the route's metric handles for it.
 pub struct RouteUpstream {
     pub upstream: Arc<Upstream>,
-    pub stats: RouteStats,
+    pub stats: Arc<RouteStats>,
     pub split_decisions: IntCounter,
 }
 

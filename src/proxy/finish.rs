@@ -82,8 +82,8 @@ fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
 }
 
 /// One request's passage, from its head to its answer's last byte: what
-/// the metrics and the access log need to know. [`super::handle`] returns
-/// it with the answer; the server counts the body bytes it writes
+/// the metrics and the access log need to know. [`super::handle`] puts it
+/// where the server keeps it; the server counts the body bytes it writes
 /// ([`Exchange::sent`]) and drops it when the answer has ended, or the
 /// client has gone. A sampled request's access-log line is written then
 /// (`Drop`), as nginx logs a request: with the bytes really sent and the

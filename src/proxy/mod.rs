@@ -32,7 +32,6 @@ mod timeout;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{HeaderMap, HeaderValue};
@@ -107,7 +106,7 @@ impl<'a> ClientIp<'a> {
 }
 
 /// Counts a request as in flight until dropped.
-struct InFlight<'a>(&'a prometheus::IntGauge);
+struct InFlight<'a>(&'a crate::metrics::InFlightGauge);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
@@ -116,20 +115,27 @@ impl Drop for InFlight<'_> {
 }
 
 /// Serves one downstream request. Never fails: every error becomes a JSON
-/// answer. Returns the answer and its [`Exchange`], which the server keeps
-/// until the answer's body has gone out (it counts the bytes and writes
-/// the access-log line when dropped).
+/// answer. The request's [`Exchange`] is put in `exchange` as soon as the
+/// request is read, and the caller keeps it there until the answer's body
+/// has gone out (it counts the bytes and writes the access-log line when
+/// dropped; dropped before the answer, the client left: a 499).
+///
+/// Everything is borrowed from the caller, which keeps it for the
+/// connection: no reference count shared by every worker is touched, and
+/// the exchange (~300 bytes) stays where the caller put it rather than
+/// being copied out with the answer at each step back up.
 ///
 /// A plain function around an `async move` block rather than an `async fn`,
 /// as are the stages' below: an `async fn` keeps its own copy of each
 /// argument beside the caller's for its whole life (the request's 320 bytes
 /// twice), and every future is copied whole at each `await` on the way down.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-pub fn handle(
-    shared: Arc<Shared>,
-    downstream: Arc<Downstream>,
+pub fn handle<'a>(
+    shared: &'a Shared,
+    downstream: &'a Downstream,
     mut req: Request<ProxyBody>,
-) -> impl Future<Output = (Response<ProxyBody>, Exchange)> {
+    exchange: &'a mut Option<Exchange>,
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
     async move {
         let start = Instant::now();
         shared.metrics.in_flight.inc();
@@ -138,12 +144,12 @@ pub fn handle(
         let upgrade = headers::is_upgrade_request(req.headers());
         headers::strip_hop_by_hop(req.headers_mut(), upgrade);
         let request_id = headers::request_id(req.headers());
-        // Dropped with this future if the client leaves first: then logged as a 499.
-        let mut exchange = Exchange::new(shared.table.load_full(), request_id, req.method().clone(), start);
+        let exchange =
+            exchange.insert(Exchange::new(shared.table.load_full(), request_id, req.method().clone(), start));
         let table = &exchange.table;
-        let mut client = ClientIp::new(&downstream, &table.trusted_proxies);
+        let mut client = ClientIp::new(downstream, &table.trusted_proxies);
         exchange.access = AccessFields::sample(table, &req, &mut client);
-        let forwarded = forward(&shared, table, req, upgrade, &exchange.request_id, &mut client, &mut exchange.outcome);
+        let forwarded = forward(shared, table, req, upgrade, &exchange.request_id, &mut client, &mut exchange.outcome);
         let response = match forwarded.await {
             Ok(response) => response,
             Err(err) => {
@@ -151,8 +157,7 @@ pub fn handle(
                 err.into_response(Some(&exchange.request_id))
             }
         };
-        let response = exchange.record(response);
-        (response, exchange)
+        exchange.record(response)
     }
 }
 

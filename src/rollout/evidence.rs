@@ -32,7 +32,7 @@ pub struct Side {
 
 /// Reads the route's totals from the registry (a scrape of ourselves).
 pub fn read(metrics: &Metrics, route: &str, from: &str, to: &str) -> Totals {
-    let families = metrics.registry.gather();
+    let families = metrics.gather();
     let mut totals = Totals::default();
     for family in &families {
         match family.name() {

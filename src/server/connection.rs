@@ -283,12 +283,15 @@ fn proxy_service(
         // The proxy's future is made inside the box: made outside, it would
         // be stored twice (captured, then awaited).
         Box::pin(async move {
-            let (mut response, exchange) = proxy::handle(shared, downstream, req.map(ProxyBody::Streamed)).await;
+            let mut exchange = None;
+            let mut response = proxy::handle(&shared, &downstream, req.map(ProxyBody::Streamed), &mut exchange).await;
             // Our own loop writes it into the head; hyper writes the map.
-            response.headers_mut().insert(crate::headers::X_REQUEST_ID.clone(), exchange.request_id().clone());
+            if let Some(exchange) = &exchange {
+                response.headers_mut().insert(crate::headers::X_REQUEST_ID.clone(), exchange.request_id().clone());
+            }
             // After a 101 the connection is a tunnel: no head comes next.
             let requests = requests.filter(|_| response.status() != http::StatusCode::SWITCHING_PROTOCOLS);
-            Ok(response.map(|body| Answer::new(body, requests, Some(exchange))))
+            Ok(response.map(|body| Answer::new(body, requests, exchange)))
         })
     })
 }

@@ -158,18 +158,20 @@ fn serve_request<'a>(
         // `answer`, the request would be stored once more there), and in a
         // block of its own: it ends before the answer is written, so that
         // the writing shares its memory (the box is 4.0 KiB, not 5.2).
+        // Dropped at the end of this function, the exchange writes the access
+        // log line: after the last byte, when a write failed, or (a 499) when
+        // the client left before the answer.
+        let mut exchange = None;
         let answered = {
-            let handling = std::pin::pin!(proxy::handle(shared.clone(), downstream.clone(), *parsed.request));
+            let handling = std::pin::pin!(proxy::handle(shared, downstream, *parsed.request, &mut exchange));
             answer(stream, handling).await
         };
-        // Dropped at the end of this function, the exchange writes the access
-        // log line: after the last byte, or when a write failed.
-        let Some((response, mut exchange)) = answered else {
+        let Some(response) = answered else {
             return false;
         };
         let keep_alive = parsed.keep_alive && !*drain.borrow();
         let to = Answering { is_head, version, keep_alive };
-        matches!(write_response(stream, &mut out, response, to, Some(&mut exchange)).await, Ok(true))
+        matches!(write_response(stream, &mut out, response, to, exchange.as_mut()).await, Ok(true))
     }
 }
 
@@ -272,9 +274,9 @@ fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
 /// client closes its connection before the answer is ready: the request is
 /// then dropped, upstream exchange and all (hyper does the same; the access
 /// log says 499).
-async fn answer<F>(stream: &TcpStream, mut handling: Pin<&mut F>) -> Option<(Response<ProxyBody>, Exchange)>
+async fn answer<F>(stream: &TcpStream, mut handling: Pin<&mut F>) -> Option<Response<ProxyBody>>
 where
-    F: Future<Output = (Response<ProxyBody>, Exchange)>,
+    F: Future<Output = Response<ProxyBody>>,
 {
     let mut watching = true;
     poll_fn(|cx| {
