@@ -26,7 +26,9 @@ build="${BUILD:-pgo}"
 access_log="${ACCESS_LOG:-off}"
 measured="${SECONDS_MEASURED:-10}"
 proxy="${PROXY:-strangler}"
-out="bench/raw/profile-$proxy-$routes-$access_log"; rm -rf "$out"; mkdir -p "$out"
+out="bench/raw/profile-$proxy-$routes-$access_log"; rm -rf "$out"; mkdir -p "$out/conf"
+# strangler's config has a directory of its own: strangler watches it, and the access log written
+# beside the config would wake the watcher at each write and add its thread to the profile.
 # Cargo's target directory for a build run in directory $1, as scripts/bench.sh builds there.
 target_dir() {
   (cd "$1" && cargo metadata --format-version 1 --no-deps) |
@@ -41,7 +43,7 @@ upstream="$(target_dir bench/upstream)/release/bench-upstream"
   echo 'routes:'
   for ((i = 0; i < routes - 1; i++)); do echo "  - {name: r$i, prefix: /svc$i/api, upstream: up}"; done
   echo '  - {name: all, prefix: /, upstream: up}'
-} > "$out/routes.yaml"
+} > "$out/conf/routes.yaml"
 nginx_conf() {
   cat <<NGINX
 worker_processes 1; master_process off; daemon off;
@@ -60,12 +62,14 @@ http {
 NGINX
 }
 "$upstream" 127.0.0.1:29000 1 2>/dev/null & up=$!
+# Whatever happens, nothing is left holding the fixed ports for the next run.
+trap 'kill "$up" ${vg:+"$vg"} 2>/dev/null || true' EXIT
 if [ "$proxy" = nginx ]; then
   nginx_conf > "$out/nginx.conf"
   command=(nginx -c "$PWD/$out/nginx.conf")
   ready=http://127.0.0.1:29080/
 else
-  command=("$strangler" serve --config "$out/routes.yaml" --threads 1 --log-level warn)
+  command=("$strangler" serve --config "$out/conf/routes.yaml" --threads 1 --log-level warn)
   ready=http://127.0.0.1:29081/healthz
 fi
 valgrind --tool=callgrind --cache-sim=yes ${VALGRIND_EXTRA:-} --callgrind-out-file="$out/callgrind.out" \
@@ -77,7 +81,7 @@ callgrind_control -z "$vg" > /dev/null 2>&1
 wrk -t1 -c8 -d"${measured}s" "$url" > "$out/wrk.txt"
 callgrind_control -d "$vg" > /dev/null 2>&1
 kill -TERM $vg; wait $vg || true
-kill $up; wait $up 2>/dev/null || true
+kill "$up" 2>/dev/null || true; wait "$up" 2>/dev/null || true
 requests=$(grep -oE '^ +[0-9]+ requests' "$out/wrk.txt" | tr -dc 0-9)
 # The dump taken right after the measured load (callgrind.out.1), not the final one.
 dump=$(ls "$out"/callgrind.out.1 2>/dev/null | head -1)

@@ -676,14 +676,20 @@ def median_or_none(values):
 
 
 def route_rows():
-    """10,000 routes vs 10 routes (strangler only; nginx has no equivalent prefix table here)."""
-    for routes in (10, 10000):
-        p = start_proxy("strangler", 1, routes=routes)
-        pids = pids_of(p)
-        path = f"/svc{routes // 2}/api/users/7"
-        r = measure(pids, lambda s: wrk(P_H1, path, s, name=f"routes-{routes}"))
-        row(f"small GET, {routes} routes", "strangler", 1, r, pids)
-        stop(p)
+    """10,000 routes vs 10 routes (strangler only; nginx has no equivalent prefix table here), in turns
+    (10, 10,000, 10, ...; each start with its own warm-up): measured one after the other, the VM's drift
+    decided the verdict."""
+    def measure_routes(routes, p, _):
+        pids, path, name = pids_of(p), f"/svc{routes // 2}/api/users/7", f"routes-{routes}"
+        wrk(P_H1, path, WARM_S, name=name)
+        r = cpu_run(pids, lambda: wrk(P_H1, path, RUN_S, name=name))
+        r["hwm_kib"] = status_kib(pids, "VmHWM:")
+        return r
+
+    results = take_turns(RUNS, (10, 10000), lambda routes: start_proxy("strangler", 1, routes=routes),
+                         measure_routes)
+    for routes, runs in results.items():
+        turns_row(f"small GET, {routes} routes", "strangler", 1, runs)
 
 
 def shadow_rows():

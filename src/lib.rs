@@ -54,7 +54,9 @@
 //! task rebuild the table, and shows it all (`autopilot/status.rs`).
 //!
 //! Beside both: [`access_log`] (JSON lines in per-worker buffers, written by
-//! a thread of their own), [`tls`] (termination, SNI, live certificate
+//! a thread of their own), [`metrics`] (what every request counts is
+//! counted per thread, `metrics/shards.rs`, and added up when read),
+//! [`clock`] (the coarse clock deadlines are read from), [`tls`] (termination, SNI, live certificate
 //! rotation, https upstreams), [`admin`] (`/healthz`, `/readyz`, `/metrics`,
 //! `/config`, `/explain`, `/shadow`, `POST /preview`), [`explain`] (why a
 //! request takes its route) and [`preview`] (what an edit would move:
