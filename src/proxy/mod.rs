@@ -120,10 +120,11 @@ impl Drop for InFlight<'_> {
 /// has gone out (it counts the bytes and writes the access-log line when
 /// dropped; dropped before the answer, the client left: a 499).
 ///
-/// Everything is borrowed from the caller, which keeps it for the
-/// connection: no reference count shared by every worker is touched, and
-/// the exchange (~300 bytes) stays where the caller put it rather than
-/// being copied out with the answer at each step back up.
+/// The state and the connection's facts are borrowed from the caller,
+/// which keeps them for the connection: the state's reference count, which
+/// every worker shares, is not moved on each request. The exchange (~300
+/// bytes) stays where the caller put it rather than being copied out with
+/// the answer at each step back up.
 ///
 /// A plain function around an `async move` block rather than an `async fn`,
 /// as are the stages' below: an `async fn` keeps its own copy of each
