@@ -10,8 +10,9 @@ use http::header::HeaderValue;
 use prometheus::IntCounter;
 use serde::Serialize;
 
-use crate::client::target::{now_ms, Permit, Target, Targets};
+use crate::client::target::{Permit, Target, Targets};
 use crate::client::Connector;
+use crate::clock;
 use crate::config::{LoadBalancing, RawHealthCheck, RawOutlier};
 use crate::metrics::{Metrics, UpstreamErrors};
 
@@ -106,7 +107,7 @@ impl Upstream {
 
     /// True when at least one target takes traffic.
     pub fn any_available(&self) -> bool {
-        let now = now_ms();
+        let now = clock::unix_ms();
         self.targets.iter().any(|t| t.state.available(now))
     }
 
@@ -127,9 +128,9 @@ impl Upstream {
         let n = self.targets.len();
         if n == 1 {
             let only = &self.targets[0];
-            return only.state.available(now_ms()).then_some(only);
+            return only.state.available(clock::unix_ms()).then_some(only);
         }
-        let now = now_ms();
+        let now = clock::unix_ms();
         match self.settings.load_balancing {
             LoadBalancing::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -178,7 +179,7 @@ impl Upstream {
         // last target still taking traffic. With none left, a passing fault
         // (a burst of connect timeouts under load) would become an outage of
         // the whole upstream; active health checks still can.
-        let now = now_ms();
+        let now = clock::unix_ms();
         if !self.targets.iter().any(|t| !std::ptr::eq(t, target) && t.state.available(now)) {
             return;
         }
@@ -227,8 +228,8 @@ impl RetryBudget {
 
 fn now_secs() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(crate::clock::now);
-    crate::clock::now().saturating_duration_since(start).as_secs() + 1
+    let start = *START.get_or_init(clock::now);
+    clock::now().saturating_duration_since(start).as_secs() + 1
 }
 
 fn bump(buckets: &[AtomicU64; WINDOW_SECS as usize], now: u64) {
@@ -283,7 +284,7 @@ pub struct UpstreamReport {
 
 impl Upstream {
     pub fn report(&self) -> UpstreamReport {
-        let now = now_ms();
+        let now = clock::unix_ms();
         UpstreamReport {
             name: self.name.to_string(),
             available: self.any_available(),

@@ -64,12 +64,6 @@ impl TargetState {
     }
 }
 
-/// Milliseconds since the Unix epoch (for ejection deadlines shared across
-/// threads), from the coarse clock: never early, a few ms late at most.
-pub fn now_ms() -> u64 {
-    crate::clock::unix_ms()
-}
-
 impl Target {
     /// Parses `http://host:port`; a path, query or credentials are refused.
     pub fn parse(url: &str) -> Result<(Scheme, Authority), String> {
