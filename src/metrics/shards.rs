@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 /// Shards of each count: threads past this many share them (still
 /// correct, only contended again).
-pub const SHARDS: usize = 16;
+const SHARDS: usize = 16;
 
 /// This thread's shard: threads are numbered as they first count.
 fn shard() -> usize {
@@ -49,12 +49,6 @@ impl<T> PerThread<T> {
     /// Every thread's `T` made so far.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.shards.iter().filter_map(|shard| shard.get().map(|line| &line.0))
-    }
-}
-
-impl<T> Default for PerThread<T> {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
