@@ -9,7 +9,7 @@ harness; its figures are not results and it never writes bench/RESULTS.md.
 
 Every proxy gets the same upstream (bench/upstream, a minimal hyper server), the same keep-alive pool to
 it and the same number of workers; no access log except in the access-log rows (both to a file, in their
-default formats). The targets are measured **in turns**: strangler and nginx alternate, RUNS rounds, each
+default formats). The targets are measured **in turns**: strangler and nginx alternate, TURNS rounds, each
 start with its own warm-up, because this VM's speed drifts by 10-20% over minutes and a proxy-after-proxy
 order turns drift into a verdict. CPU is utime + stime of the proxy's processes (/proc/PID/stat), split
 into user and kernel time; context switches from /proc/PID/task/*/status. perf has no hardware counters
@@ -42,6 +42,9 @@ QUICK = os.environ.get("BENCH_QUICK") == "1" or "--quick" in sys.argv[1:]
 ONLY = [w for w in os.environ.get("BENCH_ONLY", "").split(",") if w]
 RUN_S = int(os.environ.get("BENCH_SECONDS", "1" if QUICK else "5"))
 RUNS = 1 if QUICK else 3
+# The rounds of the steps measured in turns (every target's step): a median of three moved by ~5% from
+# run to run on this VM, as far as several lines sit from their targets; five steady it.
+TURNS = 1 if QUICK else 5
 # The slow-shadow step's rounds: its p99s spread by ±20% from start to start on this VM, more than the
 # 10% the target allows, so it takes the median of more of them.
 SHADOW_RUNS = 1 if QUICK else 5
@@ -61,7 +64,7 @@ STRANGLER = UPSTREAM = None  # the binaries, set by binaries() before a run
 PROCS = []  # processes this script started (killed by pid at the end)
 SUMMARY = {
     "rows": [], "targets": [], "timings": [],
-    "method": {"quick": QUICK, "only": ONLY, "runs": RUNS, "run_s": RUN_S, "warm_s": WARM_S, "conns": CONNS,
+    "method": {"quick": QUICK, "only": ONLY, "runs": RUNS, "turns": TURNS, "run_s": RUN_S, "warm_s": WARM_S, "conns": CONNS,
                "h2load_n": H2LOAD_N, "h2load_warm": H2LOAD_WARM, "idle_n": IDLE_N},
 }
 
@@ -550,7 +553,7 @@ def in_turns(workers, kinds=("strangler", "nginx")):
     logs = os.path.join(OUT, "access-logs")
     os.makedirs(logs, exist_ok=True)
     results = {(kind, log): {"h2load": [], "wrk": []} for kind in kinds for log in (False, True)}
-    for _ in range(RUNS):
+    for _ in range(TURNS):
         for log_on in (False, True):
             for kind in kinds:
                 log_file = os.path.join(logs, f"{kind}-w{workers}.log") if log_on else None
@@ -596,7 +599,7 @@ def tls_in_turns(workers, cert, kinds=("strangler", "nginx")):
         r["hwm_kib"] = status_kib(pids, "VmHWM:")
         return r
 
-    results = take_turns(RUNS, kinds, start_side, measure)
+    results = take_turns(TURNS, kinds, start_side, measure)
     for kind, runs in results.items():
         turns_row(f"small GET, TLS in turns, wrk -c{CONNS}", kind, workers, runs)
 
@@ -654,7 +657,7 @@ def latency_row(scenario, kind, workers, rate, runs, **extra):
 
 def latency_rows(upstream, peak):
     """p50/p99 at a fixed offered rate, half of nginx's peak with the same worker count: the upstream
-    alone, then strangler and nginx in turns (RUNS rounds, each start with its own warm-up). Measured
+    alone, then strangler and nginx in turns (TURNS rounds, each start with its own warm-up). Measured
     one after the other, the VM's drift between the two decided the verdict: nginx's own p99 moved by
     15% from run to run."""
     for workers in (1, 2):
@@ -663,7 +666,7 @@ def latency_rows(upstream, peak):
         direct = [at_fixed_rate(UP_PORT, rate, f"latency-direct-w{workers}", i, pids_of(upstream))
                   for i in range(RUNS)]
         latency_row(scenario, "direct", workers, rate, direct)
-        runs = take_turns(RUNS, ("strangler", "nginx"), lambda kind: start_proxy(kind, workers),
+        runs = take_turns(TURNS, ("strangler", "nginx"), lambda kind: start_proxy(kind, workers),
                           lambda kind, p, i: at_fixed_rate(port_of(kind, "h1"), rate, f"latency-{kind}-w{workers}",
                                                            i, pids_of(p)))
         for kind, kind_runs in runs.items():
@@ -686,7 +689,7 @@ def route_rows():
         r["hwm_kib"] = status_kib(pids, "VmHWM:")
         return r
 
-    results = take_turns(RUNS, (10, 10000), lambda routes: start_proxy("strangler", 1, routes=routes),
+    results = take_turns(TURNS, (10, 10000), lambda routes: start_proxy("strangler", 1, routes=routes),
                          measure_routes)
     for routes, runs in results.items():
         turns_row(f"small GET, {routes} routes", "strangler", 1, runs)

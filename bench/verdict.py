@@ -175,7 +175,7 @@ def method(summary):
     m = summary["method"]
     return (
         f"Loopback; the upstream is `bench/upstream` (hyper, 2 threads, 64-byte JSON answers). The targets' rows"
-        f" are measured **in turns**: strangler and nginx alternate, {m['runs']} round(s), each start with its own"
+        f" are measured **in turns**: strangler and nginx alternate, {m.get('turns', m['runs'])} round(s), each start with its own"
         f" warm-up, so that the VM's drift in speed hits both alike. Small GET: h2load --h1 -c50 -n{m['h2load_n']}"
         f" after a {m['h2load_warm']}-request warm-up, then wrk -t1 -c{m['conns']} for {m['run_s']} s, access log"
         f" off, then on (both to a file in their default formats: strangler's JSON lines with its default"

@@ -190,7 +190,7 @@ fn hyper_response(
     pool: PoolRef,
     head: bool,
 ) -> Response<ResponseBody> {
-    let sender = (!(head && crate::wire::response::announces_body(response.headers()))).then_some(sender);
+    let sender = (!(head && crate::wire::Fields::of(response.headers()).announces_body())).then_some(sender);
     response.map(|body| ResponseBody::Hyper(HyperBody::new(body, sender, pool)))
 }
 

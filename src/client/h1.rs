@@ -132,7 +132,7 @@ impl Conn {
         self.io.write_all(&self.write_buf).await.map_err(|e| closed_or_io(e, false))?;
         self.io.flush().await.map_err(|e| closed_or_io(e, false))?;
         let head = self.read_head().await?;
-        let framing = response::framing(request.method(), head.status, head.version, &head.headers)?;
+        let framing = response::framing(request.method(), head.status, head.version, &head.fields)?;
         let mut response = Response::new(Body::new(self, framing, pool));
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;

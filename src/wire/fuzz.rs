@@ -43,7 +43,9 @@ pub fn check_answer(data: &[u8], head: bool, cut: usize) {
     let mut buf = BytesMut::from(data);
     let Ok(Some(parsed)) = response::parse_final_head(&mut buf) else { return };
     let method = if head { Method::HEAD } else { Method::GET };
-    let Ok(framing) = response::framing(&method, parsed.status, parsed.version, &parsed.headers) else { return };
+    // What the map holds and what was gathered while it was built agree.
+    assert_eq!(crate::wire::Fields::of(&parsed.headers), parsed.fields);
+    let Ok(framing) = response::framing(&method, parsed.status, parsed.version, &parsed.fields) else { return };
     let limit = match framing.decoder {
         Decoder::Length(n) => n,
         Decoder::Done => 0,

@@ -133,8 +133,8 @@ pub fn parse<B>(
     if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) != target_len {
         return Err(Refusal::Fragment);
     }
-    let headers = super::header_map(&head, spans.as_slice(), HEADROOM).ok_or(Refusal::Malformed)?;
-    let keep_alive = super::keeps_alive(version, &headers);
+    let (headers, fields) = super::header_map(&head, spans.as_slice(), HEADROOM).ok_or(Refusal::Malformed)?;
+    let keep_alive = fields.keeps_alive(version);
     let mut request = Box::new(Request::new(empty_body()));
     *request.method_mut() = method;
     *request.uri_mut() = uri;

@@ -16,7 +16,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 use super::body::{Chunked, Decoder};
-use super::{keeps_alive, parse_length, Invalid, Spans, HEADROOM, MAX_HEADERS};
+use super::{parse_length, Fields, Invalid, Spans, HEADROOM, MAX_HEADERS};
 use crate::headers::X_REQUEST_ID;
 
 /// The largest answer head accepted (nginx's default is 4–8 KiB).
@@ -27,6 +27,8 @@ pub struct Head {
     pub status: StatusCode,
     pub version: Version,
     pub headers: HeaderMap,
+    /// What the fields say about framing, taken as the map was built.
+    pub fields: Fields,
 }
 
 /// Parses heads off the front of `buf` until a final one (not 1xx, or
@@ -70,8 +72,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Invalid> {
     let head = buf.split_to(len).freeze();
     // Room for the headers the proxy adds; hyper then parses the client's
     // next request on this connection into this same map, room included.
-    let headers = super::header_map(&head, spans.as_slice(), HEADROOM).ok_or(Invalid("invalid header field"))?;
-    Ok(Some(Head { status, version, headers }))
+    let (headers, fields) =
+        super::header_map(&head, spans.as_slice(), HEADROOM).ok_or(Invalid("invalid header field"))?;
+    Ok(Some(Head { status, version, headers, fields }))
 }
 
 /// How an answer's body is delimited (RFC 9112 §6.3), and whether the
@@ -82,16 +85,17 @@ pub struct Framing {
     pub keep_alive: bool,
 }
 
-/// The framing of an answer to a `method` request with this head; an
-/// error for framing that is ambiguous or not ours to decode.
-pub fn framing(method: &Method, status: StatusCode, version: Version, headers: &HeaderMap) -> Result<Framing, Invalid> {
-    let keep_alive = keeps_alive(version, headers) && status != StatusCode::SWITCHING_PROTOCOLS;
+/// The framing of an answer to a `method` request with a head whose fields
+/// say `fields`; an error for framing that is ambiguous or not ours to
+/// decode.
+pub fn framing(method: &Method, status: StatusCode, version: Version, fields: &Fields) -> Result<Framing, Invalid> {
+    let keep_alive = fields.keeps_alive(version) && status != StatusCode::SWITCHING_PROTOCOLS;
     if *method == Method::HEAD {
         // A broken upstream may send the body it announced (or that the
         // GET would have had: no length says "until close") anyway, late
         // enough to be read as the answer to the next request on this
         // connection, another user's: only `Content-Length: 0` is reused.
-        let says_empty = !announces_body(headers) && headers.contains_key(header::CONTENT_LENGTH);
+        let says_empty = !fields.announces_body() && fields.lengths > 0;
         return Ok(Framing { decoder: Decoder::Done, keep_alive: keep_alive && says_empty });
     }
     let no_body = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
@@ -100,41 +104,27 @@ pub fn framing(method: &Method, status: StatusCode, version: Version, headers: &
         // (RFC 9110 forbids both there), or a 304 with a coding (its
         // Content-Length, the representation's, is legal and is left to the
         // idle-readiness check at checkout).
-        let suspect = headers.contains_key(header::TRANSFER_ENCODING)
-            || (status == StatusCode::NO_CONTENT && headers.contains_key(header::CONTENT_LENGTH));
+        let suspect = fields.codings > 0 || (status == StatusCode::NO_CONTENT && fields.lengths > 0);
         return Ok(Framing { decoder: Decoder::Done, keep_alive: keep_alive && !suspect });
     }
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    let length = lengths.next();
-    if lengths.next().is_some() {
+    if fields.lengths > 1 {
         return Err(Invalid("more than one Content-Length"));
     }
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(coding) = codings.next() {
-        if length.is_some() {
+    if fields.codings > 0 {
+        if fields.lengths > 0 {
             return Err(Invalid("both Content-Length and Transfer-Encoding"));
         }
-        if codings.next().is_some() || !coding.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+        if fields.codings > 1 || !fields.chunked {
             return Err(Invalid("a transfer coding other than chunked"));
         }
         return Ok(Framing { decoder: Decoder::Chunked(Chunked::default()), keep_alive });
     }
-    match length {
-        Some(value) => match parse_length(value.as_bytes()) {
-            Some(0) => Ok(Framing { decoder: Decoder::Done, keep_alive }),
-            Some(n) => Ok(Framing { decoder: Decoder::Length(n), keep_alive }),
-            None => Err(Invalid("invalid Content-Length")),
-        },
-        None => Ok(Framing { decoder: Decoder::UntilClose, keep_alive: false }),
+    match (fields.lengths, fields.length) {
+        (0, _) => Ok(Framing { decoder: Decoder::UntilClose, keep_alive: false }),
+        (_, Some(0)) => Ok(Framing { decoder: Decoder::Done, keep_alive }),
+        (_, Some(n)) => Ok(Framing { decoder: Decoder::Length(n), keep_alive }),
+        (_, None) => Err(Invalid("invalid Content-Length")),
     }
-}
-
-/// Whether a head says a body follows it: chunked, or a `Content-Length`
-/// other than 0 (an invalid one counts: it may hide a body). After an
-/// answer to HEAD, such a connection is not reused.
-pub fn announces_body(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::TRANSFER_ENCODING)
-        || headers.get_all(header::CONTENT_LENGTH).iter().any(|v| parse_length(v.as_bytes()) != Some(0))
 }
 
 /// The downstream request an answer is written for: what it decides about
@@ -282,7 +272,7 @@ mod tests {
 
     fn framing_of(text: &str) -> Result<Framing, Invalid> {
         let h = head(text);
-        framing(&Method::GET, h.status, h.version, &h.headers)
+        framing(&Method::GET, h.status, h.version, &h.fields)
     }
 
     #[test]
@@ -294,6 +284,33 @@ mod tests {
         assert_eq!(&buf[..], b"ok");
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Le"[..]);
         assert!(parse_head(&mut partial).unwrap().is_none());
+    }
+
+    #[test]
+    fn framing_facts_are_taken_as_the_map_is_built_and_match_the_map() {
+        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nConnection: Keep-Alive , close\r\nX: 1\r\n\r\n");
+        let expected = Fields {
+            lengths: 1,
+            length: Some(5),
+            length_not_zero: true,
+            close: true,
+            keep_alive: true,
+            ..Fields::default()
+        };
+        assert_eq!(h.fields, expected);
+        for text in [
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding:  Chunked \r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+        ] {
+            let h = head(text);
+            assert_eq!(Fields::of(&h.headers), h.fields, "{text}");
+        }
+        let two = head("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Length: x\r\n\r\n").fields;
+        assert_eq!((two.lengths, two.length, two.length_not_zero), (2, Some(0), true));
+        let codings = head("HTTP/1.1 200 OK\r\nTransfer-Encoding:  Chunked \r\nTransfer-Encoding: gzip\r\n\r\n").fields;
+        assert_eq!((codings.codings, codings.chunked), (2, true));
     }
 
     #[test]
@@ -371,7 +388,7 @@ mod tests {
         assert!(!old.keep_alive);
         let head_answer = |text: &str| {
             let h = head(text);
-            framing(&Method::HEAD, h.status, h.version, &h.headers).unwrap()
+            framing(&Method::HEAD, h.status, h.version, &h.fields).unwrap()
         };
         let announced = head_answer("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(announced, Framing { decoder: Decoder::Done, keep_alive: false }, "a late body may follow");
