@@ -2,7 +2,11 @@
 //! shadow to 100% on evidence, every instance sharing the state serves the
 //! same weights, a failing candidate is rolled back alone, and commands are
 //! recorded with who gave them. Holds and intervals are short so each test
-//! takes seconds.
+//! takes seconds. The interval is 200 ms, not less: a step forward begins
+//! `lead` (two intervals and 50 ms) after it is decided, and every instance
+//! must have read it by then. With 100 ms, an instance of the full suite on
+//! two busy cores once read a step late and served the old share for a
+//! moment, and a sticky user went back to legacy.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,7 +26,7 @@ fn rollout_config(dir: &std::path::Path, legacy: &TestUpstream, comments: &TestU
     format!(
         "listen: \"127.0.0.1:0\"\nadmin: \"127.0.0.1:0\"\n\
          shadow: {{ log: \"{log}\" }}\n\
-         autopilot: {{ state: \"{state}\", interval: 100ms }}\n\
+         autopilot: {{ state: \"{state}\", interval: 200ms }}\n\
          upstreams:\n  legacy: {{ targets: [\"{legacy}\"] }}\n  comments: {{ targets: [\"{comments}\"] }}\n\
          routes:\n  - name: items\n    prefix: /items\n    upstream: legacy\n    sticky: {{ header: X-User-Id }}\n\
          \x20   shadow: {{ upstream: comments, ignore_headers: [x-upstream] }}\n\
