@@ -21,7 +21,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::RecursiveMode;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -375,6 +376,7 @@ fn watch_directory(
                 let names = watched_names(&config);
                 events
                     .iter()
+                    .filter(|e| can_change(&e.kind))
                     .flat_map(|e| e.paths.iter())
                     .any(|p| p.file_name().is_some_and(|n| names.iter().any(|w| w == n)))
             }
@@ -399,6 +401,15 @@ fn watch_directory(
     Some(debouncer)
 }
 
+/// Whether an event of this kind can change what the config path reads.
+/// Opening, reading and closing a file unwritten cannot: the reload's own read
+/// of the file raises those, and counting them kept the reloader reading the
+/// file again every debounce period (150 ms), forever, waking three threads
+/// and a worker each time.
+fn can_change(kind: &EventKind) -> bool {
+    !matches!(kind, EventKind::Access(AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)))
+}
+
 /// The names in the config's directory whose events can change what the
 /// config path reads: the file itself (written in place, renamed over) and,
 /// when it is a symlink within the directory, the link's first step — the
@@ -417,6 +428,27 @@ fn watched_names(path: &Path) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn reading_the_config_raises_no_reload_and_writing_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, "a").unwrap();
+        let events = Arc::new(Notify::new());
+        let _watching = watch_directory(&path, events.clone()).expect("inotify works here");
+        // Read as the reloader reads it: a notification before the wait
+        // below is kept for it (`notify_one` stores a permit).
+        for _ in 0..3 {
+            config::read(&path).unwrap();
+        }
+        // Longer than the debounce (150 ms) and its ticks: a reload the
+        // reads raised would have been asked for by then.
+        let quiet = tokio::time::timeout(Duration::from_millis(800), events.notified()).await;
+        assert!(quiet.is_err(), "reading the config asked for a reload");
+        std::fs::write(&path, "b").unwrap();
+        let asked = tokio::time::timeout(Duration::from_secs(10), events.notified()).await;
+        assert!(asked.is_ok(), "writing the config asked for no reload");
+    }
 
     #[test]
     fn a_kubernetes_link_makes_its_data_directory_a_watched_name() {
