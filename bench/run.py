@@ -531,7 +531,8 @@ def turns_row(scenario, kind, workers, runs, **extra):
     med = median_run(runs)
     extra.update({key: median_of(runs, key) for key in SPLIT})
     # Every round's CPU and user time, in round order: the verdict shows the rounds' own ratios.
-    extra.update({f"{key}_runs": [r.get(key) for r in runs] for key in ("cpu_us_per_req", "user_us_per_req")})
+    extra.update({f"{key}_runs": [None if r.get(key) is None else round(r[key], 3) for r in runs]
+                  for key in ("cpu_us_per_req", "user_us_per_req")})
     return row(scenario, kind, workers, med, [], hwm_kib=max(r.get("hwm_kib", 0) for r in runs), **extra)
 
 
