@@ -126,11 +126,11 @@ impl Upstream {
     /// client traffic).
     pub fn pick(&self) -> Option<&Target> {
         let n = self.targets.len();
+        let now = clock::unix_ms();
         if n == 1 {
             let only = &self.targets[0];
-            return only.state.available(clock::unix_ms()).then_some(only);
+            return only.state.available(now).then_some(only);
         }
-        let now = clock::unix_ms();
         match self.settings.load_balancing {
             LoadBalancing::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
