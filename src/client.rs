@@ -77,7 +77,9 @@ impl Connector {
         target: &Target,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<ResponseBody>, SendError> {
-        self.send_request(target, &mut request, None).await
+        let mut response = self.send_request(target, &mut request, None).await?;
+        body::fill_headers(&mut response);
+        Ok(response)
     }
 
     /// [`Connector::send`] with the request left where the caller keeps it
@@ -85,7 +87,8 @@ impl Connector {
     /// path moves its futures at every `await`, and this one then holds a
     /// pointer, not the request's 320 bytes, twice. `added`: the headers the
     /// proxy adds, written into the head by the inline exchange, inserted
-    /// into the map for hyper.
+    /// into the map for hyper. An answer read by the inline exchange keeps
+    /// its head as it arrived and an empty map: see [`body::fill_headers`].
     pub async fn send_request(
         &self,
         target: &Target,

@@ -101,6 +101,49 @@ async fn well_formed_answers_in_every_framing_arrive_intact() {
     }
 }
 
+/// An answer carrying every hop-by-hop field, one `Connection` names, and
+/// the fields the proxy writes itself.
+const HOP_BY_HOP_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\
+Proxy-Connection: keep-alive\r\nProxy-Authenticate: Basic\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\n\
+Connection: X-Secret\r\nX-Secret: s\r\nX-Request-Id: upstream-made\r\nX-Strangler-Upstream: spoofed\r\n\
+ETag: \"v1\"\r\n\r\nok";
+
+#[tokio::test]
+async fn hop_by_hop_fields_of_an_answer_never_reach_the_client_in_either_protocol() {
+    // Without a `Connection` that names a field, the answer's head goes to
+    // an HTTP/1.1 client as it arrived (no map); with one, through the map.
+    let plain: &'static [u8] = Box::leak(
+        String::from_utf8_lossy(HOP_BY_HOP_ANSWER)
+            .replace("Connection: X-Secret\r\n", "")
+            .into_bytes()
+            .into_boxed_slice(),
+    );
+    for answer in [HOP_BY_HOP_ANSWER, plain] {
+        let up = Scripted::start(answer, false).await;
+        let proxy = proxy_to(&up).await;
+        let h1 =
+            raw(proxy.addr, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", Duration::from_secs(5)).await;
+        let h1 = h1.to_ascii_lowercase();
+        let h2 =
+            send(&http2(), req(http::Method::GET, proxy.addr, "/").body(Default::default()).unwrap()).await.unwrap();
+        for gone in ["keep-alive", "proxy-connection", "proxy-authenticate", "te", "trailer", "upgrade"] {
+            assert!(!h1.contains(&format!("\r\n{gone}:")), "{gone} over HTTP/1.1: {h1}");
+            assert!(!h2.headers.contains_key(gone), "{gone} over HTTP/2: {:?}", h2.headers);
+        }
+        // A field is hop-by-hop only when `Connection` names it.
+        let named = answer == HOP_BY_HOP_ANSWER;
+        assert_eq!(h1.contains("\r\nx-secret: s\r\n"), !named, "{h1}");
+        assert_eq!(h2.headers.contains_key("x-secret"), !named, "{:?}", h2.headers);
+        assert!(h1.ends_with("\r\n\r\nok") && h1.contains("\r\netag: \"v1\"\r\n"), "{h1}");
+        assert!(h1.contains("\r\nx-strangler-upstream: up\r\n") && !h1.contains("spoofed"), "{h1}");
+        assert!(!h1.contains("upstream-made") && h1.contains("\r\nx-request-id: "), "{h1}");
+        assert_eq!((h2.status.as_u16(), h2.text()), (200, "ok".to_string()));
+        assert_eq!(h2.header("etag"), Some("\"v1\""));
+        assert_eq!(h2.header("x-strangler-upstream"), Some("up"));
+        assert!(h2.header("x-request-id").is_some_and(|id| id != "upstream-made"), "{:?}", h2.headers);
+    }
+}
+
 #[tokio::test]
 async fn an_answer_delimited_by_close_arrives_whole_and_the_connection_is_not_reused() {
     let up = Scripted::start(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end", true).await;

@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 use super::h1;
 use super::pool::{Pool, PoolRef, Pooled, Queues};
 use super::target::Permit;
+use crate::wire::Span;
 
 /// Any body's error: the client's upload, or the upstream's answer.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -154,6 +156,61 @@ impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
         ProxyBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+
+    /// The upstream answer's head as it arrived, while its map is not
+    /// built (see [`h1::Body::raw_head`]).
+    pub fn raw_head(&self) -> Option<(&Bytes, &[Span])> {
+        match self {
+            ProxyBody::Upstream(upstream) => upstream.body.raw_head(),
+            _ => None,
+        }
+    }
+}
+
+/// Puts the fields of an answer whose head our client kept as it arrived
+/// into its map (before what the map already holds, which wins on a name);
+/// `false` if there was no such head. Every reader of an upstream answer's
+/// map calls it first; only our server's HTTP/1.1 loop writes the head
+/// from its bytes instead, and spares the map.
+pub fn fill_headers<B: HasRawHead>(response: &mut Response<B>) -> bool {
+    let Some(mut map) = response.body_mut().take_header_map() else { return false };
+    map.extend(std::mem::take(response.headers_mut()));
+    *response.headers_mut() = map;
+    true
+}
+
+/// A body that may hold its answer's head as it arrived ([`fill_headers`]).
+pub trait HasRawHead {
+    /// The head's fields as a map, made once (`None` after, or if none).
+    fn take_header_map(&mut self) -> Option<HeaderMap>;
+}
+
+impl HasRawHead for ResponseBody {
+    fn take_header_map(&mut self) -> Option<HeaderMap> {
+        match self {
+            ResponseBody::Inline(body) => body.take_header_map(),
+            ResponseBody::Hyper(_) => None,
+        }
+    }
+}
+
+impl HasRawHead for ProxyBody {
+    fn take_header_map(&mut self) -> Option<HeaderMap> {
+        match self {
+            ProxyBody::Upstream(upstream) => upstream.body.take_header_map(),
+            _ => None,
+        }
+    }
+}
+
+impl ResponseBody {
+    /// See [`ProxyBody::raw_head`].
+    pub fn raw_head(&self) -> Option<(&Bytes, &[Span])> {
+        match self {
+            ResponseBody::Inline(body) => body.raw_head(),
+            ResponseBody::Hyper(_) => None,
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::Response;
+use http::{HeaderMap, Response};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use super::pool::{Pool, PoolRef, Pooled, Queues};
 use crate::wire::body::{Decoder, Step};
 use crate::wire::response::{self, Framing, Head};
-use crate::wire::{request, reserve_read_room, Invalid};
+use crate::wire::{request, reserve_read_room, Invalid, Span, Spans};
 
 /// Read buffers grow by this much; a read shorter than the room it had
 /// lets tokio skip the next `EAGAIN` read.
@@ -84,17 +84,28 @@ pub enum Io {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-/// A keep-alive connection with its buffers.
+/// A keep-alive connection with its buffers, and the head of the answer
+/// being read while it is still as it arrived.
 pub struct Conn {
     io: Io,
     read_buf: BytesMut,
     write_buf: Vec<u8>,
+    /// The answer's head, until it is written out or made a map (empty then).
+    answer: Bytes,
+    /// Where the answer's fields sit in `answer`.
+    spans: Spans,
 }
 
 impl Conn {
     /// Boxed, once per connection: answers and pools then move a pointer.
     pub fn new(io: Io) -> Box<Self> {
-        Box::new(Conn { io, read_buf: BytesMut::new(), write_buf: Vec::new() })
+        Box::new(Conn {
+            io,
+            read_buf: BytesMut::new(),
+            write_buf: Vec::new(),
+            answer: Bytes::new(),
+            spans: Spans::default(),
+        })
     }
 
     /// Still open and silent since it went idle: nothing buffered, and the
@@ -121,7 +132,9 @@ impl Conn {
     /// Sends a bodiless request, with the headers the proxy adds
     /// (`added`), and reads the head of its answer; the
     /// answer's body reads on from this connection, and gives it back to
-    /// `pool` when it ends cleanly.
+    /// `pool` when it ends cleanly. The answer's map is left empty and its
+    /// head kept as it arrived ([`Body::raw_head`]), unless its `Connection`
+    /// names fields to drop (the map's hop-by-hop strip does that).
     pub async fn exchange(
         mut self: Box<Self>,
         request: &http::Request<crate::client::body::ProxyBody>,
@@ -133,10 +146,16 @@ impl Conn {
         self.io.flush().await.map_err(|e| closed_or_io(e, false))?;
         let head = self.read_head().await?;
         let framing = response::framing(request.method(), head.status, head.version, &head.fields)?;
+        let headers = if head.fields.lists_others {
+            Head::header_map(&head.bytes, &self.spans)
+        } else {
+            self.answer = head.bytes;
+            HeaderMap::new()
+        };
         let mut response = Response::new(Body::new(self, framing, pool));
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
+        *response.headers_mut() = headers;
         Ok(response)
     }
 
@@ -145,7 +164,7 @@ impl Conn {
         let mut received = false;
         loop {
             if !self.read_buf.is_empty() {
-                if let Some(head) = response::parse_final_head(&mut self.read_buf)? {
+                if let Some(head) = response::parse_final_head(&mut self.read_buf, &mut self.spans)? {
                     return Ok(head);
                 }
             }
@@ -160,6 +179,7 @@ impl Conn {
 
     /// Gets the connection ready to wait in a pool.
     fn into_idle(mut self: Box<Self>) -> Box<Self> {
+        self.answer = Bytes::new();
         if self.read_buf.capacity() > KEEP_BUFFER {
             self.read_buf = BytesMut::new();
         }
@@ -199,10 +219,27 @@ impl Body {
     fn new(conn: Box<Conn>, framing: Framing, pool: PoolRef) -> Self {
         let mut body =
             Body { conn: Some(conn), decoder: framing.decoder, keep_alive: framing.keep_alive, pool, failed: None };
-        if body.decoder == Decoder::Done {
+        // A bodiless answer gives its connection back at once, unless its
+        // head is still to be read from it (then when dropped or polled).
+        if body.decoder == Decoder::Done && body.raw_head().is_none() {
             body.finish();
         }
         body
+    }
+
+    /// The answer's head as it arrived, and where its fields sit: `None`
+    /// once it has been made a map, or its body has been read from (the
+    /// connection may be back in its pool then: take the head first).
+    pub fn raw_head(&self) -> Option<(&Bytes, &[Span])> {
+        let conn = self.conn.as_ref().filter(|conn| !conn.answer.is_empty())?;
+        Some((&conn.answer, conn.spans.as_slice()))
+    }
+
+    /// The map of a head still as it arrived (made once: `None` after).
+    pub fn take_header_map(&mut self) -> Option<HeaderMap> {
+        let conn = self.conn.as_mut().filter(|conn| !conn.answer.is_empty())?;
+        let bytes = std::mem::take(&mut conn.answer);
+        Some(Head::header_map(&bytes, &conn.spans))
     }
 
     /// The body ended: the connection is reused if it is clean.

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -56,11 +56,24 @@ pub(super) fn finish(
     *response.version_mut() = downstream_version;
     Ok(match tap {
         Some(tap) => {
-            response.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+            answer_headers(&mut response).insert(headers::X_REQUEST_ID.clone(), request_id.clone());
             tap.tee(response, upstream.map_or_else(|| "".into(), Arc::clone))
         }
         None => response,
     })
+}
+
+/// The answer's map, whole: an upstream's head our client kept as it
+/// arrived ([`crate::client::body::fill_headers`]) is made a map here and
+/// loses its hop-by-hop fields, as `finish` strips a map. For every
+/// reader of the answer's map (the mirror, hyper's server); our
+/// HTTP/1.1 loop writes such a head from its bytes, without a map.
+pub fn answer_headers(response: &mut Response<ProxyBody>) -> &mut http::HeaderMap {
+    if crate::client::body::fill_headers(response) {
+        // A head whose `Connection` names fields is never kept as it arrived.
+        headers::strip_hop_by_hop(response.headers_mut(), false);
+    }
+    response.headers_mut()
 }
 
 /// Copies bytes both ways once both sides have switched protocols.
@@ -155,18 +168,22 @@ impl Exchange {
         self.status = Some(status);
     }
 
-    /// Counts the request on the route and upstream that served it and
-    /// names that upstream in the answer when the table says so. Runs for
-    /// refused requests too (their answer is the error's).
-    pub(super) fn record(&mut self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    /// Counts the request on the route and upstream that served it. Runs
+    /// for refused requests too (their answer is the error's).
+    pub(super) fn record(&mut self, response: Response<ProxyBody>) -> Response<ProxyBody> {
         if let Some(used) = self.outcome.used(&self.table) {
             used.stats.record(&self.method, response.status(), self.start.elapsed());
-            if let Some(name) = &self.table.upstream_header {
-                response.headers_mut().insert(name.clone(), used.upstream.name_header.clone());
-            }
         }
         self.status = Some(response.status());
         response
+    }
+
+    /// The field that names the upstream that served the request, when the
+    /// table says to add one (`upstream_header`); the server writes it into
+    /// the answer's head, as it does the request id, replacing the upstream's.
+    pub fn upstream_header(&self) -> Option<(&HeaderName, &HeaderValue)> {
+        let name = self.table.upstream_header.as_ref()?;
+        Some((name, &self.outcome.used(&self.table)?.upstream.name_header))
     }
 
     /// The access-log fields, in order (after `ts`): `client_ip`, `method`,
@@ -266,10 +283,11 @@ mod tests {
     #[test]
     fn the_answer_names_the_upstream_that_served_it_and_a_refusal_names_none() {
         let table = super::super::testing::table();
-        let response = exchange(&table, served_by(&table, "all", Some(0))).record(upstream_answer(200, &[]));
-        assert_eq!(response.headers().get("x-strangler-upstream").unwrap(), "legacy");
-        let response = exchange(&table, served_by(&table, "all", None)).record(upstream_answer(429, &[]));
-        assert!(!response.headers().contains_key("x-strangler-upstream"));
+        let served = exchange(&table, served_by(&table, "all", Some(0)));
+        let (name, value) = served.upstream_header().expect("named");
+        assert_eq!((name.as_str(), value.to_str().unwrap()), ("x-strangler-upstream", "legacy"));
+        let refused = exchange(&table, served_by(&table, "all", None));
+        assert!(refused.upstream_header().is_none());
     }
 
     /// The access-log line `exchange` writes, parsed.

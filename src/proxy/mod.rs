@@ -50,7 +50,7 @@ use prepare::{prepare, start_mirror, RequestBody};
 use route::route;
 use send::send;
 
-pub use finish::Exchange;
+pub use finish::{answer_headers, Exchange};
 // The pure steps of routing, shared with `explain` so that it answers
 // what the proxy does.
 pub use prepare::upstream_path_and_query;

@@ -285,9 +285,13 @@ fn proxy_service(
         Box::pin(async move {
             let mut exchange = None;
             let mut response = proxy::handle(&shared, &downstream, req.map(ProxyBody::Streamed), &mut exchange).await;
-            // Our own loop writes it into the head; hyper writes the map.
+            // Our own loop writes these into the head; hyper writes the map.
+            let headers = proxy::answer_headers(&mut response);
             if let Some(exchange) = &exchange {
-                response.headers_mut().insert(crate::headers::X_REQUEST_ID.clone(), exchange.request_id().clone());
+                headers.insert(crate::headers::X_REQUEST_ID.clone(), exchange.request_id().clone());
+                if let Some((name, value)) = exchange.upstream_header() {
+                    headers.insert(name.clone(), value.clone());
+                }
             }
             // After a 101 the connection is a tunnel: no head comes next.
             let requests = requests.filter(|_| response.status() != http::StatusCode::SWITCHING_PROTOCOLS);

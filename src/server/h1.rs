@@ -3,7 +3,8 @@
 //! The common request, one without a body or an upgrade, is read, proxied
 //! and answered in the connection's own task: one `httparse` pass over the
 //! head, header values that share the read buffer, no timer unless a head
-//! arrives in pieces, and the answer's head and a small body written with
+//! arrives in pieces, and the answer's head (an upstream's fields copied
+//! from the bytes they arrived in, no map) and a small body written with
 //! one system call. An idle connection holds no buffer (hyper keeps 8 KiB
 //! for each).
 //!
@@ -43,7 +44,7 @@ use crate::client::body::ProxyBody;
 use crate::proxy::{self, Downstream, Exchange};
 use crate::wire;
 use crate::wire::request::{self, Head, Parsed, Refusal};
-use crate::wire::response::{self, Answering, Delimited};
+use crate::wire::response::{self, Answering, Delimited, EncodedHead};
 use crate::Shared;
 
 /// How much a read asks for while a head comes in (nginx's
@@ -310,6 +311,9 @@ async fn write_response(
     let (parts, mut body) = response.into_parts();
     // Taken before the first frame: polling changes it.
     let exact_length = body.size_hint().exact();
+    // Written before the body is polled: polling may end it, and give back
+    // its connection with the head as it arrived.
+    let head = encode_head(out, &parts, &body, exact_length, to, exchange.as_deref());
     // The first piece of the body, if it is already here, goes out with the head.
     let first = if to.carries_body(parts.status) {
         poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await
@@ -332,14 +336,35 @@ async fn write_response(
         }
         return Box::pin(write_response(stream, out, failed, Answering { keep_alive: false, ..to }, exchange)).await;
     }
-    let request_id = exchange.as_deref().map(Exchange::request_id);
-    let head = response::encode_head(out, parts.status, &parts.headers, exact_length, to, request_id);
     if head.body == Delimited::HeadOnly {
         stream.write_all(out).await?;
         return Ok(head.keep_alive);
     }
     let complete = write_body(stream, out, body, head.body, first, exchange).await?;
     Ok(head.keep_alive && complete)
+}
+
+/// Writes the answer's head into `out`: from the upstream's head as it
+/// arrived when our client kept it so, else from the map; with the request
+/// id and the upstream's name (`exchange`'s) in place of the upstream's.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    body: &ProxyBody,
+    exact_length: Option<u64>,
+    to: Answering,
+    exchange: Option<&Exchange>,
+) -> EncodedHead {
+    let added = [
+        exchange.map(|exchange| (&crate::headers::X_REQUEST_ID, exchange.request_id())),
+        exchange.and_then(Exchange::upstream_header),
+    ];
+    match body.raw_head() {
+        Some((head, spans)) => {
+            response::encode_head(out, parts.status, wire::raw_pairs(head, spans), exact_length, to, added)
+        }
+        None => response::encode_head(out, parts.status, response::map_fields(&parts.headers), exact_length, to, added),
+    }
 }
 
 /// A body frame as polled: `Pending` when none was ready.

@@ -17,7 +17,9 @@
 //! Both parsers run httparse over uninitialized header slots (filling 100
 //! empty slots per head showed in profiles) and record where each field
 //! sits ([`Span`]), so that header values share the head's memory instead of
-//! being copied.
+//! being copied. An upstream's answer head is not made a map at all unless
+//! something reads it as one: its fields go to the client from those spans
+//! ([`raw_pairs`], [`response::encode_head`]).
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -110,13 +112,72 @@ pub fn header_map(head: &Bytes, spans: &[Span], room: usize) -> Option<(HeaderMa
     for &[name, name_len, value, value_len] in spans {
         let name = field_name(&head[name as usize..(name + name_len) as usize])?;
         let value = head.slice(value as usize..(value + value_len) as usize);
-        fields.see(&name, &value);
+        fields.see(Kind::of_name(&name), &value);
         // SAFETY: not a memory-safety contract: the bytes must be valid in a
         // header value, and httparse accepted them as one (see above).
         let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
         headers.append(name, value);
     }
     Some((headers, fields))
+}
+
+/// Where the fields of a head split off its buffer sit ([`Span`]s), and
+/// what they say about framing: a head passed on as it arrived, without a
+/// map (see [`crate::wire::response::Head`]).
+pub fn raw_fields(head: &Bytes, spans: &[Span]) -> Fields {
+    let mut fields = Fields::default();
+    for (name, value) in raw_pairs(head, spans) {
+        fields.see(Kind::of_bytes(name), value);
+    }
+    fields
+}
+
+/// Each field of a head as its name's and value's bytes.
+pub fn raw_pairs<'h>(head: &'h [u8], spans: &'h [Span]) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + 'h {
+    spans.iter().map(move |&[name, name_len, value, value_len]| {
+        (&head[name as usize..(name + name_len) as usize], &head[value as usize..(value + value_len) as usize])
+    })
+}
+
+/// What a field's name means to the proxy's framing and hop-by-hop rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Date,
+    /// One of the other names that describe a connection and never cross
+    /// the proxy (RFC 9110 §7.6.1): `Keep-Alive`, `Proxy-Connection`,
+    /// `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`, and
+    /// `Upgrade` (tunnelled only through hyper's path, which keeps its own).
+    HopByHop,
+    Other,
+}
+
+impl Kind {
+    /// The kind of a name as it arrived, in any case (a `tchar` name, as
+    /// httparse accepts: see `field_name` on the fold).
+    pub fn of_bytes(name: &[u8]) -> Kind {
+        let is = |lower: &[u8]| folded_eq(name, lower);
+        match name.len() {
+            2 if name.eq_ignore_ascii_case(b"te") => Kind::HopByHop,
+            4 if is(b"date") => Kind::Date,
+            7 if is(b"trailer") || is(b"upgrade") => Kind::HopByHop,
+            10 if is(b"connection") => Kind::Connection,
+            10 if is(b"keep-alive") => Kind::HopByHop,
+            14 if is(b"content-length") => Kind::ContentLength,
+            16 if is(b"proxy-connection") => Kind::HopByHop,
+            17 if is(b"transfer-encoding") => Kind::TransferEncoding,
+            18 if is(b"proxy-authenticate") => Kind::HopByHop,
+            19 if is(b"proxy-authorization") => Kind::HopByHop,
+            _ => Kind::Other,
+        }
+    }
+
+    /// The kind of a parsed name.
+    pub fn of_name(name: &HeaderName) -> Kind {
+        Kind::of_bytes(name.as_str().as_bytes())
+    }
 }
 
 /// The well-known names most heads carry, in lower case, by length.
@@ -197,6 +258,8 @@ pub struct Fields {
     pub close: bool,
     /// `Connection` lists `keep-alive`.
     pub keep_alive: bool,
+    /// `Connection` lists another token: a field of that name is hop-by-hop.
+    pub lists_others: bool,
 }
 
 impl Fields {
@@ -204,29 +267,32 @@ impl Fields {
     pub fn of(headers: &HeaderMap) -> Fields {
         let mut fields = Fields::default();
         for (name, value) in headers {
-            fields.see(name, value.as_bytes());
+            fields.see(Kind::of_name(name), value.as_bytes());
         }
         fields
     }
 
-    /// Takes in one field; well-known names compare as enums, not bytes.
-    fn see(&mut self, name: &HeaderName, value: &[u8]) {
-        if *name == header::CONTENT_LENGTH {
+    /// Takes in one field whose name is of `kind`.
+    fn see(&mut self, kind: Kind, value: &[u8]) {
+        if kind == Kind::ContentLength {
             let length = parse_length(value);
             if self.lengths == 0 {
                 self.length = length;
             }
             self.lengths = (self.lengths + 1).min(2);
             self.length_not_zero |= length != Some(0);
-        } else if *name == header::TRANSFER_ENCODING {
+        } else if kind == Kind::TransferEncoding {
             if self.codings == 0 {
                 self.chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
             }
             self.codings = (self.codings + 1).min(2);
-        } else if *name == header::CONNECTION {
+        } else if kind == Kind::Connection {
             for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let (close, keep_alive) =
+                    (token.eq_ignore_ascii_case(b"close"), token.eq_ignore_ascii_case(b"keep-alive"));
+                self.close |= close;
+                self.keep_alive |= keep_alive;
+                self.lists_others |= !(close || keep_alive || token.is_empty());
             }
         }
     }
@@ -292,6 +358,40 @@ mod tests {
         }
         assert_eq!(field_name(b"x-request-id"), Some(HeaderName::from_static("x-request-id")));
         assert_eq!(field_name(b"bad name"), None);
+    }
+
+    #[test]
+    fn httparse_and_the_http_crate_accept_the_same_name_bytes() {
+        // A head kept as it arrived is made a map later (`Head::header_map`),
+        // which must not fail on a name httparse took.
+        let mut names_taken = 0;
+        for b in 0..=255u8 {
+            let name = [b'x', b, b'y'];
+            let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+            head.extend_from_slice(&name);
+            head.extend_from_slice(b": v\r\n\r\n");
+            let mut slots = [httparse::EMPTY_HEADER; 1];
+            let mut parsed = httparse::Response::new(&mut slots);
+            let complete = parsed.parse(&head).is_ok_and(|s| s.is_complete());
+            let taken = complete && parsed.headers[0].name.as_bytes() == name;
+            assert!(!taken || HeaderName::from_bytes(&name).is_ok(), "byte {b:#x}");
+            assert_eq!(Kind::of_bytes(&name), Kind::Other);
+            names_taken += usize::from(taken);
+        }
+        assert_eq!(names_taken, 77, "the RFC 9110 tchars: letters, digits and 15 others");
+        for (name, kind) in [
+            (&b"Content-Length"[..], Kind::ContentLength),
+            (b"TRANSFER-ENCODING", Kind::TransferEncoding),
+            (b"connection", Kind::Connection),
+            (b"Date", Kind::Date),
+            (b"te", Kind::HopByHop),
+            (b"Upgrade", Kind::HopByHop),
+            (b"Proxy-Authorization", Kind::HopByHop),
+            (b"content-lengthx", Kind::Other),
+            (b"tf", Kind::Other),
+        ] {
+            assert_eq!(Kind::of_bytes(name), kind, "{:?}", String::from_utf8_lossy(name));
+        }
     }
 
     #[test]
