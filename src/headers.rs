@@ -4,7 +4,9 @@
 //! `Connection`) are removed before the proxy adds its own, so a client can
 //! never make the proxy delete `X-Forwarded-For` or `X-Request-Id`.
 
-use std::cell::Cell;
+use std::cell::RefCell;
+
+use bytes::Bytes;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -138,18 +140,40 @@ fn is_sane_request_id(v: &HeaderValue) -> bool {
 /// hex. Per thread, so that the workers share no counter (one they all
 /// wrote on every request would be a cache line passed between cores); the
 /// 64-bit prefixes, drawn per thread, keep the threads' ids apart.
+///
+/// Ids are written [`IDS_AHEAD`] at a time into one buffer, and each is a
+/// slice of it: one allocation per batch rather than one per request, and
+/// no byte check (hex is a valid header value; debug builds check anyway).
+/// Together ~150 instructions of a proxied GET. A batch's buffer is freed
+/// when the last of its ids is.
 pub fn new_request_id() -> HeaderValue {
     thread_local! {
-        // The prefix, written out once, and the next count.
-        static NEXT: Cell<([u8; 16], u64)> = Cell::new((prefix_hex(), 0));
+        // The prefix, written out once; the next count; the ids written ahead.
+        static NEXT: RefCell<([u8; 16], u64, Bytes)> = RefCell::new((prefix_hex(), 0, Bytes::new()));
     }
-    let (prefix, n) = NEXT.get();
-    NEXT.set((prefix, n.wrapping_add(1)));
-    let mut buf = [0u8; 32];
-    buf[..16].copy_from_slice(&prefix);
-    write_hex(&mut buf[16..], n);
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    NEXT.with_borrow_mut(|(prefix, next, ahead)| {
+        if ahead.is_empty() {
+            let mut batch = Vec::with_capacity(IDS_AHEAD * ID_LEN);
+            for n in *next..*next + IDS_AHEAD as u64 {
+                let mut id = [0u8; ID_LEN];
+                id[..16].copy_from_slice(prefix);
+                write_hex(&mut id[16..], n);
+                batch.extend_from_slice(&id);
+            }
+            *next += IDS_AHEAD as u64;
+            *ahead = Bytes::from(batch);
+        }
+        let id = ahead.split_to(ID_LEN);
+        // SAFETY: not a memory-safety contract: the bytes must be valid in a
+        // header value, and lower-case hex is.
+        unsafe { HeaderValue::from_maybe_shared_unchecked(id) }
+    })
 }
+
+/// A request id's length: 16 hex digits of prefix, 16 of count.
+const ID_LEN: usize = 32;
+/// How many ids a thread writes at once ([`new_request_id`]).
+const IDS_AHEAD: usize = 64;
 
 /// A `traceparent` for a new span in the same trace as `parent` (W3C Trace
 /// Context): the same trace id and flags (the sampled flag kept), a new
@@ -258,6 +282,11 @@ mod tests {
         let all: std::collections::HashSet<&HeaderValue> = mine.iter().chain(&theirs).collect();
         assert_eq!(all.len(), 2000);
         assert!(all.iter().all(|id| id.len() == 32 && id.as_bytes().iter().all(u8::is_ascii_hexdigit)));
+        // Written ahead in batches, they still count up one by one, across batches.
+        let count = |id: &HeaderValue| u64::from_str_radix(&id.to_str().unwrap()[16..], 16).unwrap();
+        assert!(mine
+            .windows(2)
+            .all(|w| count(&w[1]) == count(&w[0]) + 1 && w[0].as_bytes()[..16] == w[1].as_bytes()[..16]));
     }
 
     #[test]
