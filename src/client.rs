@@ -95,12 +95,12 @@ impl Connector {
         request: &mut Request<ProxyBody>,
         added: Option<&Added<'_>>,
     ) -> Result<Response<ResponseBody>, SendError> {
-        if !request.headers().contains_key(http::header::HOST) {
+        if !crate::headers::has(request.headers(), &http::header::HOST) {
             if let Ok(host) = http::HeaderValue::from_str(target.authority.as_str()) {
                 request.headers_mut().insert(http::header::HOST, host);
             }
         }
-        if request.body().is_end_stream() && !request.headers().contains_key(http::header::UPGRADE) {
+        if request.body().is_end_stream() && !crate::headers::has(request.headers(), &http::header::UPGRADE) {
             return self.send_inline(target, request, added).await;
         }
         let mut request = std::mem::replace(request, Request::new(ProxyBody::empty()));

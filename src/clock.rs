@@ -10,10 +10,15 @@
 //! [`resolution`]). nginx makes the same trade: its timers read a time it
 //! caches once per turn of its event loop.
 //!
-//! Readings here are never early: a deadline made from one is at least as
+//! Readings here are not early: a deadline made from one is at least as
 //! late as one made from the precise clock, and at most two ticks later,
-//! so a timeout never fires before its time. Latencies (metrics, the access
-//! log's `duration_us`) keep the precise clock.
+//! so a timeout does not fire before its time. One exception: the kernel's
+//! ticks can themselves run late on a VM (the host has not run the vCPU
+//! that keeps time), and the coarse clock then lags by that delay too; a
+//! reading is then early by what the tick was late beyond one tick (a unit
+//! test saw 1 ms, once, with both cores busy), and a timeout of seconds
+//! fires that much early. Latencies (metrics, the access log's
+//! `duration_us`) keep the precise clock.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -43,7 +48,8 @@ pub fn now() -> Instant {
 }
 
 /// Milliseconds since the Unix epoch, at the kernel's last tick plus one
-/// (so never early): for deadlines that threads share as plain numbers.
+/// (so not early, but for a late tick: see above): for deadlines that
+/// threads share as plain numbers.
 pub fn unix_ms() -> u64 {
     let now = duration(clock_gettime(ClockId::RealtimeCoarse)) + resolution();
     now.as_millis() as u64
@@ -61,28 +67,33 @@ fn duration(t: Timespec) -> Duration {
 mod tests {
     use super::*;
 
+    /// How late a tick may be in these tests (two ticks): on a VM with both
+    /// cores busy, one was seen 1 ms late (see the module doc).
+    const LATE_TICKS: u32 = 2;
+
     #[test]
-    fn a_coarse_reading_is_never_early_and_at_most_two_ticks_late() {
+    fn a_coarse_reading_is_not_early_and_at_most_two_ticks_late() {
         let tick = resolution();
         assert!(tick > Duration::ZERO && tick <= Duration::from_millis(10), "{tick:?}");
         for _ in 0..1000 {
             let before = Instant::now();
             let coarse = now();
             let after = Instant::now();
-            assert!(coarse >= before, "early by {:?}", before - coarse);
+            assert!(coarse + LATE_TICKS * tick >= before, "early by {:?}", before - coarse);
             assert!(coarse <= after + 2 * tick, "late by {:?}", coarse - after);
         }
     }
 
     #[test]
-    fn the_coarse_wall_clock_is_never_early_and_at_most_two_ticks_late() {
+    fn the_coarse_wall_clock_is_not_early_and_at_most_two_ticks_late() {
         let ms = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
         let tick = resolution().as_millis() as u64 + 1;
         for _ in 0..1000 {
             let before = ms(std::time::SystemTime::now());
             let coarse = unix_ms();
             let after = ms(std::time::SystemTime::now());
-            assert!(coarse >= before && coarse <= after + 2 * tick, "{before} <= {coarse} <= {after} + 2 ticks");
+            let early_bound = before.saturating_sub(u64::from(LATE_TICKS) * tick);
+            assert!(coarse >= early_bound && coarse <= after + 2 * tick, "{before} <= {coarse} <= {after} + 2 ticks");
         }
     }
 

@@ -85,7 +85,7 @@ pub fn downstream_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<HeaderVa
             .map(Some)
             .map_err(|_| ProxyError::BadRequest("invalid authority"));
     }
-    let mut hosts = headers.get_all(header::HOST).iter();
+    let mut hosts = crate::headers::values(headers, &header::HOST);
     let host = hosts.next().cloned();
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));
