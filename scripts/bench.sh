@@ -14,7 +14,7 @@
 # not results, and bench/RESULTS.md is left alone. BENCH_SECONDS=N per timed run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# h2load (nghttp2-client) runs issue 16's headline measurement (h2load --h1 -c50 -n200000).
+# h2load (nghttp2-client) runs issue 16's headline measurement (h2load --h1 -c50, 1M requests: see H2LOAD_N in bench/run.py).
 need=()
 for tool in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client openssl:openssl curl:curl lscpu:util-linux; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
