@@ -228,8 +228,8 @@ impl Body {
     }
 
     /// The answer's head as it arrived, and where its fields sit: `None`
-    /// once it has been made a map, or its body has been read from (the
-    /// connection may be back in its pool then: take the head first).
+    /// once it has been made a map, or its body has ended (the connection
+    /// may be back in its pool then: read the head before the body).
     pub fn raw_head(&self) -> Option<(&Bytes, &[Span])> {
         let conn = self.conn.as_ref().filter(|conn| !conn.answer.is_empty())?;
         Some((&conn.answer, conn.spans.as_slice()))

@@ -101,6 +101,22 @@ pub fn content_hash(text: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The name of the field that names the upstream in each answer: a valid
+/// one, and not one the proxy or the connection owns (framing, hop-by-hop,
+/// `Date`, `X-Request-Id`): the server writes it beside those, and two
+/// `Content-Length` fields, say, would be a framing hazard.
+fn upstream_header(name: &str) -> Result<HeaderName, String> {
+    let parsed = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("upstream_header: {name:?} is not a valid header name"))?;
+    if crate::wire::Kind::of_name(&parsed) != crate::wire::Kind::Other || parsed == crate::headers::X_REQUEST_ID {
+        return Err(format!(
+            "upstream_header: {name:?} is a field the proxy or the connection sets; choose another name \
+             (the default is \"x-strangler-upstream\")"
+        ));
+    }
+    Ok(parsed)
+}
+
 /// Parses and checks `text` completely (`file` names it in errors).
 pub fn validate(file: &str, text: &str) -> Result<Plan, ConfigError> {
     let source = Source { file, text };
@@ -109,9 +125,7 @@ pub fn validate(file: &str, text: &str) -> Result<Plan, ConfigError> {
     let admin = parse_addr(&source, "admin", &raw.admin)?;
     let upstream_header = match raw.upstream_header.as_str() {
         "" => None,
-        name => Some(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            source.error_at(&["upstream_header"], format!("upstream_header: {name:?} is not a valid header name"))
-        })?),
+        name => Some(upstream_header(name).map_err(|why| source.error_at(&["upstream_header"], why))?),
     };
     let trusted_proxies = TrustedProxies::parse(&raw.trusted_proxies)
         .map_err(|(value, message)| source.error_at(&["trusted_proxies", &value], message))?;
@@ -437,6 +451,18 @@ mod tests {
         let err = validate("r.yaml", &text).err().expect("refused");
         assert_eq!((err.line, err.column), (Some(1), Some(20)), "{err}");
         assert!(err.message.contains("did you mean \"10.0.0.0/8\""), "{err}");
+    }
+
+    #[test]
+    fn the_upstream_header_must_be_a_name_of_its_own() {
+        let with = |name: &str| validate("r.yaml", &format!("upstream_header: {name:?}\n{CONFIG}"));
+        assert_eq!(with("X-Served-By").unwrap().upstream_header.unwrap(), "x-served-by");
+        for taken in ["Content-Length", "transfer-encoding", "Connection", "Date", "X-Request-Id", "keep-alive"] {
+            let err = with(taken).err().expect("refused");
+            assert_eq!((err.line, err.column), (Some(1), Some(1)), "{err}");
+            assert!(err.message.contains("a field the proxy or the connection sets"), "{err}");
+        }
+        assert!(with("bad name").err().expect("refused").message.contains("not a valid header name"));
     }
 
     fn with_idle_timeout(line: &str) -> String {

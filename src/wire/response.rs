@@ -211,11 +211,15 @@ pub fn encode_head<'f>(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut length = None;
+    let (mut length, mut seen_length) = (None, false);
     let mut has_date = false;
     for (name, value) in fields {
         match Kind::of_bytes(name) {
+            // Only the first: a HEAD or 304 answer may carry more (its
+            // framing is not decoded), and the client gets one.
+            Kind::ContentLength if seen_length => continue,
             Kind::ContentLength => {
+                seen_length = true;
                 length = parse_length(value);
                 if no_length || length.is_none() {
                     continue;
@@ -500,6 +504,8 @@ mod tests {
         let mut out = Vec::new();
         encode_head(&mut out, StatusCode::OK, std::iter::empty(), None, get, [None, None]);
         assert!(String::from_utf8(out).unwrap().contains("\r\ndate: "), "a missing Date is added");
+        let (text, _) = encoded(200, &[("Content-Length", "5"), ("Content-Length", "7")], None, to_head);
+        assert_eq!(text, "HTTP/1.1 200 OK\nContent-Length: 5\n", "one Content-Length, the first");
         let (text, _) = encoded(200, &[("Date", "x"), ("Content-Length", "0")], None, get);
         assert_eq!(text, "HTTP/1.1 200 OK\nDate: x\nContent-Length: 0\n", "names keep their case; no second Date");
     }
