@@ -21,6 +21,8 @@
 //! something reads it as one: its fields go to the client from those spans
 //! ([`raw_pairs`], [`response::encode_head`]).
 
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
@@ -109,9 +111,10 @@ impl Spans {
 pub fn header_map(head: &Bytes, spans: &[Span], room: usize) -> Option<(HeaderMap, Fields)> {
     let mut headers = HeaderMap::with_capacity(spans.len() + room);
     let mut fields = Fields::default();
-    for &[name, name_len, value, value_len] in spans {
-        let name = field_name(&head[name as usize..(name + name_len) as usize])?;
-        let value = head.slice(value as usize..(value + value_len) as usize);
+    for span in spans {
+        let (name, value) = ranges(span);
+        let name = field_name(&head[name])?;
+        let value = head.slice(value);
         fields.see(Kind::of_name(&name), &value);
         // SAFETY: not a memory-safety contract: the bytes must be valid in a
         // header value, and httparse accepted them as one (see above).
@@ -134,9 +137,15 @@ pub fn raw_fields(head: &Bytes, spans: &[Span]) -> Fields {
 
 /// Each field of a head as its name's and value's bytes.
 pub fn raw_pairs<'h>(head: &'h [u8], spans: &'h [Span]) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + 'h {
-    spans.iter().map(move |&[name, name_len, value, value_len]| {
-        (&head[name as usize..(name + name_len) as usize], &head[value as usize..(value + value_len) as usize])
+    spans.iter().map(move |span| {
+        let (name, value) = ranges(span);
+        (&head[name], &head[value])
     })
+}
+
+/// Where a field's name and value sit in its head.
+fn ranges(&[name, name_len, value, value_len]: &Span) -> (Range<usize>, Range<usize>) {
+    (name as usize..(name + name_len) as usize, value as usize..(value + value_len) as usize)
 }
 
 /// What a field's name means to the proxy's framing and hop-by-hop rules.
