@@ -45,9 +45,10 @@ RUNS = 1 if QUICK else 3
 # The rounds of the steps measured in turns (every target's step): a median of three moved by ~5% from
 # run to run on this VM, as far as several lines sit from their targets; five steady it.
 TURNS = 1 if QUICK else 5
-# The slow-shadow step's rounds: its p99s spread by ±20% from start to start on this VM, more than the
-# 10% the target allows, so it takes the median of more of them.
-SHADOW_RUNS = 1 if QUICK else 5
+# The p99 steps' rounds (half-peak latency, slow shadow): a p99 moved by ±15–20% from start to start on
+# this VM (run 20261206-160756: nginx's five at 2 workers spread 1.28–1.96 ms), more than the margins the
+# targets allow (0, 10%); a median of nine is steadier than one of five at +2 min a run.
+P99_TURNS = 1 if QUICK else 9
 WARM_S = 1 if QUICK else 2
 CONNS = 32
 # Issue 16's method: h2load --h1 -c50 after a 20k warm-up; 1M requests rather than its 200k, because
@@ -71,7 +72,7 @@ STRANGLER = UPSTREAM = None  # the binaries, set by binaries() before a run
 PROCS = []  # processes this script started (killed by pid at the end)
 SUMMARY = {
     "rows": [], "targets": [], "timings": [],
-    "method": {"quick": QUICK, "only": ONLY, "runs": RUNS, "turns": TURNS, "run_s": RUN_S, "warm_s": WARM_S, "conns": CONNS,
+    "method": {"quick": QUICK, "only": ONLY, "runs": RUNS, "turns": TURNS, "p99_turns": P99_TURNS, "run_s": RUN_S, "warm_s": WARM_S, "conns": CONNS,
                "h2load_n": H2LOAD_N, "h2load_warm": H2LOAD_WARM, "idle_n": IDLE_N},
 }
 
@@ -668,7 +669,7 @@ def latency_row(scenario, kind, workers, rate, runs, **extra):
 
 def latency_rows(upstream, peak):
     """p50/p99 at a fixed offered rate, half of nginx's peak with the same worker count: the upstream
-    alone, then strangler and nginx in turns (TURNS rounds, each start with its own warm-up). Measured
+    alone, then strangler and nginx in turns (P99_TURNS rounds, each start with its own warm-up). Measured
     one after the other, the VM's drift between the two decided the verdict: nginx's own p99 moved by
     15% from run to run."""
     for workers in (1, 2):
@@ -677,7 +678,7 @@ def latency_rows(upstream, peak):
         direct = [at_fixed_rate(UP_PORT, rate, f"latency-direct-w{workers}", i, pids_of(upstream))
                   for i in range(RUNS)]
         latency_row(scenario, "direct", workers, rate, direct)
-        runs = take_turns(TURNS, ("strangler", "nginx"), lambda kind: start_proxy(kind, workers),
+        runs = take_turns(P99_TURNS, ("strangler", "nginx"), lambda kind: start_proxy(kind, workers),
                           lambda kind, p, i: at_fixed_rate(port_of(kind, "h1"), rate, f"latency-{kind}-w{workers}",
                                                            i, pids_of(p)))
         for kind, kind_runs in runs.items():
@@ -719,7 +720,7 @@ def shadow_rows():
                 l for l in m.splitlines() if l.startswith("strangler_shadow") and "dropped" in l)
         return r
 
-    runs = take_turns(SHADOW_RUNS, (False, True), lambda shadow: start_proxy("strangler", 1, shadow=shadow), measure)
+    runs = take_turns(P99_TURNS, (False, True), lambda shadow: start_proxy("strangler", 1, shadow=shadow), measure)
     for shadow, shadow_runs in runs.items():
         latency_row(f"shadow {'on (2 s shadow)' if shadow else 'off'} @ {rate} req/s", "strangler", 1, rate,
                     shadow_runs, shadow_metrics=shadow_runs[-1].get("shadow_metrics", ""))
@@ -747,9 +748,10 @@ def idle_rows():
 
 def start_upstreams():
     """The bench upstream (2 threads) and the slow one the shadow rows mirror to; returns the first."""
-    # The slow one stands for a shadow service on another machine: at nice 10, its bursts of 2-second answers
-    # do not take this 2-core box's CPU from the proxy under test.
-    start(["nice", "-n", "10", UPSTREAM, f"127.0.0.1:{SLOW_PORT}", "1", "slow"], "upstream-slow", SLOW_PORT)
+    # The slow one stands for a shadow service on another machine: in the SCHED_IDLE class, it runs only on
+    # CPU time nothing else on this 2-core box wants, so its bursts of 2-second answers do not take the
+    # proxy's or the client's. At nice 10 (before), a burst under EEVDF could finish its slice first.
+    start(["chrt", "--idle", "0", UPSTREAM, f"127.0.0.1:{SLOW_PORT}", "1", "slow"], "upstream-slow", SLOW_PORT)
     return start([UPSTREAM, f"127.0.0.1:{UP_PORT}", "2"], "upstream", UP_PORT)
 
 

@@ -199,7 +199,8 @@ def method(summary):
     return (
         f"Loopback; the upstream is `bench/upstream` (hyper, 2 threads, 64-byte JSON answers). The targets' rows"
         f" are measured **in turns**: strangler and nginx alternate, {m.get('turns', m['runs'])} round(s), each start with its own"
-        f" warm-up, so that the VM's drift in speed hits both alike. Small GET: h2load --h1 -c50 -n{m['h2load_n']}"
+        f" warm-up, so that the VM's drift in speed hits both alike ({m.get('p99_turns', m.get('turns', m['runs']))} rounds for"
+        f" the p99 rows: half-peak latency and the slow shadow). Small GET: h2load --h1 -c50 -n{m['h2load_n']}"
         f" after a {m['h2load_warm']}-request warm-up, then wrk -t1 -c{m['conns']} for {m['run_s']} s, access log"
         f" off, then on (both to a file in their default formats: strangler's JSON lines with its default"
         f" buffer, nginx's `combined`, unbuffered). TLS: wrk -c{m['conns']} over TLS 1.3 ({m['run_s']} s after"

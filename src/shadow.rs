@@ -53,18 +53,19 @@ const MAX_POINTER_LABELS: usize = 200;
 /// Distinct noise fields remembered per route (over all its endpoints).
 const MAX_NOISE_FIELDS: usize = 500;
 
-/// The nice value of the shadow's threads (`nice -n 10`): mirroring is
-/// best-effort, so while a worker has live requests to serve, a burst of
-/// shadow answers waits for it, not the other way round. A starved shadow
-/// fills its in-flight cap and drops copies, counted as `inflight_cap`.
-const SHADOW_NICE: i32 = 10;
-
-/// Lowers the calling thread's scheduling priority to [`SHADOW_NICE`]. On
-/// Linux a nice value is per thread, so the workers keep theirs.
+/// Puts the calling thread (the shadow's runtime, the diff-log writer) in
+/// Linux's `SCHED_IDLE` class: mirroring is best-effort, so it runs only on
+/// CPU time no live request wants. A worker that wakes preempts it at once;
+/// a nice value (tried before, `nice 10`) still let a burst of shadow answers
+/// finish its slice under EEVDF before the worker ran. A starved shadow fills
+/// its in-flight cap and drops copies, counted as `inflight_cap`. The class is
+/// per thread, so the workers keep theirs.
 fn yield_to_live_traffic() {
-    let thread = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(thread), SHADOW_NICE) {
-        tracing::debug!(error = %e, "shadow thread keeps its priority");
+    let idle = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread and `idle` outlives the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::debug!(error = %e, "shadow thread keeps its scheduling class");
     }
 }
 

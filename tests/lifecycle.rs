@@ -70,6 +70,9 @@ async fn sigterm_with_a_shadow_records_the_copies_in_flight_then_exits_zero() {
 
 #[tokio::test]
 async fn the_shadow_threads_run_below_the_workers_priority() {
+    // Linux's scheduling policies, as /proc shows them.
+    const SCHED_OTHER: i64 = 0;
+    const SCHED_IDLE: i64 = 5;
     let primary = TestUpstream::start("primary", Behaviour::Echo).await;
     let candidate = TestUpstream::start("candidate", Behaviour::Echo).await;
     let logs = tempfile::tempdir().unwrap();
@@ -82,7 +85,7 @@ async fn the_shadow_threads_run_below_the_workers_priority() {
     let proxy = BinaryProxy::start(&dir.path(), &["--threads", "2"]).await;
     assert_eq!(get(proxy.addr, "/mirrored").await.status, 200);
     let pid = proxy.child.id().unwrap();
-    // Each thread's name (its `comm`: cut to 15 bytes) and nice value.
+    // Each thread's name (its `comm`: cut to 15 bytes) and scheduling policy.
     let threads = || -> Vec<(String, i64)> {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
         tasks
@@ -90,21 +93,25 @@ async fn the_shadow_threads_run_below_the_workers_priority() {
                 let dir = task.ok()?.path();
                 let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_string();
                 let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-                // Field 19, counted after the ")" that ends the name.
-                let nice = stat[stat.rfind(')')? + 2..].split(' ').nth(16)?.parse().ok()?;
-                Some((name, nice))
+                // Field 41, counted after the ")" that ends the name.
+                let policy = stat[stat.rfind(')')? + 2..].split(' ').nth(38)?.parse().ok()?;
+                Some((name, policy))
             })
             .collect()
     };
     let shadow = |name: &str| name.starts_with("strangler-shado") || name.starts_with("strangler-diff-");
-    wait_for(Duration::from_secs(5), "the shadow's two threads to start", || async {
-        threads().iter().filter(|(name, _)| shadow(name)).count() == 2
+    // Each thread is named before it lowers its class: wait for both steps.
+    wait_for(Duration::from_secs(5), "the shadow's two threads to start, in SCHED_IDLE", || async {
+        threads().iter().filter(|(name, policy)| shadow(name) && *policy == SCHED_IDLE).count() == 2
     })
     .await;
     let threads = threads();
-    for (name, nice) in &threads {
-        let expected = if shadow(name) { 10 } else { 0 };
-        assert_eq!(*nice, expected, "thread {name}: the shadow's threads yield to live traffic, the rest keep theirs");
+    for (name, policy) in &threads {
+        let expected = if shadow(name) { SCHED_IDLE } else { SCHED_OTHER };
+        assert_eq!(
+            *policy, expected,
+            "thread {name}: the shadow's threads yield to live traffic, the rest keep theirs"
+        );
     }
     assert!(threads.iter().any(|(name, _)| name.starts_with("strangler-worke")), "{threads:?}");
 }
