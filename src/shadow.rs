@@ -56,8 +56,8 @@ const MAX_NOISE_FIELDS: usize = 500;
 /// Puts the calling thread (the shadow's runtime, the diff-log writer) in
 /// Linux's `SCHED_IDLE` class: mirroring is best-effort, so it runs only on
 /// CPU time no live request wants. A worker that wakes preempts it at once;
-/// a nice value (tried before, `nice 10`) still let a burst of shadow answers
-/// finish its slice under EEVDF before the worker ran. A starved shadow fills
+/// under EEVDF a nice value (before: `nice 10`) can let a burst of shadow
+/// answers finish its slice before the worker runs. A starved shadow fills
 /// its in-flight cap and drops copies, counted as `inflight_cap`. The class is
 /// per thread, so the workers keep theirs.
 fn yield_to_live_traffic() {
