@@ -70,9 +70,8 @@ async fn sigterm_with_a_shadow_records_the_copies_in_flight_then_exits_zero() {
 
 #[tokio::test]
 async fn the_shadow_threads_run_below_the_workers_priority() {
-    // Linux's scheduling policies, as /proc shows them.
-    const SCHED_OTHER: i64 = 0;
-    const SCHED_IDLE: i64 = 5;
+    // Linux's scheduling policies, as /proc shows them (libc's numbers).
+    use libc::{SCHED_IDLE, SCHED_OTHER};
     let primary = TestUpstream::start("primary", Behaviour::Echo).await;
     let candidate = TestUpstream::start("candidate", Behaviour::Echo).await;
     let logs = tempfile::tempdir().unwrap();
@@ -86,7 +85,7 @@ async fn the_shadow_threads_run_below_the_workers_priority() {
     assert_eq!(get(proxy.addr, "/mirrored").await.status, 200);
     let pid = proxy.child.id().unwrap();
     // Each thread's name (its `comm`: cut to 15 bytes) and scheduling policy.
-    let threads = || -> Vec<(String, i64)> {
+    let threads = || -> Vec<(String, i32)> {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
         tasks
             .filter_map(|task| {
