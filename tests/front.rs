@@ -233,6 +233,35 @@ async fn a_request_in_the_socket_at_the_drain_is_answered(options: ServeOptions)
 }
 
 #[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_as_soon_as_draining_starts() {
+    // The keep-alive (75 s) and drain (30 s) timeouts are the defaults, and
+    // the upstream's timeout is long (its timer, kept for the next request,
+    // wakes the connection's task once at the deadline): only the drain's
+    // wake-up closes the connection within the test's bound. Our loop, and hyper.
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let text = config(&[("up", &up.url())], "  - {name: all, prefix: /, upstream: up}\n")
+        .replace("    timeout: 2s\n", "    timeout: 60s\n");
+    for inline_http1 in [true, false] {
+        let mut proxy = TestProxy::start_with(&text, ServeOptions { inline_http1, ..Default::default() }).await;
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        for _ in 0..2 {
+            // Two requests: the second idle wait is the one that counts, after
+            // the connection has waited once before.
+            stream.write_all(b"GET /idle HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            let answer = read_answer(&mut stream).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        let draining = Instant::now();
+        proxy.shutdown();
+        let text = tokio::time::timeout(Duration::from_secs(5), read_until_closed(&mut stream))
+            .await
+            .unwrap_or_else(|_| panic!("our loop: {inline_http1}: an idle connection stayed open while draining"));
+        assert!(text.is_empty(), "{text}");
+        assert!(draining.elapsed() < Duration::from_secs(5));
+    }
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout_and_a_busy_one_is_not() {
     let (_up, proxy) = echo_proxy_with(short_timeouts()).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();

@@ -17,9 +17,9 @@
 //! connections are spread. Worker 0's count includes the connections of the
 //! plain listener beside a TLS one, which are never handed over.
 //!
-//! A worker's count is the number of its connections' drain receivers
-//! ([`Drain`]): each connection holds one for exactly its life, and the
-//! receiver is made before the hand-off, so a burst of accepts sees the
+//! A worker's count is the number of its connections' [`Drain`]s: each
+//! connection holds one for exactly its life, and it is made before the
+//! hand-off, so a burst of accepts sees the
 //! connections still on their way.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,9 +29,9 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntGaugeVec, Opts, Registry};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use super::worker::Drain;
+use super::drain::{Drain, Signal};
 
 /// A connection on its way to another worker, with its place in that
 /// worker's drain.
@@ -39,9 +39,9 @@ pub(crate) type Handoff = (std::net::TcpStream, Drain);
 
 /// One worker as the others see it.
 pub(crate) struct Lane {
-    /// `true` asks this worker's connections to finish and close; its
-    /// receiver count is the worker's live connections.
-    pub drain: watch::Sender<bool>,
+    /// Asks this worker's connections to finish and close; its count of
+    /// live [`Drain`]s is the worker's live connections.
+    pub drain: Arc<Signal>,
     /// Where other workers hand connections to this one (`None`: no balancing).
     inbox: Option<mpsc::UnboundedSender<Handoff>>,
     /// Set when the worker starts serving: a worker whose thread never
@@ -70,7 +70,7 @@ impl Lane {
 pub(crate) fn lanes(workers: usize, balance: bool) -> (Vec<Lane>, Vec<Option<mpsc::UnboundedReceiver<Handoff>>>) {
     (0..workers)
         .map(|_| {
-            let (drain, _) = watch::channel(false);
+            let drain = Arc::new(Signal::default());
             let (inbox, receiver) = if balance {
                 let (tx, rx) = mpsc::unbounded_channel();
                 (Some(tx), Some(rx))
@@ -129,12 +129,12 @@ pub(crate) fn place(lanes: &[Lane], me: usize, stream: TcpStream) -> Placement {
 /// taking hand-offs, if it has at least two fewer than `me` (a difference of
 /// one is not worth a hand-off); else `me`.
 fn least_loaded(lanes: &[Lane], me: usize) -> usize {
-    let mine = lanes[me].drain.receiver_count();
+    let mine = lanes[me].drain.live();
     let (fewest, lane) = lanes
         .iter()
         .enumerate()
         .filter(|(i, lane)| *i == me || lane.takes_handoffs())
-        .map(|(i, lane)| (lane.drain.receiver_count(), i))
+        .map(|(i, lane)| (lane.drain.live(), i))
         .min()
         .unwrap_or((mine, me));
     if fewest + 1 < mine {
@@ -179,7 +179,7 @@ impl Collector for ConnectionsCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let Some(lanes) = self.lanes.upgrade() else { return Vec::new() };
         for (i, lane) in lanes.iter().enumerate().filter(|(_, lane)| lane.started()) {
-            self.gauges.with_label_values(&[&i.to_string()]).set(lane.drain.receiver_count() as i64);
+            self.gauges.with_label_values(&[&i.to_string()]).set(lane.drain.live() as i64);
         }
         self.gauges.collect()
     }

@@ -232,9 +232,7 @@ async fn until_drained<C, E>(
     tokio::pin!(connection);
     // Borrowed, not moved: the receiver must live until the connection has
     // ended, since the worker counts live receivers to know it has drained.
-    let draining = async {
-        let _ = drain.wait_for(|draining| *draining).await.is_ok();
-    };
+    let draining = drain.draining();
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = draining => {
@@ -530,8 +528,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let _client = TcpStream::connect(listener.local_addr().expect("its address")).await.expect("connected");
         let (stream, remote) = listener.accept().await.expect("accepted");
-        let (_draining, drain) = tokio::sync::watch::channel(false);
-        let task = connections.serve_plain(stream, drain, Arc::new(Downstream::new(remote, "http")));
+        let signal = Arc::new(super::super::drain::Signal::default());
+        let task = connections.serve_plain(stream, signal.subscribe(), Arc::new(Downstream::new(remote, "http")));
         let size = std::mem::size_of_val(&task);
         assert!(size <= 536, "a plain connection's future is {size} bytes: its task no longer fits in 640");
     }

@@ -170,7 +170,7 @@ fn serve_request<'a>(
         let Some(response) = answered else {
             return false;
         };
-        let keep_alive = parsed.keep_alive && !*drain.borrow();
+        let keep_alive = parsed.keep_alive && !drain.is_draining();
         let to = Answering { is_head, version, keep_alive };
         matches!(write_response(stream, &mut out, response, to, exchange.as_mut()).await, Ok(true))
     }
@@ -194,7 +194,6 @@ fn next_request_arrives<'a>(
     idle_until: tokio::time::Instant,
 ) -> impl Future<Output = bool> + Send + 'a {
     async move {
-        let mut draining = std::pin::pin!(drain.wait_for(|draining| *draining));
         // By hand rather than `select!`, which keeps a copy of each future.
         poll_fn(|cx| loop {
             // The socket first: the wake-up that ends almost every wait is
@@ -204,7 +203,7 @@ fn next_request_arrives<'a>(
             if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
                 return Poll::Ready(ready.is_ok());
             }
-            if draining.as_mut().poll(cx).is_ready() {
+            if drain.poll_draining(cx).is_ready() {
                 return Poll::Ready(has_bytes_waiting(stream));
             }
             if timer.as_mut().poll(cx).is_pending() {

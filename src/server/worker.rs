@@ -17,10 +17,7 @@ use super::ServeOptions;
 use crate::access_log;
 use crate::Shared;
 
-/// A connection's end of the worker's drain signal: `true` asks it to finish
-/// its request and close, and the worker counts the live receivers to know
-/// it has drained.
-pub(crate) type Drain = tokio::sync::watch::Receiver<bool>;
+pub(crate) use super::drain::Drain;
 
 /// The accept loops of one run, shared by its worker threads (each serves
 /// as the worker of its index).
@@ -49,8 +46,8 @@ impl Worker {
         plain: Option<(TcpListener, Kind)>,
         stop: impl Future<Output = ()>,
     ) {
-        // Each connection holds a receiver of this: `true` asks it to finish
-        // its request and close; `closed()` is "all drained".
+        // Each connection holds a `Drain` of this: `start()` asks it to
+        // finish its request and close; `drained()` is "all gone".
         let lane = &self.lanes[me];
         let drain = &lane.drain;
         lane.start();
@@ -93,10 +90,10 @@ impl Worker {
         }
         drop(listener);
         drop(plain_listener);
-        tracing::info!(connections = drain.receiver_count(), "draining");
-        drain.send_replace(true);
+        tracing::info!(connections = drain.live(), "draining");
+        drain.start();
         tokio::select! {
-            _ = drain.closed() => tracing::info!("drained"),
+            _ = drain.drained() => tracing::info!("drained"),
             _ = tokio::time::sleep(connections.settings.deadlines.drain) => tracing::warn!("drain timeout reached; closing the remaining connections"),
         }
         sweeper.abort();
