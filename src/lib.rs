@@ -10,7 +10,8 @@
 //!
 //! 1. [`server`]: accepts the downstream connection — `server/listen.rs`
 //!    (sockets), `server/worker.rs` (per-core accept loops, drain),
-//!    `server/connection.rs` (sniff, TLS, our loop or hyper),
+//!    `server/drain.rs` (the stop signal a connection waits on between
+//!    requests), `server/connection.rs` (sniff, TLS, our loop or hyper),
 //!    `server/deadline.rs` (one timeout policy), [`server::h1`] (our own
 //!    HTTP/1.1 loop for bodiless requests).
 //! 2. [`wire`]: the HTTP/1.1 codec, the one place untrusted bytes are parsed
