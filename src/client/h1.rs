@@ -142,8 +142,7 @@ impl Conn {
         pool: PoolRef,
     ) -> Result<Response<Body>, Error> {
         request::encode_head(&mut self.write_buf, request, added);
-        self.io.write_all(&self.write_buf).await.map_err(|e| closed_or_io(e, false))?;
-        self.io.flush().await.map_err(|e| closed_or_io(e, false))?;
+        self.io.send_all(&self.write_buf).await.map_err(|e| closed_or_io(e, false))?;
         let head = self.read_head().await?;
         let framing = response::framing(request.method(), head.status, head.version, &head.fields)?;
         let headers = if head.fields.lists_others {
@@ -328,6 +327,20 @@ impl Drop for Body {
     fn drop(&mut self) {
         if self.decoder == Decoder::Done {
             self.finish();
+        }
+    }
+}
+
+impl Io {
+    /// Sends all of `bytes`: over plain TCP at once when the socket takes
+    /// them ([`crate::wire::write_all`]), over TLS written and flushed.
+    async fn send_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Io::Tcp(stream) => crate::wire::write_all(stream, bytes).await,
+            Io::Tls(stream) => {
+                stream.write_all(bytes).await?;
+                stream.flush().await
+            }
         }
     }
 }

@@ -28,7 +28,7 @@ use std::future::{poll_fn, Future};
 use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -245,7 +245,7 @@ async fn read_head(
         }
         wire::reserve_read_room(buf, READ_ROOM);
         let read = match deadline {
-            None => match poll_once(std::pin::pin!(stream.read_buf(buf))) {
+            None => match read_at_once(stream, buf) {
                 Poll::Ready(read) => read,
                 Poll::Pending => {
                     deadline = Some(tokio::time::Instant::now() + deadlines.header_read);
@@ -264,10 +264,35 @@ async fn read_head(
     }
 }
 
-/// Polls a future once, without a task to wake (the socket's readiness is
-/// already known; if it is not ready, the caller awaits it properly).
-fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
-    future.poll(&mut Context::from_waker(Waker::noop()))
+/// Reads what the socket holds into `buf`, without waiting: `Pending` when
+/// it holds nothing (the caller then waits properly). What polling a read
+/// future once with no task to wake would do, without the future and the
+/// task's budget: a read that fills less than `buf`'s room clears the
+/// socket's readiness in the same step, as tokio's own reads do, so that
+/// the next wait sleeps until more arrives instead of making a read that
+/// finds nothing. (The readiness is cleared only if the reactor has seen no
+/// newer event since the read began: no wake-up is lost.)
+fn read_at_once(stream: &TcpStream, buf: &mut BytesMut) -> Poll<std::io::Result<usize>> {
+    // The length of a short read, which the closure reports as `WouldBlock`.
+    let mut short = None;
+    let tried = stream.try_io(tokio::io::Interest::READABLE, || {
+        let room = buf.spare_capacity_mut();
+        let capacity = room.len();
+        let n = socket2::SockRef::from(stream).recv(room)?;
+        // SAFETY: `recv` initialized the first `n` bytes of the spare room.
+        unsafe { buf.set_len(buf.len() + n) };
+        if n > 0 && n < capacity {
+            // The socket is empty now: `WouldBlock` clears its readiness.
+            short = Some(n);
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match tried {
+        Ok(n) => Poll::Ready(Ok(n)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => short.map_or(Poll::Pending, |n| Poll::Ready(Ok(n))),
+        Err(e) => Poll::Ready(Err(e)),
+    }
 }
 
 /// Drives the proxy's `handling` of a request to its answer. `None` if the
@@ -336,7 +361,7 @@ async fn write_response(
         return Box::pin(write_response(stream, out, failed, Answering { keep_alive: false, ..to }, exchange)).await;
     }
     if head.body == Delimited::HeadOnly {
-        stream.write_all(out).await?;
+        wire::write_all(stream, out).await?;
         return Ok(head.keep_alive);
     }
     let complete = write_body(stream, out, body, head.body, first, exchange).await?;
@@ -439,7 +464,7 @@ struct BodyWriter<'a> {
 impl BodyWriter<'_> {
     /// Writes what `out` holds.
     async fn flush(&mut self) -> std::io::Result<()> {
-        self.stream.write_all(self.out).await?;
+        wire::write_all(self.stream, self.out).await?;
         self.out.clear();
         let written = std::mem::take(&mut self.unwritten);
         self.count(written);
