@@ -134,9 +134,14 @@ pub fn values<'h>(headers: &'h HeaderMap, name: &'h HeaderName) -> Values<'h> {
     }
 }
 
-/// Whether `headers` holds `name` (see [`values`]).
+/// Whether `headers` holds `name` (see [`values`]). The names alone are
+/// searched: one entry per name, its values not visited.
 pub fn has(headers: &HeaderMap, name: &HeaderName) -> bool {
-    values(headers, name).next().is_some()
+    if headers.keys_len() > SCAN_AT_MOST {
+        headers.contains_key(name)
+    } else {
+        headers.keys().any(|field| field == name)
+    }
 }
 
 /// The values [`values`] finds.
