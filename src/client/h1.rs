@@ -119,14 +119,23 @@ impl Conn {
     /// `EAGAIN` clears the readiness and it is reused. Bytes that arrive
     /// after the reactor last looked are not seen here; for the one case
     /// where they are expected (HEAD) the connection is not pooled at all.
+    ///
+    /// Over plain TCP the read is tried without a future or the task's
+    /// budget (`try_read`: `WouldBlock` at once while the readiness is clear).
     pub fn is_reusable(&mut self) -> bool {
         if !self.read_buf.is_empty() {
             return false;
         }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut byte = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut byte);
-        Pin::new(&mut self.io).poll_read(&mut cx, &mut buf).is_pending()
+        match &mut self.io {
+            Io::Tcp(stream) => {
+                matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+            io => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                Pin::new(io).poll_read(&mut cx, &mut ReadBuf::new(&mut byte)).is_pending()
+            }
+        }
     }
 
     /// Sends a bodiless request, with the headers the proxy adds
