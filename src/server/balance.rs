@@ -19,8 +19,7 @@
 //!
 //! A worker's count is the number of its connections' [`Drain`]s: each
 //! connection holds one for exactly its life, and it is made before the
-//! hand-off, so a burst of accepts sees the
-//! connections still on their way.
+//! hand-off, so a burst of accepts sees the connections still on their way.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};

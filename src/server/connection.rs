@@ -230,8 +230,8 @@ async fn until_drained<C, E>(
     E: std::fmt::Display,
 {
     tokio::pin!(connection);
-    // Borrowed, not moved: the receiver must live until the connection has
-    // ended, since the worker counts live receivers to know it has drained.
+    // Borrowed, not moved: the `Drain` must live until the connection has
+    // ended, since the worker counts live ones to know it has drained.
     let draining = drain.draining();
     let result = tokio::select! {
         result = connection.as_mut() => result,

@@ -74,8 +74,8 @@ impl Signal {
     }
 
     fn waiting(&self) -> MutexGuard<'_, Slab<Waker>> {
-        // A waker's `wake` cannot panic while the lock is held by us; a
-        // poisoned lock still holds a sound slab.
+        // Poisoned only by a waker that panicked in `start`: the slab is
+        // still sound.
         self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
