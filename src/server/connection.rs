@@ -34,8 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::deadline::{idle_for, Deadlines, FirstRequest, RequestCount};
+use super::drain::Drain;
 use super::h1;
-use super::worker::Drain;
 use super::ServeOptions;
 use crate::client::body::ProxyBody;
 use crate::proxy::{self, Downstream, Exchange};
@@ -528,7 +528,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let _client = TcpStream::connect(listener.local_addr().expect("its address")).await.expect("connected");
         let (stream, remote) = listener.accept().await.expect("accepted");
-        let signal = Arc::new(super::super::drain::Signal::default());
+        let signal = Arc::new(crate::server::drain::Signal::default());
         let task = connections.serve_plain(stream, signal.subscribe(), Arc::new(Downstream::new(remote, "http")));
         let size = std::mem::size_of_val(&task);
         assert!(size <= 536, "a plain connection's future is {size} bytes: its task no longer fits in 640");

@@ -39,7 +39,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::deadline::Deadlines;
-use super::worker::Drain;
+use super::drain::Drain;
 use crate::client::body::ProxyBody;
 use crate::proxy::{self, Downstream, Exchange};
 use crate::wire;

@@ -17,8 +17,6 @@ use super::ServeOptions;
 use crate::access_log;
 use crate::Shared;
 
-pub(crate) use super::drain::Drain;
-
 /// The accept loops of one run, shared by its worker threads (each serves
 /// as the worker of its index).
 pub(super) struct Worker {
