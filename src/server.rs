@@ -28,6 +28,7 @@ use worker::Worker;
 mod balance;
 mod connection;
 mod deadline;
+mod downstream;
 mod drain;
 pub mod h1;
 mod listen;

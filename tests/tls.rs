@@ -402,3 +402,59 @@ async fn a_version_naming_a_ca_file_that_is_not_there_yet_is_applied_once_the_fi
     proxy.wait_for_hash(&strangler::table::content_hash(&after)).await;
     assert_eq!(failures().await, 1.0, "the same failure, retried, is counted once");
 }
+
+#[tokio::test]
+async fn tls_http1_serves_pipelined_and_large_heads_hands_a_body_to_hyper_and_closes_when_draining() {
+    let up = TestUpstream::start("up", Behaviour::Echo).await;
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.write(dir.path(), "a", &ca.leaf(&["a.test"], false));
+    let config = ConfigDir::new(&tls_config(&up, &cert, &key, ""));
+    let proxy = BinaryProxy::start(&config.path(), &[]).await;
+    let mut tls = tls_connect(proxy.addr, "a.test", &ca.pem(), false).await.unwrap();
+
+    // Three requests in one write: the first exactly as long as a read's
+    // first room (1 KiB), so that the rest waits decrypted in rustls, where
+    // the socket does not show it; the second with a head larger than that
+    // room. All answered, in order, each head whole upstream.
+    let head = |path: &str, pad: usize| {
+        let pad = if pad == 0 { String::new() } else { format!("X-Pad: {}\r\n", "p".repeat(pad)) };
+        format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n{pad}\r\n")
+    };
+    let one_pad = 1024 - head("/one", 1).len() + 1;
+    let exact = head("/one", one_pad);
+    assert_eq!(exact.len(), 1024);
+    let pipelined = exact + &head("/two", 6000) + &head("/three", 0);
+    tls.write_all(pipelined.as_bytes()).await.unwrap();
+    for (path, pad) in [("/one", Some(one_pad)), ("/two", Some(6000)), ("/three", None)] {
+        let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut tls)).await;
+        let answer = answer.unwrap_or_else(|_| panic!("no answer to {path}"));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let echo: serde_json::Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(echo["uri"], path);
+        assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+        assert_eq!(echo["headers"]["x-pad"].as_str().map(str::len), pad);
+    }
+
+    // A request with a body goes on to hyper over the same TLS connection,
+    // and the one after it too.
+    tls.write_all(b"POST /four HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
+    let answer = read_answer(&mut tls).await;
+    assert!(answer.contains("\"body_length\":5"), "{answer}");
+    tls.write_all(b"GET /five HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    assert!(read_answer(&mut tls).await.contains("\"uri\":\"/five\""));
+    assert_eq!(up.hits(), 5);
+
+    // An idle TLS connection in our loop closes as soon as draining starts
+    // (the keep-alive timeout is 75 s).
+    let mut idle = tls_connect(proxy.addr, "a.test", &ca.pem(), false).await.unwrap();
+    idle.write_all(b"GET /idle HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    assert!(read_answer(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let draining = Instant::now();
+    proxy.signal("TERM");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle TLS connection stayed open while draining");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(draining.elapsed() < Duration::from_secs(5));
+}

@@ -34,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::deadline::{idle_for, Deadlines, FirstRequest, RequestCount};
+use super::downstream::TlsClient;
 use super::drain::Drain;
 use super::h1;
 use super::ServeOptions;
@@ -92,9 +93,15 @@ impl Connections {
                         Some(b"h2") => Protocol::Http2,
                         _ => Protocol::Http1,
                     };
+                    let downstream = Arc::new(Downstream::new(remote, "https"));
+                    if let (Protocol::Http1, true) = (&protocol, this.inline_http1) {
+                        // The handshake is done: the first head is due
+                        // within the header timeout, as hyper's would be.
+                        let first_within = this.settings.deadlines.header_read;
+                        return Box::pin(this.serve_inline(stream, drain, downstream, first_within)).await;
+                    }
                     // HTTP/2 has no deadline for a silent client of its own.
                     let (stream, requests) = this.settings.deadlines.first_head(stream, protocol.first_request());
-                    let downstream = Arc::new(Downstream::new(remote, "https"));
                     this.serve_proxied(stream, protocol, downstream, drain, requests).await
                 });
             }
@@ -135,14 +142,39 @@ impl Connections {
                 return;
             };
             if let (Protocol::Http1, true) = (&protocol, self.inline_http1) {
-                let ended = h1::serve(&mut stream, &self.settings, &downstream, &mut drain);
+                // The first bytes are here (the sniff saw them).
+                let ended = h1::serve(&mut stream, &self.settings, &downstream, &mut drain, self.settings.deadlines.keepalive);
                 let h1::Ended::HandOff(read) = ended.await else { return };
-                let (stream, requests) = self.settings.deadlines.later_heads(Prefixed::new(read, stream));
-                return Box::pin(self.serve_proxied(stream, protocol, downstream, drain, requests)).await;
+                return Box::pin(self.hand_to_hyper(read, stream, downstream, drain)).await;
             }
             let (stream, requests) = self.settings.deadlines.first_head(stream, protocol.first_request());
             Box::pin(self.serve_proxied(stream, protocol, downstream, drain, requests)).await
         }
+    }
+
+    /// A TLS connection's HTTP/1.1 requests: our loop, then hyper if a
+    /// request needs it (see [`Self::serve_plain`]). The first head is due
+    /// `first_within`.
+    async fn serve_inline(
+        self: Arc<Self>,
+        mut stream: TlsClient,
+        mut drain: Drain,
+        downstream: Arc<Downstream>,
+        first_within: Duration,
+    ) {
+        let ended = h1::serve(&mut stream, &self.settings, &downstream, &mut drain, first_within);
+        let h1::Ended::HandOff(read) = ended.await else { return };
+        self.hand_to_hyper(read, stream, downstream, drain).await
+    }
+
+    /// Hands a connection from our loop to hyper, with the bytes the loop
+    /// had already `read`: its next head is due within the header timeout.
+    async fn hand_to_hyper<I>(&self, read: Bytes, io: I, downstream: Arc<Downstream>, drain: Drain)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (io, requests) = self.settings.deadlines.later_heads(Prefixed::new(read, io));
+        self.serve_proxied(io, Protocol::Http1, downstream, drain, requests).await
     }
 
     /// Serves a connection to the proxy with hyper (see [`Self::serve_http`]),

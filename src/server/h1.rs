@@ -1,4 +1,5 @@
-//! Our own HTTP/1.1 server loop for plain-TCP client connections.
+//! Our own HTTP/1.1 server loop for client connections, plain TCP or TLS
+//! (what it needs of each: [`super::downstream`]).
 //!
 //! The common request, one without a body or an upgrade, is read, proxied
 //! and answered in the connection's own task: one `httparse` pass over the
@@ -36,9 +37,9 @@ use http::{Method, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::deadline::Deadlines;
+use super::downstream::{self, ClientIo};
 use super::drain::Drain;
 use crate::client::body::ProxyBody;
 use crate::proxy::{self, Downstream, Exchange};
@@ -86,23 +87,23 @@ pub(crate) struct Settings {
 /// in), and the argument references once (a plain function around an
 /// `async move` block: an `async fn` keeps a second copy of each).
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-pub(crate) fn serve<'a>(
-    stream: &'a mut TcpStream,
+pub(crate) fn serve<'a, S: ClientIo>(
+    stream: &'a mut S,
     settings: &'a Settings,
     downstream: &'a Arc<Downstream>,
     drain: &'a mut Drain,
+    first_within: Duration,
 ) -> impl Future<Output = Ended> + Send + 'a {
     async move {
         // The idle timer is armed once and re-armed only when it fires early,
         // not on every request (see `next_request_arrives`).
-        let mut idle_timer = std::pin::pin!(tokio::time::sleep(settings.deadlines.keepalive));
+        let mut idle_timer = std::pin::pin!(tokio::time::sleep(first_within));
+        let mut idle_until = tokio::time::Instant::from_std(crate::clock::now()) + first_within;
         'idle: loop {
             // Idle: no buffer is held (nginx does the same).
-            let idle_until = tokio::time::Instant::from_std(crate::clock::now()) + settings.deadlines.keepalive;
-            if !next_request_arrives(stream, drain, idle_timer.as_mut(), idle_until).await {
+            let Some(mut buf) = next_request_arrives(stream, drain, idle_timer.as_mut(), idle_until).await else {
                 return Ended::Closed;
-            }
-            let mut buf = BytesMut::new();
+            };
             // Requests back to back: a pipelined one is already in `buf`.
             let refusal = loop {
                 let parsed = match read_head(stream, &mut buf, &settings.deadlines, settings.max_head).await {
@@ -126,6 +127,7 @@ pub(crate) fn serve<'a>(
                     return Ended::Closed;
                 }
                 if buf.is_empty() {
+                    idle_until = tokio::time::Instant::from_std(crate::clock::now()) + settings.deadlines.keepalive;
                     continue 'idle;
                 }
             };
@@ -142,8 +144,8 @@ pub(crate) fn serve<'a>(
 /// (A plain function around an `async move` block: an `async fn` would keep
 /// a second copy of `parsed`, see [`proxy::handle`].)
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-fn serve_request<'a>(
-    stream: &'a mut TcpStream,
+fn serve_request<'a, S: ClientIo>(
+    stream: &'a mut S,
     shared: &'a Arc<Shared>,
     downstream: &'a Arc<Downstream>,
     parsed: Parsed<ProxyBody>,
@@ -165,7 +167,7 @@ fn serve_request<'a>(
         let mut exchange = None;
         let answered = {
             let handling = std::pin::pin!(proxy::handle(shared, downstream, *parsed.request, &mut exchange));
-            answer(stream, handling).await
+            answer(stream.tcp(), handling).await
         };
         let Some(response) = answered else {
             return false;
@@ -176,23 +178,25 @@ fn serve_request<'a>(
     }
 }
 
-/// Waits, holding no buffer, until the client sends more. `false` when the
-/// worker drains first with nothing in the socket (an idle connection just
-/// closes), the connection has idled until `idle_until` (the keep-alive
-/// timeout), or the socket fails. A request already in the socket when
-/// draining starts is read and answered (with `Connection: close`).
+/// Waits, holding no buffer, until the client sends more: the bytes that
+/// came when reading them was how to tell (TLS), else an empty buffer.
+/// `None` when the worker drains first with nothing in the socket (an idle
+/// connection just closes), the connection has idled until `idle_until`
+/// (the keep-alive timeout), or the socket fails. A request already in the
+/// socket when draining starts is read and answered (with `Connection:
+/// close`).
 ///
 /// `timer` may be set for an earlier moment (it is re-armed lazily): when
 /// it fires before `idle_until`, it is set again and the wait goes on.
 /// (A plain function around an `async move` block: an `async fn` would keep
 /// its arguments twice, in every idle connection.)
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-fn next_request_arrives<'a>(
-    stream: &'a TcpStream,
+fn next_request_arrives<'a, S: ClientIo>(
+    stream: &'a mut S,
     drain: &'a mut Drain,
     mut timer: Pin<&'a mut tokio::time::Sleep>,
     idle_until: tokio::time::Instant,
-) -> impl Future<Output = bool> + Send + 'a {
+) -> impl Future<Output = Option<BytesMut>> + Send + 'a {
     async move {
         // By hand rather than `select!`, which keeps a copy of each future.
         poll_fn(|cx| loop {
@@ -200,17 +204,17 @@ fn next_request_arrives<'a>(
             // the next request, and the drain's watch is then not polled a
             // second time. A request that arrives as draining starts is
             // served either way, with `Connection: close`.
-            if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
-                return Poll::Ready(ready.is_ok());
+            if let Poll::Ready(arrived) = stream.poll_arrival(cx) {
+                return Poll::Ready(arrived.ok());
             }
             if drain.poll_draining(cx).is_ready() {
-                return Poll::Ready(has_bytes_waiting(stream));
+                return Poll::Ready(downstream::has_bytes_waiting(stream.tcp()).then(BytesMut::new));
             }
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             if tokio::time::Instant::now() >= idle_until {
-                return Poll::Ready(false);
+                return Poll::Ready(None);
             }
             timer.as_mut().reset(idle_until);
         })
@@ -218,20 +222,11 @@ fn next_request_arrives<'a>(
     }
 }
 
-/// Whether the client has sent bytes not yet read, asked of the socket
-/// itself: the reactor may not have seen them yet (draining can start
-/// before it has polled the socket again).
-fn has_bytes_waiting(stream: &TcpStream) -> bool {
-    let mut byte = [std::mem::MaybeUninit::uninit()];
-    // The socket is non-blocking: an empty one answers `WouldBlock`.
-    matches!(socket2::SockRef::from(stream).peek(&mut byte), Ok(1..))
-}
-
 /// Reads until a whole head is in `buf`; `None` when the client closes
 /// first. The header timeout starts only if the first read leaves the head
 /// incomplete: almost every head arrives in one read.
-async fn read_head(
-    stream: &mut TcpStream,
+async fn read_head<S: ClientIo>(
+    stream: &mut S,
     buf: &mut BytesMut,
     deadlines: &Deadlines,
     max_head: usize,
@@ -245,7 +240,7 @@ async fn read_head(
         }
         wire::reserve_read_room(buf, READ_ROOM);
         let read = match deadline {
-            None => match read_at_once(stream, buf) {
+            None => match stream.read_at_once(buf) {
                 Poll::Ready(read) => read,
                 Poll::Pending => {
                     deadline = Some(tokio::time::Instant::now() + deadlines.header_read);
@@ -264,42 +259,11 @@ async fn read_head(
     }
 }
 
-/// Reads what the socket holds into `buf`, without waiting: `Pending` when
-/// it holds nothing (the caller then waits properly). What polling a read
-/// future once with no task to wake would do, without the future and the
-/// task's budget: a read that fills less than `buf`'s room clears the
-/// socket's readiness in the same step, as tokio's own reads do, so that
-/// the next wait sleeps until more arrives instead of making a read that
-/// finds nothing. (The readiness is cleared only if the reactor has seen no
-/// newer event since the read began: no wake-up is lost.)
-fn read_at_once(stream: &TcpStream, buf: &mut BytesMut) -> Poll<std::io::Result<usize>> {
-    // The length of a short read, which the closure reports as `WouldBlock`.
-    let mut short = None;
-    let tried = stream.try_io(tokio::io::Interest::READABLE, || {
-        let room = buf.spare_capacity_mut();
-        let capacity = room.len();
-        let n = socket2::SockRef::from(stream).recv(room)?;
-        // SAFETY: `recv` initialized the first `n` bytes of the spare room.
-        unsafe { buf.set_len(buf.len() + n) };
-        if n > 0 && n < capacity {
-            // The socket is empty now: `WouldBlock` clears its readiness.
-            short = Some(n);
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
-    });
-    match tried {
-        Ok(n) => Poll::Ready(Ok(n)),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => short.map_or(Poll::Pending, |n| Poll::Ready(Ok(n))),
-        Err(e) => Poll::Ready(Err(e)),
-    }
-}
-
 /// Drives the proxy's `handling` of a request to its answer. `None` if the
 /// client closes its connection before the answer is ready: the request is
 /// then dropped, upstream exchange and all (hyper does the same; the access
 /// log says 499).
-async fn answer<F>(stream: &TcpStream, mut handling: Pin<&mut F>) -> Option<Response<ProxyBody>>
+async fn answer<F>(stream: &tokio::net::TcpStream, mut handling: Pin<&mut F>) -> Option<Response<ProxyBody>>
 where
     F: Future<Output = Response<ProxyBody>>,
 {
@@ -309,7 +273,9 @@ where
             return Poll::Ready(Some(answered));
         }
         // The socket turns readable only on EOF (or a pipelined request);
-        // a peek tells which.
+        // a peek tells which. Over TLS any record is bytes, so a
+        // `close_notify` ends the watch as a pipelined request does, and only
+        // the socket's EOF counts as the client leaving.
         while watching && stream.poll_read_ready(cx).is_ready() {
             let mut byte = [0u8; 1];
             match stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
@@ -325,8 +291,8 @@ where
 
 /// Writes the answer; `Ok(true)` when the connection can carry another
 /// request. `exchange` counts the body bytes written.
-async fn write_response(
-    stream: &mut TcpStream,
+async fn write_response<S: ClientIo>(
+    stream: &mut S,
     out: &mut Vec<u8>,
     response: Response<ProxyBody>,
     to: Answering,
@@ -361,7 +327,7 @@ async fn write_response(
         return Box::pin(write_response(stream, out, failed, Answering { keep_alive: false, ..to }, exchange)).await;
     }
     if head.body == Delimited::HeadOnly {
-        wire::write_all(stream, out).await?;
+        stream.send_all(out).await?;
         return Ok(head.keep_alive);
     }
     let complete = write_body(stream, out, body, head.body, first, exchange).await?;
@@ -398,8 +364,8 @@ type Polled = Poll<Option<Result<http_body::Frame<Bytes>, crate::client::body::B
 /// `Ok(false)` if it failed or did not match its declared length (the
 /// connection must close then). Body bytes count as sent (`exchange`) once
 /// the write that carries them has succeeded.
-async fn write_body(
-    stream: &mut TcpStream,
+async fn write_body<S: ClientIo>(
+    stream: &mut S,
     out: &mut Vec<u8>,
     mut body: ProxyBody,
     framing: Delimited,
@@ -452,8 +418,8 @@ async fn write_body(
 
 /// Writes an answer's body behind its head, counting the body bytes that
 /// have gone out.
-struct BodyWriter<'a> {
-    stream: &'a mut TcpStream,
+struct BodyWriter<'a, S> {
+    stream: &'a mut S,
     /// The head and small pieces of body, coalesced into one write.
     out: &'a mut Vec<u8>,
     exchange: Option<&'a mut Exchange>,
@@ -461,10 +427,10 @@ struct BodyWriter<'a> {
     unwritten: usize,
 }
 
-impl BodyWriter<'_> {
+impl<S: ClientIo> BodyWriter<'_, S> {
     /// Writes what `out` holds.
     async fn flush(&mut self) -> std::io::Result<()> {
-        wire::write_all(self.stream, self.out).await?;
+        self.stream.send_all(self.out).await?;
         self.out.clear();
         let written = std::mem::take(&mut self.unwritten);
         self.count(written);
@@ -488,7 +454,7 @@ impl BodyWriter<'_> {
             self.unwritten += data.len();
         } else {
             self.flush().await?;
-            self.stream.write_all(data).await?;
+            self.stream.send_all(data).await?;
             self.count(data.len());
         }
         if chunked {
@@ -501,7 +467,7 @@ impl BodyWriter<'_> {
 /// Answers a refused head with its JSON error and closes the connection,
 /// reading what the client still sends for a moment (`linger_for`) first, so
 /// that the close does not turn into a reset that could destroy the answer.
-async fn refuse(stream: &mut TcpStream, refusal: Refusal, linger_for: Duration) {
+async fn refuse<S: ClientIo>(stream: &mut S, refusal: Refusal, linger_for: Duration) {
     let out = &mut Vec::new();
     let (status, code, message) = refusal.describe();
     tracing::debug!(status = status.as_u16(), reason = message, "request head refused");
