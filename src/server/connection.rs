@@ -143,7 +143,8 @@ impl Connections {
             };
             if let (Protocol::Http1, true) = (&protocol, self.inline_http1) {
                 // The first bytes are here (the sniff saw them).
-                let ended = h1::serve(&mut stream, &self.settings, &downstream, &mut drain, self.settings.deadlines.keepalive);
+                let ended =
+                    h1::serve(&mut stream, &self.settings, &downstream, &mut drain, self.settings.deadlines.keepalive);
                 let h1::Ended::HandOff(read) = ended.await else { return };
                 return Box::pin(self.hand_to_hyper(read, stream, downstream, drain)).await;
             }

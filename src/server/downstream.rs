@@ -126,11 +126,9 @@ impl ClientIo for TlsClient {
         })
     }
 
-    fn send_all<'a>(&'a mut self, bytes: &'a [u8]) -> impl Future<Output = io::Result<()>> + Send + 'a {
-        async move {
-            self.write_all(bytes).await?;
-            self.flush().await
-        }
+    async fn send_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes).await?;
+        self.flush().await
     }
 }
 
