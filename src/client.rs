@@ -34,7 +34,7 @@ pub mod pool;
 pub mod target;
 
 use crate::wire::request::Added;
-use body::{BoxError, HyperBody, ProxyBody, ResponseBody};
+use body::{Answer, BoxError, HyperBody, ProxyBody, ResponseBody, UpstreamBody};
 use pool::{PoolId, PoolRef};
 use target::Target;
 
@@ -76,8 +76,8 @@ impl Connector {
         &self,
         target: &Target,
         mut request: Request<ProxyBody>,
-    ) -> Result<Response<ResponseBody>, SendError> {
-        let mut response = self.send_request(target, &mut request, None).await?;
+    ) -> Result<Response<ProxyBody>, SendError> {
+        let mut response = *self.send_request(target, &mut request, None).await?;
         body::fill_headers(&mut response);
         Ok(response)
     }
@@ -94,7 +94,7 @@ impl Connector {
         target: &Target,
         request: &mut Request<ProxyBody>,
         added: Option<&Added<'_>>,
-    ) -> Result<Response<ResponseBody>, SendError> {
+    ) -> Result<Answer, SendError> {
         if !crate::headers::has(request.headers(), &http::header::HOST) {
             if let Ok(host) = http::HeaderValue::from_str(target.authority.as_str()) {
                 request.headers_mut().insert(http::header::HOST, host);
@@ -119,11 +119,11 @@ impl Connector {
         target: &Target,
         request: &Request<ProxyBody>,
         added: Option<&Added<'_>>,
-    ) -> Result<Response<ResponseBody>, SendError> {
+    ) -> Result<Answer, SendError> {
         let resendable = request.method().is_idempotent();
         while let Some(conn) = h1::POOL.checkout(target.pool) {
             match conn.exchange(request, added, target.pool).await {
-                Ok(response) => return Ok(response.map(ResponseBody::Inline)),
+                Ok(response) => return Ok(response),
                 Err(h1::Error::ClosedBeforeAnswer) if resendable => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -131,19 +131,14 @@ impl Connector {
         // Boxed: the connect path (DNS, TCP, TLS) is rare and its future is
         // large; inline, every client connection would carry its size.
         let conn = h1::Conn::new(Box::pin(self.connect(target)).await?);
-        let response = conn.exchange(request, added, target.pool).await?;
-        Ok(response.map(ResponseBody::Inline))
+        Ok(conn.exchange(request, added, target.pool).await?)
     }
 
     /// A request with a body, or an upgrade: hyper's client streams the body
     /// while it watches for an early answer. A pooled connection found
     /// closed before the request was written is skipped; a request that was
     /// written and then failed is not resent.
-    async fn send_with_hyper(
-        &self,
-        target: &Target,
-        mut request: Request<ProxyBody>,
-    ) -> Result<Response<ResponseBody>, SendError> {
+    async fn send_with_hyper(&self, target: &Target, mut request: Request<ProxyBody>) -> Result<Answer, SendError> {
         let head = request.method() == http::Method::HEAD;
         let mut sender = loop {
             let Some(mut sender) = body::HYPER.checkout(target.pool) else {
@@ -187,14 +182,11 @@ impl Connector {
 /// The answer, with its connection to give back when its body ends; not
 /// after an answer to HEAD that announced a body (it may still come, and
 /// be read as the next request's answer).
-fn hyper_response(
-    response: Response<Incoming>,
-    sender: SendRequest<ProxyBody>,
-    pool: PoolRef,
-    head: bool,
-) -> Response<ResponseBody> {
+fn hyper_response(response: Response<Incoming>, sender: SendRequest<ProxyBody>, pool: PoolRef, head: bool) -> Answer {
     let sender = (!(head && crate::wire::Fields::of(response.headers()).announces_body())).then_some(sender);
-    response.map(|body| ResponseBody::Hyper(HyperBody::new(body, sender, pool)))
+    let body =
+        |body| ProxyBody::Upstream(UpstreamBody::unheld(ResponseBody::Hyper(HyperBody::new(body, sender, pool))));
+    Box::new(response.map(body))
 }
 
 /// Tries each address the target's name resolves to.
@@ -222,7 +214,7 @@ async fn handshake(io: h1::Io) -> Result<SendRequest<ProxyBody>, SendError> {
 
 /// Reads a whole (small) response body, for callers that need it in memory
 /// (health checks, shadow answers); the connection goes back to its pool.
-pub async fn read_to_end(body: ResponseBody, mut each: impl FnMut(&[u8])) -> Result<(), BoxError> {
+pub async fn read_to_end(body: ProxyBody, mut each: impl FnMut(&[u8])) -> Result<(), BoxError> {
     use http_body_util::BodyExt;
     let mut body = std::pin::pin!(body);
     while let Some(frame) = body.frame().await {

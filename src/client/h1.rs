@@ -28,6 +28,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::body::{Answer, ProxyBody, ResponseBody, UpstreamBody};
 use super::pool::{Pool, PoolRef, Pooled, Queues};
 use crate::wire::body::{Decoder, Step};
 use crate::wire::response::{self, Framing, Head};
@@ -146,10 +147,10 @@ impl Conn {
     /// names fields to drop (the map's hop-by-hop strip does that).
     pub async fn exchange(
         mut self: Box<Self>,
-        request: &http::Request<crate::client::body::ProxyBody>,
+        request: &http::Request<ProxyBody>,
         added: Option<&request::Added<'_>>,
         pool: PoolRef,
-    ) -> Result<Response<Body>, Error> {
+    ) -> Result<Answer, Error> {
         request::encode_head(&mut self.write_buf, request, added);
         self.io.send_all(&self.write_buf).await.map_err(|e| closed_or_io(e, false))?;
         let head = self.read_head().await?;
@@ -160,7 +161,8 @@ impl Conn {
             self.answer = head.bytes;
             HeaderMap::new()
         };
-        let mut response = Response::new(Body::new(self, framing, pool));
+        let body = UpstreamBody::unheld(ResponseBody::Inline(Body::new(self, framing, pool)));
+        let mut response = Box::new(Response::new(ProxyBody::Upstream(body)));
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
         *response.headers_mut() = headers;
@@ -389,6 +391,7 @@ impl AsyncWrite for Io {
 #[cfg(test)]
 mod exchange_tests {
     use super::*;
+    use http_body::Body as _;
 
     /// One exchange with a loopback peer that answers `answer`.
     pub(super) async fn exchange(answer: &'static [u8]) -> Result<Vec<u8>, Error> {
@@ -407,9 +410,12 @@ mod exchange_tests {
         let pool = PoolRef::new(crate::client::pool::PoolId::fresh(), std::time::Duration::from_secs(1));
         let response = conn.exchange(&request, None, pool).await?;
         let mut body = std::pin::pin!(response.into_body());
+        let mut body = body.as_mut();
         let mut out = Vec::new();
-        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().get_mut().poll_frame(cx)).await {
-            out.extend_from_slice(frame?.data_ref().unwrap());
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            out.extend_from_slice(
+                frame.map_err(|e| *e.downcast::<Error>().expect("an exchange error"))?.data_ref().unwrap(),
+            );
         }
         Ok(out)
     }
@@ -442,8 +448,8 @@ mod exchange_tests {
         let conn = Conn::new(Io::Tcp(TcpStream::connect(addr).await.unwrap()));
         let mut request = http::Request::new(crate::client::body::ProxyBody::empty());
         request.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("t"));
-        let mut body = conn.exchange(&request, None, pool).await.unwrap().into_body();
-        while let Some(frame) = std::future::poll_fn(|cx| body.poll_frame(cx)).await {
+        let mut body = std::pin::pin!(conn.exchange(&request, None, pool).await.unwrap().into_body());
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
             frame.unwrap();
         }
         go.send(()).unwrap();

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use super::{ClientIp, Outcome};
 use crate::access_log::{key, Line};
-use crate::client::body::ProxyBody;
+use crate::client::body::{Answer, ProxyBody};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::shadow::ResponseTap;
@@ -28,17 +28,17 @@ use crate::table::Table;
 /// gets it; otherwise the server adds the request id as it writes the head
 /// (`X-Request-Id` is a custom name, costly to hash into the map).
 pub(super) fn finish(
-    mut response: Response<ProxyBody>,
+    mut response: Answer,
     downstream_upgrade: Option<OnUpgrade>,
     downstream_version: Version,
     request_id: &HeaderValue,
     tap: Option<ResponseTap>,
     upstream: Option<&Arc<str>>,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Answer, ProxyError> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         match downstream_upgrade {
-            Some(downstream) => tunnel(downstream, hyper::upgrade::on(&mut response)),
+            Some(downstream) => tunnel(downstream, hyper::upgrade::on(&mut *response)),
             None => {
                 return Err(ProxyError::UpstreamFailed {
                     upstream: upstream.map_or_else(String::new, |u| u.to_string()),
@@ -57,7 +57,7 @@ pub(super) fn finish(
     Ok(match tap {
         Some(tap) => {
             answer_headers(&mut response).insert(headers::X_REQUEST_ID.clone(), request_id.clone());
-            tap.tee(response, upstream.map_or_else(|| "".into(), Arc::clone))
+            Box::new(tap.tee(*response, upstream.map_or_else(|| "".into(), Arc::clone)))
         }
         None => response,
     })
@@ -170,7 +170,7 @@ impl Exchange {
 
     /// Counts the request on the route and upstream that served it. Runs
     /// for refused requests too (their answer is the error's).
-    pub(super) fn record(&mut self, response: Response<ProxyBody>) -> Response<ProxyBody> {
+    pub(super) fn record(&mut self, response: Answer) -> Answer {
         if let Some(used) = self.outcome.used(&self.table) {
             used.stats.record(&self.method, response.status(), self.start.elapsed());
         }
@@ -226,14 +226,14 @@ impl Drop for Exchange {
 mod tests {
     use super::*;
 
-    fn upstream_answer(status: u16, headers: &[(&'static str, &str)]) -> Response<ProxyBody> {
+    fn upstream_answer(status: u16, headers: &[(&'static str, &str)]) -> Answer {
         let mut response = Response::new(ProxyBody::empty());
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
         *response.version_mut() = Version::HTTP_11;
         for (name, value) in headers {
             response.headers_mut().append(header::HeaderName::from_static(name), HeaderValue::from_str(value).unwrap());
         }
-        response
+        Box::new(response)
     }
 
     #[test]

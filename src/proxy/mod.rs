@@ -35,9 +35,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use http::header::{HeaderMap, HeaderValue};
-use http::{Request, Response};
+use http::Request;
 
-use crate::client::body::ProxyBody;
+use crate::client::body::{Answer, ProxyBody};
 use crate::error::ProxyError;
 use crate::forwarded::TrustedProxies;
 use crate::headers;
@@ -136,7 +136,7 @@ pub fn handle<'a>(
     downstream: &'a Downstream,
     mut req: Request<ProxyBody>,
     exchange: &'a mut Option<Exchange>,
-) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+) -> impl Future<Output = Answer> + Send + 'a {
     async move {
         let start = Instant::now();
         shared.metrics.in_flight.inc();
@@ -155,7 +155,7 @@ pub fn handle<'a>(
             Ok(response) => response,
             Err(err) => {
                 tracing::debug!(request_id = ?exchange.request_id, error = %err, "request failed");
-                err.into_response(Some(&exchange.request_id))
+                Box::new(err.into_response(Some(&exchange.request_id)))
             }
         };
         exchange.record(response)
@@ -196,7 +196,7 @@ fn forward<'a, 'c: 'a>(
     request_id: &'a HeaderValue,
     client: &'a mut ClientIp<'c>,
     outcome: &'a mut Outcome,
-) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + use<'a, 'c> {
+) -> impl Future<Output = Result<Answer, ProxyError>> + use<'a, 'c> {
     async move {
         // A cheap clone (shared bytes): the normalized path may borrow from it
         // while the request's headers are edited.

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, StatusCode, Version};
 
 use super::prepare::{Plan, RequestBody};
 use super::timeout::within;
 use super::Outcome;
-use crate::client::body::{ProxyBody, UpstreamBody};
+use crate::client::body::{hold_slot, Answer};
 use crate::client::SendError;
 use crate::error::ProxyError;
 use crate::upstream::{Unavailable, Upstream};
@@ -24,7 +24,7 @@ pub(super) async fn send<'t>(
     parts: &mut http::request::Parts,
     body: &mut RequestBody,
     outcome: &mut Outcome,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Answer, ProxyError> {
     let route = plan.route;
     let added = plan.forwarding.as_ref().map(|f| f.added());
     let mut attempt = Attempt {
@@ -57,19 +57,19 @@ pub(super) async fn send<'t>(
 
 /// Whether the primary's result sends the request on to the fallback: the
 /// primary could not answer, and the request can be sent again.
-fn falls_back(result: &Result<Response<ProxyBody>, ProxyError>, replayable: bool, body: &RequestBody) -> bool {
+fn falls_back(result: &Result<Answer, ProxyError>, replayable: bool, body: &RequestBody) -> bool {
     failed(result) && replayable && body.available()
 }
 
 /// The primary answered `421 Misdirected Request` (RFC 9110 §15.5.20: not
 /// processed, may be retried elsewhere) and the body can be sent again.
-fn misdirected(result: &Result<Response<ProxyBody>, ProxyError>, body: &RequestBody) -> bool {
+fn misdirected(result: &Result<Answer, ProxyError>, body: &RequestBody) -> bool {
     matches!(result, Ok(response) if response.status() == StatusCode::MISDIRECTED_REQUEST) && body.available()
 }
 
 /// A result worth trying elsewhere: a 502, 503 or 504 answer, or a failure
 /// that was not the client's.
-fn failed(result: &Result<Response<ProxyBody>, ProxyError>) -> bool {
+fn failed(result: &Result<Answer, ProxyError>) -> bool {
     match result {
         Ok(response) => is_gateway_error(response.status()),
         Err(e) => e.is_retryable(),
@@ -95,7 +95,7 @@ struct Attempt<'a> {
 impl Attempt<'_> {
     /// Sends to one upstream, retrying (within its budget) on connection
     /// failures and 502/503/504 when the body can be sent again.
-    async fn send_to(&mut self, upstream: &Arc<Upstream>) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn send_to(&mut self, upstream: &Arc<Upstream>) -> Result<Answer, ProxyError> {
         let may_retry = upstream.settings.retries > 0 && self.replayable;
         if may_retry {
             upstream.budget.record_request();
@@ -117,7 +117,7 @@ impl Attempt<'_> {
         }
     }
 
-    async fn send_once(&mut self, upstream: &Arc<Upstream>) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn send_once(&mut self, upstream: &Arc<Upstream>) -> Result<Answer, ProxyError> {
         let permit = upstream.acquire().map_err(|why| match why {
             Unavailable::AllUnhealthy => ProxyError::NoHealthyTarget { upstream: upstream.name.to_string() },
             Unavailable::Overloaded => ProxyError::Overloaded { upstream: upstream.name.to_string() },
@@ -150,7 +150,10 @@ impl Attempt<'_> {
             _ => upstream.record_failure(permit.target()),
         }
         // The slot is held until the response body ends, not just its head.
-        result.map(|response| response.map(|body| ProxyBody::Upstream(UpstreamBody::new(body, permit))))
+        result.map(|mut answer| {
+            hold_slot(&mut answer, permit);
+            answer
+        })
     }
 }
 
@@ -192,13 +195,14 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+    use http::Response;
 
     use super::*;
 
-    fn answer(status: u16) -> Result<Response<ProxyBody>, ProxyError> {
-        let mut response = Response::new(ProxyBody::empty());
+    fn answer(status: u16) -> Result<Answer, ProxyError> {
+        let mut response = Response::new(crate::client::body::ProxyBody::empty());
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
-        Ok(response)
+        Ok(Box::new(response))
     }
 
     fn kept() -> RequestBody {

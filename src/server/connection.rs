@@ -114,8 +114,8 @@ impl Connections {
                     let counted = requests.clone();
                     let service = service_fn(move |req| {
                         counted.started();
-                        let answer =
-                            redirect_to_https(&req, port).map(|body| Answer::new(body, Some(counted.clone()), None));
+                        let answer = redirect_to_https(&req, port)
+                            .map(|body| AnswerBody::new(body, Some(counted.clone()), None));
                         async move { Ok::<_, std::convert::Infallible>(answer) }
                     });
                     this.serve_http(stream, protocol, service, drain, remote, Some(requests)).await
@@ -326,33 +326,33 @@ fn proxy_service(
             }
             // After a 101 the connection is a tunnel: no head comes next.
             let requests = requests.filter(|_| response.status() != http::StatusCode::SWITCHING_PROTOCOLS);
-            Ok(response.map(|body| Answer::new(body, requests, exchange)))
+            Ok((*response).map(|body| AnswerBody::new(body, requests, exchange)))
         })
     })
 }
 
 /// A request's way through the proxy, boxed (see [`proxy_service`]).
 type ProxyFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, Infallible>> + Send>>;
-type ProxyResponse = http::Response<Answer>;
+type ProxyResponse = http::Response<AnswerBody>;
 
 /// An answer's body as hyper sends it. hyper drops it once it is sent (or
 /// the connection ends): the request then counts as answered, so that the
 /// connection's next head gets its own deadline ([`RequestCount`]), and its
 /// [`Exchange`] writes the access-log line with the body bytes hyper took
 /// to send.
-struct Answer {
+struct AnswerBody {
     body: ProxyBody,
     requests: Option<Arc<RequestCount>>,
     exchange: Option<Exchange>,
 }
 
-impl Answer {
+impl AnswerBody {
     fn new(body: ProxyBody, requests: Option<Arc<RequestCount>>, exchange: Option<Exchange>) -> Self {
-        Answer { body, requests, exchange }
+        AnswerBody { body, requests, exchange }
     }
 }
 
-impl Drop for Answer {
+impl Drop for AnswerBody {
     fn drop(&mut self) {
         if let Some(requests) = &self.requests {
             requests.answered();
@@ -360,7 +360,7 @@ impl Drop for Answer {
     }
 }
 
-impl http_body::Body for Answer {
+impl http_body::Body for AnswerBody {
     type Data = Bytes;
     type Error = crate::client::body::BoxError;
 

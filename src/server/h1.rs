@@ -33,7 +33,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Response, StatusCode, Version};
+use http::{Method, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
@@ -41,7 +41,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use super::deadline::Deadlines;
 use super::downstream::{self, ClientIo};
 use super::drain::Drain;
-use crate::client::body::ProxyBody;
+use crate::client::body::{Answer, ProxyBody};
 use crate::proxy::{self, Downstream, Exchange};
 use crate::wire;
 use crate::wire::request::{self, Head, Parsed, Refusal};
@@ -263,9 +263,9 @@ async fn read_head<S: ClientIo>(
 /// client closes its connection before the answer is ready: the request is
 /// then dropped, upstream exchange and all (hyper does the same; the access
 /// log says 499).
-async fn answer<F>(stream: &tokio::net::TcpStream, mut handling: Pin<&mut F>) -> Option<Response<ProxyBody>>
+async fn answer<F>(stream: &tokio::net::TcpStream, mut handling: Pin<&mut F>) -> Option<Answer>
 where
-    F: Future<Output = Response<ProxyBody>>,
+    F: Future<Output = Answer>,
 {
     let mut watching = true;
     poll_fn(|cx| {
@@ -294,7 +294,7 @@ where
 async fn write_response<S: ClientIo>(
     stream: &mut S,
     out: &mut Vec<u8>,
-    response: Response<ProxyBody>,
+    response: Answer,
     to: Answering,
     mut exchange: Option<&mut Exchange>,
 ) -> std::io::Result<bool> {
@@ -324,7 +324,14 @@ async fn write_response<S: ClientIo>(
         if let Some(exchange) = exchange.as_deref_mut() {
             exchange.answered_with(failed.status());
         }
-        return Box::pin(write_response(stream, out, failed, Answering { keep_alive: false, ..to }, exchange)).await;
+        return Box::pin(write_response(
+            stream,
+            out,
+            Box::new(failed),
+            Answering { keep_alive: false, ..to },
+            exchange,
+        ))
+        .await;
     }
     if head.body == Delimited::HeadOnly {
         stream.send_all(out).await?;
@@ -473,7 +480,7 @@ async fn refuse<S: ClientIo>(stream: &mut S, refusal: Refusal, linger_for: Durat
     tracing::debug!(status = status.as_u16(), reason = message, "request head refused");
     let response = crate::error::json_error(status, code, "downstream", message.into(), None, None);
     let to = Answering { is_head: false, version: Version::HTTP_11, keep_alive: false };
-    if write_response(stream, out, response, to, None).await.is_err() {
+    if write_response(stream, out, Box::new(response), to, None).await.is_err() {
         return;
     }
     let _ = stream.shutdown().await;
