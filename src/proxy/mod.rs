@@ -126,15 +126,16 @@ impl Drop for InFlight<'_> {
 /// bytes) stays where the caller put it rather than being copied out with
 /// the answer at each step back up.
 ///
-/// A plain function around an `async move` block rather than an `async fn`,
-/// as are the stages' below: an `async fn` keeps its own copy of each
-/// argument beside the caller's for its whole life (the request's 320 bytes
-/// twice), and every future is copied whole at each `await` on the way down.
+/// The request comes boxed, as the server read it, and stays in its box
+/// through the stages: handed on whole it would be copied (320 bytes) into
+/// each stage's future. A plain function around an `async move` block
+/// rather than an `async fn`, as are the stages' below: an `async fn` keeps
+/// its own copy of each argument beside the caller's for its whole life.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn handle<'a>(
     shared: &'a Shared,
     downstream: &'a Downstream,
-    mut req: Request<ProxyBody>,
+    mut req: Box<Request<ProxyBody>>,
     exchange: &'a mut Option<Exchange>,
 ) -> impl Future<Output = Answer> + Send + 'a {
     async move {
@@ -191,7 +192,7 @@ impl Outcome {
 fn forward<'a, 'c: 'a>(
     shared: &'a Shared,
     table: &'a Table,
-    mut req: Request<ProxyBody>,
+    mut req: Box<Request<ProxyBody>>,
     upgrade: bool,
     request_id: &'a HeaderValue,
     client: &'a mut ClientIp<'c>,
@@ -208,11 +209,12 @@ fn forward<'a, 'c: 'a>(
         let plan = prepare(routed, &mut req, client.downstream, upgrade, request_id)?;
         outcome.upstream = Some(plan.primary);
         let mirror = start_mirror(&shared.shadow, &plan, &req, request_id, client, upgrade);
-        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
         let downstream_version = req.version();
-        let (mut parts, body) = req.into_parts();
-        let (mut body, tap) = RequestBody::keep(&plan, &parts.headers, body, mirror).await?;
-        let response = send(&plan, &mut parts, &mut body, outcome).await?;
+        // The body goes its own way; the rest of the request stays in its box.
+        let body = std::mem::replace(req.body_mut(), ProxyBody::empty());
+        let (mut body, tap) = RequestBody::keep(&plan, req.headers(), body, mirror).await?;
+        let response = send(&plan, &mut req, &mut body, outcome).await?;
         let upstream = outcome.used(table).map(|u| &u.upstream.name);
         finish(response, downstream_upgrade, downstream_version, request_id, tap, upstream)
     }

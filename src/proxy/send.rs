@@ -11,7 +11,7 @@ use http::{Request, StatusCode, Version};
 use super::prepare::{Plan, RequestBody};
 use super::timeout::within;
 use super::Outcome;
-use crate::client::body::{hold_slot, Answer};
+use crate::client::body::{hold_slot, Answer, ProxyBody};
 use crate::client::SendError;
 use crate::error::ProxyError;
 use crate::upstream::{Unavailable, Upstream};
@@ -21,14 +21,14 @@ use crate::wire::request::Added;
 /// answered (the fallback, if it was asked).
 pub(super) async fn send<'t>(
     plan: &Plan<'t, '_>,
-    parts: &mut http::request::Parts,
+    request: &mut Request<ProxyBody>,
     body: &mut RequestBody,
     outcome: &mut Outcome,
 ) -> Result<Answer, ProxyError> {
     let route = plan.route;
     let added = plan.forwarding.as_ref().map(|f| f.added());
     let mut attempt = Attempt {
-        parts,
+        request,
         path_and_query: &plan.path_and_query,
         body,
         replayable: plan.replayable,
@@ -83,7 +83,8 @@ fn is_gateway_error(status: StatusCode) -> bool {
 
 /// One request on its way upstream, possibly over several attempts.
 struct Attempt<'a> {
-    parts: &'a mut http::request::Parts,
+    /// The client's request, its body taken out (`body` is what is sent).
+    request: &'a mut Request<ProxyBody>,
     path_and_query: &'a PathAndQuery,
     body: &'a mut RequestBody,
     /// The method allows sending the request more than once.
@@ -127,11 +128,14 @@ impl Attempt<'_> {
             detail: "the request body was already sent and cannot be replayed".into(),
         })?;
         let mut request = Request::new(body);
-        *request.method_mut() = self.parts.method.clone();
+        *request.method_mut() = self.request.method().clone();
         *request.uri_mut() = http::Uri::from(self.path_and_query.clone());
         *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() =
-            if self.body.available() { self.parts.headers.clone() } else { std::mem::take(&mut self.parts.headers) };
+        *request.headers_mut() = if self.body.available() {
+            self.request.headers().clone()
+        } else {
+            std::mem::take(self.request.headers_mut())
+        };
         let answer = {
             let sent = std::pin::pin!(upstream.connector.send_request(permit.target(), &mut request, self.added));
             within(upstream.settings.timeout, sent).await

@@ -315,7 +315,8 @@ fn proxy_service(
         // be stored twice (captured, then awaited).
         Box::pin(async move {
             let mut exchange = None;
-            let mut response = proxy::handle(&shared, &downstream, req.map(ProxyBody::Streamed), &mut exchange).await;
+            let mut response =
+                proxy::handle(&shared, &downstream, Box::new(req.map(ProxyBody::Streamed)), &mut exchange).await;
             // Our own loop writes these into the head; hyper writes the map.
             let headers = proxy::answer_headers(&mut response);
             if let Some(exchange) = &exchange {

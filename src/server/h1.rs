@@ -166,7 +166,7 @@ fn serve_request<'a, S: ClientIo>(
         // the client left before the answer.
         let mut exchange = None;
         let answered = {
-            let handling = std::pin::pin!(proxy::handle(shared, downstream, *parsed.request, &mut exchange));
+            let handling = std::pin::pin!(proxy::handle(shared, downstream, parsed.request, &mut exchange));
             answer(stream.tcp(), handling).await
         };
         let Some(response) = answered else {
