@@ -156,16 +156,18 @@ impl Conn {
         let head = self.read_head().await?;
         let framing = response::framing(request.method(), head.status, head.version, &head.fields)?;
         let headers = if head.fields.lists_others {
-            Head::header_map(&head.bytes, &self.spans)
+            Some(Head::header_map(&head.bytes, &self.spans))
         } else {
             self.answer = head.bytes;
-            HeaderMap::new()
+            None
         };
         let body = UpstreamBody::unheld(ResponseBody::Inline(Body::new(self, framing, pool)));
         let mut response = Box::new(Response::new(ProxyBody::Upstream(body)));
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
-        *response.headers_mut() = headers;
+        if let Some(headers) = headers {
+            crate::headers::put_map(response.headers_mut(), headers);
+        }
         Ok(response)
     }
 

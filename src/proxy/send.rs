@@ -131,11 +131,12 @@ impl Attempt<'_> {
         *request.method_mut() = self.request.method().clone();
         *request.uri_mut() = http::Uri::from(self.path_and_query.clone());
         *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = if self.body.available() {
+        let headers = if self.body.available() {
             self.request.headers().clone()
         } else {
             std::mem::take(self.request.headers_mut())
         };
+        crate::headers::put_map(request.headers_mut(), headers);
         let answer = {
             let sent = std::pin::pin!(upstream.connector.send_request(permit.target(), &mut request, self.added));
             within(upstream.settings.timeout, sent).await

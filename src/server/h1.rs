@@ -333,6 +333,8 @@ async fn write_response<S: ClientIo>(
         ))
         .await;
     }
+    // Mostly the empty map of an answer whose head was written from its bytes.
+    crate::headers::discard(parts.headers);
     if head.body == Delimited::HeadOnly {
         stream.send_all(out).await?;
         return Ok(head.keep_alive);

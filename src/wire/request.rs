@@ -139,7 +139,7 @@ pub fn parse<B>(
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
-    *request.headers_mut() = headers;
+    crate::headers::put_map(request.headers_mut(), headers);
     Ok(Some(Head::Inline(Parsed { request, keep_alive })))
 }
 
