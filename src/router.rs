@@ -184,29 +184,53 @@ fn sort_by_specificity<T>(node: &mut Node, entries: &[(RouteKey, T)]) {
 /// ignores case). `None` when the value is not a valid `host[:port]`:
 /// userinfo, an empty host, a port that is not a number, stray characters.
 pub fn host_for_matching(value: &str) -> Option<&str> {
-    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
-        let (inside, after) = rest.split_once(']')?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':')?),
-        };
-        (inside, port)
-    } else {
-        match find_byte(value, b':') {
+    host_bytes_for_matching(value.as_bytes())
+}
+
+/// [`host_for_matching`] of a header value's bytes, checked in one pass
+/// each over the host and the port (a `Host` value need not be checked as
+/// text first: only ASCII passes).
+pub fn host_bytes_for_matching(value: &[u8]) -> Option<&str> {
+    let (host, port) = match value {
+        [b'[', rest @ ..] => {
+            let end = rest.iter().position(|&b| b == b']')?;
+            let port = match &rest[end + 1..] {
+                [] => None,
+                [b':', port @ ..] => Some(port),
+                _ => return None,
+            };
+            (&rest[..end], port)
+        }
+        _ => match value.iter().position(|&b| b == b':') {
             Some(i) => (&value[..i], Some(&value[i + 1..])),
             None => (value, None),
-        }
+        },
     };
     if let Some(port) = port {
-        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        if port.is_empty() || port.len() > 5 || !port.iter().all(u8::is_ascii_digit) {
             return None;
         }
     }
-    let host = host.strip_suffix('.').unwrap_or(host);
-    let valid =
-        !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
-    valid.then_some(host)
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    if host.is_empty() || !host.iter().all(|&b| HOST_BYTES[b as usize]) {
+        return None;
+    }
+    // Only ASCII got here: this never fails.
+    std::str::from_utf8(host).ok()
 }
+
+/// The bytes a host may hold: letters, digits, `-`, `.`, `_`, and `:`
+/// (inside brackets, an IPv6 address).
+const HOST_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b':');
+        b += 1;
+    }
+    table
+};
 
 /// Where the ASCII byte `b` first is in `s` (a char boundary, being ASCII).
 /// A plain loop: `str::find` of a char sets up a memchr search, ~125
@@ -320,6 +344,10 @@ mod tests {
         for bad in ["user@admin.example.com", "a:80:90", "a:", "a:port", "", ":80", "a b", "a/b", "[::1"] {
             assert_eq!(host_for_matching(bad), None, "{bad}");
         }
+        // A header value's bytes: only ASCII passes.
+        assert_eq!(host_bytes_for_matching(b"a.example:80"), Some("a.example"));
+        assert_eq!(host_bytes_for_matching(b"caf\xc3\xa9.example"), None);
+        assert_eq!(host_bytes_for_matching(b"a\xff"), None);
     }
 
     proptest! {

@@ -9,7 +9,7 @@ use http::{Method, Uri};
 use super::Outcome;
 use crate::error::ProxyError;
 use crate::path;
-use crate::router::host_for_matching;
+use crate::router::host_bytes_for_matching;
 use crate::table::{Route, Table};
 
 /// A request's route, and what the later stages need from matching it.
@@ -73,7 +73,7 @@ pub fn choose_route<'t, 'u>(
 /// The host routes match on: without its port or trailing dot (the router
 /// compares it case-insensitively); a 400 for a host no route could name.
 pub fn matching_host(host: &HeaderValue) -> Result<&str, ProxyError> {
-    host.to_str().ok().and_then(host_for_matching).ok_or(ProxyError::BadRequest("invalid Host"))
+    host_bytes_for_matching(host.as_bytes()).ok_or(ProxyError::BadRequest("invalid Host"))
 }
 
 /// The host the client addressed: the authority of an absolute-form or
