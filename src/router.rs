@@ -215,8 +215,9 @@ pub fn host_bytes_for_matching(value: &[u8]) -> Option<&str> {
     if host.is_empty() || !host.iter().all(|&b| HOST_BYTES[b as usize]) {
         return None;
     }
-    // Only ASCII got here: this never fails.
-    std::str::from_utf8(host).ok()
+    // SAFETY: every byte of `host` is one of `HOST_BYTES`, all ASCII, so it
+    // is UTF-8 (`from_utf8` would check it again: ~100 instructions).
+    Some(unsafe { std::str::from_utf8_unchecked(host) })
 }
 
 /// The bytes a host may hold: letters, digits, `-`, `.`, `_`, and `:`
