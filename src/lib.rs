@@ -13,7 +13,8 @@
 //!    `server/drain.rs` (the stop signal a connection waits on between
 //!    requests), `server/connection.rs` (sniff, TLS, our loop or hyper),
 //!    `server/deadline.rs` (one timeout policy), [`server::h1`] (our own
-//!    HTTP/1.1 loop for bodiless requests).
+//!    HTTP/1.1 loop for bodiless requests) over `server/downstream.rs` (a
+//!    client's connection as the loop reads it: plain TCP or TLS).
 //! 2. [`wire`]: the HTTP/1.1 codec, the one place untrusted bytes are parsed
 //!    (request heads, answer heads, answer bodies).
 //! 3. [`proxy`]: one request, in stages — `proxy/route.rs` ([`path`]

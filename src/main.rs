@@ -138,7 +138,7 @@ enum ConnectionBalance {
     Exact,
 }
 
-/// Who serves plain-HTTP/1.1 connections.
+/// Who serves HTTP/1.1 connections (plain or TLS).
 #[derive(Clone, Copy, ValueEnum)]
 enum Http1Engine {
     Own,
@@ -163,7 +163,7 @@ struct ServeArgs {
     /// How the worker threads share the work.
     #[arg(long, value_enum, default_value = "per-core")]
     scheduler: Scheduler,
-    /// Who serves plain HTTP/1.1: `own` (our loop for bodiless requests,
+    /// Who serves HTTP/1.1: `own` (our loop for bodiless requests,
     /// hyper for the rest) or `hyper` (hyper for everything; for comparison).
     #[arg(long, value_enum, default_value = "own")]
     http1: Http1Engine,

@@ -1,7 +1,7 @@
 //! The proxy listener: accepts connections, serves HTTP/1.1 and HTTP/2
-//! (prior knowledge) on each, and drains them on shutdown. Plain-HTTP/1.1
-//! requests without a body are served by our own loop ([`h1`]); hyper
-//! serves the rest (bodies, upgrades, TLS, HTTP/2).
+//! (prior knowledge) on each, and drains them on shutdown. HTTP/1.1
+//! requests without a body, plain or over TLS, are served by our own loop
+//! ([`h1`]); hyper serves the rest (bodies, upgrades, HTTP/2).
 //!
 //! One job per file:
 //! - `listen`: the listening sockets ([`bind`]; `SO_REUSEPORT` per worker).
@@ -10,6 +10,8 @@
 //! - `connection`: one connection's life: protocol sniffing, TLS, our loop
 //!   or hyper, the hand-off from one to the other, the HTTPS redirect.
 //! - [`h1`]: our own HTTP/1.1 loop (the bytes are parsed by [`crate::wire`]).
+//! - `downstream`: what the loop needs of a client's connection, plain TCP
+//!   or TLS (how it waits for a request and reads one without waiting).
 //! - `deadline`: a connection's timeout policy (header read, keep-alive,
 //!   drain, TLS handshake), in one type that both our loop and hyper take
 //!   their timeouts from.
@@ -58,7 +60,7 @@ pub struct ServeOptions {
     pub plain: Option<PlainListener>,
     /// Accept loops, each on its own thread and single-threaded runtime.
     pub workers: usize,
-    /// Serve bodiless plain-HTTP/1.1 requests with our own loop
+    /// Serve bodiless HTTP/1.1 requests (plain or TLS) with our own loop
     /// ([`h1`]; hyper takes a connection at its first other request).
     /// Off: hyper serves every request.
     pub inline_http1: bool,

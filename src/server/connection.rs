@@ -8,8 +8,8 @@
 //! timeout ([`super::deadline::HeadDeadline`] over hyper's IO), while a
 //! connection with no bytes waiting may idle for the keep-alive timeout.
 //!
-//! Heads hyper reads (after a hand-off, and on TLS, HTTP/2 and `--http1
-//! hyper` connections) are parsed by httparse and the `http` crate, not by
+//! Heads hyper reads (after a hand-off, and on HTTP/2 and `--http1 hyper`
+//! connections) are parsed by httparse and the `http` crate, not by
 //! [`crate::wire::request`], with two differences our loop does not share:
 //! a `#` in the target is not refused, the fragment is dropped (the `http`
 //! crate's URI parser cuts it off, so the route and the upstream both see
