@@ -329,15 +329,32 @@ async fn rsa_certificates_are_served_too() {
     assert_eq!(leaf, der_of(&pem));
 }
 
+/// The proxy terminating TLS for `a.test` (certified by `ca`) in front of an
+/// echoing upstream, started with `args`; with the files it reads, which
+/// must outlive it.
+struct TlsFront {
+    up: TestUpstream,
+    ca: Ca,
+    proxy: BinaryProxy,
+    _files: (tempfile::TempDir, ConfigDir),
+}
+
+impl TlsFront {
+    async fn start(args: &[&str]) -> TlsFront {
+        let up = TestUpstream::start("up", Behaviour::Echo).await;
+        let ca = Ca::new();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ca.write(dir.path(), "a", &ca.leaf(&["a.test"], false));
+        let config = ConfigDir::new(&tls_config(&up, &cert, &key, ""));
+        let proxy = BinaryProxy::start(&config.path(), args).await;
+        TlsFront { up, ca, proxy, _files: (dir, config) }
+    }
+}
+
 #[tokio::test]
 async fn tls_connections_idle_until_the_keepalive_timeout_but_a_slow_first_head_is_cut_off() {
-    let up = TestUpstream::start("up", Behaviour::Echo).await;
-    let ca = Ca::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = ca.write(dir.path(), "a", &ca.leaf(&["a.test"], false));
-    let config = ConfigDir::new(&tls_config(&up, &cert, &key, ""));
-    let timeouts = ["--header-read-timeout", "500ms", "--keepalive-timeout", "2s"];
-    let proxy = BinaryProxy::start(&config.path(), &timeouts).await;
+    let TlsFront { up, ca, proxy, .. } =
+        &TlsFront::start(&["--header-read-timeout", "500ms", "--keepalive-timeout", "2s"]).await;
     let ask = async |tls: &mut tokio_rustls::client::TlsStream<TcpStream>| {
         tls.write_all(b"GET /kept HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
         let answer = read_answer(tls).await;
@@ -405,12 +422,7 @@ async fn a_version_naming_a_ca_file_that_is_not_there_yet_is_applied_once_the_fi
 
 #[tokio::test]
 async fn tls_http1_serves_pipelined_and_large_heads_hands_a_body_to_hyper_and_closes_when_draining() {
-    let up = TestUpstream::start("up", Behaviour::Echo).await;
-    let ca = Ca::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = ca.write(dir.path(), "a", &ca.leaf(&["a.test"], false));
-    let config = ConfigDir::new(&tls_config(&up, &cert, &key, ""));
-    let proxy = BinaryProxy::start(&config.path(), &[]).await;
+    let TlsFront { up, ca, proxy, .. } = &TlsFront::start(&[]).await;
     let mut tls = tls_connect(proxy.addr, "a.test", &ca.pem(), false).await.unwrap();
 
     // Three requests in one write: the first exactly as long as a read's
