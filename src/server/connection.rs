@@ -95,10 +95,7 @@ impl Connections {
                     };
                     let downstream = Arc::new(Downstream::new(remote, "https"));
                     if let (Protocol::Http1, true) = (&protocol, this.inline_http1) {
-                        // The handshake is done: the first head is due
-                        // within the header timeout, as hyper's would be.
-                        let first_within = this.settings.deadlines.header_read;
-                        return Box::pin(this.serve_inline(stream, drain, downstream, first_within)).await;
+                        return Box::pin(this.serve_inline(stream, drain, downstream)).await;
                     }
                     // HTTP/2 has no deadline for a silent client of its own.
                     let (stream, requests) = this.settings.deadlines.first_head(stream, protocol.first_request());
@@ -154,15 +151,10 @@ impl Connections {
     }
 
     /// A TLS connection's HTTP/1.1 requests: our loop, then hyper if a
-    /// request needs it (see [`Self::serve_plain`]). The first head is due
-    /// `first_within`.
-    async fn serve_inline(
-        self: Arc<Self>,
-        mut stream: TlsClient,
-        mut drain: Drain,
-        downstream: Arc<Downstream>,
-        first_within: Duration,
-    ) {
+    /// request needs it (see [`Self::serve_plain`]). The handshake is done,
+    /// so the first head is due within the header timeout, as hyper's would be.
+    async fn serve_inline(self: Arc<Self>, mut stream: TlsClient, mut drain: Drain, downstream: Arc<Downstream>) {
+        let first_within = self.settings.deadlines.header_read;
         let ended = h1::serve(&mut stream, &self.settings, &downstream, &mut drain, first_within);
         let h1::Ended::HandOff(read) = ended.await else { return };
         self.hand_to_hyper(read, stream, downstream, drain).await
